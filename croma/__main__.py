@@ -1,0 +1,5 @@
+import sys
+
+from croma.cli import main
+
+sys.exit(main())
