@@ -1,14 +1,100 @@
-"""`croma benchmark` (filled by its issue)."""
+"""`croma benchmark NAME`: methods × shots × repeats, a Table-1-shaped table and results files."""
 
 from __future__ import annotations
 
-from croma.errors import CromaError
+import sys
+
+BENCHMARKS = ("udhr-speech", "cifar-esc50", "yummly", "wilderness", "manifest", "synthetic")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--noise-sweep expects comma-separated rates like 0,0.2,0.4 (got {text!r})") from None
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("benchmark", help="benchmark (not yet available)")
+    from croma.baselines import list_methods
+    from croma.losses import list_losses
+
+    p = sub.add_parser(
+        "benchmark",
+        help="run methods × shots × repeats on a benchmark and write results.json/csv/png",
+        description="Reproduce the CROMA paper's Table 1 shape on a benchmark: meta-train each method "
+        "under the same budget, meta-test on unseen target classes.",
+    )
+    p.add_argument("name", choices=BENCHMARKS, metavar="NAME", help=f"one of {', '.join(BENCHMARKS)}")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(list_methods())} (default: all that apply)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="k-shot settings (default 1 5 10)")
+    p.add_argument("--repeats", type=int, default=None, help="meta-test repeats with different seeds (preset default)")
+    p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
+    p.add_argument("--eval-tasks", type=int, default=8, help="meta-test tasks per repeat (default 8)")
+    p.add_argument("--loss", choices=list_losses(), default=None, help="alignment objective (preset default: cwcl)")
+    p.add_argument("--label-noise", type=float, default=0.0, help="symmetric noise rate on target labels, in [0, 1)")
+    p.add_argument("--noise-sweep", type=_float_list, default=None, metavar="R1,R2,...", help="run a sweep of noise rates and plot accuracy against rate")
+    p.add_argument("--preset", choices=("quick", "paper"), default="quick", help="training budgets (default quick)")
+    p.add_argument("--budget-seconds", type=float, default=None, help="wall-clock training budget per method (overrides the preset)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/benchmark", help="output directory (default runs/benchmark)")
+    p.add_argument("--data-root", default=None, help="directory holding the data sets (or $CROMA_DATA)")
+    p.add_argument("--cache-dir", default=None, help="feature cache directory (or $CROMA_CACHE, default ~/.cache/croma)")
+    p.add_argument("--manifest", default=None, help="JSONL manifest (NAME=manifest)")
+    p.add_argument("--source", default=None, help="source modality (NAME=manifest)")
+    p.add_argument("--target", default=None, help="target modality (NAME=manifest)")
+    p.add_argument("--oracle-warm-start", action="store_true", help="supervised warm start for the oracle")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise CromaError("'croma benchmark' is not implemented yet")
+    from croma.benchmark import BenchmarkConfig, run_benchmark, run_noise_sweep
+    from croma.report import format_table
+
+    if not 0.0 <= args.label_noise < 1.0:
+        raise ValueError(f"--label-noise must be in [0, 1) (got {args.label_noise})")
+    if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):
+        raise ValueError(f"--noise-sweep rates must be in [0, 1) (got {args.noise_sweep})")
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1 (got {args.repeats})")
+    if args.ways < 2:
+        raise ValueError(f"--ways must be >= 2 (got {args.ways})")
+    if args.eval_tasks < 1:
+        raise ValueError(f"--eval-tasks must be >= 1 (got {args.eval_tasks})")
+    if any(k < 1 for k in args.shots):
+        raise ValueError(f"--shots must all be >= 1 (got {args.shots})")
+    cfg = BenchmarkConfig(
+        benchmark=args.name,
+        methods=None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()],
+        shots=list(args.shots),
+        repeats=args.repeats,
+        ways=args.ways,
+        eval_tasks=args.eval_tasks,
+        loss=args.loss,
+        label_noise=args.label_noise,
+        preset=args.preset,
+        budget_seconds=args.budget_seconds,
+        device=args.device,
+        seed=args.seed,
+        out=args.out,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        manifest=args.manifest,
+        source=args.source,
+        target=args.target,
+        oracle_warm_start=args.oracle_warm_start,
+        progress=not args.quiet,
+    )
+    if args.noise_sweep:
+        results = run_noise_sweep(cfg, args.noise_sweep)
+        for res in results:
+            print(format_table(res))
+            print()
+        print(f"wrote {args.out}/noise_sweep.json and noise_sweep_<k>shot.png")
+        return 0
+    result = run_benchmark(cfg)
+    print(format_table(result))
+    print(f"wall time {result['wall_seconds']:.0f} s; wrote {args.out}/results.json, results.csv, results.png")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,175 @@
+"""Benchmark results: the Table-1-shaped text table, results.json / .csv / .png, noise plots.
+
+Everything here takes plain dicts (the ``results.json`` schema) so results can be re-rendered
+from a saved file.
+
+``results.json``::
+
+    {"benchmark", "loss", "ways", "label_noise", "preset", "seed", "wall_seconds",
+     "rows": [{"method", "shots", "accuracy_mean", "accuracy_std", "repeats",
+               "target_samples", "target_labels", ...}],
+     "config": {...}}
+
+Accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+ROW_KEYS = ("method", "shots", "accuracy_mean", "accuracy_std", "repeats", "target_samples", "target_labels")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _methods_in_order(rows: Iterable[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Render rows as the paper's Table 1: method | #target samples(labels) | k-shot columns.
+
+    Extra per-method columns (``train_seconds``, ``outer_steps``) are shown when present.
+    """
+    rows = result["rows"]
+    shots = sorted({int(r["shots"]) for r in rows})
+    methods = _methods_in_order(rows)
+    by = {(r["method"], int(r["shots"])): r for r in rows}
+    header = ["method", "#target samples(labels)"] + [f"{k}-shot" for k in shots] + ["train s", "steps"]
+    lines = []
+    for m in methods:
+        first = next(r for r in rows if r["method"] == m)
+        cells = [m, f"{first['target_samples']}({first['target_labels']})"]
+        for k in shots:
+            r = by.get((m, k))
+            cells.append("-" if r is None else f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f}")
+        cells.append(f"{first.get('train_seconds', 0.0):.1f}")
+        cells.append(str(first.get("outer_steps", "-")))
+        lines.append(cells)
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    title = (
+        f"{result.get('benchmark')} | {result.get('ways')}-way | loss={result.get('loss')} | "
+        f"label noise={result.get('label_noise')} | preset={result.get('preset')} | seed={result.get('seed')}"
+    )
+    out = [title, fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(l) for l in lines]
+    out.append("accuracy in % on unseen target classes, mean ± std over repeats")
+    return "\n".join(out)
+
+
+def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write results.json, results.csv and results.png atomically into ``out_dir``."""
+    out = Path(out_dir)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "results.png"}
+    _atomic_write(paths["json"], (json.dumps(result, indent=2, sort_keys=False) + "\n").encode())
+    extra = sorted({k for r in result["rows"] for k in r} - set(ROW_KEYS))
+    keys = list(ROW_KEYS) + extra
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in result["rows"]:
+        w.writerow(r)
+    _atomic_write(paths["csv"], buf.getvalue().encode())
+    _atomic_write(paths["png"], plot_accuracy_vs_shots(result))
+    return paths
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_shots(result: dict[str, Any]) -> bytes:
+    """PNG bytes: accuracy against shots, one line per method, std error bars."""
+    import io
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    rows = result["rows"]
+    for m in _methods_in_order(rows):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["shots"])
+        ax.errorbar(
+            [r["shots"] for r in rs], [r["accuracy_mean"] for r in rs], yerr=[r["accuracy_std"] for r in rs],
+            marker="o", capsize=3, label=m,
+        )
+    ways = result.get("ways")
+    if ways:
+        ax.axhline(100.0 / ways, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlabel("shots (k)")
+    ax.set_ylabel("accuracy on unseen target classes (%)")
+    ax.set_title(f"{result.get('benchmark')}: {ways}-way, loss={result.get('loss')}, noise={result.get('label_noise')}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_noise_sweep(results: list[dict[str, Any]], shots: int) -> bytes:
+    """PNG bytes: accuracy against label-noise rate at ``shots``, one line per method (paper Fig. 7)."""
+    import io
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    methods = _methods_in_order(r for res in results for r in res["rows"])
+    for m in methods:
+        xs, ys, es = [], [], []
+        for res in sorted(results, key=lambda r: r["label_noise"]):
+            for r in res["rows"]:
+                if r["method"] == m and int(r["shots"]) == shots:
+                    xs.append(res["label_noise"])
+                    ys.append(r["accuracy_mean"])
+                    es.append(r["accuracy_std"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+    ax.set_xlabel("symmetric label-noise rate on target labels")
+    ax.set_ylabel(f"{shots}-shot accuracy (%)")
+    ax.set_title(f"{results[0].get('benchmark')}: robustness to label noise")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_noise_sweep(results: list[dict[str, Any]], out_dir: str | os.PathLike, shots: Iterable[int]) -> list[Path]:
+    """Write ``noise_sweep.json`` and ``noise_sweep_<k>shot.png`` for each k."""
+    out = Path(out_dir)
+    written = [out / "noise_sweep.json"]
+    _atomic_write(written[0], (json.dumps({"runs": results}, indent=2) + "\n").encode())
+    for k in shots:
+        p = out / f"noise_sweep_{k}shot.png"
+        _atomic_write(p, plot_noise_sweep(results, int(k)))
+        written.append(p)
+    return written
