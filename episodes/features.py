@@ -9,9 +9,13 @@ front-ends stay available for the ``cnn1d`` / ``lstm`` encoders.
 * text -> ``float [D]``: counts of character 1..3-grams (UTF-8 aware, lower-cased, padded
   with a boundary mark) hashed into ``D`` buckets with CRC-32, then ``sqrt`` and L2-normalised
   (a Hellinger-style map that keeps rare n-grams informative).
-* audio -> ``float [4*C]``: per-band mean and standard deviation over the voiced frames of a
-  log-mel spectrogram ``[C, T]`` and of its first time difference (delta). Padding frames
-  (all-zero columns) are excluded.
+* audio -> ``float [4*C + K]``: (a) per-band mean and standard deviation over the valid frames
+  of a log-mel spectrogram ``[C, T]`` and of its first time difference (delta); (b) a bag of
+  audio words: frames (log-mel + delta, standardised) are soft-assigned to a K-word codebook
+  learnt by k-means on frames of **meta-train classes only**, averaged over the utterance and
+  square-rooted. Padding frames (all-zero columns) are excluded. (b) carries most of the
+  language information: on udhr-speech meta-test languages, 5-way nearest-centroid accuracy
+  of the raw features is 33/41 % (1/5-shot) with (a) alone and 48/68 % with a 128-word bag.
 """
 
 from __future__ import annotations
@@ -81,6 +85,57 @@ def audio_stat_features(logmel: torch.Tensor) -> torch.Tensor:
     return torch.cat([stats(x, valid, count), stats(delta, dvalid, dcount)], dim=1).float()
 
 
+def _frames(logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, C, T]`` -> (frames ``[n, T, 2C]`` of log-mel + delta, valid mask ``[n, T]``)."""
+    valid = logmel.abs().sum(dim=1) > 0
+    delta = torch.zeros_like(logmel)
+    delta[..., 1:] = logmel[..., 1:] - logmel[..., :-1]
+    return torch.cat([logmel, delta], dim=1).transpose(1, 2).contiguous(), valid
+
+
+def audio_bow_features(
+    logmel: torch.Tensor, fit_rows: torch.Tensor, *, words: int = 256, iterations: int = 15,
+    sample_frames: int = 40000, seed: int = 0, chunk: int = 64,
+) -> torch.Tensor:
+    """Bag-of-audio-words vectors with a k-means codebook fit on ``fit_rows`` only.
+
+    Args:
+        logmel: ``float [n, C, T]`` (all-zero columns = padding).
+        fit_rows: ``long [m]`` rows whose frames may train the codebook (meta-train classes).
+        words: codebook size K.
+        iterations: Lloyd iterations.
+        sample_frames: frames sampled (seeded) to fit the codebook.
+        seed: codebook seed (a local generator; the global RNG is untouched).
+
+    Returns:
+        ``float32 [n, K]``: ``sqrt`` of the mean soft assignment (unit-variance Gaussian kernel).
+    """
+    if words < 2:
+        raise ValueError(f"audio bag-of-words needs >= 2 words (got {words})")
+    frames, valid = _frames(logmel.float())
+    fit = frames[fit_rows][valid[fit_rows]]
+    if fit.shape[0] < words:
+        raise ValueError(f"audio bag-of-words: {fit.shape[0]} training frames for {words} words")
+    mu, sd = fit.mean(0), fit.std(0).clamp_min(1e-5)
+    g = torch.Generator().manual_seed(int(seed))
+    sub = (fit[torch.randperm(fit.shape[0], generator=g)[:sample_frames]] - mu) / sd
+    centers = sub[torch.randperm(sub.shape[0], generator=g)[:words]].clone()
+    for _ in range(iterations):
+        assign = torch.cdist(sub, centers).argmin(dim=1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, sub)
+        counts = torch.bincount(assign, minlength=words).to(sub.dtype)
+        keep = counts > 0
+        centers[keep] = sums[keep] / counts[keep, None]
+    out = torch.zeros(frames.shape[0], words)
+    for start in range(0, frames.shape[0], chunk):
+        f = (frames[start : start + chunk] - mu) / sd  # [c, T, 2C]
+        v = valid[start : start + chunk].float()  # [c, T]
+        d2 = torch.cdist(f, centers.expand(f.shape[0], -1, -1)).pow(2)  # [c, T, K]
+        w = torch.softmax(-0.5 * d2, dim=-1) * v[..., None]
+        out[start : start + chunk] = w.sum(1) / v.sum(1, keepdim=True).clamp_min(1.0)
+    return out.sqrt()
+
+
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Standardise columns with the mean/std of ``train`` rows (no statistics from other rows)."""
     mean = train.mean(dim=0, keepdim=True)
@@ -88,7 +143,10 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
     return tuple((t - mean) / std for t in (train, *others))
 
 
-def compact_benchmark(bench: PreparedBenchmark, *, texts: Sequence[str] | None = None, text_dim: int = 1024) -> PreparedBenchmark:
+def compact_benchmark(
+    bench: PreparedBenchmark, *, texts: Sequence[str] | None = None, text_dim: int = 1024, audio_words: int = 256,
+    seed: int = 0,
+) -> PreparedBenchmark:
     """Replace sequence features by compact vectors (see module docstring).
 
     Args:
@@ -96,6 +154,8 @@ def compact_benchmark(bench: PreparedBenchmark, *, texts: Sequence[str] | None =
             byte ids ``long [n, L]`` (decoded back to strings) unless ``texts`` (one per text
             row) is given.
         text_dim: hash buckets for text.
+        audio_words: bag-of-audio-words size (0: statistics only).
+        seed: codebook seed.
 
     Returns:
         A new :class:`PreparedBenchmark` (same rows, labels, pairs and splits). Audio statistics
@@ -110,15 +170,24 @@ def compact_benchmark(bench: PreparedBenchmark, *, texts: Sequence[str] | None =
             strings = list(texts) if texts is not None else _bytes_to_text(feats)
             feats = text_ngram_features(strings, dim=text_dim)
         elif mod == "audio" and feats.dim() == 3:
-            feats = audio_stat_features(feats)
             train_rows = torch.tensor([int(c) in train_classes for c in md.labels.tolist()])
-            ref = feats[train_rows] if train_rows.any() else feats
+            if not train_rows.any():
+                train_rows = torch.ones_like(train_rows)
+            parts = [audio_stat_features(feats)]
+            if audio_words:
+                fit = torch.nonzero(train_rows).flatten()
+                parts.append(audio_bow_features(feats, fit, words=audio_words, seed=seed))
+            feats = torch.cat(parts, dim=1)
+            ref = feats[train_rows]
             mean = ref.mean(dim=0, keepdim=True)
             std = ref.std(dim=0, keepdim=True).clamp_min(1e-6)
             feats = (feats - mean) / std
         data[mod] = ModalityData(features=feats, labels=md.labels, clusters=md.clusters, ids=md.ids)
     info = dict(bench.info)
-    info["features"] = "compact (text: hashed char 1-3-grams; audio: log-mel mean/std + delta mean/std)"
+    info["features"] = (
+        f"compact (text: {text_dim} hashed char 1-3-grams; audio: log-mel+delta mean/std and a "
+        f"{audio_words}-word bag of audio words fit on meta-train classes)"
+    )
     return PreparedBenchmark(
         name=bench.name,
         source=bench.source,

@@ -1,0 +1,238 @@
+"""Modality front-ends: raw item values -> fixed-shape tensors.
+
+* text: :func:`text_to_bytes` (UTF-8 bytes + 1, 0 = padding).
+* audio: :func:`load_audio` (soundfile read, mono mix-down, resampled with
+  ``torchaudio.functional.resample``) then :class:`LogMel` (``torchaudio.transforms.MelSpectrogram``,
+  log, per-utterance mean normalisation, cropped / zero-padded to a fixed frame count).
+* image: :func:`load_image` (PIL decode, RGB, resize, ImageNet normalisation) or
+  :func:`images_from_arrays` for already-decoded ``uint8`` arrays (CIFAR).
+
+:class:`FrontendSettings` collects every setting that changes the features; the feature cache
+(:mod:`episodes.cache`) keys entries by it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from episodes.errors import DataError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FrontendSettings",
+    "text_to_bytes",
+    "load_audio",
+    "LogMel",
+    "load_image",
+    "load_image_uint8",
+    "normalize_images",
+    "images_from_arrays",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    """Every setting that changes front-end output (part of the feature-cache key).
+
+    Attributes:
+        text_max_len: byte ids per text (longer texts are truncated).
+        sample_rate: audio is resampled to this rate (Hz).
+        n_mels, n_fft, hop_length: log-mel settings (hop 160 at 16 kHz = 10 ms frames).
+        max_frames: log-mel frames kept per clip (cropped / zero-padded).
+        image_size: images are resized to ``image_size x image_size``.
+    """
+
+    text_max_len: int = 256
+    sample_rate: int = 16000
+    n_mels: int = 40
+    n_fft: int = 400
+    hop_length: int = 160
+    max_frames: int = 300
+    image_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"front-end setting {name} must be a positive integer, got {value!r}")
+
+    def for_modality(self, modality: str) -> dict[str, int]:
+        """The settings that matter for ``modality`` (what the cache key includes)."""
+        if modality == "text":
+            return {"text_max_len": self.text_max_len}
+        if modality == "audio":
+            return {k: getattr(self, k) for k in ("sample_rate", "n_mels", "n_fft", "hop_length", "max_frames")}
+        if modality == "image":
+            return {"image_size": self.image_size}
+        raise DataError(f"unknown modality {modality!r}")
+
+
+def text_to_bytes(texts: Sequence[str], max_len: int = 256) -> torch.Tensor:
+    """Encode texts as UTF-8 byte ids.
+
+    Args:
+        texts: ``n`` strings.
+        max_len: L, ids per text; longer encodings are truncated.
+
+    Returns:
+        ``long [n, L]``: byte value + 1 (1..256), 0 = padding.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    out = np.zeros((len(texts), max_len), dtype=np.int64)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"text item {i} is not a string ({type(t).__name__})")
+        b = np.frombuffer(t.encode("utf-8")[:max_len], dtype=np.uint8)
+        out[i, : b.size] = b.astype(np.int64) + 1
+    return torch.from_numpy(out)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Read an audio file with soundfile, mix to mono and resample.
+
+    Args:
+        path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...).
+        sample_rate: output rate in Hz.
+
+    Returns:
+        ``float32 [samples]`` in [-1, 1].
+
+    Raises:
+        DataError: the file is missing, unreadable, truncated or empty (names the file).
+    """
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: audio file not found")
+    try:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / ValueError
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: unreadable or truncated audio file ({msg})") from None
+    if data.size == 0:
+        raise DataError(f"{p}: audio file holds no samples (empty or truncated)")
+    wav = data.mean(axis=1).astype(np.float32, copy=False)
+    if not np.isfinite(wav).all():
+        raise DataError(f"{p}: audio file holds non-finite samples")
+    if sr != sample_rate:
+        import torchaudio.functional as AF
+
+        g = math.gcd(int(sr), int(sample_rate))
+        wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(sr) // g, int(sample_rate) // g).numpy()
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+class LogMel:
+    """Log-mel spectrogram of a mono waveform, fixed frame count.
+
+    ``log(mel + 1e-6)``, then each mel band's mean over the clip's frames is subtracted
+    (per-utterance mean normalisation), then frames are cropped to / zero-padded up to
+    ``max_frames`` (padding is exactly 0 = the normalised mean).
+
+    Args:
+        sample_rate: waveform rate (Hz).
+        n_mels, n_fft, hop_length: ``torchaudio.transforms.MelSpectrogram`` settings.
+        max_frames: T, output frames.
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 40, n_fft: int = 400, hop_length: int = 160,
+                 max_frames: int = 300) -> None:
+        import torchaudio.transforms as AT
+
+        self.sample_rate, self.n_mels, self.n_fft = sample_rate, n_mels, n_fft
+        self.hop_length, self.max_frames = hop_length, max_frames
+        self._mel = AT.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+
+    def __call__(self, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``[samples]`` waveform -> ``float [n_mels, max_frames]``."""
+        w = torch.as_tensor(np.asarray(waveform, dtype=np.float32) if not torch.is_tensor(waveform) else waveform)
+        w = w.float().flatten()
+        if w.numel() < self.n_fft:  # too short for one window: pad so there is one frame
+            w = torch.nn.functional.pad(w, (0, self.n_fft - w.numel()))
+        with torch.no_grad():
+            spec = torch.log(self._mel(w) + 1e-6)  # [n_mels, frames]
+        spec = spec[:, : self.max_frames]
+        spec = spec - spec.mean(dim=1, keepdim=True)
+        out = torch.zeros(self.n_mels, self.max_frames, dtype=torch.float32)
+        out[:, : spec.shape[1]] = spec
+        return out
+
+
+def _pil_open(path: Path):
+    from PIL import Image
+
+    return Image.open(path)
+
+
+def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
+    """Decode an image file, convert to RGB and resize (bilinear) to ``size x size``.
+
+    Returns:
+        ``uint8 [3, size, size]``.
+
+    Raises:
+        DataError: missing, unreadable or truncated image (names the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: image file not found")
+    try:
+        from PIL import Image
+
+        with _pil_open(p) as im:
+            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # PIL raises UnidentifiedImageError / OSError on bad data
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: unreadable or truncated image file ({msg})") from None
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """``uint8 [n, 3, H, W]`` -> ``float [n, 3, H, W]``: ``/255`` then ImageNet mean/std."""
+    x = images.float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def load_image(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
+    """Decode, resize and normalise one image.
+
+    Returns:
+        ``float [3, size, size]`` normalised with ImageNet mean/std.
+
+    Raises:
+        DataError: missing, unreadable or truncated image (names the file).
+    """
+    return normalize_images(load_image_uint8(path, size)[None])[0]
+
+
+def images_from_arrays(arrays: Any, size: int = 32) -> torch.Tensor:
+    """Already-decoded RGB images -> ``uint8 [n, 3, size, size]``.
+
+    Args:
+        arrays: ``uint8`` array ``[n, H, W, 3]`` (HWC, as CIFAR rows reshaped) or a sequence of
+            ``[H, W, 3]`` arrays of one shape.
+        size: output side; resized bilinearly when it differs from ``H``/``W``.
+    """
+    a = np.asarray(arrays) if not isinstance(arrays, np.ndarray) else arrays
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise DataError(f"image arrays must be [n, H, W, 3], got shape {tuple(a.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(a.astype(np.uint8, copy=False).transpose(0, 3, 1, 2)))
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = x.round().clamp_(0, 255).to(torch.uint8)
+    return x
