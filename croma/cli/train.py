@@ -1,14 +1,122 @@
-"""`croma train` (filled by its issue)."""
+"""`croma train BENCH --loss NAME --iterations N --checkpoint-dir DIR`: CROMA meta-training."""
 
 from __future__ import annotations
 
-from croma.errors import CromaError
+import argparse
+import sys
+
+BENCHMARKS = ("udhr-speech", "cifar-esc50", "yummly", "wilderness", "manifest", "synthetic")
+
+
+def _encoder_spec(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=NAME, e.g. audio=lstm (got {text!r})")
+    mod, name = text.split("=", 1)
+    return mod.strip(), name.strip()
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train (not yet available)")
+    from croma.losses import list_losses
+
+    p = sub.add_parser(
+        "train",
+        help="meta-train CROMA (batched Reptile) on a benchmark",
+        description="Meta-train encoders, alignment layer and shared classifier with CROMA "
+        "(alignment tasks + source classification tasks, Reptile outer loop). Writes DIR/last.pt "
+        "and DIR/best.pt (best meta-val accuracy).",
+    )
+    p.add_argument("bench", metavar="BENCH", help=f"benchmark: {', '.join(BENCHMARKS)}")
+    p.add_argument("--loss", choices=list_losses(), default="cwcl", help="alignment objective (default cwcl)")
+    p.add_argument("--iterations", type=int, default=1000, help="outer iterations (default 1000)")
+    p.add_argument("--checkpoint-dir", required=True, metavar="DIR", help="run directory for last.pt / best.pt")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt (same settings required)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--meta-batch", type=int, default=8, help="tasks per outer iteration (default 8)")
+    p.add_argument("--task-mix", type=float, default=0.5, help="fraction of alignment tasks in a meta-batch, in [0, 1] (default 0.5)")
+    p.add_argument("--inner-steps", type=int, default=5, help="inner-loop steps S (default 5)")
+    p.add_argument("--inner-lr", type=float, default=1e-3, help="inner-loop learning rate (default 1e-3)")
+    p.add_argument("--inner-optimizer", choices=("sgd", "adam"), default="adam")
+    p.add_argument("--inner-loop", choices=("batched", "sequential"), default="batched", help="vmap over tasks (default) or a Python loop")
+    p.add_argument("--meta-lr", type=float, default=1.0, help="Reptile step size at the start (default 1.0)")
+    p.add_argument("--meta-lr-final", type=float, default=0.0, help="Reptile step size at the end (linear; default 0)")
+    p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
+    p.add_argument("--shots", type=int, default=5, help="K-shot of source classification tasks (default 5)")
+    p.add_argument("--queries", type=int, default=5, help="extra items per class in classification tasks (default 5)")
+    p.add_argument("--align-batch", type=int, default=32, help="pairs per alignment task (default 32)")
+    p.add_argument("--eval-every", type=int, default=100, help="meta-val every N iterations; 0 = never (default 100)")
+    p.add_argument("--eval-tasks", type=int, default=8, help="meta-val episodes (default 8)")
+    p.add_argument("--eval-shots", type=int, nargs="+", default=[5], help="meta-val k (default 5)")
+    p.add_argument("--finetune", choices=("all", "head"), default="all", help="parameters fine-tuned at meta-val/test")
+    p.add_argument("--finetune-steps", type=int, default=10, help="fine-tuning steps at meta-val/test (default 10)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning lr (default: --inner-lr)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="write last.pt every N iterations (default 100)")
+    p.add_argument("--head-init", choices=("meta", "zero", "prototype", "auto"), default="meta",
+                   help="meta-test head initialisation; auto = choose on meta-val at the end")
+    p.add_argument("--data-root", default=None, help="directory holding the data sets (or $CROMA_DATA)")
+    p.add_argument("--cache-dir", default=None, help="feature cache directory")
+    p.add_argument("--manifest", default=None, help="JSONL manifest (BENCH=manifest)")
+    p.add_argument("--source", default=None, help="source modality (BENCH=manifest)")
+    p.add_argument("--target", default=None, help="target modality (BENCH=manifest)")
+    p.add_argument("--embed-dim", type=int, default=128, help="joint embedding width (default 128)")
+    p.add_argument("--hidden", type=int, default=128, help="encoder hidden width (default 128)")
+    p.add_argument("--encoder", type=_encoder_spec, action="append", default=[], metavar="MOD=NAME",
+                   help="encoder for a modality (repeatable), e.g. --encoder audio=lstm")
+    p.add_argument("--image-weights", default=None, metavar="PATH", help="local torchvision ResNet-18 weights file")
+    p.add_argument("--text-model", default=None, metavar="DIR", help="local transformers BERT directory")
     p.set_defaults(func=run)
 
 
+def config_from_args(args) -> "TrainConfig":  # noqa: F821
+    """Build and validate a :class:`croma.meta.trainer.TrainConfig` from parsed flags."""
+    from croma.meta.trainer import TrainConfig
+
+    if args.bench not in BENCHMARKS:
+        raise ValueError(f"BENCH must be one of {', '.join(BENCHMARKS)} (got {args.bench!r})")
+    for flag in ("embed_dim", "hidden"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {getattr(args, flag)})")
+    model: dict = {"embed_dim": args.embed_dim, "hidden": args.hidden}
+    if args.encoder:
+        model["encoders"] = {m: n for m, n in args.encoder}
+    if args.image_weights:
+        model["image_weights"] = args.image_weights
+    if args.text_model:
+        model["text_model"] = args.text_model
+    cfg = TrainConfig(
+        benchmark=args.bench, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
+        source=args.source, target=args.target, loss=args.loss, iterations=args.iterations,
+        meta_batch=args.meta_batch, task_mix=args.task_mix, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+        inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, meta_lr=args.meta_lr,
+        meta_lr_final=args.meta_lr_final, ways=args.ways, shots=args.shots, queries=args.queries,
+        align_batch=args.align_batch, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
+        eval_shots=list(args.eval_shots), finetune=args.finetune, finetune_steps=args.finetune_steps,
+        finetune_lr=args.finetune_lr, head_init=args.head_init, checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir, seed=args.seed, device=args.device, model=model,
+    )
+    cfg.validate()
+    return cfg
+
+
 def run(args) -> int:
-    raise CromaError("'croma train' is not implemented yet")
+    from croma.meta.trainer import train
+    from croma.perf.meta import tune_allocator
+
+    from pathlib import Path
+
+    from croma.errors import CromaError
+
+    cfg = config_from_args(args)
+    last = Path(cfg.checkpoint_dir) / "last.pt"
+    if last.exists() and not args.resume:
+        raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+    tune_allocator()  # batched inner loops reuse large buffers instead of re-faulting fresh pages
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    best = "n/a" if result.best_val is None else f"{result.best_val:.2f}% at iteration {result.best_iteration}"
+    print(
+        f"trained {result.iteration}/{cfg.iterations} iterations; best meta-val accuracy {best}; "
+        f"head init {result.head_init}; wrote {cfg.checkpoint_dir}/last.pt and best.pt"
+    )
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,455 @@
+"""Meta-test: k-shot episodes in the target modality, nearest-centroid diagnostic, retrieval.
+
+For each shot ``k`` and repeat ``r``, ``tasks`` fixed N-way episodes are drawn from the target
+modality's ``split`` classes (``meta_test``; ``meta_val`` for model selection) with episode
+seeds derived from ``(seed, split, r)``. Per task: start from the meta-parameters, initialise the
+classifier head (``meta`` | ``zero`` | ``prototype``), fine-tune on the support set for
+``finetune_steps`` steps, score the query set. All tasks of one (k, r) run in one vmapped
+computation. The accuracy of a repeat is the mean over its tasks; reported as mean ± std over
+repeats, in percent. The meta-parameters are never modified (everything is functional).
+
+Also reported:
+
+* nearest-centroid accuracy with the frozen meta-parameters: query embeddings assigned to the
+  closest (squared Euclidean) support class mean — a diagnostic of the embedding itself;
+* few-shot cross-modal retrieval: for a gallery of ``retrieval_gallery`` strong pairs of the
+  split's classes (drawn per repeat), rank the target items by cosine similarity to each source
+  query's embedding; R@1/5/10 = how often the paired target item is in the top 1/5/10.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vmap
+
+from croma.errors import CromaError
+from croma.meta.functional import FunctionalModel, Params, meta_parameters
+from croma.meta.inner import InnerConfig, adapt
+from croma.meta.tasks import derive_seed, model_inputs
+from episodes.data import PreparedBenchmark
+from episodes.errors import DataError
+from episodes.samplers import ClassificationTaskSampler
+
+__all__ = ["EvalConfig", "HEAD_INITS", "evaluate_kshot", "choose_head_init", "format_results"]
+
+HEAD_INITS = ("meta", "zero", "prototype")
+FINETUNE_MODES = ("all", "head")
+
+
+@dataclass
+class EvalConfig:
+    """Meta-test settings.
+
+    Attributes:
+        shots: k values.
+        ways: N.
+        tasks: episodes per repeat (paper: 8).
+        queries: query items per class (clean labels).
+        repeats: R repeats with different episode seeds.
+        split: ``meta_test`` or ``meta_val``.
+        head_init: ``meta`` (meta-learned classifier), ``zero``, ``prototype`` (rows = normalised
+            support class means times ``prototype_scale``, bias 0).
+        finetune: ``all`` (target encoder, alignment layer, classifier) or ``head``.
+        finetune_steps, finetune_lr, finetune_optimizer: the fine-tuning loop (``sgd`` | ``adam``).
+        label_noise: symmetric noise rate on support labels.
+        seed: base seed for episodes.
+        nearest_centroid, retrieval: compute these diagnostics.
+        retrieval_gallery: strong pairs per retrieval gallery.
+        inner_loop: ``batched`` (vmap over tasks) or ``sequential``.
+    """
+
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    ways: int = 5
+    tasks: int = 8
+    queries: int = 5
+    repeats: int = 5
+    split: str = "meta_test"
+    head_init: str = "meta"
+    finetune: str = "all"
+    finetune_steps: int = 10
+    finetune_lr: float = 1e-3
+    finetune_optimizer: str = "adam"
+    prototype_scale: float = 1.0
+    label_noise: float = 0.0
+    seed: int = 0
+    nearest_centroid: bool = True
+    retrieval: bool = True
+    retrieval_gallery: int = 100
+    inner_loop: str = "batched"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a value is out of range."""
+        if not self.shots or any(int(k) < 1 for k in self.shots):
+            raise ValueError(f"shots must be integers >= 1 (got {self.shots})")
+        for name, lo in (("ways", 2), ("tasks", 1), ("queries", 1), ("repeats", 1), ("finetune_steps", 0), ("retrieval_gallery", 2)):
+            if int(getattr(self, name)) < lo:
+                raise ValueError(f"{name} must be >= {lo} (got {getattr(self, name)})")
+        if self.split not in ("meta_test", "meta_val"):
+            raise ValueError(f"split must be meta_test or meta_val (got {self.split!r})")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)} (got {self.head_init!r})")
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be 'all' or 'head' (got {self.finetune!r})")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ValueError(f"label_noise must be in [0, 1) (got {self.label_noise})")
+        if self.inner_loop not in ("batched", "sequential"):
+            raise ValueError(f"inner_loop must be batched or sequential (got {self.inner_loop!r})")
+        InnerConfig(steps=self.finetune_steps, lr=self.finetune_lr, optimizer=self.finetune_optimizer)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+class _Episodes:
+    """The per-task functions of one evaluation (run batched under vmap or one by one)."""
+
+    def __init__(self, model: nn.Module, target: str, cfg: EvalConfig) -> None:
+        self.fm = FunctionalModel(model)
+        self.target = target
+        self.cfg = cfg
+        self.inner = InnerConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr, optimizer=cfg.finetune_optimizer)
+        if cfg.finetune == "head":
+            pre: tuple[str, ...] = ("classifier.",)
+        else:
+            pre = (f"encoders.{target}.", "align.", "classifier.")
+        self.keep = lambda name: name.startswith(pre)
+
+    def _embed(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return self.fm(params, lambda m, v: m.embed(self.target, v), x)
+
+    def _support_loss(self, params: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.fm(params, lambda m, v: m.classify(m.embed(self.target, v)), b["xs"])
+        return F.cross_entropy(logits, b["ys"])
+
+    def _class_means(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ways = self.cfg.ways
+        onehot = (y[:, None] == torch.arange(ways, device=y.device)).to(z.dtype)  # [NK, N]
+        counts = onehot.sum(0)  # [N]
+        means = (onehot.T @ z) / counts.clamp_min(1.0)[:, None]  # [N, E]
+        return means, counts
+
+    def head(self, theta: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Params:
+        """The classifier head a task starts from: ``{classifier.weight [N, E], classifier.bias [N]}``."""
+        w, bias = theta["classifier.weight"], theta["classifier.bias"]
+        mode = self.cfg.head_init
+        if mode == "meta":
+            return {"classifier.weight": w, "classifier.bias": bias}
+        shape_w = (self.cfg.ways, w.shape[-1])
+        if mode == "zero":
+            return {
+                "classifier.weight": torch.zeros(shape_w, dtype=w.dtype, device=w.device),
+                "classifier.bias": torch.zeros(self.cfg.ways, dtype=w.dtype, device=w.device),
+            }
+        z = self._embed(theta, b["xs"])  # [NK, E]
+        means, _ = self._class_means(z, b["ys"])
+        weight = F.normalize(means, dim=-1) * self.cfg.prototype_scale
+        return {"classifier.weight": weight, "classifier.bias": torch.zeros(self.cfg.ways, dtype=w.dtype, device=w.device)}
+
+    def finetune_accuracy(self, theta: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One task: head init, fine-tune on the support set, query accuracy (scalar in [0, 1])."""
+        params = {**theta, **self.head(theta, b)}
+        train = {k: v for k, v in params.items() if self.keep(k)}
+        const = {k: v for k, v in params.items() if not self.keep(k)}
+        adapted, _ = adapt(self._support_loss, train, const, b, self.inner)
+        final = {**const, **adapted}
+        logits = self.fm(final, lambda m, v: m.classify(m.embed(self.target, v)), b["xq"])
+        return (logits.argmax(-1) == b["yq"]).to(logits.dtype).mean()
+
+    def centroid_accuracy(self, theta: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One task, no fine-tuning: nearest support class mean (squared Euclidean) accuracy."""
+        zs = self._embed(theta, b["xs"])
+        zq = self._embed(theta, b["xq"])
+        means, counts = self._class_means(zs, b["ys"])
+        d = (zq[:, None, :] - means[None, :, :]).pow(2).sum(-1)  # [NQ, N]
+        d = torch.where(counts[None, :] > 0, d, torch.full_like(d, float("inf")))
+        return (d.argmin(-1) == b["yq"]).to(zs.dtype).mean()
+
+    def run(self, fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``fn`` over the tasks of ``batch`` (leading task dim): vmapped, or a loop. Returns ``[T]``."""
+        if self.cfg.inner_loop == "batched":
+            return vmap(fn, in_dims=(None, 0))(dict(theta), dict(batch))
+        n = next(iter(batch.values())).shape[0]
+        return torch.stack([fn(theta, {k: v[i] for k, v in batch.items()}) for i in range(n)])
+
+
+def _episode_batch(bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, shots: int, repeat: int) -> dict[str, torch.Tensor]:
+    target = bench.target
+    classes = bench.splits.get(cfg.split, [])
+    try:
+        sampler = ClassificationTaskSampler(
+            bench.data[target].labels,
+            classes,
+            ways=cfg.ways,
+            shots=shots,
+            queries=cfg.queries,
+            seed=derive_seed(cfg.seed, cfg.split, repeat),
+            label_noise=cfg.label_noise,
+        )
+    except DataError as exc:
+        raise DataError(
+            f"{bench.name} {cfg.split} episodes ({target}, {shots}-shot): {exc}; use fewer --ways, --shots or --queries"
+        ) from exc
+    t = sampler.sample_many(0, cfg.tasks)
+    dev = x.device
+    return {
+        "xs": x[t.support_rows.to(dev)],
+        "ys": t.support_labels.to(dev),
+        "xq": x[t.query_rows.to(dev)],
+        "yq": t.query_labels.to(dev),
+    }
+
+
+@torch.no_grad()
+def _retrieval(
+    fm: FunctionalModel, theta: Params, bench: PreparedBenchmark, inputs: Mapping[str, torch.Tensor], cfg: EvalConfig
+) -> dict[str, Any] | None:
+    pairs = bench.pairs
+    if pairs.numel() == 0:
+        return None
+    classes = torch.as_tensor(bench.splits.get(cfg.split, []), dtype=torch.long)
+    lab_s = bench.data[bench.source].labels
+    lab_t = bench.data[bench.target].labels
+    keep = torch.isin(lab_t[pairs[:, 1]], classes) & torch.isin(lab_s[pairs[:, 0]], classes)
+    pairs = pairs[keep]
+    if pairs.shape[0] < 2:
+        return None
+    size = min(cfg.retrieval_gallery, int(pairs.shape[0]))
+    recalls: dict[int, list[float]] = {1: [], 5: [], 10: []}
+    for r in range(cfg.repeats):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, cfg.split, "retrieval", r))
+        pick = pairs[torch.randperm(pairs.shape[0], generator=g)[:size]]
+        xs = inputs[bench.source][pick[:, 0].to(inputs[bench.source].device)]
+        xt = inputs[bench.target][pick[:, 1].to(inputs[bench.target].device)]
+        zs = F.normalize(fm(theta, lambda m, v: m.embed(bench.source, v), xs), dim=-1)
+        zt = F.normalize(fm(theta, lambda m, v: m.embed(bench.target, v), xt), dim=-1)
+        sim = zs @ zt.T  # [G, G]; row i: source query i against all target items
+        rank = (sim > sim.diagonal()[:, None]).sum(1)  # items strictly better than the true match
+        for k in recalls:
+            recalls[k].append(100.0 * float((rank < k).float().mean()))
+    out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats}
+    for k, vals in recalls.items():
+        out[f"r{k}_mean"], out[f"r{k}_std"] = _mean_std(vals)
+    return out
+
+
+def evaluate_kshot(
+    model: nn.Module,
+    bench: PreparedBenchmark,
+    cfg: EvalConfig | None = None,
+    *,
+    params: Mapping[str, torch.Tensor] | None = None,
+    inputs: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """k-shot meta-test of meta-parameters on the target modality.
+
+    Args:
+        model: the :class:`croma.model.CrossModalModel` (only run functionally; never modified).
+        bench: the benchmark; episodes come from ``bench.splits[cfg.split]`` target classes.
+        cfg: settings (defaults: 1/5/10-shot, 8 tasks x 5-way, 5 repeats).
+        params: meta-parameters ``{name: tensor}``; default: the model's trainable parameters.
+        inputs: precomputed encoder inputs (``croma.meta.tasks.model_inputs``), else computed.
+
+    Returns:
+        A plain dict: ``{"split", "ways", "tasks", "queries", "repeats", "head_init", "finetune",
+        "rows": [{"shots", "accuracy_mean", "accuracy_std", "accuracies", "centroid_mean",
+        "centroid_std", "repeats"}], "retrieval": {"gallery", "r1_mean", "r1_std", ...} | None,
+        "config": {...}}``. Accuracies in percent.
+
+    Raises:
+        ValueError: bad settings. CromaError: ``head_init="meta"`` with ``ways`` different from
+        the classifier's outputs. DataError: too few classes / items for the episodes.
+    """
+    cfg = cfg or EvalConfig()
+    cfg.validate()
+    theta = dict(params) if params is not None else meta_parameters(model)
+    rows_w = theta["classifier.weight"].shape[0]
+    if cfg.head_init == "meta" and rows_w != cfg.ways:
+        raise CromaError(
+            f"head init 'meta' needs {rows_w}-way tasks (the classifier has {rows_w} outputs); "
+            f"use --ways {rows_w} or --head-init prototype|zero"
+        )
+    device = next(iter(theta.values())).device
+    inputs = dict(inputs) if inputs is not None else model_inputs(model, bench, device)
+    x_t = inputs[bench.target]
+    eps = _Episodes(model, bench.target, cfg)
+    rows = []
+    for k in cfg.shots:
+        accs, cents = [], []
+        for r in range(cfg.repeats):
+            b = _episode_batch(bench, x_t, cfg, int(k), r)
+            with torch.enable_grad():
+                acc = eps.run(eps.finetune_accuracy, theta, b)
+            accs.append(100.0 * float(acc.mean()))
+            if cfg.nearest_centroid:
+                with torch.no_grad():
+                    cents.append(100.0 * float(eps.run(eps.centroid_accuracy, theta, b).mean()))
+        row: dict[str, Any] = {"shots": int(k), "repeats": cfg.repeats, "accuracies": accs}
+        row["accuracy_mean"], row["accuracy_std"] = _mean_std(accs)
+        if cents:
+            row["centroid_accuracies"] = cents
+            row["centroid_mean"], row["centroid_std"] = _mean_std(cents)
+        rows.append(row)
+    retrieval = _retrieval(eps.fm, theta, bench, inputs, cfg) if cfg.retrieval else None
+    return {
+        "split": cfg.split,
+        "ways": cfg.ways,
+        "tasks": cfg.tasks,
+        "queries": cfg.queries,
+        "repeats": cfg.repeats,
+        "head_init": cfg.head_init,
+        "finetune": cfg.finetune,
+        "rows": rows,
+        "retrieval": retrieval,
+        "config": asdict(cfg),
+    }
+
+
+def choose_head_init(
+    model: nn.Module,
+    bench: PreparedBenchmark,
+    cfg: EvalConfig,
+    *,
+    params: Mapping[str, torch.Tensor] | None = None,
+    inputs: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[str, dict[str, float]]:
+    """Pick the head initialisation with the best **meta-val** accuracy.
+
+    ``cfg.split`` is forced to ``meta_val``; accuracies are averaged over ``cfg.shots``. ``meta`` is
+    skipped when the classifier's outputs differ from ``cfg.ways``. Ties go to the earlier of
+    ``meta``, ``zero``, ``prototype``.
+
+    Returns:
+        ``(best_name, {name: mean accuracy in percent})``.
+    """
+    theta = dict(params) if params is not None else meta_parameters(model)
+    scores: dict[str, float] = {}
+    for name in HEAD_INITS:
+        if name == "meta" and theta["classifier.weight"].shape[0] != cfg.ways:
+            continue
+        c = replace(cfg, split="meta_val", head_init=name, nearest_centroid=False, retrieval=False)
+        res = evaluate_kshot(model, bench, c, params=theta, inputs=inputs)
+        scores[name] = sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"])
+    best = max(scores, key=lambda n: (scores[n], -HEAD_INITS.index(n)))
+    return best, scores
+
+
+def format_results(result: Mapping[str, Any]) -> str:
+    """A text table of :func:`evaluate_kshot` results."""
+    lines = [
+        f"{result['split']}: {result['ways']}-way, {result['tasks']} tasks x {result['repeats']} repeats, "
+        f"{result['queries']} queries/class, head init {result['head_init']}, fine-tune {result['finetune']}",
+        f"{'shots':>5}  {'accuracy (%)':>16}  {'nearest centroid (%)':>20}",
+    ]
+    for r in result["rows"]:
+        acc = f"{r['accuracy_mean']:6.2f} ± {r['accuracy_std']:5.2f}"
+        cen = f"{r['centroid_mean']:6.2f} ± {r['centroid_std']:5.2f}" if "centroid_mean" in r else "-"
+        lines.append(f"{r['shots']:>5}  {acc:>16}  {cen:>20}")
+    ret = result.get("retrieval")
+    if ret:
+        lines.append(
+            f"retrieval (source -> target, gallery {ret['gallery']}): "
+            + ", ".join(f"R@{k} {ret[f'r{k}_mean']:.1f} ± {ret[f'r{k}_std']:.1f}" for k in (1, 5, 10))
+        )
+    else:
+        lines.append("retrieval: n/a (no strong pairs among the split's classes)")
+    return "\n".join(lines)
+
+
+def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_root: str | None = None, cache_dir: str | None = None):
+    """Rebuild model, benchmark and meta-parameters from a run directory (or a ``.pt`` file).
+
+    ``which="best"`` falls back to ``last.pt`` when no meta-val has written ``best.pt``.
+
+    Returns:
+        ``(model, bench, theta, ckpt, train_cfg)``: model on the device with ``theta`` loaded,
+        the benchmark with features on the device, the checkpoint dict, the
+        :class:`croma.meta.trainer.TrainConfig`.
+    """
+    from pathlib import Path
+
+    from croma.checkpoint import checkpoint_path, load_checkpoint
+    from croma.meta.functional import load_parameters
+    from croma.meta.trainer import TrainConfig, bench_to, build_from_config, load_bench, resolve_device
+
+    path = checkpoint_path(run_dir, which)
+    if which == "best" and not path.is_file() and Path(run_dir).is_dir():
+        path = checkpoint_path(run_dir, "last")
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    if data_root is not None:
+        cfg.data_root = data_root
+    if cache_dir is not None:
+        cfg.cache_dir = cache_dir
+    dev = resolve_device(device)
+    bench = load_bench(cfg)
+    model = build_from_config(cfg, bench)
+    try:
+        load_parameters(model, ckpt["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CromaError(f"{path}: parameters do not match the model its config describes ({exc})") from exc
+    model = model.to(dev).eval()
+    theta = {k: v.to(dev) for k, v in ckpt["model"].items()}
+    return model, bench_to(bench, dev), theta, ckpt, cfg
+
+
+def evaluate_run(
+    run_dir: str,
+    *,
+    which: str = "best",
+    shots: Sequence[int] = (1, 5, 10),
+    repeats: int = 5,
+    tasks: int = 8,
+    ways: int | None = None,
+    queries: int = 5,
+    head_init: str | None = None,
+    finetune: str | None = None,
+    finetune_steps: int | None = None,
+    finetune_lr: float | None = None,
+    label_noise: float = 0.0,
+    split: str = "meta_test",
+    device: str = "auto",
+    seed: int | None = None,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Meta-test a trained run (what ``croma evaluate DIR`` does).
+
+    Unset options take the run's training settings; ``head_init=None`` uses the head
+    initialisation recorded in the checkpoint (chosen on meta-val when trained with ``auto``);
+    ``head_init="auto"`` chooses now, on meta-val. Returns :func:`evaluate_kshot`'s dict plus
+    ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``.
+    """
+    from croma.meta.trainer import eval_config_from
+
+    model, bench, theta, ckpt, tcfg = load_run(run_dir, which=which, device=device, data_root=data_root, cache_dir=cache_dir)
+    cfg = eval_config_from(
+        tcfg, shots=list(shots), repeats=repeats, tasks=tasks, ways=ways or tcfg.ways, queries=queries,
+        split=split, label_noise=label_noise, nearest_centroid=True, retrieval=True,
+        seed=tcfg.seed if seed is None else seed,
+    )
+    if finetune is not None:
+        cfg.finetune = finetune
+    if finetune_steps is not None:
+        cfg.finetune_steps = finetune_steps
+    if finetune_lr is not None:
+        cfg.finetune_lr = finetune_lr
+    head_scores = ckpt.get("head_scores")
+    chosen = head_init or ckpt.get("head_init") or "meta"
+    if chosen == "auto":
+        chosen, head_scores = choose_head_init(model, bench, cfg, params=theta)
+    cfg.head_init = chosen
+    result = evaluate_kshot(model, bench, cfg, params=theta)
+    result["iteration"] = int(ckpt["iteration"])
+    result["checkpoint"] = ckpt.get("kind", which)
+    result["head_scores"] = head_scores
+    return result

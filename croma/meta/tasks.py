@@ -1,0 +1,264 @@
+"""Task families: how a task's tensors are gathered from a benchmark, and its loss.
+
+A family turns task indices into a *batch* — a dict of tensors with a leading task dimension,
+gathered from the benchmark's features by the samplers' row indices — and defines the loss of
+one task as a function of the model (run functionally, with the task's parameters swapped in).
+
+Families (registry ``FAMILIES``):
+
+* ``align`` — a batch of cross-modal pairs (strong or weak, from ``AlignmentTaskSampler``);
+  loss = the chosen alignment objective ``loss(z_source, z_target)``.
+* ``source_cls`` — an N-way episode in the source modality (support + query rows from the
+  source classification rows); loss = cross-entropy through the shared classifier.
+* ``target_cls`` — an N-way episode in the target modality over meta-train classes (uses
+  target labels: the oracle baseline's hook).
+* ``target_recon`` — a batch of unlabeled target items of meta-train classes; loss =
+  ``model.reconstruction_loss(x)`` (unsupervised baseline's hook; needs
+  ``ModelConfig.reconstruction``).
+
+Task ``i`` of a family is a pure function of ``(seed, family, i)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from croma.errors import CromaError
+from episodes.data import PreparedBenchmark
+from episodes.samplers import AlignmentTaskSampler, ClassificationTaskSampler, episode_generator
+
+__all__ = [
+    "FAMILIES",
+    "TaskFamily",
+    "AlignFamily",
+    "SourceClsFamily",
+    "TargetClsFamily",
+    "TargetReconFamily",
+    "derive_seed",
+    "build_family",
+    "model_inputs",
+]
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A stable 63-bit seed from ``seed`` and any keys (``hash`` is salted per process; this is not)."""
+    text = ":".join([str(int(seed))] + [str(k) for k in keys])
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def model_inputs(model: nn.Module, bench: PreparedBenchmark, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Encoder inputs of the source and target modality on ``device``, preprocessed once.
+
+    Returns:
+        ``{modality: tensor [n, *shape]}`` (``model.preprocess`` applied when the model has it).
+    """
+    out = {}
+    for mod in (bench.source, bench.target):
+        feats = bench.data[mod].features.to(device)
+        pre = getattr(model, "preprocess", None)
+        out[mod] = pre(mod, feats) if callable(pre) else feats
+    return out
+
+
+def _prefix_filter(prefixes: Sequence[str]) -> Callable[[str], bool]:
+    pre = tuple(prefixes)
+    return lambda name: name.startswith(pre)
+
+
+class TaskFamily:
+    """Base class. Subclasses set ``name`` and implement :meth:`sample` and :meth:`loss`.
+
+    Attributes:
+        name: registry name.
+        inputs: ``{modality: [n, *shape]}`` encoder inputs (on the training device).
+    """
+
+    name = "base"
+
+    def __init__(self, bench: PreparedBenchmark, inputs: Mapping[str, torch.Tensor]) -> None:
+        self.bench = bench
+        self.inputs = dict(inputs)
+        self.source, self.target = bench.source, bench.target
+
+    def sample(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Tensors of tasks ``indices`` stacked along a leading task dimension ``[T, ...]``."""
+        raise NotImplementedError
+
+    def begin(self, seed: int) -> None:
+        """Called before the inner loops of one call; ``seed`` is a pure function of the run's
+        seed, the iteration and the task indices (for objectives that draw noise)."""
+
+    def loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss of one task (``batch`` without the task dimension); ``model`` is run functionally."""
+        raise NotImplementedError
+
+    def trainable(self, name: str) -> bool:
+        """Whether the inner loop updates parameter ``name`` (others cannot change the loss)."""
+        return True
+
+    def _rows(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
+        x = self.inputs[modality]
+        return x[rows.to(x.device)]
+
+
+class AlignFamily(TaskFamily):
+    """Alignment tasks: ``loss_module(embed(source, xs), embed(target, xt))``.
+
+    Batch: ``xs [T, B, *source_shape]``, ``xt [T, B, *target_shape]``.
+    """
+
+    name = "align"
+
+    def __init__(self, bench, inputs, *, loss_module: nn.Module, batch_size: int, seed: int, **_: object) -> None:
+        super().__init__(bench, inputs)
+        d_s, d_t = bench.data[bench.source], bench.data[bench.target]
+        self.sampler = AlignmentTaskSampler(
+            bench.align_mode,
+            batch_size=batch_size,
+            seed=derive_seed(seed, "align"),
+            pairs=bench.pairs,
+            source_rows=bench.align_source_rows,
+            target_rows=bench.align_target_rows,
+            source_clusters=d_s.clusters,
+            target_clusters=d_t.clusters,
+        )
+        self.loss_module = loss_module
+        self._filter = _prefix_filter((f"encoders.{self.source}.", f"encoders.{self.target}.", "align."))
+        self._wants_generator = "generator" in tuple(getattr(loss_module, "context_keys", ()) or ())
+        self.generator: torch.Generator | None = None
+
+    def begin(self, seed: int) -> None:
+        """Objectives that draw noise (``cmcr``) get a generator seeded per call, so a run stays a
+        pure function of its seed (exact resume); the noise differs between the batched and the
+        sequential path and between task splits."""
+        if self._wants_generator:
+            dev = next(iter(self.inputs.values())).device
+            self.generator = torch.Generator(device=dev).manual_seed(int(seed))
+
+    def sample(self, indices):
+        tasks = [self.sampler.sample(int(i)) for i in indices]
+        src = torch.stack([t.source_rows for t in tasks])
+        tgt = torch.stack([t.target_rows for t in tasks])
+        return {"xs": self._rows(self.source, src), "xt": self._rows(self.target, tgt)}
+
+    def loss(self, model, batch):
+        zs = model.embed(self.source, batch["xs"])
+        zt = model.embed(self.target, batch["xt"])
+        if self.generator is not None:
+            return self.loss_module(zs, zt, generator=self.generator)
+        return self.loss_module(zs, zt)
+
+    def trainable(self, name):
+        return self._filter(name)
+
+
+class _ClsFamily(TaskFamily):
+    """N-way episodes in one modality; the loss is cross-entropy over support + query rows.
+
+    Batch: ``x [T, N*(K+Q), *shape]``, ``y long [T, N*(K+Q)]`` in ``0..N-1``.
+    """
+
+    modality_attr = "source"
+
+    def __init__(self, bench, inputs, *, ways: int, shots: int, queries: int, seed: int, **_: object) -> None:
+        super().__init__(bench, inputs)
+        self.modality = getattr(bench, self.modality_attr)
+        data = bench.data[self.modality]
+        if self.modality_attr == "source":
+            classes, rows = bench.splits.get("source_train", []), bench.classify_source_rows
+        else:
+            classes, rows = bench.splits.get("meta_train", []), None
+        self.sampler = ClassificationTaskSampler(
+            data.labels, classes, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, self.name), rows=rows
+        )
+        self._filter = _prefix_filter(
+            (f"encoders.{self.modality}.", "classifier.") + (("align.",) if self.modality == bench.target else ())
+        )
+
+    def sample(self, indices):
+        tasks = [self.sampler.sample(int(i)) for i in indices]
+        rows = torch.stack([torch.cat([t.support_rows, t.query_rows]) for t in tasks])
+        labels = torch.stack([torch.cat([t.support_labels, t.query_labels]) for t in tasks])
+        x = self._rows(self.modality, rows)
+        return {"x": x, "y": labels.to(x.device)}
+
+    def loss(self, model, batch):
+        logits = model.classify(model.embed(self.modality, batch["x"]))
+        return F.cross_entropy(logits, batch["y"])
+
+    def trainable(self, name):
+        return self._filter(name)
+
+
+class SourceClsFamily(_ClsFamily):
+    """Source-modality classification tasks (CROMA's classification tasks)."""
+
+    name = "source_cls"
+    modality_attr = "source"
+
+
+class TargetClsFamily(_ClsFamily):
+    """Target-modality classification tasks on meta-train classes (oracle baseline hook)."""
+
+    name = "target_cls"
+    modality_attr = "target"
+
+
+class TargetReconFamily(TaskFamily):
+    """Unlabeled target reconstruction: ``model.reconstruction_loss(x)``.
+
+    Batch: ``x [T, B, *target_shape]`` drawn from target rows of meta-train classes.
+    """
+
+    name = "target_recon"
+
+    def __init__(self, bench, inputs, *, batch_size: int, seed: int, model: nn.Module | None = None, **_: object) -> None:
+        super().__init__(bench, inputs)
+        if model is not None and getattr(model, "recon", None) is None:
+            raise CromaError("target_recon tasks need a model with a reconstruction head (ModelConfig.reconstruction=True)")
+        self.rows = bench.rows_of_classes(bench.target, bench.splits.get("meta_train", []))
+        if self.rows.numel() < 2:
+            raise CromaError(f"{bench.name}: target_recon tasks need >= 2 target items of meta-train classes")
+        self.batch_size = min(int(batch_size), int(self.rows.numel()))
+        self.seed = derive_seed(seed, "target_recon")
+
+    def sample(self, indices):
+        picks = []
+        for i in indices:
+            g = episode_generator(self.seed, int(i), "recon")
+            picks.append(self.rows[torch.randperm(self.rows.numel(), generator=g)[: self.batch_size]])
+        return {"x": self._rows(self.target, torch.stack(picks))}
+
+    def loss(self, model, batch):
+        return model.reconstruction_loss(batch["x"])
+
+    def trainable(self, name):
+        return not name.startswith(f"encoders.{self.source}.") and not name.startswith("classifier.")
+
+
+FAMILIES: dict[str, type[TaskFamily]] = {
+    "align": AlignFamily,
+    "source_cls": SourceClsFamily,
+    "target_cls": TargetClsFamily,
+    "target_recon": TargetReconFamily,
+}
+
+
+def build_family(name: str, bench: PreparedBenchmark, inputs: Mapping[str, torch.Tensor], **kw: object) -> TaskFamily:
+    """Instantiate family ``name``.
+
+    Keyword args (each family takes what it needs): ``loss_module``, ``batch_size`` (alignment /
+    reconstruction batch), ``ways``, ``shots``, ``queries``, ``seed``, ``model``.
+
+    Raises:
+        ValueError: unknown family. DataError: the benchmark cannot supply such tasks.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; expected one of {', '.join(FAMILIES)}")
+    return FAMILIES[name](bench, inputs, **kw)

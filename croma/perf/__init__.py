@@ -1,0 +1,1 @@
+"""Speed benchmarks as library functions (the `croma bench` subcommands call them)."""
