@@ -55,7 +55,7 @@ def format_table(result: dict[str, Any]) -> str:
     shots = sorted({int(r["shots"]) for r in rows})
     methods = _methods_in_order(rows)
     by = {(r["method"], int(r["shots"])): r for r in rows}
-    header = ["method", "#target samples(labels)"] + [f"{k}-shot" for k in shots] + ["train s", "steps"]
+    header = ["method", "#target samples(labels)"] + [f"{k}-shot" for k in shots] + ["train s", "opt steps"]
     lines = []
     for m in methods:
         first = next(r for r in rows if r["method"] == m)
@@ -64,7 +64,7 @@ def format_table(result: dict[str, Any]) -> str:
             r = by.get((m, k))
             cells.append("-" if r is None else f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f}")
         cells.append(f"{first.get('train_seconds', 0.0):.1f}")
-        cells.append(str(first.get("outer_steps", "-")))
+        cells.append(str(first.get("optimizer_steps", "-")))
         lines.append(cells)
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))

@@ -1,0 +1,53 @@
+"""Alignment-then-classify baselines: ``pretrain``, ``align-classify``, ``align-meta-classify``."""
+
+from __future__ import annotations
+
+from croma.baselines import register_method
+from croma.baselines.common import MethodContext, finish, fresh_model, target_pool_counts
+from croma.baselines.ordinary import ordinary_train
+from croma.baselines.reptile_runs import budgeted_reptile
+
+
+@register_method(
+    "pretrain",
+    family="alignment",
+    description="no meta-training: fine-tune the initial (or pretrained) encoders on the target support set",
+)
+def pretrain(ctx: MethodContext):
+    model = fresh_model(ctx)
+    return finish(ctx, model, None, train_seconds=0.0, outer_steps=0, optimizer_steps=0, counts=(0, 0))
+
+
+@register_method(
+    "align-classify",
+    family="alignment",
+    description="ordinary training: align the spaces with the objective + a classifier on source labels (no meta-learning)",
+    uses_target_samples=True,
+)
+def align_classify(ctx: MethodContext):
+    model = fresh_model(ctx)
+    info = ordinary_train(ctx, model, seconds=ctx.budget_seconds, align_weight=1.0, source_cls=True)
+    return finish(
+        ctx, model, None, train_seconds=info["seconds"], outer_steps=0, optimizer_steps=info["optimizer_steps"],
+        counts=target_pool_counts(ctx.bench, align=True), notes=info,
+    )
+
+
+@register_method(
+    "align-meta-classify",
+    family="alignment",
+    description="ordinary alignment for half the budget, then Reptile on source classification tasks",
+    uses_target_samples=True,
+)
+def align_meta_classify(ctx: MethodContext):
+    model = fresh_model(ctx)
+    half = ctx.budget_seconds / 2
+    info_a = ordinary_train(ctx, model, seconds=half, align_weight=1.0, source_cls=False)
+    params, info_r = budgeted_reptile(
+        ctx, model=model, task_weights={"source_cls": 1.0}, seconds=ctx.budget_seconds - info_a["seconds"]
+    )
+    return finish(
+        ctx, model, params, train_seconds=info_a["seconds"] + info_r["seconds"], outer_steps=info_r["outer_steps"],
+        optimizer_steps=info_a["optimizer_steps"] + info_r["optimizer_steps"],
+        counts=target_pool_counts(ctx.bench, align=True), notes={"alignment": info_a, "reptile": info_r},
+    )

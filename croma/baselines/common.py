@@ -1,0 +1,220 @@
+"""What every method receives and returns, and the pieces methods share.
+
+Budget rule: every trained method gets the same wall-clock training budget
+(``MethodContext.budget_seconds``) and reports how many optimiser steps it took in it
+(``MethodOutcome.optimizer_steps``: for Reptile, outer steps × tasks × inner steps; for
+ordinary training, gradient steps). Meta-val (never meta-test) picks the head initialisation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from croma.evaluate import EvalConfig
+from croma.meta.functional import meta_parameters
+from croma.meta.tasks import model_inputs
+from croma.meta.trainer import TrainConfig, build_from_config
+from episodes.data import ModalityData, PreparedBenchmark
+from episodes.noise import symmetric_label_noise
+
+
+@dataclass
+class MethodContext:
+    """Inputs of a method.
+
+    Attributes:
+        bench: the benchmark with clean labels (on the training device).
+        train: base :class:`TrainConfig` of the preset (loss, inner loop, ways, seed, model).
+        eval: meta-test :class:`EvalConfig` (its ``label_noise`` is the run's noise rate).
+        budget_seconds: wall-clock training budget of a trained method.
+        label_noise: symmetric noise on target labels used in meta-training.
+        progress: show progress bars.
+        oracle_warm_start: supervised warm start for the oracle.
+        knobs: preset extras (ordinary-training lr and batch sizes, val tasks, ...).
+    """
+
+    bench: PreparedBenchmark
+    train: TrainConfig
+    eval: EvalConfig
+    budget_seconds: float
+    label_noise: float = 0.0
+    progress: bool = False
+    oracle_warm_start: bool = False
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodOutcome:
+    """Output of a method: a model + meta-parameters to meta-test, and what it cost.
+
+    Attributes:
+        model: the :class:`croma.model.CrossModalModel` (run functionally).
+        params: parameters to meta-test.
+        eval_choice: per k, ``{"head_init", "finetune_steps", "meta_val"}`` chosen on meta-val.
+        eval_scores: meta-val accuracy of every candidate setting per k.
+        train_seconds: wall-clock training time.
+        outer_steps: Reptile outer steps (or ordinary epochs-of-steps; 0 when untrained).
+        optimizer_steps: gradient steps taken in training.
+        target_samples: distinct target-modality items available to training.
+        target_labels: distinct target-modality labels (items whose label it used).
+        notes: free-form facts for results.json.
+    """
+
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    eval_choice: dict[int, dict[str, Any]]
+    eval_scores: dict[str, dict[int, float]]
+    train_seconds: float
+    outer_steps: int
+    optimizer_steps: int
+    target_samples: int
+    target_labels: int
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+HEAD_CHOICES = ("meta", "zero", "prototype")
+
+
+def eval_grid(ctx: MethodContext) -> list[dict[str, Any]]:
+    """Meta-test settings chosen among on meta-val: head init × fine-tuning steps.
+
+    Steps are ``knobs['finetune_grid']`` (default ``[0, T, 2.5T]`` with ``T`` the preset's
+    fine-tuning steps); 0 steps is only offered with a non-zero head (``meta``/``prototype``:
+    a nearest-prototype classifier without fine-tuning).
+    """
+    t = int(ctx.eval.finetune_steps)
+    steps = ctx.knobs.get("finetune_grid") or sorted({0, t, int(round(2.5 * t))})
+    grid = []
+    for head in HEAD_CHOICES:
+        for s in steps:
+            if s == 0 and head == "zero":
+                continue
+            grid.append({"head_init": head, "finetune_steps": int(s)})
+    return grid
+
+
+def select_eval(
+    ctx: MethodContext, model: nn.Module, params: dict[str, torch.Tensor], inputs=None
+) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Choose, per k-shot setting, the head init and fine-tuning steps with the best **meta-val** accuracy.
+
+    Returns:
+        ``(choice, scores)``: ``{k: {"head_init", "finetune_steps"}}`` and
+        ``{"<head>/<steps>": {k: accuracy}}`` (percent, meta-val). Ties go to the earlier grid entry.
+        ``meta`` is skipped when the classifier's outputs differ from the ways.
+    """
+    from croma.evaluate import evaluate_kshot
+
+    base = replace(
+        ctx.eval,
+        split="meta_val",
+        repeats=int(ctx.knobs.get("val_repeats", 2)),
+        label_noise=ctx.label_noise,
+        nearest_centroid=False,
+        retrieval=False,
+    )
+    ways_ok = params["classifier.weight"].shape[0] == base.ways
+    scores: dict[str, dict[int, float]] = {}
+    for g in eval_grid(ctx):
+        if g["head_init"] == "meta" and not ways_ok:
+            continue
+        res = evaluate_kshot(model, ctx.bench, replace(base, **g), params=params, inputs=inputs)
+        scores[f"{g['head_init']}/{g['finetune_steps']}"] = {int(r["shots"]): r["accuracy_mean"] for r in res["rows"]}
+    choice: dict[int, dict[str, Any]] = {}
+    for k in base.shots:
+        best = max(scores, key=lambda name: scores[name][int(k)])  # max keeps the first of ties
+        head, steps = best.split("/")
+        choice[int(k)] = {"head_init": head, "finetune_steps": int(steps), "meta_val": scores[best][int(k)]}
+    return choice, scores
+
+
+def fresh_model(ctx: MethodContext, **model_overrides: Any) -> nn.Module:
+    """A model built from the preset's config (seeded), on the bench's device."""
+    cfg = replace(ctx.train, model={**ctx.train.model, **model_overrides})
+    device = next(iter(ctx.bench.data.values())).features.device
+    return build_from_config(cfg, ctx.bench).to(device)
+
+
+def noisy_target_bench(bench: PreparedBenchmark, rate: float, seed: int) -> PreparedBenchmark:
+    """Copy of ``bench`` whose target labels of meta-train classes carry symmetric noise.
+
+    Only labels of meta-train classes change, and only among meta-train classes, so nothing about
+    held-out classes leaks; meta-val/test rows keep their labels.
+    """
+    if rate <= 0:
+        return bench
+    tgt = bench.data[bench.target]
+    classes = sorted(bench.splits["meta_train"])
+    index = {c: i for i, c in enumerate(classes)}
+    rows = torch.tensor([i for i, c in enumerate(tgt.labels.tolist()) if c in index], dtype=torch.long)
+    local = torch.tensor([index[int(c)] for c in tgt.labels[rows].tolist()], dtype=torch.long)
+    noisy_local = symmetric_label_noise(local, rate, len(classes), seed)
+    labels = tgt.labels.clone()
+    labels[rows] = torch.tensor(classes, dtype=torch.long)[noisy_local]
+    data = dict(bench.data)
+    data[bench.target] = ModalityData(features=tgt.features, labels=labels, clusters=tgt.clusters, ids=tgt.ids)
+    return replace(bench, data=data)
+
+
+def target_pool_counts(bench: PreparedBenchmark, *, align: bool = False, labelled: bool = False, unlabelled: bool = False) -> tuple[int, int]:
+    """(#target samples, #target labels) a method's training may draw from.
+
+    ``align``: target rows of alignment pairs (no labels); ``labelled``: target rows of meta-train
+    classes with their labels; ``unlabelled``: target rows of meta-train classes without labels.
+    """
+    samples: set[int] = set()
+    labels = 0
+    if align:
+        samples |= set(bench.align_target_rows.tolist())
+    meta_train_rows = set(bench.rows_of_classes(bench.target, bench.splits["meta_train"]).tolist())
+    if labelled:
+        samples |= meta_train_rows
+        labels = len(meta_train_rows)
+    if unlabelled:
+        samples |= meta_train_rows
+    return len(samples), labels
+
+
+class Stopwatch:
+    """Wall-clock budget helper."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def expired(self) -> bool:
+        return self.elapsed >= self.seconds
+
+
+def finish(
+    ctx: MethodContext,
+    model: nn.Module,
+    params: dict[str, torch.Tensor] | None,
+    *,
+    train_seconds: float,
+    outer_steps: int,
+    optimizer_steps: int,
+    counts: tuple[int, int],
+    notes: dict[str, Any] | None = None,
+) -> MethodOutcome:
+    """Choose the meta-test settings on meta-val and package the outcome."""
+    params = {k: v.detach() for k, v in (dict(params) if params is not None else meta_parameters(model)).items()}
+    inputs = model_inputs(model, ctx.bench, next(iter(params.values())).device)
+    choice, scores = select_eval(ctx, model, params, inputs)
+    return MethodOutcome(
+        model=model, params=params, eval_choice=choice, eval_scores=scores, train_seconds=train_seconds,
+        outer_steps=outer_steps, optimizer_steps=optimizer_steps, target_samples=counts[0],
+        target_labels=counts[1], notes=dict(notes or {}),
+    )
+
+
+MethodFn = Callable[[MethodContext], MethodOutcome]

@@ -1,0 +1,100 @@
+"""Domain-adaptation baselines: one encoder body shared by both modalities, separate input layers.
+
+Applies when both modalities are fixed-size vectors (the compact front-ends, e.g. text n-grams
+and speech statistics of ``udhr-speech``): each modality gets its own input layer
+``Linear(D_m, hidden)``; the body (the ``mlp`` encoder) is the *same module* for both, so its
+parameters are tied. Methods (ordinary training, same budget as the others):
+
+* ``shared``: source labels only;
+* ``shared-align``: + the alignment objective on cross-modal pairs;
+* ``shared-confusion``: + domain confusion (gradient reversal against a modality discriminator,
+  on unlabeled target items);
+* ``shared-target-labels``: + target labels of meta-train classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from croma.baselines import register_method
+from croma.baselines.common import MethodContext, finish, noisy_target_bench, target_pool_counts
+from croma.baselines.ordinary import ordinary_train
+from croma.encoders import get_encoder
+from croma.meta.tasks import derive_seed
+from croma.model import CrossModalModel
+
+
+class SharedBodyEncoder(nn.Module):
+    """``[B, D_m] -> Linear -> GELU -> shared body -> [B, E]``."""
+
+    def __init__(self, in_dim: int, hidden: int, body: nn.Module) -> None:
+        super().__init__()
+        self.input = nn.Linear(in_dim, hidden)
+        self.body = body
+        self.out_dim = body.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.nn.functional.gelu(self.input(x)))
+
+
+def applies(bench) -> bool:
+    """Both modalities have float vector features."""
+    return all(bench.data[m].features.dim() == 2 and bench.data[m].features.dtype.is_floating_point for m in (bench.source, bench.target))
+
+
+def shared_model(ctx: MethodContext) -> CrossModalModel:
+    """A CrossModalModel whose two encoders share one body (seeded, global RNG untouched)."""
+    bench, cfg = ctx.bench, ctx.train
+    hidden = int(cfg.model.get("hidden", 128))
+    embed = int(cfg.model.get("embed_dim", 128))
+    device = bench.data[bench.source].features.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "shared-body"))
+        body = get_encoder("mlp", (hidden,), embed, hidden=hidden)
+        encoders = {m: SharedBodyEncoder(bench.data[m].features.shape[1], hidden, body) for m in (bench.source, bench.target)}
+        model = CrossModalModel(encoders, source=bench.source, target=bench.target, embed_dim=embed, num_classes=cfg.ways)
+    return model.to(device)
+
+
+def _run(ctx: MethodContext, *, align: float = 0.0, confusion: float = 0.0, target_labels: bool = False):
+    model = shared_model(ctx)
+    bench = noisy_target_bench(ctx.bench, ctx.label_noise, seed=ctx.train.seed) if target_labels else ctx.bench
+    info = ordinary_train(
+        ctx, model, seconds=ctx.budget_seconds, align_weight=align, source_cls=True, target_cls=target_labels,
+        confusion_weight=confusion, bench=bench,
+    )
+    counts = target_pool_counts(ctx.bench, align=align > 0, unlabelled=confusion > 0, labelled=target_labels)
+    return finish(
+        ctx, model, None, train_seconds=info["seconds"], outer_steps=0, optimizer_steps=info["optimizer_steps"],
+        counts=counts, notes=info,
+    )
+
+
+@register_method("shared", family="domain_adaptation", description="shared encoder body, source labels only", shared_body=True, applies=applies)
+def shared(ctx):
+    return _run(ctx)
+
+
+@register_method(
+    "shared-align", family="domain_adaptation", description="shared body + alignment objective on pairs",
+    uses_target_samples=True, shared_body=True, applies=applies,
+)
+def shared_align(ctx):
+    return _run(ctx, align=1.0)
+
+
+@register_method(
+    "shared-confusion", family="domain_adaptation", description="shared body + domain confusion (gradient reversal)",
+    uses_target_samples=True, shared_body=True, applies=applies,
+)
+def shared_confusion(ctx):
+    return _run(ctx, confusion=float(ctx.knobs.get("confusion_weight", 0.3)))
+
+
+@register_method(
+    "shared-target-labels", family="domain_adaptation", description="shared body + target labels of meta-train classes",
+    uses_target_labels=True, uses_target_samples=True, shared_body=True, applies=applies,
+)
+def shared_target_labels(ctx):
+    return _run(ctx, target_labels=True)

@@ -1,0 +1,70 @@
+"""Meta-learning methods: ``croma`` (the paper's method), ``oracle`` and ``unsup-meta``."""
+
+from __future__ import annotations
+
+from croma.baselines import register_method
+from croma.baselines.common import MethodContext, finish, fresh_model, noisy_target_bench, target_pool_counts
+from croma.baselines.ordinary import ordinary_train
+from croma.baselines.reptile_runs import budgeted_reptile
+from croma.meta.functional import load_parameters
+
+
+@register_method(
+    "croma",
+    family="meta_learning",
+    description="CROMA: Reptile over alignment tasks + source classification tasks (separate encoders, shared classifier)",
+    uses_target_samples=True,
+)
+def croma(ctx: MethodContext):
+    model = fresh_model(ctx)
+    mix = float(ctx.train.task_mix)
+    params, info = budgeted_reptile(
+        ctx, model=model, task_weights={"align": mix, "source_cls": 1.0 - mix}, seconds=ctx.budget_seconds
+    )
+    return finish(
+        ctx, model, params, train_seconds=info["seconds"], outer_steps=info["outer_steps"],
+        optimizer_steps=info["optimizer_steps"], counts=target_pool_counts(ctx.bench, align=True), notes=info,
+    )
+
+
+@register_method(
+    "oracle",
+    family="meta_learning",
+    description="Reptile within the target modality using target labels of meta-train classes",
+    uses_target_labels=True,
+    uses_target_samples=True,
+)
+def oracle(ctx: MethodContext):
+    bench = noisy_target_bench(ctx.bench, ctx.label_noise, seed=ctx.train.seed)
+    model = fresh_model(ctx)
+    seconds = ctx.budget_seconds
+    notes = {}
+    steps = 0
+    if ctx.oracle_warm_start:
+        warm = seconds * 0.3
+        info_w = ordinary_train(ctx, model, seconds=warm, align_weight=0.0, source_cls=False, target_cls=True, bench=bench)
+        notes["warm_start"] = info_w
+        steps += info_w["optimizer_steps"]
+        seconds -= info_w["seconds"]
+    params, info = budgeted_reptile(ctx, model=model, task_weights={"target_cls": 1.0}, seconds=seconds, bench=bench)
+    notes.update(info)
+    return finish(
+        ctx, model, params, train_seconds=info["seconds"] + notes.get("warm_start", {}).get("seconds", 0.0),
+        outer_steps=info["outer_steps"], optimizer_steps=info["optimizer_steps"] + steps,
+        counts=target_pool_counts(ctx.bench, labelled=True), notes=notes,
+    )
+
+
+@register_method(
+    "unsup-meta",
+    family="meta_learning",
+    description="Reptile on unlabeled target data via reconstruction (unsupervised meta-learning)",
+    uses_target_samples=True,
+)
+def unsup_meta(ctx: MethodContext):
+    model = fresh_model(ctx, reconstruction=True)
+    params, info = budgeted_reptile(ctx, model=model, task_weights={"target_recon": 1.0}, seconds=ctx.budget_seconds)
+    return finish(
+        ctx, model, params, train_seconds=info["seconds"], outer_steps=info["outer_steps"],
+        optimizer_steps=info["optimizer_steps"], counts=target_pool_counts(ctx.bench, unlabelled=True), notes=info,
+    )

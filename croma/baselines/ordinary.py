@@ -1,0 +1,183 @@
+"""Ordinary (non-meta) training used by several baselines.
+
+One loop, several optional terms, each a mini-batch per step:
+
+* ``align_weight * objective(e_s(x_s), e_t(x_t))`` on alignment pairs (the chosen objective);
+* cross-entropy of a **source** classifier over all ``source_train`` classes on
+  classification rows (a separate head: the shared N-way classifier is for episodes);
+* cross-entropy of a **target** classifier over meta-train target classes (methods that
+  declare they use target labels);
+* a domain-confusion term (gradient reversal against a modality discriminator on the
+  embeddings of source and unlabeled target items).
+
+Adam on all trainable parameters, wall-clock budget, seeded mini-batches (batch ``b`` of
+the run is a pure function of ``(seed, b)``); the global RNG is not used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from croma.baselines.common import MethodContext
+from croma.errors import NonFiniteLossError
+from croma.meta.tasks import derive_seed, model_inputs
+from episodes.samplers import AlignmentTaskSampler, episode_generator
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``-scale`` backward (domain confusion)."""
+    return _GradReverse.apply(x, scale)
+
+
+class _RowBatches:
+    """Seeded mini-batches of rows (with their labels remapped to 0..C-1)."""
+
+    def __init__(self, rows: torch.Tensor, labels: torch.Tensor | None, batch: int, seed: int, stream: str) -> None:
+        self.rows = rows
+        self.batch = min(int(batch), int(rows.numel()))
+        self.seed, self.stream = seed, stream
+        if labels is not None:
+            classes = sorted(set(labels.tolist()))
+            index = {c: i for i, c in enumerate(classes)}
+            self.labels = torch.tensor([index[int(c)] for c in labels.tolist()], dtype=torch.long)
+            self.num_classes = len(classes)
+        else:
+            self.labels, self.num_classes = None, 0
+
+    def get(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        g = episode_generator(self.seed, b, self.stream)
+        pick = torch.randperm(self.rows.numel(), generator=g)[: self.batch]
+        return self.rows[pick], (None if self.labels is None else self.labels[pick])
+
+
+def ordinary_train(
+    ctx: MethodContext,
+    model: nn.Module,
+    *,
+    seconds: float,
+    align_weight: float = 1.0,
+    source_cls: bool = True,
+    target_cls: bool = False,
+    confusion_weight: float = 0.0,
+    bench=None,
+    train_filter=None,
+) -> dict[str, Any]:
+    """Train ``model`` in place for ``seconds`` of wall-clock time.
+
+    Args:
+        ctx: method context (``knobs``: ``ordinary_lr`` (default 1e-3), ``ordinary_batch`` (64)).
+        model: a :class:`croma.model.CrossModalModel`.
+        align_weight: weight of the alignment objective (0 disables it).
+        source_cls / target_cls: add the source / target classification terms.
+        confusion_weight: weight of the domain-confusion term (0 disables it).
+        bench: benchmark (default ``ctx.bench``; a noisy-label copy for target labels).
+        train_filter: optional ``name -> bool`` selecting which parameters train.
+
+    Returns:
+        ``{"optimizer_steps", "seconds", "losses": {term: last running mean}}``.
+
+    Raises:
+        NonFiniteLossError: a loss became NaN/inf (names the step).
+    """
+    bench = bench if bench is not None else ctx.bench
+    cfg = ctx.train
+    device = next(model.parameters()).device
+    inputs = model_inputs(model, bench, device)
+    src, tgt = bench.source, bench.target
+    batch = int(ctx.knobs.get("ordinary_batch", 64))
+    seed = derive_seed(cfg.seed, "ordinary")
+    terms: dict[str, Any] = {}
+    if align_weight > 0:
+        from croma.losses import get_loss
+
+        terms["align"] = (
+            AlignmentTaskSampler(
+                bench.align_mode, batch_size=cfg.align_batch, seed=derive_seed(seed, "align"), pairs=bench.pairs,
+                source_rows=bench.align_source_rows, target_rows=bench.align_target_rows,
+                source_clusters=bench.data[src].clusters, target_clusters=bench.data[tgt].clusters,
+            ),
+            get_loss(cfg.loss, **dict(cfg.loss_hp)).to(device),
+        )
+    heads = nn.ModuleDict()
+    if source_cls:
+        rows = bench.classify_source_rows
+        terms["source_cls"] = _RowBatches(rows, bench.data[src].labels[rows], batch, seed, "source_cls")
+        heads["source"] = nn.Linear(model.embed_dim, terms["source_cls"].num_classes)
+    if target_cls:
+        rows = bench.rows_of_classes(tgt, bench.splits["meta_train"])
+        terms["target_cls"] = _RowBatches(rows, bench.data[tgt].labels[rows], batch, seed, "target_cls")
+        heads["target"] = nn.Linear(model.embed_dim, terms["target_cls"].num_classes)
+    if confusion_weight > 0:
+        s_rows = torch.cat([bench.classify_source_rows, bench.align_source_rows])
+        t_rows = bench.rows_of_classes(tgt, bench.splits["meta_train"])
+        terms["confusion"] = (
+            _RowBatches(s_rows, None, batch // 2, seed, "conf_s"),
+            _RowBatches(t_rows, None, batch // 2, seed, "conf_t"),
+        )
+        heads["domain"] = nn.Sequential(nn.Linear(model.embed_dim, 64), nn.ReLU(), nn.Linear(64, 2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "heads"))
+        for h in heads.values():
+            for m in h.modules():
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+    heads.to(device)
+    params = [p for n, p in model.named_parameters() if p.requires_grad and (train_filter is None or train_filter(n))]
+    params += list(heads.parameters())
+    opt = torch.optim.Adam(params, lr=float(ctx.knobs.get("ordinary_lr", 1e-3)))
+    model.train(False)
+    running: dict[str, float] = {}
+    t0 = time.perf_counter()
+    step = 0
+    while time.perf_counter() - t0 < seconds:
+        total = torch.zeros((), device=device)
+        parts: dict[str, torch.Tensor] = {}
+        if "align" in terms:
+            sampler, objective = terms["align"]
+            t = sampler.sample(step)
+            zs = model.embed(src, inputs[src][t.source_rows.to(device)])
+            zt = model.embed(tgt, inputs[tgt][t.target_rows.to(device)])
+            parts["align"] = align_weight * objective(zs, zt)
+        if "source_cls" in terms:
+            rows, y = terms["source_cls"].get(step)
+            parts["source_cls"] = F.cross_entropy(heads["source"](model.embed(src, inputs[src][rows.to(device)])), y.to(device))
+        if "target_cls" in terms:
+            rows, y = terms["target_cls"].get(step)
+            parts["target_cls"] = F.cross_entropy(heads["target"](model.embed(tgt, inputs[tgt][rows.to(device)])), y.to(device))
+        if "confusion" in terms:
+            (sb, tb) = terms["confusion"]
+            rs, _ = sb.get(step)
+            rt, _ = tb.get(step)
+            z = torch.cat([model.embed(src, inputs[src][rs.to(device)]), model.embed(tgt, inputs[tgt][rt.to(device)])])
+            d = torch.cat([torch.zeros(rs.numel()), torch.ones(rt.numel())]).long().to(device)
+            parts["confusion"] = F.cross_entropy(heads["domain"](grad_reverse(z, confusion_weight)), d)
+        for v in parts.values():
+            total = total + v
+        if not bool(torch.isfinite(total)):
+            raise NonFiniteLossError(f"ordinary training: non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        for k, v in parts.items():
+            val = float(v.detach())
+            running[k] = 0.95 * running.get(k, val) + 0.05 * val
+        step += 1
+    for p in model.parameters():
+        p.grad = None
+    return {"optimizer_steps": step, "seconds": time.perf_counter() - t0, "losses": running}
