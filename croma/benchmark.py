@@ -22,12 +22,12 @@ from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.meta.trainer import TrainConfig, bench_to, resolve_device
 from croma.report import write_noise_sweep, write_results
 
-# Preset budgets. ``quick`` is the main job (make demo): about 15 s of training per method on a
+# Preset budgets. ``quick`` is the main job (make demo): 12 s of training per method on a
 # 2-core CPU. ``paper`` uses sequence encoders and paper-scale budgets (hours on a CPU).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "frontend": "compact",
-        "budget_seconds": 15.0,
+        "budget_seconds": 12.0,
         "repeats": 3,
         "train": dict(
             loss="cwcl", meta_batch=8, task_mix=0.5, inner_steps=5, inner_lr=1e-3, inner_optimizer="adam",
@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             eval_queries=5, finetune="all", finetune_steps=10, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),
         ),
-        "knobs": dict(val_shots=[1, 5], val_repeats=2, val_checks=8, ordinary_lr=1e-3, ordinary_batch=64),
+        "knobs": dict(val_repeats=2, val_checks=6, finetune_grid=[0, 25], ordinary_lr=1e-3, ordinary_batch=64),
     },
     "paper": {
         "frontend": "sequence",
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             eval_queries=5, finetune="all", finetune_steps=20, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),
         ),
-        "knobs": dict(val_shots=[1, 5], val_repeats=3, val_checks=20, ordinary_lr=1e-3, ordinary_batch=64),
+        "knobs": dict(val_repeats=3, val_checks=20, finetune_grid=[0, 10, 25, 50], ordinary_lr=1e-3, ordinary_batch=64),
     },
 }
 

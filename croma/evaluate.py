@@ -182,6 +182,21 @@ class _Episodes:
         return torch.stack([fn(theta, {k: v[i] for k, v in batch.items()}) for i in range(n)])
 
 
+def _run_shared(eps: _Episodes, fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], dist: Any) -> torch.Tensor:
+    """``eps.run`` over all tasks of ``batch``, or (``dist``) over this rank's share, gathered: ``[T]``."""
+    if dist is None or dist.world_size == 1:
+        return eps.run(fn, theta, batch)
+    n = next(iter(batch.values())).shape[0]
+    mine = dist.shard(n)
+    dtype = next(iter(theta.values())).dtype
+    out = torch.zeros(n, dtype=dtype, device=next(iter(theta.values())).device)
+    if mine:
+        idx = torch.tensor(mine, dtype=torch.long)
+        part = eps.run(fn, theta, {k: v[idx.to(v.device)] for k, v in batch.items()})
+        out[idx.to(out.device)] = part.to(dtype)
+    return dist.all_reduce_sum(out, "all_reduce of meta-val accuracies")
+
+
 def _episode_batch(bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, shots: int, repeat: int) -> dict[str, torch.Tensor]:
     target = bench.target
     classes = bench.splits.get(cfg.split, [])
@@ -249,6 +264,7 @@ def evaluate_kshot(
     *,
     params: Mapping[str, torch.Tensor] | None = None,
     inputs: Mapping[str, torch.Tensor] | None = None,
+    dist: Any = None,
 ) -> dict[str, Any]:
     """k-shot meta-test of meta-parameters on the target modality.
 
@@ -258,6 +274,9 @@ def evaluate_kshot(
         cfg: settings (defaults: 1/5/10-shot, 8 tasks x 5-way, 5 repeats).
         params: meta-parameters ``{name: tensor}``; default: the model's trainable parameters.
         inputs: precomputed encoder inputs (``croma.meta.tasks.model_inputs``), else computed.
+        dist: a :class:`croma.distributed.Distributed`: every rank draws the same episodes,
+            fine-tunes its share of them and the per-episode accuracies are gathered (summed
+            into a ``[tasks]`` vector), so every rank returns the same numbers. All ranks must call.
 
     Returns:
         A plain dict: ``{"split", "ways", "tasks", "queries", "repeats", "head_init", "finetune",
@@ -288,11 +307,11 @@ def evaluate_kshot(
         for r in range(cfg.repeats):
             b = _episode_batch(bench, x_t, cfg, int(k), r)
             with torch.enable_grad():
-                acc = eps.run(eps.finetune_accuracy, theta, b)
+                acc = _run_shared(eps, eps.finetune_accuracy, theta, b, dist)
             accs.append(100.0 * float(acc.mean()))
             if cfg.nearest_centroid:
                 with torch.no_grad():
-                    cents.append(100.0 * float(eps.run(eps.centroid_accuracy, theta, b).mean()))
+                    cents.append(100.0 * float(_run_shared(eps, eps.centroid_accuracy, theta, b, dist).mean()))
         row: dict[str, Any] = {"shots": int(k), "repeats": cfg.repeats, "accuracies": accs}
         row["accuracy_mean"], row["accuracy_std"] = _mean_std(accs)
         if cents:
@@ -321,6 +340,7 @@ def choose_head_init(
     *,
     params: Mapping[str, torch.Tensor] | None = None,
     inputs: Mapping[str, torch.Tensor] | None = None,
+    dist: Any = None,
 ) -> tuple[str, dict[str, float]]:
     """Pick the head initialisation with the best **meta-val** accuracy.
 
@@ -337,7 +357,7 @@ def choose_head_init(
         if name == "meta" and theta["classifier.weight"].shape[0] != cfg.ways:
             continue
         c = replace(cfg, split="meta_val", head_init=name, nearest_centroid=False, retrieval=False)
-        res = evaluate_kshot(model, bench, c, params=theta, inputs=inputs)
+        res = evaluate_kshot(model, bench, c, params=theta, inputs=inputs, dist=dist)
         scores[name] = sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"])
     best = max(scores, key=lambda n: (scores[n], -HEAD_INITS.index(n)))
     return best, scores
@@ -421,13 +441,15 @@ def evaluate_run(
     seed: int | None = None,
     data_root: str | None = None,
     cache_dir: str | None = None,
+    dist: Any = None,
 ) -> dict[str, Any]:
     """Meta-test a trained run (what ``croma evaluate DIR`` does).
 
     Unset options take the run's training settings; ``head_init=None`` uses the head
     initialisation recorded in the checkpoint (chosen on meta-val when trained with ``auto``);
     ``head_init="auto"`` chooses now, on meta-val. Returns :func:`evaluate_kshot`'s dict plus
-    ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``.
+    ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``. ``dist``: split the episodes across
+    the ranks of a :class:`croma.distributed.Distributed` (all ranks call; all get the result).
     """
     from croma.meta.trainer import eval_config_from
 
@@ -446,9 +468,9 @@ def evaluate_run(
     head_scores = ckpt.get("head_scores")
     chosen = head_init or ckpt.get("head_init") or "meta"
     if chosen == "auto":
-        chosen, head_scores = choose_head_init(model, bench, cfg, params=theta)
+        chosen, head_scores = choose_head_init(model, bench, cfg, params=theta, dist=dist)
     cfg.head_init = chosen
-    result = evaluate_kshot(model, bench, cfg, params=theta)
+    result = evaluate_kshot(model, bench, cfg, params=theta, dist=dist)
     result["iteration"] = int(ckpt["iteration"])
     result["checkpoint"] = ckpt.get("kind", which)
     result["head_scores"] = head_scores

@@ -89,7 +89,7 @@ def shared_align(ctx):
     uses_target_samples=True, shared_body=True, applies=applies,
 )
 def shared_confusion(ctx):
-    return _run(ctx, confusion=float(ctx.knobs.get("confusion_weight", 0.3)))
+    return _run(ctx, confusion=float(ctx.knobs.get("confusion_weight", 0.1)))
 
 
 @register_method(

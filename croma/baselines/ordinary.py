@@ -8,7 +8,8 @@ One loop, several optional terms, each a mini-batch per step:
 * cross-entropy of a **target** classifier over meta-train target classes (methods that
   declare they use target labels);
 * a domain-confusion term (gradient reversal against a modality discriminator on the
-  embeddings of source and unlabeled target items).
+  embeddings of source and unlabeled target items; the reversal strength follows the DANN
+  ramp ``w * (2 / (1 + exp(-10 p)) - 1)`` over training progress ``p``).
 
 Adam on all trainable parameters, wall-clock budget, seeded mini-batches (batch ``b`` of
 the run is a pure function of ``(seed, b)``); the global RNG is not used.
@@ -16,6 +17,7 @@ the run is a pure function of ``(seed, b)``); the global RNG is not used.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -166,7 +168,10 @@ def ordinary_train(
             rt, _ = tb.get(step)
             z = torch.cat([model.embed(src, inputs[src][rs.to(device)]), model.embed(tgt, inputs[tgt][rt.to(device)])])
             d = torch.cat([torch.zeros(rs.numel()), torch.ones(rt.numel())]).long().to(device)
-            parts["confusion"] = F.cross_entropy(heads["domain"](grad_reverse(z, confusion_weight)), d)
+            # DANN schedule: the reversal strength ramps from 0 to confusion_weight over the budget.
+            progress = min(1.0, (time.perf_counter() - t0) / max(seconds, 1e-9))
+            lam = confusion_weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+            parts["confusion"] = F.cross_entropy(heads["domain"](grad_reverse(z, lam)), d)
         for v in parts.values():
             total = total + v
         if not bool(torch.isfinite(total)):

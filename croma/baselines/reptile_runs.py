@@ -57,11 +57,16 @@ def budgeted_reptile(
     for _ in range(calibration_steps):
         probe.outer_step()
     per_step = (time.perf_counter() - t0) / calibration_steps
+    checks = int(ctx.knobs.get("val_checks", 8))
+    t0 = time.perf_counter()
+    probe.validate()
+    per_val = time.perf_counter() - t0
     del probe
     remaining = max(seconds - watch.elapsed, per_step)
-    # Meta-val costs time too: reserve it by assuming ~8 validations.
-    iterations = max(2, int(remaining * 0.95 / per_step))
-    eval_every = max(1, iterations // int(ctx.knobs.get("val_checks", 8)))
+    # Meta-val costs time too: reserve it for ``checks`` validations (at most a third of the budget).
+    checks = max(1, min(checks, int(remaining / 3 / max(per_val, 1e-6))))
+    iterations = max(2, int((remaining - checks * per_val) * 0.97 / per_step))
+    eval_every = max(1, iterations // checks)
     cfg = replace(base, iterations=iterations, eval_every=eval_every, time_budget_s=max(remaining, 1e-3))
     trainer = CromaTrainer(cfg, bench, model=model, progress=ctx.progress)
     result = trainer.fit()

@@ -1,9 +1,16 @@
-"""`croma train BENCH --loss NAME --iterations N --checkpoint-dir DIR`: CROMA meta-training."""
+"""`croma train BENCH --loss NAME --iterations N --checkpoint-dir DIR`: CROMA meta-training.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process is one rank
+of the run; ``--nproc N`` starts N such processes on this machine (see :mod:`croma.distributed`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 
 BENCHMARKS = ("udhr-speech", "cifar-esc50", "yummly", "wilderness", "manifest", "synthetic")
 
@@ -65,6 +72,12 @@ def add_parser(sub) -> None:
                    help="encoder for a modality (repeatable), e.g. --encoder audio=lstm")
     p.add_argument("--image-weights", default=None, metavar="PATH", help="local torchvision ResNet-18 weights file")
     p.add_argument("--text-model", default=None, metavar="DIR", help="local transformers BERT directory")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="split each meta-batch across N local processes (torch.distributed; gloo on CPU, "
+                   "nccl on CUDA, one thread / GPU each); under torchrun leave this at 1")
+    p.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds a distributed collective may wait for a peer before the run stops "
+                   "with an error (default 120)")
     p.set_defaults(func=run)
 
 
@@ -100,23 +113,119 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
 
 
 def run(args) -> int:
-    from croma.meta.trainer import train
-    from croma.perf.meta import tune_allocator
-
     from pathlib import Path
 
+    from croma.distributed import env_world
     from croma.errors import CromaError
 
     cfg = config_from_args(args)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be an integer >= 1 (got {args.nproc})")
+    if not args.dist_timeout > 0:
+        raise ValueError(f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")
+    env = env_world()
+    if args.nproc > 1 and env is not None:
+        raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
     last = Path(cfg.checkpoint_dir) / "last.pt"
     if last.exists() and not args.resume:
         raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+    payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
+               "dist_timeout": float(args.dist_timeout)}
+    if args.nproc > 1:
+        return _launch(payload, args.nproc)
+    return run_rank(payload)
+
+
+def run_rank(payload: dict) -> int:
+    """Train one process's part: the whole run, or one rank of a torchrun / ``--nproc`` group.
+
+    ``payload``: ``{"config": TrainConfig.to_dict(), "resume", "progress", "dist_timeout"}``.
+    Only rank 0 prints, shows progress and writes checkpoints.
+    """
+    from croma.distributed import Distributed, env_world
+    from croma.meta.trainer import TrainConfig, resolve_device, train
+    from croma.perf.meta import tune_allocator
+
+    cfg = TrainConfig.from_dict(payload["config"])
     tune_allocator()  # batched inner loops reuse large buffers instead of re-faulting fresh pages
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
-    best = "n/a" if result.best_val is None else f"{result.best_val:.2f}% at iteration {result.best_iteration}"
-    print(
-        f"trained {result.iteration}/{cfg.iterations} iterations; best meta-val accuracy {best}; "
-        f"head init {result.head_init}; wrote {cfg.checkpoint_dir}/last.pt and best.pt"
-    )
-    sys.stdout.flush()
+    env = env_world()
+    dist = None
+    if env is not None:
+        import torch
+
+        dev = resolve_device(cfg.device)
+        if dev.type == "cuda":
+            if env.local_rank >= torch.cuda.device_count():
+                from croma.errors import CromaError
+
+                raise CromaError(
+                    f"rank {env.rank}: LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA device(s) "
+                    f"(use at most that many processes per machine, or --device cpu)"
+                )
+            dev = torch.device("cuda", env.local_rank)
+            torch.cuda.set_device(dev)
+            cfg.device = str(dev)
+        dist = Distributed(env, dev, timeout_s=payload.get("dist_timeout", 120.0))
+    try:
+        result = train(cfg, resume=payload["resume"], progress=payload["progress"], dist=dist)
+    except BaseException:
+        if dist is not None:
+            _leave(dist)
+        raise
+    if dist is not None:
+        dist.close()
+    if dist is None or dist.rank == 0:
+        best = "n/a" if result.best_val is None else f"{result.best_val:.2f}% at iteration {result.best_iteration}"
+        procs = "" if dist is None else f" on {dist.world_size} processes ({dist.backend})"
+        print(
+            f"trained {result.iteration}/{cfg.iterations} iterations{procs}; best meta-val accuracy {best}; "
+            f"head init {result.head_init}; wrote {cfg.checkpoint_dir}/last.pt and best.pt"
+        )
+        sys.stdout.flush()
     return 0
+
+
+def _leave(dist) -> None:
+    """Leave the process group after an error without waiting for peers that may be gone."""
+    import torch.distributed as tdist
+
+    try:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+
+
+_WORKER = "import sys; from croma.cli.train import worker_main; sys.exit(worker_main(sys.argv[1]))"
+
+
+def _launch(payload: dict, nproc: int) -> int:
+    """``--nproc N``: run :func:`run_rank` in N local processes (ranks of one group)."""
+    from croma.distributed import launch_local, python_cmd
+
+    with tempfile.TemporaryDirectory(prefix="croma-nproc-") as tmp:
+        path = os.path.join(tmp, "payload.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 30.0)
+    if code != 0 and codes[0] <= 0:  # rank 0 finished or was killed (said nothing): say which rank failed
+        bad = next(r for r, c in enumerate(codes) if c != 0)
+        sys.stderr.write(f"error: croma train --nproc {nproc}: rank {bad} exited with code {codes[bad]}\n")
+    return 0 if code == 0 else (code if code > 0 else 1)
+
+
+def worker_main(path: str) -> int:
+    """Entry point of one ``--nproc`` process: :func:`run_rank` with the CLI's one-line errors."""
+    from croma.cli import _user_errors
+
+    with open(path, encoding="utf-8") as fh:
+        payload = json.load(fh)
+    try:
+        return run_rank(payload)
+    except _user_errors() as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.stderr.write(f"error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130

@@ -14,7 +14,9 @@ Meta-parameters ``theta`` = all trainable parameters of the :class:`croma.model.
 
 For distribution, one outer step is ``deltas_sum, n = trainer.task_deltas(theta, t, task_ids)``
 over any subset of the meta-batch's task ids, then ``reptile_update(theta, deltas_sum / total,
-eps)``: a rank computes its share and the sums are all-reduced in between.
+eps)``: a rank computes its share and the sums are all-reduced in between. Pass a
+:class:`croma.distributed.Distributed` as ``dist`` to do exactly that (see that module): ranks
+share each meta-batch and the meta-val episodes; only rank 0 writes checkpoints and shows progress.
 
 Every ``eval_every`` iterations the meta-val accuracy (fixed episodes) selects ``best.pt``;
 meta-test is never used for selection. ``last.pt`` is written every ``checkpoint_every``
@@ -291,7 +293,9 @@ class CromaTrainer:
         model: a model to train (default: built from ``cfg``); only run functionally — its own
             parameters are never modified by training.
         loss_module: the alignment objective (default ``croma.losses.get_loss(cfg.loss, **cfg.loss_hp)``).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only).
+        dist: a :class:`croma.distributed.Distributed` to split meta-batches and meta-val
+            episodes across its ranks (None: this process does everything).
 
     Attributes:
         theta: current meta-parameters ``{name: tensor}``; iteration: iterations completed.
@@ -305,9 +309,15 @@ class CromaTrainer:
         model: torch.nn.Module | None = None,
         loss_module: torch.nn.Module | None = None,
         progress: bool = False,
+        dist: Any = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
+        self.dist = dist  # croma.distributed.Distributed or None
+        self.is_writer = dist is None or dist.rank == 0
+        progress = progress and self.is_writer
+        if dist is not None and cfg.checkpoint_dir:
+            dist.checkpoint = Path(cfg.checkpoint_dir) / "last.pt"  # named in its error messages
         self.device = resolve_device(cfg.device)
         bench = bench if bench is not None else load_bench(cfg, progress=progress)
         self.bench = bench_to(bench, self.device)
@@ -443,6 +453,26 @@ class CromaTrainer:
             rec[f"{fam}_loss_last"] = float(l[:, -1].mean()) if l.numel() else float("nan")
         return rec
 
+    def _sync_from_rank0(self) -> None:
+        """Make every rank hold rank 0's state (parameters, iteration, selection; rank 0 may be
+        the only one that could read ``last.pt`` when machines do not share a file system)."""
+        d = self.dist
+        d.iteration = None
+        meta = d.broadcast_object(
+            {"iteration": self.iteration, "best_val": self.best_val, "best_iteration": self.best_iteration,
+             "head_init": self.head_init, "head_scores": self.head_scores, "history": self.history,
+             "has_best": self.best_theta is not None},
+            "broadcast of the initial state",
+        )
+        self.theta = d.broadcast_params(self.theta, "broadcast of the initial state")
+        self.iteration, self.best_val, self.best_iteration = meta["iteration"], meta["best_val"], meta["best_iteration"]
+        self.head_init, self.head_scores, self.history = meta["head_init"], meta["head_scores"], list(meta["history"])
+        if meta["has_best"]:
+            src = self.best_theta if self.best_theta is not None else self.theta
+            self.best_theta = d.broadcast_params(src, "broadcast of the initial state")
+        else:
+            self.best_theta = None
+
     def _non_finite(self, what: str, it: int) -> None:
         where = ""
         if self.cfg.checkpoint_dir:
@@ -459,7 +489,7 @@ class CromaTrainer:
     def validate(self, theta: Mapping[str, torch.Tensor] | None = None) -> float:
         """Meta-val accuracy (percent, mean over ``eval_shots``) of ``theta`` (default: current)."""
         theta = self.theta if theta is None else theta
-        res = evaluate_kshot(self.model, self.bench, self.eval_config(), params=theta, inputs=self.inputs)
+        res = evaluate_kshot(self.model, self.bench, self.eval_config(), params=theta, inputs=self.inputs, dist=self.dist)
         return sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"])
 
     # ------------------------------------------------------------------ checkpoints
@@ -492,7 +522,7 @@ class CromaTrainer:
     def save(self) -> None:
         """Write ``last.pt`` (and ``best.pt`` when no meta-val has produced one) atomically."""
         last = self._path("last.pt")
-        if last is None:
+        if last is None or not self.is_writer:
             return
         if self.cfg.eval_every == 0:  # nothing selects: best is the latest
             save_checkpoint(self._path("best.pt"), self.state("best", self.theta))
@@ -547,12 +577,18 @@ class CromaTrainer:
         cfg = self.cfg
         if resume:
             self.resume()
+        if self.dist is not None:
+            self._sync_from_rank0()
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, desc="croma train", dynamic_ncols=True)
         t0 = time.perf_counter()
         last_val: float | None = self.history[-1].get("val_acc") if self.history else None
         try:
             while self.iteration < cfg.iterations:
-                rec = self.outer_step()
+                if self.dist is not None:
+                    self.dist.iteration = self.iteration + 1
+                    rec = self.outer_step(self.dist.shard(self.meta_batch), self.dist.reduce_deltas([f for f, _ in self.plan]))
+                else:
+                    rec = self.outer_step()
                 for k, v in rec.items():
                     self._acc.setdefault(k, []).append(v)
                 it = self.iteration
@@ -564,12 +600,14 @@ class CromaTrainer:
                     if self.best_val is None or last_val > self.best_val:
                         self.best_val, self.best_iteration = last_val, it
                         self.best_theta = {k: v.clone() for k, v in self.theta.items()}
-                        if self._path("best.pt") is not None:
+                        if self._path("best.pt") is not None and self.is_writer:
                             save_checkpoint(self._path("best.pt"), self.state("best", self.theta))
                 ckpt_now = bool(cfg.checkpoint_every and it % cfg.checkpoint_every == 0) or done
                 stop = (cfg.stop_after is not None and it >= cfg.stop_after) or (
                     cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
                 )
+                if self.dist is not None and cfg.time_budget_s is not None:  # clocks differ: stop together
+                    stop = self.dist.any(stop, "all_reduce")
                 if log_now or ckpt_now or stop:
                     entry: dict[str, Any] = {"iteration": it}
                     entry.update({k: sum(v) / len(v) for k, v in self._acc.items()})
@@ -596,9 +634,9 @@ class CromaTrainer:
             self.best_theta = {k: v.clone() for k, v in self.theta.items()}
         if finished and cfg.head_init == "auto" and self.head_scores is None:
             self.head_init, self.head_scores = choose_head_init(
-                self.model, self.bench, self.eval_config(), params=self.best_theta, inputs=self.inputs
+                self.model, self.bench, self.eval_config(), params=self.best_theta, inputs=self.inputs, dist=self.dist
             )
-            if self._path("best.pt") is not None:
+            if self._path("best.pt") is not None and self.is_writer:
                 best_state = self.state("best", self.best_theta)
                 save_checkpoint(self._path("best.pt"), best_state)
                 save_checkpoint(self._path("last.pt"), self.state("last", self.theta))
@@ -617,7 +655,11 @@ def train(
     progress: bool = False,
     model: torch.nn.Module | None = None,
     loss_module: torch.nn.Module | None = None,
+    dist: Any = None,
 ) -> TrainResult:
-    """Meta-train with CROMA (see :class:`CromaTrainer`); the one-call entry point."""
-    trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress)
+    """Meta-train with CROMA (see :class:`CromaTrainer`); the one-call entry point.
+
+    ``dist``: a :class:`croma.distributed.Distributed` when this process is one rank of several.
+    """
+    trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist)
     return trainer.fit(resume=resume)

@@ -1,0 +1,69 @@
+import math
+import zlib
+
+import torch
+
+from episodes.datasets.synthetic import make_synthetic_benchmark
+from episodes.data import ModalityData
+from episodes.features import audio_bow_features, audio_stat_features, compact_benchmark, text_ngram_features
+
+torch.set_num_threads(1)
+
+
+def test_text_ngrams_match_a_naive_count():
+    text = "Ab ab"
+    v = text_ngram_features([text], dim=64)
+    s = "\x02ab ab\x03"
+    naive = [0.0] * 64
+    for n in (1, 2, 3):
+        for i in range(len(s) - n + 1):
+            naive[zlib.crc32(f"{n}|{s[i:i+n]}".encode()) % 64] += 1
+    naive = [math.sqrt(c) for c in naive]
+    norm = math.sqrt(sum(c * c for c in naive))
+    assert torch.allclose(v[0], torch.tensor([c / norm for c in naive]), atol=1e-6)
+    # whitespace and case are normalised; an empty text is the boundary marks only
+    assert torch.allclose(text_ngram_features(["AB   AB"], dim=64), v)
+    assert text_ngram_features([""], dim=8).shape == (1, 8)
+
+
+def test_audio_stats_ignore_padding_and_match_naive():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, generator=g)
+    x[1, :, 4:] = 0.0  # padding frames of item 1
+    f = audio_stat_features(x)
+    assert f.shape == (2, 12)
+    v = x[1, :, :4]
+    assert torch.allclose(f[1, :3], v.mean(-1), atol=1e-5)
+    assert torch.allclose(f[1, 3:6], v.std(-1, unbiased=False), atol=1e-5)
+    d = v[:, 1:] - v[:, :-1]
+    assert torch.allclose(f[1, 6:9], d.mean(-1), atol=1e-5)
+    assert torch.allclose(f[1, 9:12], d.std(-1, unbiased=False), atol=1e-5)
+
+
+def test_bag_of_audio_words_codebook_sees_only_fit_rows():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 4, 20, generator=g)
+    fit = torch.arange(6)
+    a = audio_bow_features(x, fit, words=4, iterations=3, sample_frames=500, seed=0)
+    y = x.clone()
+    y[6:] = torch.randn(4, 4, 20, generator=g) * 5  # change rows outside the fit set
+    b = audio_bow_features(y, fit, words=4, iterations=3, sample_frames=500, seed=0)
+    assert a.shape == (10, 4)
+    assert torch.allclose(a[:6], b[:6])  # codebook unchanged -> same features for unchanged rows
+    assert torch.allclose((a**2).sum(1), torch.ones(10), atol=1e-5)  # sqrt of a distribution
+
+
+def test_compact_benchmark_keeps_rows_pairs_and_splits():
+    b = make_synthetic_benchmark(num_classes=10, per_class=6, seed=0)
+    ids = torch.randint(1, 120, (b.data["text"].labels.numel(), 16), generator=torch.Generator().manual_seed(0))
+    logmel = torch.randn(b.data["audio"].labels.numel(), 5, 30, generator=torch.Generator().manual_seed(1))
+    b.data["text"] = ModalityData(ids, b.data["text"].labels, b.data["text"].clusters, b.data["text"].ids)
+    b.data["audio"] = ModalityData(logmel, b.data["audio"].labels, b.data["audio"].clusters, b.data["audio"].ids)
+    c = compact_benchmark(b, text_dim=32, audio_words=8)
+    assert c.data["text"].features.shape == (60, 32)
+    assert c.data["audio"].features.shape == (60, 4 * 5 + 8)
+    assert torch.equal(c.pairs, b.pairs) and c.splits == b.splits
+    c.validate()
+    # standardisation uses meta-train rows only: their mean is ~0
+    rows = c.rows_of_classes("audio", c.splits["meta_train"])
+    assert c.data["audio"].features[rows].mean(0).abs().max() < 1e-4
