@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "budget_seconds": 12.0,
         "repeats": 3,
         "train": dict(
-            loss="cwcl", meta_batch=8, task_mix=0.5, inner_steps=5, inner_lr=1e-3, inner_optimizer="adam",
+            loss="cwcl", meta_batch=8, task_mix=0.5, inner_steps=5, inner_lr=3e-3, inner_optimizer="adam",
             meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=32, eval_tasks=8, eval_shots=[1, 5],
             eval_queries=5, finetune="all", finetune_steps=10, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),

@@ -51,8 +51,9 @@ def budgeted_reptile(
     )
     # Calibrate: time a few outer steps (they are discarded).
     probe = CromaTrainer(replace(base, iterations=calibration_steps + 2, eval_every=0), bench, model=model)
-    probe.outer_step()  # warm-up (first calls pay one-off costs)
+    probe.outer_step()  # warm-up: first calls pay one-off costs (kernel selection, caches)
     probe.outer_step()
+    probe.validate()
     t0 = time.perf_counter()
     for _ in range(calibration_steps):
         probe.outer_step()
