@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -49,7 +50,7 @@ __all__ = [
 
 DEFAULT_TIMEOUT_S = 120.0
 # Test-only hook: "RANK:ITER" makes that rank os._exit(17) just before the all_reduce of 1-based
-# outer iteration ITER (simulates a peer dying mid-run).
+# outer iteration ITER (simulates a peer dying mid-run); "RANK:ITER:hang" makes it hang there.
 TEST_EXIT_ENV = "CROMA_TEST_EXIT_AT"
 
 Params = dict[str, torch.Tensor]
@@ -176,7 +177,10 @@ class Distributed:
             ckpt = f"no checkpoint had been written yet to {self.checkpoint}"
         else:
             ckpt = "no checkpoint directory"
-        return CromaError(f"rank {self.rank}: peer process died or timed out during {op}{where}; {ckpt} ({_first_line(exc)})")
+        return CromaError(
+            f"rank {self.rank}: peer process died or timed out during {op}{where}; {ckpt} "
+            f"({_first_line(exc)}; --dist-timeout {self.timeout_s:g} s)"
+        )
 
     def _call(self, op: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -279,15 +283,26 @@ class Distributed:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])  # gloo's "[.../pair.cc:561] " prefix
+    low = line.lower()
+    if "connection closed by peer" in low or "connection reset" in low:
+        return "connection closed by peer"
+    if "timed out" in low or "timeout" in low:
+        return "timed out"
+    return line[:160]
 
 
 def _maybe_exit(rank: int, iteration: int | None) -> None:
     spec = os.environ.get(TEST_EXIT_ENV)
     if not spec or iteration is None:
         return
-    r, it = (int(x) for x in spec.split(":"))
-    if r == rank and it == iteration:
+    parts = spec.split(":")
+    if int(parts[0]) == rank and int(parts[1]) == iteration:
+        if parts[2:] == ["hang"]:
+            while True:  # a live but stuck peer: the others must time out
+                time.sleep(3600)
         os._exit(17)
 
 

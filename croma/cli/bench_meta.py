@@ -1,4 +1,7 @@
-"""`croma bench meta`: batched (vmap) vs sequential inner loops; prints `speedup: X.XX` last."""
+"""`croma bench meta`: batched (vmap) vs sequential inner loops; prints `speedup: X.XX` last.
+
+`croma bench meta --nproc N`: 1 process vs N processes (torch.distributed); prints `scaling: X.XX` last.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,16 @@ def add_parser(sub) -> None:
         "with one thread; print tasks/s, peak memory and, last, 'speedup: X.XX'.",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed meta-batches per path (default 5)")
-    p.add_argument("--meta-batch", type=int, default=16, help="tasks per meta-batch (default 16)")
+    p.add_argument("--meta-batch", type=int, default=None,
+                   help="tasks per meta-batch (default 16; with --nproc N: 64 per process, i.e. 64 N, so that "
+                   "each process's batched share is large enough to split well)")
     p.add_argument("--inner-steps", type=int, default=5, help="inner steps (default 5)")
     p.add_argument("--inner-optimizer", choices=("sgd", "adam"), default="adam")
     p.add_argument("--hidden", type=int, default=128, help="MLP hidden width (default 128)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default cpu")
-    p.add_argument("--nproc", type=int, default=1, help="processes (only 1 for now)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="N > 1: instead measure tasks/s of the batched path with 1 process and with N processes "
+                   "(torch.distributed, one thread each) in one run; prints 'scaling: X.XX' last")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default malloc thresholds (by default large freed buffers are kept for reuse)")
@@ -27,14 +34,17 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from croma.perf.meta import run_meta_bench, tune_allocator
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1 (got {args.nproc})")
     if args.hidden < 1 or args.threads < 1:
         raise ValueError(f"--hidden and --threads must be >= 1 (got {args.hidden}, {args.threads})")
     allocator = "default"
     if not args.no_malloc_tuning and tune_allocator():
         allocator = "glibc mmap/trim thresholds raised"
+    meta_batch = args.meta_batch if args.meta_batch is not None else (16 if args.nproc == 1 else 64 * args.nproc)
     run_meta_bench(
         allocator=allocator,
-        repeats=args.repeats, meta_batch=args.meta_batch, device=args.device, nproc=args.nproc,
+        repeats=args.repeats, meta_batch=meta_batch, device=args.device, nproc=args.nproc,
         inner_steps=args.inner_steps, inner_optimizer=args.inner_optimizer, hidden=args.hidden, threads=args.threads,
     )
     return 0

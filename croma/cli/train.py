@@ -132,6 +132,15 @@ def run(args) -> int:
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
                "dist_timeout": float(args.dist_timeout)}
     if args.nproc > 1:
+        import torch
+
+        from croma.meta.trainer import resolve_device
+
+        if resolve_device(cfg.device).type == "cuda" and args.nproc > torch.cuda.device_count():
+            raise CromaError(
+                f"--nproc {args.nproc} needs one CUDA device per process but {torch.cuda.device_count()} are visible "
+                f"(use --nproc {torch.cuda.device_count()} or --device cpu)"
+            )
         return _launch(payload, args.nproc)
     return run_rank(payload)
 
@@ -143,14 +152,18 @@ def run_rank(payload: dict) -> int:
     Only rank 0 prints, shows progress and writes checkpoints.
     """
     from croma.distributed import Distributed, env_world
-    from croma.meta.trainer import TrainConfig, resolve_device, train
+    from croma.meta.trainer import TrainConfig, load_bench, resolve_device, train
     from croma.perf.meta import tune_allocator
 
     cfg = TrainConfig.from_dict(payload["config"])
     tune_allocator()  # batched inner loops reuse large buffers instead of re-faulting fresh pages
     env = env_world()
     dist = None
+    bench = None
     if env is not None:
+        # every rank loads the data before joining (feature caches are written atomically; run
+        # `croma data prepare` first so that no rank spends long preparing them)
+        bench = load_bench(cfg, progress=payload["progress"] and env.rank == 0)
         import torch
 
         dev = resolve_device(cfg.device)
@@ -167,7 +180,7 @@ def run_rank(payload: dict) -> int:
             cfg.device = str(dev)
         dist = Distributed(env, dev, timeout_s=payload.get("dist_timeout", 120.0))
     try:
-        result = train(cfg, resume=payload["resume"], progress=payload["progress"], dist=dist)
+        result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist)
     except BaseException:
         if dist is not None:
             _leave(dist)
@@ -207,7 +220,7 @@ def _launch(payload: dict, nproc: int) -> int:
         path = os.path.join(tmp, "payload.json")
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(payload, fh)
-        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 30.0)
+        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 10.0)
     if code != 0 and codes[0] <= 0:  # rank 0 finished or was killed (said nothing): say which rank failed
         bad = next(r for r, c in enumerate(codes) if c != 0)
         sys.stderr.write(f"error: croma train --nproc {nproc}: rank {bad} exited with code {codes[bad]}\n")

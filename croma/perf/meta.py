@@ -7,6 +7,13 @@ encoders (``feature_dim -> hidden -> embed_dim``) plus the shared classifier. On
 ``CromaTrainer.task_deltas`` for one outer iteration (task sampling, inner loops, the summed
 Reptile deltas). The last line printed is ``speedup: X.XX`` = median sequential time / median
 batched time.
+
+With ``nproc > 1`` (:func:`run_scaling_bench`) it measures scaling instead: ``nproc`` local
+processes (one thread each, ``gloo``) form a process group; alternately, rank 0 alone runs a
+whole batched meta-batch (the 1-process figure; the others wait in a barrier) and all ranks run
+their share of one (round-robin task ids) followed by the ``all_reduce`` of the packed deltas,
+exactly as distributed training does. The last line is ``scaling: X.XX`` = tasks/s with
+``nproc`` processes / tasks/s with 1.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 
 from croma.errors import CromaError
 
-__all__ = ["run_meta_bench", "tune_allocator"]
+__all__ = ["run_meta_bench", "run_scaling_bench", "tune_allocator"]
 
 
 def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
@@ -52,6 +59,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _workload(inner_loop: str, *, repeats: int, meta_batch: int, device: str, inner_steps: int, inner_optimizer: str,
+              ways: int, shots: int, queries: int, feature_dim: int, hidden: int, embed_dim: int, seed: int):
+    """The benchmark's :class:`CromaTrainer` (synthetic features, 2-layer MLP encoders, cls tasks)."""
+    from croma.meta.trainer import CromaTrainer, TrainConfig
+    from episodes.datasets.synthetic import make_synthetic_benchmark
+
+    per_class = 2 * (shots + queries) + 2  # half of each class's source rows serve classification
+    bench = make_synthetic_benchmark(
+        num_classes=max(20, 4 * ways), per_class=per_class, source_dim=feature_dim, target_dim=feature_dim,
+        latent_dim=16, seed=seed,
+    )
+    base = dict(
+        iterations=max(2 * repeats + 2, 2), meta_batch=meta_batch, task_mix=0.0, inner_steps=inner_steps,
+        inner_lr=1e-3, inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries,
+        eval_every=0, checkpoint_every=0, seed=seed, device=device,
+        model={"embed_dim": embed_dim, "hidden": hidden, "encoders": {bench.source: "mlp", bench.target: "mlp"},
+               "encoder_hp": {bench.source: {"layers": 2}, bench.target: {"layers": 2}}},
+    )
+    return CromaTrainer(TrainConfig(**base, inner_loop=inner_loop), bench)
+
+
 def run_meta_bench(
     *,
     repeats: int = 5,
@@ -78,7 +106,7 @@ def run_meta_bench(
         meta_batch, inner_steps, inner_optimizer, ways, shots, queries: the workload.
         feature_dim, hidden, embed_dim: synthetic features and MLP sizes.
         device: ``cpu`` | ``cuda`` | ``auto``.
-        nproc: processes (only 1 is supported for now).
+        nproc: processes; > 1 runs :func:`run_scaling_bench` instead.
         threads: ``torch.set_num_threads`` for the run (restored afterwards).
         allocator: a note on the allocator settings, printed in the header (see :func:`tune_allocator`).
         out: line printer (default ``print``); the last line is ``speedup: X.XX``.
@@ -88,14 +116,19 @@ def run_meta_bench(
         "speedup", "max_abs_diff", "peak_rss_mib", "cuda_peak_mib" (or None), "device", ...}``.
 
     Raises:
-        CromaError: ``nproc > 1`` (not supported yet) or bad sizes.
+        CromaError: bad sizes.
     """
-    from croma.meta.trainer import CromaTrainer, TrainConfig, resolve_device
-    from episodes.datasets.synthetic import make_synthetic_benchmark
+    from croma.meta.trainer import resolve_device
 
     out = out or (lambda s: (print(s), sys.stdout.flush()))
-    if nproc != 1:
-        raise CromaError(f"--nproc {nproc}: multi-process benchmarking is not yet supported (use --nproc 1)")
+    if nproc < 1:
+        raise CromaError(f"--nproc must be >= 1 (got {nproc})")
+    if nproc > 1:
+        return run_scaling_bench(
+            nproc=nproc, repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
+            hidden=hidden, embed_dim=embed_dim, threads=threads, seed=seed, allocator=allocator, out=out,
+        )
     for name, v, lo in (("repeats", repeats, 1), ("meta-batch", meta_batch, 1), ("inner-steps", inner_steps, 1)):
         if v < lo:
             raise CromaError(f"--{name} must be >= {lo} (got {v})")
@@ -103,20 +136,13 @@ def run_meta_bench(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        per_class = 2 * (shots + queries) + 2  # half of each class's source rows serve classification
-        bench = make_synthetic_benchmark(
-            num_classes=max(20, 4 * ways), per_class=per_class, source_dim=feature_dim, target_dim=feature_dim,
-            latent_dim=16, seed=seed,
-        )
-        base = dict(
-            iterations=max(repeats + 1, 2), meta_batch=meta_batch, task_mix=0.0, inner_steps=inner_steps,
-            inner_lr=1e-3, inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries,
-            eval_every=0, checkpoint_every=0, seed=seed, device=str(dev),
-            model={"embed_dim": embed_dim, "hidden": hidden, "encoders": {bench.source: "mlp", bench.target: "mlp"},
-                   "encoder_hp": {bench.source: {"layers": 2}, bench.target: {"layers": 2}}},
-        )
         trainers = {
-            mode: CromaTrainer(TrainConfig(**base, inner_loop=mode), bench) for mode in ("batched", "sequential")
+            mode: _workload(
+                mode, repeats=repeats, meta_batch=meta_batch, device=str(dev), inner_steps=inner_steps,
+                inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
+                hidden=hidden, embed_dim=embed_dim, seed=seed,
+            )
+            for mode in ("batched", "sequential")
         }
         theta = trainers["batched"].theta
         times: dict[str, list[float]] = {"batched": [], "sequential": []}
@@ -171,3 +197,162 @@ def run_meta_bench(
     out(f"peak memory (process max RSS): {rss_mib:.1f} MiB")
     out(f"speedup: {speedup:.2f}")
     return res
+
+
+_SCALING_WORKER = "import sys; from croma.perf.meta import _scaling_worker; sys.exit(_scaling_worker(sys.argv[1]))"
+
+
+def run_scaling_bench(
+    *,
+    nproc: int = 2,
+    repeats: int = 5,
+    meta_batch: int = 16,
+    device: str = "cpu",
+    inner_steps: int = 5,
+    inner_optimizer: str = "adam",
+    ways: int = 5,
+    shots: int = 5,
+    queries: int = 5,
+    feature_dim: int = 256,
+    hidden: int = 128,
+    embed_dim: int = 64,
+    threads: int = 1,
+    seed: int = 0,
+    allocator: str = "default",
+    timeout_s: float = 120.0,
+    out: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Tasks/s of batched meta-batches with 1 process and with ``nproc`` processes, in one run.
+
+    Starts ``nproc`` local ranks (:func:`croma.distributed.launch_local`, ``threads`` threads
+    each; ``gloo`` on CPU, ``nccl`` with one GPU per rank on CUDA). Per repeat, in alternating
+    order: rank 0 alone computes ``CromaTrainer.task_deltas`` of a whole meta-batch (1 process),
+    and every rank computes its round-robin share followed by the packed ``all_reduce`` of
+    :meth:`croma.distributed.Distributed.reduce_deltas` (``nproc`` processes; timed on rank 0
+    between barriers). Prints the load average before and after (other processes on the machine
+    distort the figures) and, last, ``scaling: X.XX`` (median 1-process time / median
+    ``nproc``-process time).
+
+    Returns:
+        ``{"tasks_per_s_1", "tasks_per_s_n", "ms_1", "ms_n", "scaling", "max_abs_diff", "nproc",
+        "loadavg_before", "loadavg_after", ...}``.
+
+    Raises:
+        CromaError: a rank failed (its error is printed on stderr) or bad sizes.
+    """
+    import json
+    import os
+    import tempfile
+
+    from croma.distributed import launch_local, python_cmd
+
+    out = out or (lambda s: (print(s), sys.stdout.flush()))
+    for name, v, lo in (("repeats", repeats, 1), ("meta-batch", meta_batch, 1), ("inner-steps", inner_steps, 1), ("nproc", nproc, 2)):
+        if v < lo:
+            raise CromaError(f"--{name} must be >= {lo} (got {v})")
+    from croma.meta.trainer import resolve_device
+
+    if resolve_device(device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise CromaError(f"--nproc {nproc} needs one CUDA device per process ({torch.cuda.device_count()} visible)")
+    load_before = os.getloadavg()
+    spec = dict(
+        repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
+        ways=ways, shots=shots, queries=queries, feature_dim=feature_dim, hidden=hidden, embed_dim=embed_dim,
+        seed=seed, threads=threads, timeout_s=timeout_s, tune_allocator=allocator != "default",
+    )
+    with tempfile.TemporaryDirectory(prefix="croma-bench-") as tmp:
+        spec["result"] = os.path.join(tmp, "result.json")
+        path = os.path.join(tmp, "spec.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(spec, fh)
+        code, codes = launch_local(python_cmd(_SCALING_WORKER, path), nproc, threads=threads, grace_s=timeout_s + 10.0)
+        if code != 0 or not os.path.isfile(spec["result"]):
+            raise CromaError(f"croma bench meta --nproc {nproc}: a benchmark process failed (exit codes {codes})")
+        with open(spec["result"], encoding="utf-8") as fh:
+            r = json.load(fh)
+    load_after = os.getloadavg()
+    med1, medn = statistics.median(r["t1"]), statistics.median(r["tn"])
+    res: dict[str, Any] = {
+        "nproc": nproc, "threads": threads, "device": r["device"], "backend": r["backend"], "meta_batch": meta_batch,
+        "repeats": repeats, "ms_1": 1000 * med1, "ms_n": 1000 * medn, "tasks_per_s_1": meta_batch / med1,
+        "tasks_per_s_n": meta_batch / medn, "scaling": med1 / medn, "max_abs_diff": r["max_abs_diff"],
+        "loadavg_before": load_before, "loadavg_after": load_after, "allocator": allocator, "cpus": os.cpu_count(),
+    }
+    out(
+        f"croma bench meta --nproc {nproc}: {meta_batch} tasks/meta-batch (<= {-(-meta_batch // nproc)} per process; {ways}-way {shots}-shot + {queries} queries), "
+        f"{inner_steps} inner steps ({inner_optimizer}), batched, 2-layer MLP encoders {feature_dim}->{hidden}->{embed_dim}, "
+        f"device {r['device']} ({r['backend']}), {threads} thread(s) per process, {repeats} repeats, allocator {allocator}"
+    )
+    out(f"machine: {os.cpu_count()} CPU(s); load average before {_fmt_load(load_before)}, after {_fmt_load(load_after)}")
+    out(f"1 process   : {res['tasks_per_s_1']:8.1f} tasks/s  (median {res['ms_1']:.1f} ms per meta-batch)")
+    out(f"{nproc} processes: {res['tasks_per_s_n']:8.1f} tasks/s  (median {res['ms_n']:.1f} ms per meta-batch, incl. all_reduce)")
+    out(f"max |{nproc}-process - 1-process| Reptile delta sum: {res['max_abs_diff']:.2e}")
+    out(f"scaling: {res['scaling']:.2f}")
+    return res
+
+
+def _fmt_load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in load)
+
+
+def _scaling_worker(spec_path: str) -> int:
+    """One rank of :func:`run_scaling_bench` (started by :func:`croma.distributed.launch_local`)."""
+    import json
+
+    from croma.distributed import Distributed, env_world
+    from croma.meta.trainer import resolve_device
+
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    if spec["tune_allocator"]:
+        tune_allocator()
+    torch.set_num_threads(int(spec["threads"]))
+    env = env_world()
+    dev = resolve_device(spec["device"])
+    if dev.type == "cuda":
+        dev = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(dev)
+    trainer = _workload(
+        "batched", repeats=spec["repeats"], meta_batch=spec["meta_batch"], device=str(dev), inner_steps=spec["inner_steps"],
+        inner_optimizer=spec["inner_optimizer"], ways=spec["ways"], shots=spec["shots"], queries=spec["queries"],
+        feature_dim=spec["feature_dim"], hidden=spec["hidden"], embed_dim=spec["embed_dim"], seed=spec["seed"],
+    )
+    dist = Distributed(env, dev, timeout_s=spec["timeout_s"])
+    try:
+        theta = trainer.theta
+        n = spec["meta_batch"]
+        mine = dist.shard(n)
+        reduce = dist.reduce_deltas([f for f, _ in trainer.plan])
+
+        def shared(it: int):
+            d, k, l = trainer.task_deltas(theta, it, mine)
+            return reduce(d, k, l)
+
+        # warm-up: both shapes once (and the check that the shares sum to the whole)
+        whole = trainer.task_deltas(theta, 0)[0] if dist.rank == 0 else None
+        summed, total, _ = shared(0)
+        max_diff = max(float((whole[k] - summed[k]).abs().max()) for k in theta) if dist.rank == 0 else 0.0
+        t1: list[float] = []
+        tn: list[float] = []
+        for r in range(spec["repeats"]):
+            for what in (("one", "all") if r % 2 == 0 else ("all", "one")):
+                dist.barrier()
+                _sync(dev)
+                t0 = time.perf_counter()
+                if what == "one":
+                    if dist.rank == 0:
+                        trainer.task_deltas(theta, 2 * r + 1)
+                        _sync(dev)
+                        t1.append(time.perf_counter() - t0)
+                else:
+                    shared(2 * r + 2)
+                    _sync(dev)
+                    tn.append(time.perf_counter() - t0)
+        dist.barrier()
+        if dist.rank == 0:
+            with open(spec["result"], "w", encoding="utf-8") as fh:
+                json.dump({"t1": t1, "tn": tn, "max_abs_diff": max_diff, "device": str(dev), "backend": dist.backend,
+                           "total": total}, fh)
+    finally:
+        dist.close()
+    return 0
