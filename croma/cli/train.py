@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("bench", metavar="BENCH", help=f"benchmark: {', '.join(BENCHMARKS)}")
     p.add_argument("--loss", choices=list_losses(), default="cwcl", help="alignment objective (default cwcl)")
+    p.add_argument("--features", choices=("sequence", "compact"), default="sequence",
+                   help="sequence: byte ids / log-mel frames / images (cnn1d, lstm, cnn2d encoders); compact: "
+                   "n-gram and audio-statistics vectors for MLP encoders, as `croma benchmark --preset quick` (default sequence)")
     p.add_argument("--iterations", type=int, default=1000, help="outer iterations (default 1000)")
     p.add_argument("--checkpoint-dir", required=True, metavar="DIR", help="run directory for last.pt / best.pt")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt (same settings required)")
@@ -98,7 +101,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     if args.text_model:
         model["text_model"] = args.text_model
     cfg = TrainConfig(
-        benchmark=args.bench, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
+        benchmark=args.bench, features=args.features, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
         source=args.source, target=args.target, loss=args.loss, iterations=args.iterations,
         meta_batch=args.meta_batch, task_mix=args.task_mix, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
         inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, meta_lr=args.meta_lr,

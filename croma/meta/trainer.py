@@ -66,6 +66,9 @@ class TrainConfig:
 
     Attributes:
         benchmark: name for ``episodes.datasets.load_benchmark`` (``synthetic`` for tests).
+        features: ``sequence`` (front-end output as is: byte ids, log-mel frames, images) or
+            ``compact`` (``episodes.features.compact_benchmark``: n-gram / audio-statistics
+            vectors for MLP encoders, as the ``quick`` benchmark preset uses).
         data_root, cache_dir, manifest, source, target: passed to the loader.
         loss, loss_hp: alignment objective (``croma.losses.get_loss(loss, **loss_hp)``).
         iterations: outer iterations.
@@ -93,6 +96,7 @@ class TrainConfig:
     """
 
     benchmark: str = "synthetic"
+    features: str = "sequence"
     data_root: str | None = None
     cache_dir: str | None = None
     manifest: str | None = None
@@ -145,6 +149,7 @@ class TrainConfig:
         ):
             v = getattr(self, name)
             need(isinstance(v, int) and v >= lo, name.replace("_", "-"), f"an integer >= {lo}", v)
+        need(self.features in ("sequence", "compact"), "features", "sequence or compact", self.features)
         need(0.0 <= self.task_mix <= 1.0, "task-mix", "in [0, 1]", self.task_mix)
         need(math.isfinite(self.inner_lr) and self.inner_lr > 0, "inner-lr", "a finite number > 0", self.inner_lr)
         need(math.isfinite(self.meta_lr) and self.meta_lr > 0, "meta-lr", "a finite number > 0", self.meta_lr)
@@ -229,10 +234,15 @@ def load_bench(cfg: TrainConfig, *, progress: bool = False) -> PreparedBenchmark
     """Load ``cfg.benchmark`` with ``episodes.datasets.load_benchmark`` (splits seeded by ``cfg.seed``)."""
     from episodes.datasets import load_benchmark
 
-    return load_benchmark(
+    bench = load_benchmark(
         cfg.benchmark, data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source, target=cfg.target,
         seed=cfg.seed, cache_dir=cfg.cache_dir, progress=progress,
     )
+    if cfg.features == "compact":
+        from episodes.features import compact_benchmark
+
+        bench = compact_benchmark(bench, seed=cfg.seed)
+    return bench
 
 
 def build_from_config(cfg: TrainConfig, bench: PreparedBenchmark):
