@@ -35,7 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             eval_queries=5, finetune="all", finetune_steps=10, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),
         ),
-        "knobs": dict(val_repeats=2, val_checks=6, finetune_grid=[0, 25], ordinary_lr=1e-3, ordinary_batch=64),
+        "knobs": dict(val_repeats=2, val_checks=6, finetune_grid=[0, 25], finetune_lr_grid=[1e-3],
+                      finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
     },
     "paper": {
         "frontend": "sequence",
@@ -47,7 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             eval_queries=5, finetune="all", finetune_steps=20, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),
         ),
-        "knobs": dict(val_repeats=3, val_checks=20, finetune_grid=[0, 10, 25, 50], ordinary_lr=1e-3, ordinary_batch=64),
+        "knobs": dict(val_repeats=3, val_checks=20, finetune_grid=[0, 10, 25, 50], finetune_lr_grid=[1e-3, 3e-3],
+                      finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
     },
 }
 
@@ -157,7 +159,8 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         res_rows = []
         for k in ev.shots:
             ch = outcome.eval_choice[int(k)]
-            ev_k = replace(ev, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"])
+            ev_k = replace(ev, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
+                           finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
             res_rows += evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"]
         res = {"rows": res_rows}
         eval_seconds = time.perf_counter() - t0 - outcome.train_seconds
@@ -175,12 +178,16 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                 "centroid_mean": r.get("centroid_mean"), "centroid_std": r.get("centroid_std"),
                 "head_init": outcome.eval_choice[int(r["shots"])]["head_init"],
                 "finetune_steps": outcome.eval_choice[int(r["shots"])]["finetune_steps"],
+                "finetune_lr": outcome.eval_choice[int(r["shots"])]["finetune_lr"],
+                "finetune": outcome.eval_choice[int(r["shots"])]["finetune"],
                 "train_seconds": round(outcome.train_seconds, 2),
                 "outer_steps": outcome.outer_steps, "optimizer_steps": outcome.optimizer_steps,
             })
         if cfg.progress:
             accs = ", ".join(f"{r['shots']}-shot {r['accuracy_mean']:.1f}" for r in res["rows"])
-            picks = ", ".join(f"{k}:{c['head_init']}/{c['finetune_steps']}" for k, c in outcome.eval_choice.items())
+            picks = ", ".join(
+                f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in outcome.eval_choice.items()
+            )
             print(f"[{name}] {accs} (meta-val picks {picks}; {outcome.train_seconds:.1f} s train)", flush=True)
     result = {
         "benchmark": cfg.benchmark,

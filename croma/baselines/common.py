@@ -84,17 +84,23 @@ def eval_grid(ctx: MethodContext) -> list[dict[str, Any]]:
     """Meta-test settings chosen among on meta-val: head init × fine-tuning steps.
 
     Steps are ``knobs['finetune_grid']`` (default ``[0, T, 2.5T]`` with ``T`` the preset's
-    fine-tuning steps); 0 steps is only offered with a non-zero head (``meta``/``prototype``:
-    a nearest-prototype classifier without fine-tuning).
+    fine-tuning steps), learning rates ``knobs['finetune_lr_grid']`` and what is fine-tuned
+    ``knobs['finetune_mode_grid']`` (``all`` | ``head``; defaults: the preset's);
+    0 steps is only offered with a non-zero head (``meta``/``prototype``: a nearest-prototype
+    classifier without fine-tuning).
     """
     t = int(ctx.eval.finetune_steps)
     steps = ctx.knobs.get("finetune_grid") or sorted({0, t, int(round(2.5 * t))})
+    lrs = ctx.knobs.get("finetune_lr_grid") or [float(ctx.eval.finetune_lr)]
+    modes = ctx.knobs.get("finetune_mode_grid") or [ctx.eval.finetune]
     grid = []
     for head in HEAD_CHOICES:
         for s in steps:
             if s == 0 and head == "zero":
                 continue
-            grid.append({"head_init": head, "finetune_steps": int(s)})
+            for lr in lrs if s > 0 else lrs[:1]:
+                for mode in modes if s > 0 else modes[:1]:
+                    grid.append({"head_init": head, "finetune_steps": int(s), "finetune_lr": float(lr), "finetune": mode})
     return grid
 
 
@@ -104,8 +110,8 @@ def select_eval(
     """Choose, per k-shot setting, the head init and fine-tuning steps with the best **meta-val** accuracy.
 
     Returns:
-        ``(choice, scores)``: ``{k: {"head_init", "finetune_steps"}}`` and
-        ``{"<head>/<steps>": {k: accuracy}}`` (percent, meta-val). Ties go to the earlier grid entry.
+        ``(choice, scores)``: ``{k: {"head_init", "finetune_steps", "finetune_lr", "finetune", "meta_val"}}``
+        and ``{"<head>/<steps>/<lr>/<mode>": {k: accuracy}}`` (percent, meta-val). Ties go to the earlier grid entry.
         ``meta`` is skipped when the classifier's outputs differ from the ways.
     """
     from croma.evaluate import evaluate_kshot
@@ -124,12 +130,17 @@ def select_eval(
         if g["head_init"] == "meta" and not ways_ok:
             continue
         res = evaluate_kshot(model, ctx.bench, replace(base, **g), params=params, inputs=inputs)
-        scores[f"{g['head_init']}/{g['finetune_steps']}"] = {int(r["shots"]): r["accuracy_mean"] for r in res["rows"]}
+        scores[f"{g['head_init']}/{g['finetune_steps']}/{g['finetune_lr']:g}/{g['finetune']}"] = {
+            int(r["shots"]): r["accuracy_mean"] for r in res["rows"]
+        }
     choice: dict[int, dict[str, Any]] = {}
     for k in base.shots:
         best = max(scores, key=lambda name: scores[name][int(k)])  # max keeps the first of ties
-        head, steps = best.split("/")
-        choice[int(k)] = {"head_init": head, "finetune_steps": int(steps), "meta_val": scores[best][int(k)]}
+        head, steps, lr, mode = best.split("/")
+        choice[int(k)] = {
+            "head_init": head, "finetune_steps": int(steps), "finetune_lr": float(lr), "finetune": mode,
+            "meta_val": scores[best][int(k)],
+        }
     return choice, scores
 
 
