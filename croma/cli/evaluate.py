@@ -1,9 +1,18 @@
-"""`croma evaluate DIR --shots 1 5 10`: k-shot meta-test of a trained run."""
+"""`croma evaluate DIR --shots 1 5 10`: k-shot meta-test of a trained run.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process is one rank;
+``--nproc N`` starts N such processes on this machine (see :mod:`croma.distributed`). Every rank
+draws the same episodes, fine-tunes its share of them, and the per-episode accuracies are gathered
+exactly, so the numbers equal a single-process run's; only rank 0 prints.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+import tempfile
 
 
 def add_parser(sub) -> None:
@@ -32,13 +41,22 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     p.add_argument("--cache-dir", default=None, help="override the feature cache directory")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="split the episodes across N local processes (torch.distributed; gloo on CPU, "
+                   "nccl on CUDA, one thread / GPU each); under torchrun leave this at 1")
+    p.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds a distributed collective may wait for a peer before evaluation stops "
+                   "with an error (default 120)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from croma.evaluate import format_results
-    from croma.evaluate import evaluate_run
+# the parsed flags that travel to the --nproc worker processes (plain data only)
+_FIELDS = ("run_dir", "shots", "repeats", "eval_tasks", "ways", "queries", "head_init", "finetune", "finetune_steps",
+           "finetune_lr", "label_noise", "split", "checkpoint", "device", "seed", "data_root", "cache_dir", "json",
+           "dist_timeout")
 
+
+def _validate(args) -> None:
     for flag, lo in (("repeats", 1), ("eval_tasks", 1), ("queries", 1)):
         if getattr(args, flag) < lo:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= {lo} (got {getattr(args, flag)})")
@@ -52,14 +70,161 @@ def run(args) -> int:
         raise ValueError(f"--finetune-lr must be > 0 (got {args.finetune_lr})")
     if not 0.0 <= args.label_noise < 1.0:
         raise ValueError(f"--label-noise must be in [0, 1) (got {args.label_noise})")
-    result = evaluate_run(
-        args.run_dir, which=args.checkpoint, shots=list(args.shots), repeats=args.repeats, tasks=args.eval_tasks,
-        ways=args.ways, queries=args.queries, head_init=args.head_init, finetune=args.finetune,
-        finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, label_noise=args.label_noise,
-        split=args.split, device=args.device, seed=args.seed, data_root=args.data_root, cache_dir=args.cache_dir,
-    )
-    print(format_results(result))
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    sys.stdout.flush()
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be an integer >= 1 (got {args.nproc})")
+    if not args.dist_timeout > 0:
+        raise ValueError(f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")
+
+
+def run(args) -> int:
+    from croma.distributed import env_world
+    from croma.errors import CromaError
+
+    _validate(args)
+    env = env_world()
+    if args.nproc > 1 and env is not None:
+        raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
+    if args.nproc > 1:
+        import torch
+
+        from croma.meta.trainer import resolve_device
+
+        if resolve_device(args.device).type == "cuda" and args.nproc > torch.cuda.device_count():
+            raise CromaError(
+                f"--nproc {args.nproc} needs one CUDA device per process but {torch.cuda.device_count()} are visible "
+                f"(use --nproc {torch.cuda.device_count()} or --device cpu)"
+            )
+        _check_checkpoint(args)  # a missing run: one error here rather than one per process
+        return _launch({k: getattr(args, k) for k in _FIELDS}, args.nproc)
+    return run_rank(argparse.Namespace(**{k: getattr(args, k) for k in _FIELDS}))
+
+
+def _check_checkpoint(args) -> None:
+    """Raise CromaError when DIR has no checkpoint to evaluate (as :func:`croma.evaluate.load_run` would)."""
+    from pathlib import Path
+
+    from croma.checkpoint import checkpoint_path
+    from croma.errors import CromaError
+
+    path = checkpoint_path(args.run_dir, args.checkpoint)
+    if args.checkpoint == "best" and not path.is_file() and Path(args.run_dir).is_dir():
+        path = checkpoint_path(args.run_dir, "last")
+    if not path.is_file():
+        raise CromaError(f"checkpoint {path} not found (train first with 'croma train ... --checkpoint-dir {path.parent}')")
+
+
+def run_rank(args) -> int:
+    """Evaluate in one process: the whole evaluation, or one rank of a torchrun / ``--nproc`` group.
+
+    ``args``: the parsed flags (:data:`_FIELDS`). Only rank 0 prints the table (and ``--json``).
+    """
+    from croma.distributed import Distributed, env_world
+    from croma.evaluate import evaluate_run, format_results
+    from croma.meta.trainer import resolve_device
+
+    env = env_world()
+    dist = None
+    device = args.device
+    if env is not None:
+        import torch
+
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            if env.local_rank >= torch.cuda.device_count():
+                from croma.errors import CromaError
+
+                raise CromaError(
+                    f"rank {env.rank}: LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA device(s) "
+                    f"(use at most that many processes per machine, or --device cpu)"
+                )
+            dev = torch.device("cuda", env.local_rank)
+            torch.cuda.set_device(dev)
+        device = str(dev)
+        dist = Distributed(env, dev, timeout_s=args.dist_timeout)
+    try:
+        result = evaluate_run(
+            args.run_dir, which=args.checkpoint, shots=list(args.shots), repeats=args.repeats, tasks=args.eval_tasks,
+            ways=args.ways, queries=args.queries, head_init=args.head_init, finetune=args.finetune,
+            finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, label_noise=args.label_noise,
+            split=args.split, device=device, seed=args.seed, data_root=args.data_root, cache_dir=args.cache_dir,
+            dist=dist,
+        )
+    except BaseException:
+        if dist is not None:
+            _leave()
+        raise
+    if dist is not None:
+        dist.close()
+    if dist is None or dist.rank == 0:
+        if dist is not None:
+            print(f"{args.split} episodes split across {dist.world_size} processes ({dist.backend})")
+        print(format_results(result))
+        if args.json:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        sys.stdout.flush()
     return 0
+
+
+def _leave() -> None:
+    """Leave the process group after an error without waiting for peers that may be gone."""
+    import torch.distributed as tdist
+
+    try:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+
+
+_WORKER = "import sys; from croma.cli.evaluate import worker_main; sys.exit(worker_main(sys.argv[1]))"
+
+
+def _launch(payload: dict, nproc: int) -> int:
+    """``--nproc N``: run :func:`run_rank` in N local processes (ranks of one group).
+
+    The ranks' one-line errors are collected and printed once each (ranks that fail for the same
+    reason, e.g. a bad flag value found while loading the run, give one line, not N).
+    """
+    from croma.distributed import launch_local, python_cmd
+
+    with tempfile.TemporaryDirectory(prefix="croma-eval-nproc-") as tmp:
+        path = os.path.join(tmp, "payload.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 10.0)
+        messages: list[str] = []
+        for rank in range(nproc):
+            try:
+                with open(os.path.join(tmp, f"error.{rank}"), encoding="utf-8") as fh:
+                    msg = fh.read().strip()
+            except FileNotFoundError:
+                continue
+            if msg and msg not in messages:
+                messages.append(msg)
+    for msg in messages:
+        sys.stderr.write(f"error: {msg}\n")
+    if code != 0 and not messages:  # killed or crashed without a message: say which rank failed
+        bad = next(r for r, c in enumerate(codes) if c != 0)
+        sys.stderr.write(f"error: croma evaluate --nproc {nproc}: rank {bad} exited with code {codes[bad]}\n")
+    sys.stderr.flush()
+    return 0 if code == 0 else (code if code > 0 else 1)
+
+
+def worker_main(path: str) -> int:
+    """Entry point of one ``--nproc`` process: :func:`run_rank`; its one-line error goes to
+    ``error.<RANK>`` next to the payload ``path`` for the launcher to print."""
+    from croma.cli import _user_errors
+
+    with open(path, encoding="utf-8") as fh:
+        payload = json.load(fh)
+    try:
+        return run_rank(argparse.Namespace(**payload))
+    except _user_errors() as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        code = 2
+    except KeyboardInterrupt:
+        msg, code = "interrupted", 130
+    out = os.path.join(os.path.dirname(path), f"error.{os.environ.get('RANK', '0')}")
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write(msg + "\n")
+    return code
