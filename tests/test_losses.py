@@ -371,6 +371,31 @@ def _module(name, **hp):
     return get_loss(name, **({"noise_std": 0.0} if name == "cmcr" else {}), **hp)
 
 
+def _cmcr_intra_grad_tol(z: torch.Tensor, tau_mem: float, weight: float) -> torch.Tensor:
+    """Per-row bound ``[N, 1]`` on how far two roundings of cmcr's gradient w.r.t. ``z`` may differ.
+
+    The intra term ``w/(2N) Σ_i ‖x̂_i − p_i‖`` (x̂ = normalise(z), p_i its memory aggregate, the
+    memory being the detached batch) has gradient ``w/(2N) J_iᵀ u_i`` with ``u_i = d_i / ‖d_i‖``,
+    ``d_i = x̂_i − p_i``. At τ_mem = 0.01 the attention is one-hot to rounding level, so ``‖d_i‖`` can
+    be 1e-14 or smaller: the direction ``u_i`` is then defined by the last bits of ``d_i``, and bmm
+    (vmap) and mm (loop) round those bits differently (they do on Intel Xeon, not on AMD EPYC).
+    Forward error of ``d_i``: ``δ ≤ 2 ε √D (K + 2/τ_mem)`` (K-term sums of unit-vector products, and
+    softmax logits scaled by 1/τ_mem); direction error ``≤ min(2, 2 δ / ‖d_i‖)``; ``‖J_i‖ ≤
+    (1 + 2 (1 − max_k attn_ik) / τ_mem) / ‖z_i‖`` (normalisation times the aggregation's Jacobian).
+    """
+    from croma.losses.cmcr import _aggregate, _normalize
+
+    n, d = z.shape
+    eps = torch.finfo(z.dtype).eps
+    x = _normalize(z)
+    dist = torch.linalg.vector_norm(x - _aggregate(x, x, tau_mem), dim=-1)  # [N]
+    attn = torch.softmax(x @ x.T / tau_mem, dim=-1)
+    delta = 2 * eps * math.sqrt(d) * (n + 2 / tau_mem)
+    direction = torch.clamp(2 * delta / dist, max=2.0)  # inf where d_i == 0 -> 2
+    jac = (1 + 2 * (1 - attn.max(-1).values) / tau_mem) / torch.linalg.vector_norm(z, dim=-1)
+    return (weight / (2 * n) * jac * direction)[:, None]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_over_four_tasks_equals_loop(name):
     loss = _module(name)
@@ -381,9 +406,21 @@ def test_vmap_over_four_tasks_equals_loop(name):
     g_got = vmap(grad(loss, argnums=(0, 1)))(zs, zt)
     for k in range(4):
         gs, gt = _autograd(loss, zs[k], zt[k])
-        torch.testing.assert_close(g_got[0][k], gs, atol=1e-10, rtol=1e-8)
-        torch.testing.assert_close(g_got[1][k], gt, atol=1e-10, rtol=1e-8)
         assert torch.isfinite(gs).all() and torch.isfinite(gt).all()
+        for got_k, want_k, z in ((g_got[0][k], gs, zs[k]), (g_got[1][k], gt, zt[k])):
+            # every other term is well conditioned (|grad| ~ 1/τ, errors ~ ε/τ²): 1e-10 / 1e-8 hold;
+            # cmcr's intra term adds its own, derived, per-row bound (see _cmcr_intra_grad_tol)
+            extra = _cmcr_intra_grad_tol(z, 0.01, 0.1) if name == "cmcr" else torch.zeros(z.shape[0], 1, dtype=F64)
+            bound = 1e-10 + 1e-8 * want_k.abs() + extra
+            worst = ((got_k - want_k).abs() - bound).max()
+            assert worst <= 0, f"{name}: vmap and loop gradients differ by {worst:.3g} beyond the derived bound"
+
+
+def test_cmcr_intra_grad_tol_is_tight_where_well_conditioned():
+    """The derived bound is not a blanket: rows whose aggregate is far from the item get ~1e-12."""
+    z = _rand(6, 3, seed=5)
+    tol = _cmcr_intra_grad_tol(z, 1.0, 0.1)  # τ_mem = 1: soft attention, ‖d_i‖ of order 1
+    assert float(tol.max()) < 1e-12
 
 
 def _autograd(loss, a, b):
