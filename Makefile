@@ -1,26 +1,40 @@
-# The two README commands. Both create .venv when it is missing and install into it.
+# The two README commands. Both create .venv when it is missing and install into it:
+# `make demo` the core package (all the embedded benchmark needs), `make test` also the [test]
+# extra (what the tests import, and the linter).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 # Known-good pins on Python 3.11 (CUDA build that also runs on CPU).
-TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
+TORCH_PINS ?= torch==2.14.1 torchaudio==2.11.0
+VISION_PINS ?= torchvision==0.29.1
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install install-test clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.core: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
+	$(PY) -m pip install --quiet $(TORCH_PINS) $(VISION_PINS)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.core
+
+install-test: $(VENV)/.installed
 
 demo: install
 	OMP_NUM_THREADS=2 $(VENV)/bin/croma benchmark udhr-speech --preset quick --out runs/demo
 
-test: install
+lint: install-test
+	$(VENV)/bin/ruff check .
+
+test: install-test
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build dist *.egg-info
