@@ -1,0 +1,158 @@
+"""Run logs: ``metrics.csv`` next to a run's checkpoints, and optionally TensorBoard.
+
+One row per outer iteration, appended and flushed as soon as the iteration ends, so a run that
+is killed leaves every finished iteration on disk (at most the line being written is cut; it is
+dropped when the run resumes). Columns::
+
+    iteration, <family>_loss, <family>_loss_last (one pair per task family: align, cls),
+    epsilon, val_acc, seconds, optimizer_steps
+
+``<family>_loss`` / ``_loss_last``: mean task loss before the first / after the last inner
+step; ``epsilon``: the Reptile step size used; ``val_acc``: meta-val accuracy in % on the
+iterations where it was measured (empty otherwise); ``seconds``: training wall-clock time since
+the run started (across resumes); ``optimizer_steps``: gradient steps so far (outer iterations x
+tasks per meta-batch x inner steps, as the benchmark's budgets count them).
+
+On resume the file is cut back to the iterations the checkpoint holds (rewritten atomically) and
+continues from there; TensorBoard events after that iteration are purged the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["METRICS_FILE", "TENSORBOARD_DIR", "RunLog", "metric_columns", "read_metrics"]
+
+METRICS_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def metric_columns(families: Sequence[str]) -> list[str]:
+    """The ``metrics.csv`` header for a run with these task families (in plan order)."""
+    cols = ["iteration"]
+    for fam in dict.fromkeys(families):
+        cols += [f"{fam}_loss", f"{fam}_loss_last"]
+    return cols + ["epsilon", "val_acc", "seconds", "optimizer_steps"]
+
+
+def _parse(value: str) -> float | int | None:
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return float(value)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` as dicts (numbers parsed, empty cells ``None``).
+
+    A last line cut by a killed writer (fewer cells than the header, or not a number) is left out.
+    """
+    with open(path, encoding="utf-8", newline="") as fh:
+        text = fh.read()
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    header, out = rows[0], []
+    complete = text.endswith("\n")
+    for i, cells in enumerate(rows[1:], start=1):
+        if len(cells) != len(header) or (i == len(rows) - 1 and not complete):
+            continue
+        try:
+            out.append({k: _parse(v) for k, v in zip(header, cells)})
+        except ValueError:
+            continue
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    return repr(value) if math.isfinite(value) else str(value)
+
+
+class RunLog:
+    """Writes a run's ``metrics.csv`` (and TensorBoard events) row by row.
+
+    Args:
+        run_dir: the run folder (the checkpoints' folder).
+        columns: the header (:func:`metric_columns`).
+        start_iteration: iterations already done (0 for a new run; the checkpoint's on resume):
+            rows after it are dropped from an existing file; ``seconds`` continues from the last
+            kept row.
+        tensorboard: also write TensorBoard scalars to ``run_dir/tensorboard`` (needs the
+            ``tensorboard`` package: extra ``[tensorboard]``).
+
+    Raises:
+        episodes.extras.MissingExtraError: ``tensorboard=True`` but the package is not installed.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike, columns: Sequence[str], *, start_iteration: int = 0, tensorboard: bool = False
+    ) -> None:
+        self.dir = Path(run_dir)
+        self.path = self.dir / METRICS_FILE
+        self.columns = list(columns)
+        self.seconds_offset = 0.0
+        self._tb = None
+        if tensorboard:
+            from episodes.extras import require
+
+            require("tensorboard", purpose="--tensorboard (TensorBoard logging)")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.dir / TENSORBOARD_DIR), purge_step=start_iteration + 1)
+        self._start(start_iteration)
+        self._fh = open(self.path, "a", encoding="utf-8", newline="")
+
+    def _start(self, start_iteration: int) -> None:
+        """Keep the rows up to ``start_iteration`` (atomic rewrite), or start a new file."""
+        from episodes.cache import atomic_write
+
+        kept: list[dict[str, Any]] = []
+        if start_iteration > 0 and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if isinstance(r.get("iteration"), int) and r["iteration"] <= start_iteration]
+        if kept:
+            self.seconds_offset = float(kept[-1].get("seconds") or 0.0)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.columns)
+        for r in kept:
+            w.writerow([_cell(r.get(c)) for c in self.columns])
+        data = buf.getvalue().encode("utf-8")
+        atomic_write(self.path, lambda fh: fh.write(data))
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Append one row (columns missing from ``row`` stay empty) and flush it to the OS."""
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_cell(row.get(c)) for c in self.columns])
+        self._fh.write(buf.getvalue())
+        self._fh.flush()
+        if self._tb is not None:
+            step = int(row["iteration"])
+            for c in self.columns[1:]:
+                v = row.get(c)
+                if v is not None and c != "optimizer_steps":
+                    self._tb.add_scalar(f"train/{c}" if c != "val_acc" else "meta_val/accuracy", float(v), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and close the file (and the TensorBoard writer)."""
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
