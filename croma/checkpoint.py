@@ -15,11 +15,19 @@ weights_only=True)`` can read it and a shared file cannot run code on the machin
      "kind": "last" | "best"}
 
 Files are written to a temporary file in the same directory and moved into place with
-``os.replace``: a crash (even SIGKILL) leaves either the old or the new file, never half of one.
+``os.replace``: a crash (even SIGKILL) leaves either the old or the new file, never half of one;
+the next write to the same place removes a killed writer's temporary file
+(:func:`episodes.cache.atomic_write`).
+
+:func:`load_checkpoint` checks the whole layout above (:func:`validate_checkpoint`): types of every
+field, parameters that are finite floating-point tensors; shapes are checked against the model by
+its users (:func:`check_parameters`). :func:`ensure_output_dir` checks an output folder before
+any work is done.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,8 +36,10 @@ from typing import Any, Mapping
 import torch
 
 from croma.errors import CromaError
+from episodes.cache import atomic_write
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "plain", "checkpoint_path"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "plain", "checkpoint_path", "validate_checkpoint",
+           "check_parameters", "ensure_output_dir"]
 
 FORMAT = "croma-checkpoint/1"
 
@@ -55,21 +65,33 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
 
     Tensors are moved to CPU. Returns the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = _to_cpu(plain(dict(payload)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return atomic_write(path, lambda fh: torch.save(data, fh))
+
+
+def ensure_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create the output folder ``path`` (given by ``flag``) and prove it writable, before any work.
+
+    Raises:
+        CromaError: ``path`` is a file, or cannot be created or written (read-only, full disk);
+            the message names the flag and the path.
+    """
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise CromaError(f"{flag} {p}: is a file, not a folder (choose a folder for the outputs)")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        p.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p, prefix=".croma-write-check.", suffix=".tmp")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
             os.unlink(tmp)
-        raise
-    return path
+    except OSError as exc:
+        where = exc.filename or p
+        raise CromaError(f"{flag} {where}: cannot write there ({exc.strerror or exc}); choose a writable folder") from exc
+    return p
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -88,7 +110,73 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CromaError(f"checkpoint {path} could not be read safely: {first}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CromaError(f"{path} is not a croma checkpoint (expected format {FORMAT!r})")
+    validate_checkpoint(ckpt, path)
     return ckpt
+
+
+_HEAD_INITS = ("meta", "zero", "prototype", "auto")
+
+
+def validate_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Check a loaded checkpoint against the layout in the module docstring.
+
+    Raises:
+        CromaError: naming the file and the first field that is missing, wrongly typed, or (for
+            parameters) not a finite floating-point tensor.
+    """
+
+    def bad(what: str) -> CromaError:
+        return CromaError(f"{path}: malformed croma checkpoint: {what} (re-create it with 'croma train')")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not model:
+        raise bad(f"'model' must be a non-empty dict of parameter tensors (got {type(model).__name__})")
+    for name, t in model.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise bad(f"parameter {name!r} is not a floating-point tensor")
+        if not bool(torch.isfinite(t).all()):
+            raise bad(f"parameter {name!r} holds NaN or infinite values (a diverged run; use an earlier checkpoint)")
+    config = ckpt.get("config", {})  # required where a run is rebuilt: see train_config
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise bad(f"'config' must be a dict of training settings (got {type(config).__name__})")
+    it = ckpt.get("iteration", 0)
+    if not is_int(it) or it < 0:
+        raise bad(f"'iteration' must be an integer >= 0 (got {it!r})")
+    for key in ("best_val",):
+        if ckpt.get(key) is not None and not is_num(ckpt[key]):
+            raise bad(f"{key!r} must be a finite number or None (got {ckpt[key]!r})")
+    if ckpt.get("best_iteration") is not None and not (is_int(ckpt["best_iteration"]) and ckpt["best_iteration"] >= 0):
+        raise bad(f"'best_iteration' must be an integer >= 0 or None (got {ckpt['best_iteration']!r})")
+    if ckpt.get("head_init") is not None and ckpt["head_init"] not in _HEAD_INITS:
+        raise bad(f"'head_init' must be one of {', '.join(_HEAD_INITS)} (got {ckpt['head_init']!r})")
+    hs = ckpt.get("head_scores")
+    if hs is not None and not (isinstance(hs, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                                              and not isinstance(v, bool) for k, v in hs.items())):
+        raise bad("'head_scores' must be a dict of numbers or None")
+    hist = ckpt.get("history", [])
+    if not isinstance(hist, list) or not all(isinstance(h, dict) for h in hist):
+        raise bad("'history' must be a list of dicts")
+    if ckpt.get("kind") is not None and ckpt["kind"] not in ("last", "best"):
+        raise bad(f"'kind' must be 'last' or 'best' (got {ckpt['kind']!r})")
+
+
+def check_parameters(params: Mapping[str, Any], expected: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise CromaError naming ``path`` when ``params`` (a checkpoint's ``model``) does not have
+    exactly the names and shapes of ``expected`` (the model's parameters)."""
+    diff = sorted(set(params) ^ set(expected))
+    if diff:
+        raise CromaError(f"{path}: parameters do not match the model its config describes "
+                         f"(names differ: {', '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})")
+    for k, v in expected.items():
+        if tuple(params[k].shape) != tuple(v.shape):
+            raise CromaError(f"{path}: parameter {k!r} has shape {tuple(params[k].shape)}, the model "
+                             f"its config describes needs {tuple(v.shape)}")
 
 
 def checkpoint_path(path_or_dir: str | os.PathLike, which: str = "best") -> Path:
@@ -109,3 +197,52 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_cpu(v) for v in value]
     return value
+
+
+def train_config(ckpt: Mapping[str, Any], path: str | os.PathLike):
+    """The :class:`croma.meta.trainer.TrainConfig` stored in a checkpoint, type-checked and validated.
+
+    Every stored field must have its setting's type (integers for counts, numbers for rates, text
+    for names, ...); unknown keys are ignored as :meth:`TrainConfig.from_dict` does.
+
+    Raises:
+        CromaError: naming the file and the field.
+    """
+    from dataclasses import MISSING, fields
+
+    from croma.meta.trainer import TrainConfig
+
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict) or "iteration" not in ckpt:
+        what = "no 'iteration'" if isinstance(stored, dict) else f"'config' must be a dict of training settings (got {type(stored).__name__})"
+        raise CromaError(f"{path}: malformed croma checkpoint: {what} (re-create it with 'croma train')")
+    optional = {"data_root": str, "cache_dir": str, "manifest": str, "source": str, "target": str,
+                "finetune_optimizer": str, "task_weights": dict, "finetune_lr": float, "time_budget_s": float,
+                "stop_after": int, "checkpoint_dir": str}
+    for f in fields(TrainConfig):
+        if f.name not in stored:
+            continue
+        v = stored[f.name]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        want = optional.get(f.name, type(default))
+        if v is None and f.name in optional:
+            continue
+        if want is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        elif want is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, want)
+        if ok and f.name == "eval_shots":
+            ok = all(isinstance(k, int) and not isinstance(k, bool) for k in v)
+        if ok and want is dict:
+            ok = all(isinstance(k, str) and not isinstance(x, torch.Tensor) for k, x in v.items())
+        if not ok:
+            raise CromaError(f"{path}: malformed croma checkpoint: config field {f.name!r} must be "
+                             f"{want.__name__}{' or None' if f.name in optional else ''} (got {type(v).__name__})")
+    cfg = TrainConfig.from_dict(stored)
+    try:
+        cfg.validate()
+    except (TypeError, ValueError) as exc:
+        raise CromaError(f"{path}: malformed croma checkpoint: stored config is invalid ({exc})") from exc
+    return cfg

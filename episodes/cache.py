@@ -14,7 +14,12 @@ File format (``<root>/features/<namespace>/<key>.pt``)
     payload, which is ``torch.save`` of the tensor dict. Reads check the length and the
     checksum before ``torch.load(..., weights_only=True)``; a truncated or corrupt entry is
     treated as missing, deleted, and rebuilt. Writes go to a temporary file in the same
-    directory and are moved into place with ``os.replace``.
+    directory and are moved into place with ``os.replace`` (:func:`atomic_write`).
+
+Temporary files
+    ``.<name>.<host>.<pid>.<random>.tmp`` next to the target. A writer killed mid-write (SIGKILL)
+    leaves one behind; the next write to the same target removes those whose process is gone
+    (same host) or that are older than a day (:func:`remove_stale_temps`), never a live writer's.
 
 Default root: ``$CROMA_CACHE`` or ``~/.cache/croma``.
 """
@@ -25,7 +30,9 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -33,9 +40,90 @@ import torch
 
 from episodes.errors import DataError
 
-__all__ = ["MAGIC", "default_cache_dir", "hash_key", "file_identity", "inputs_digest", "FeatureCache"]
+__all__ = ["MAGIC", "default_cache_dir", "hash_key", "file_identity", "inputs_digest", "FeatureCache",
+           "atomic_write", "remove_stale_temps", "STALE_TEMP_AGE_S"]
 
 MAGIC = b"CROMAFEAT1"
+STALE_TEMP_AGE_S = 24 * 3600.0  # a temporary file this old is left over whatever its name says
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> int:
+    """Remove temporary files a killed writer left next to ``target``; returns how many.
+
+    A temporary file of ``target`` is ``.<name>.*.tmp`` in the same folder. It is removed when its
+    name records this host and a process id that no longer runs, or when it is older than
+    :data:`STALE_TEMP_AGE_S` (other hosts, older names); a live writer's file is kept.
+    """
+    target = Path(target)
+    prefix, host, now, removed = f".{target.name}.", _host(), time.time(), 0
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return 0
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        parts = name[len(prefix):-len(".tmp")].split(".")
+        path = target.parent / name
+        stale = False
+        if len(parts) >= 3 and parts[0] == host and parts[1].isdigit():
+            stale = int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1]))
+        if not stale:
+            try:
+                stale = now - path.lstat().st_mtime > STALE_TEMP_AGE_S
+            except OSError:
+                continue
+        if stale:
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Write ``target`` atomically: ``write(fh)`` fills a temporary file in the same folder, which is
+    flushed, fsynced and moved into place with ``os.replace``; on any error (disk full, read-only)
+    the temporary file is removed and the old ``target`` is untouched. Left-over temporary files of
+    killed writers are removed first (:func:`remove_stale_temps`).
+
+    Raises:
+        OSError: the folder cannot be created or written (names the path).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a file (remove it or choose another path)", str(target))
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return target
 
 
 def default_cache_dir() -> Path:
@@ -154,22 +242,33 @@ class FeatureCache:
         payload = buf.getvalue()
         header = MAGIC + b" " + hashlib.sha256(payload).hexdigest().encode() + b" " + str(len(payload)).encode() + b"\n"
         p = self.path(namespace, key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+
+        def write(fh) -> None:
+            fh.write(header)
+            fh.write(payload)
+
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(header)
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+            atomic_write(p, write)
+        except OSError as exc:
+            where = exc.filename or p
+            raise DataError(f"{where}: cannot write the feature cache entry ({exc.strerror or exc}); make "
+                            f"{self.root} writable or choose another --cache-dir / $CROMA_CACHE") from exc
         return p
+
+    def check_writable(self, entry: Path) -> None:
+        """Raise DataError naming the path when ``entry`` cannot be written (read-only or full disk,
+        a file where a folder belongs, a folder where the entry belongs)."""
+        hint = f"make {self.root} writable or choose another --cache-dir / $CROMA_CACHE"
+        if entry.is_dir():
+            raise DataError(f"{entry}: feature cache entry is a folder, not a file (remove it, or {hint})")
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.{_host()}.{os.getpid()}.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise DataError(f"{exc.filename or entry.parent}: feature cache is not writable "
+                            f"({exc.strerror or exc}); {hint}") from exc
 
     def get_or_build(
         self, namespace: str, key: str, build: Callable[[], dict[str, torch.Tensor]]
@@ -186,6 +285,7 @@ class FeatureCache:
         if got is not None:
             self.stats["hit"] += 1
             return got, "hit"
+        self.check_writable(p)  # before the (possibly long) build, not after it
         tensors = build()
         self.save(namespace, key, tensors)
         status = "rebuilt" if existed else "built"

@@ -1,8 +1,10 @@
 """Modality front-ends: raw item values -> fixed-shape tensors.
 
 * text: :func:`text_to_bytes` (UTF-8 bytes + 1, 0 = padding).
-* audio: :func:`load_audio` (soundfile read, mono mix-down, resampled with
-  ``torchaudio.functional.resample``) then :class:`LogMel` (``torchaudio.transforms.MelSpectrogram``,
+* audio: :func:`load_audio` (soundfile read in blocks, mono mix-down, resampled with
+  ``torchaudio.functional.resample`` at a ratio whose terms are bounded, so a hostile sample rate
+  cannot blow up the filter; rates outside 1-384 kHz, more than 64 channels and truncated WAVs
+  are refused; only as many seconds as the features need are read) then :class:`LogMel` (``torchaudio.transforms.MelSpectrogram``,
   log, per-utterance mean normalisation, cropped / zero-padded to a fixed frame count).
 * image: :func:`load_image` (PIL decode, RGB, resize, ImageNet normalisation) or
   :func:`images_from_arrays` for already-decoded ``uint8`` arrays (CIFAR).
@@ -98,39 +100,116 @@ def text_to_bytes(texts: Sequence[str], max_len: int = 256) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-    """Read an audio file with soundfile, mix to mono and resample.
+MIN_SAMPLE_RATE = 1000  # Hz; files outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] are refused
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 64
+MAX_AUDIO_SECONDS = 600.0  # read at most this much of a file (callers pass less: what features need)
+MAX_RESAMPLE_TERMS = 1000  # resampling ratio p/q is approximated with p, q <= this (bounded filter)
+_READ_BLOCK = 65536  # frames per read block (mixed to mono as it is read)
+
+
+def resample_ratio(orig: int, new: int) -> tuple[int, int]:
+    """``(p, q)`` with ``new / orig ~= q / p`` and ``p, q <= MAX_RESAMPLE_TERMS``: the rates passed to
+    ``torchaudio.functional.resample``, whose filter has ``q`` phases of ``~p`` taps, so its memory
+    and time per sample stay bounded for any rate. Exact for all common rates (8, 11.025, 16,
+    22.05, 32, 44.1, 48, 88.2, 96, 192, 384 kHz to 16 kHz); otherwise the relative pitch error is
+    below ``1 / MAX_RESAMPLE_TERMS**2``-ish (``Fraction.limit_denominator``)."""
+    from fractions import Fraction
+
+    r = Fraction(int(new), int(orig))
+    limit = MAX_RESAMPLE_TERMS
+    while max(r.numerator, r.denominator) > MAX_RESAMPLE_TERMS:
+        r = Fraction(int(new), int(orig)).limit_denominator(limit)
+        limit = max(1, limit // 2)
+    return r.denominator, r.numerator
+
+
+def _wav_truncation(p: Path) -> str | None:
+    """For a RIFF/WAVE file: a description when its ``data`` chunk claims more bytes than the file
+    holds (a truncated download or copy), else None. Reads chunk headers only."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos = 12
+            for _ in range(10000):  # bounded: a crafted file cannot loop us
+                fh.seek(pos)
+                hdr = fh.read(8)
+                if len(hdr) < 8:
+                    return None
+                cid, n = hdr[:4], int.from_bytes(hdr[4:8], "little")
+                if cid == b"data":
+                    have = size - (pos + 8)
+                    if n not in (0, 0xFFFFFFFF) and n > have:
+                        return f"its header says {n} data bytes but only {have} are present"
+                    return None
+                pos += 8 + n + (n & 1)
+    except OSError:
+        return None
+    return None
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
+    """Read an audio file with soundfile, mix to mono and resample, with bounded memory and time.
 
     Args:
         path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...).
         sample_rate: output rate in Hz.
+        max_seconds: read at most this many seconds from the start (default and ceiling
+            :data:`MAX_AUDIO_SECONDS`); the front-end passes what its frames need.
 
     Returns:
         ``float32 [samples]`` in [-1, 1].
 
     Raises:
-        DataError: the file is missing, unreadable, truncated or empty (names the file).
+        DataError: the file is missing, unreadable, truncated (a WAV whose data chunk claims more
+            bytes than the file holds), empty, has non-finite samples, a sample rate outside
+            [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`] Hz or more than
+            :data:`MAX_CHANNELS` channels (names the file).
     """
     import soundfile as sf
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: audio file not found")
+    trunc = _wav_truncation(p)
+    if trunc is not None:
+        raise DataError(f"{p}: truncated audio file ({trunc})")
+    limit = MAX_AUDIO_SECONDS if max_seconds is None else min(float(max_seconds), MAX_AUDIO_SECONDS)
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(p)) as fh:
+            sr, channels = int(fh.samplerate), int(fh.channels)
+            if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+                raise DataError(f"{p}: sample rate {sr} Hz is outside the supported {MIN_SAMPLE_RATE}-"
+                                f"{MAX_SAMPLE_RATE} Hz (a corrupt header, or resample the file first)")
+            if not 1 <= channels <= MAX_CHANNELS:
+                raise DataError(f"{p}: {channels} channels; at most {MAX_CHANNELS} are supported")
+            want = max(1, int(math.ceil(limit * sr)))
+            blocks = []
+            while want > 0:
+                block = fh.read(min(_READ_BLOCK, want), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                blocks.append(block.mean(axis=1, dtype=np.float32))
+                want -= block.shape[0]
+    except DataError:
+        raise
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / ValueError
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{p}: unreadable or truncated audio file ({msg})") from None
-    if data.size == 0:
+    wav = np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros(0, dtype=np.float32)
+    if wav.size == 0:
         raise DataError(f"{p}: audio file holds no samples (empty or truncated)")
-    wav = data.mean(axis=1).astype(np.float32, copy=False)
     if not np.isfinite(wav).all():
         raise DataError(f"{p}: audio file holds non-finite samples")
     if sr != sample_rate:
         import torchaudio.functional as AF
 
-        g = math.gcd(int(sr), int(sample_rate))
-        wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(sr) // g, int(sample_rate) // g).numpy()
+        orig, new = resample_ratio(sr, int(sample_rate))
+        if orig != new:
+            wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig, new).numpy()
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 

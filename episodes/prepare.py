@@ -172,8 +172,11 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
     if modality == "audio":
         logmel = LogMel(settings.sample_rate, settings.n_mels, settings.n_fft, settings.hop_length, settings.max_frames)
 
+        # read only what the kept frames need (+1 s margin so resampling and STFT edges are unchanged)
+        need_s = (settings.max_frames * settings.hop_length + settings.n_fft) / settings.sample_rate + 1.0
+
         def one(v):
-            return logmel(load_audio(v, settings.sample_rate))
+            return logmel(load_audio(v, settings.sample_rate, max_seconds=need_s))
 
         def build() -> dict[str, torch.Tensor]:
             return _per_item(items, modality, one, (settings.n_mels, settings.max_frames), torch.float32,

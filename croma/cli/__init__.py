@@ -4,18 +4,62 @@ Each subcommand lives in its own module in this package and exposes
 ``add_parser(subparsers)``; the parser it adds sets ``func`` to a handler
 ``(args) -> int``. Library exceptions become one line ``error: ...`` and exit
 code 2 (``--debug`` shows the traceback).
+
+Numeric flags are checked in one place, before any work: every ``int`` / ``float`` flag of every
+subcommand must be finite and lie in the range :data:`NUMERIC_BOUNDS` gives for its name (the range
+is appended to its ``--help`` text); flags without an entry must still be finite and fit in 64
+bits. ``OSError`` (a read-only or full disk, a path that is a file where a folder belongs) becomes
+the same one-line error naming the path.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from croma import __version__
 
-SUBCOMMANDS = ("losses", "data", "train", "evaluate", "benchmark", "bench")
+SUBCOMMANDS = ("losses", "data", "train", "evaluate", "benchmark", "bench", "cache")
+
+INT64_MAX = 2**63 - 1
+WEEK_S = 7 * 24 * 3600.0
+
+# flag destination -> (low, low inclusive, high, high inclusive); one table for every subcommand.
+# Maxima keep memory and time bounded (e.g. --hidden 16384 is a 16384 x 16384 float32 layer, 1 GiB).
+NUMERIC_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
+    "seed": (0, True, INT64_MAX, True),
+    "iterations": (1, True, 10**8, True),
+    "budget_steps": (1, True, 10**8, True),
+    "meta_batch": (1, True, 65536, True),
+    "task_mix": (0.0, True, 1.0, True),
+    "inner_steps": (1, True, 10000, True),
+    "inner_lr": (0.0, False, 1e4, True),
+    "meta_lr": (0.0, False, 1e4, True),
+    "meta_lr_final": (0.0, True, 1e4, True),
+    "finetune_lr": (0.0, False, 1e4, True),
+    "ways": (2, True, 1000, True),
+    "shots": (1, True, 1000, True),
+    "eval_shots": (1, True, 1000, True),
+    "queries": (0, True, 1000, True),
+    "align_batch": (2, True, 65536, True),
+    "eval_every": (0, True, 10**8, True),
+    "eval_tasks": (1, True, 100000, True),
+    "repeats": (1, True, 10000, True),
+    "finetune_steps": (0, True, 100000, True),
+    "checkpoint_every": (0, True, 10**8, True),
+    "embed_dim": (1, True, 16384, True),
+    "hidden": (1, True, 16384, True),
+    "dim": (1, True, 16384, True),
+    "sizes": (2, True, 16384, True),
+    "threads": (1, True, 1024, True),
+    "nproc": (1, True, 1024, True),
+    "dist_timeout": (0.0, False, WEEK_S, True),
+    "budget_seconds": (0.0, False, WEEK_S, True),
+    "label_noise": (0.0, True, 1.0, False),
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,14 +81,96 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"croma.cli.{name}")
         module.add_parser(sub)
+    for _, action in numeric_actions(parser):
+        if action.help != argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [{_range_text(action)}]".lstrip()
     return parser
+
+
+def numeric_actions(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.Action]]:
+    """``(subcommand path, action)`` for every ``int`` / ``float`` option of ``parser`` and its subparsers."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sp in action.choices.items():
+                yield from numeric_actions(sp, path + (name,))
+        elif action.option_strings and action.type in (int, float):
+            yield path, action
+
+
+def _bounds(action: argparse.Action) -> tuple[float, bool, float, bool]:
+    if action.dest in NUMERIC_BOUNDS:
+        return NUMERIC_BOUNDS[action.dest]
+    if action.type is int:
+        return (-INT64_MAX - 1, True, INT64_MAX, True)
+    return (-math.inf, False, math.inf, False)
+
+
+def _range_text(action: argparse.Action) -> str:
+    lo, lo_in, hi, hi_in = _bounds(action)
+    if action.dest not in NUMERIC_BOUNDS:
+        return "a 64-bit integer" if action.type is int else "a finite number"
+    fmt = (lambda v: str(int(v))) if action.type is int else (lambda v: f"{v:g}")
+    return f"{'[' if lo_in else '('}{fmt(lo)}, {fmt(hi)}{']' if hi_in else ')'}"
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raise ValueError naming the flag when a parsed numeric flag is non-finite or out of range.
+
+    Messages: ``--FLAG must be >= LO (got V)``, ``--FLAG must be <= HI (got V)``, ``--FLAG must be
+    in [LO, HI) (got V)``, ``--FLAG must be a finite number (got nan)``; ``must all be`` for lists.
+    """
+    seen: set[str] = set()
+    for _, action in numeric_actions(parser):
+        if action.dest in seen or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value is action.default:
+            continue
+        seen.add(action.dest)
+        flag = max(action.option_strings, key=len)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        each = "all " if isinstance(value, (list, tuple)) else ""
+        lo, lo_in, hi, hi_in = _bounds(action)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{flag} must {each}be a finite number in {_range_text(action)} (got {v})")
+            if v < lo or (v == lo and not lo_in):
+                what = f">= {lo:g}" if lo_in else f"> {lo:g}"
+                if action.type is int:
+                    what = f">= {int(lo)}"
+                if not hi_in:
+                    what = f"in {_range_text(action)}"
+                raise ValueError(f"{flag} must {each}be {what} (got {v})")
+            if v > hi or (v == hi and not hi_in):
+                what = f"<= {int(hi) if action.type is int else f'{hi:g}'}" if hi_in else f"in {_range_text(action)}"
+                raise ValueError(f"{flag} must {each}be {what} (got {v})")
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an ``OSError``: the path(s) it names and what went wrong."""
+    what = exc.strerror or type(exc).__name__
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename2}: {what} (writing from {exc.filename})"
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from croma.errors import CromaError
     from episodes.errors import DataError
 
-    return (CromaError, DataError, FileNotFoundError, ValueError)
+    return (CromaError, DataError, OSError, ValueError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line ``error: ...`` prints for a user error (no traceback)."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) or (
+        isinstance(exc, FileNotFoundError) and exc.filename is not None
+    ):
+        return os_error_message(exc)
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,11 +180,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_numbers(parser, args)
         return int(args.func(args) or 0)
     except _user_errors() as exc:
         if args.debug:
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.stderr.write(f"error: {error_line(exc)}\n")
+        return 2
+    except ModuleNotFoundError as exc:  # an optional package: name the extra that installs it
+        from episodes.extras import missing_extra_message
+
+        msg = missing_extra_message(exc)
+        if msg is None or args.debug:
+            raise
         sys.stderr.write(f"error: {msg}\n")
         return 2
     except KeyboardInterrupt:

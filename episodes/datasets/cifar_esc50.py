@@ -108,15 +108,26 @@ def load_cifar_batches(folder: str | os.PathLike, *, cifar100: bool) -> tuple[np
     meta = load_restricted_pickle(meta_path)
     if not isinstance(meta, dict) or names_key not in meta:
         raise DataError(f"{meta_path}: malformed CIFAR meta file (no {names_key.decode()!r} entry)")
-    names = [_dec(n) for n in meta[names_key]]
+    raw_names = meta[names_key]
+    if not isinstance(raw_names, (list, tuple)) or not raw_names or not all(isinstance(n, (str, bytes)) for n in raw_names):
+        raise DataError(f"{meta_path}: malformed CIFAR meta file ({names_key.decode()!r} must be a non-empty list "
+                        f"of class names, got {type(raw_names).__name__})")
+    names = [_dec(n) for n in raw_names]
     images, labels, origin = [], [], []
     for fname in files:
         path = require_file(folder / fname, layout=_LAYOUT, published=published)
         batch = load_restricted_pickle(path)
         if not isinstance(batch, dict) or b"data" not in batch or labels_key not in batch:
             raise DataError(f"{path}: malformed CIFAR batch (needs b'data' and {labels_key!r})")
-        data = np.asarray(batch[b"data"])
-        lab = np.asarray(batch[labels_key], dtype=np.int64)
+        data, raw_lab = batch[b"data"], batch[labels_key]
+        if not isinstance(data, np.ndarray) or not isinstance(raw_lab, (list, tuple, np.ndarray)):
+            raise DataError(f"{path}: malformed CIFAR batch: b'data' must be an array and {labels_key!r} a list "
+                            f"(got {type(data).__name__} and {type(raw_lab).__name__})")
+        lab = np.asarray(raw_lab)
+        if lab.ndim != 1 or (lab.size and lab.dtype.kind not in "iu"):
+            raise DataError(f"{path}: malformed CIFAR batch: {labels_key!r} must be a flat list of integers "
+                            f"(got {lab.dtype} {tuple(lab.shape)})")
+        lab = lab.astype(np.int64, copy=False)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != lab.shape[0]:
             raise DataError(f"{path}: malformed CIFAR batch: data {data.dtype} {tuple(data.shape)}, "
                             f"{lab.shape[0]} labels (expected uint8 [n, 3072] and n labels)")
@@ -174,6 +185,10 @@ def _read_esc50(root: Path, skip_bad: bool) -> tuple[list[Item], int]:
             rows = list(reader)
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: not a UTF-8 CSV file ({exc})") from None
+    except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit(), a NUL byte
+        line = getattr(reader, "line_num", "?")
+        raise DataError(f"{csv_path}: line {line}: malformed CSV ({exc}); expected the published ESC-50 "
+                        f"esc50.csv ({ESC50_URL})") from None
     items, skipped = [], 0
     for n, row in enumerate(rows, start=2):
         fname, cat = (row.get("filename") or "").strip(), (row.get("category") or "").strip()

@@ -26,6 +26,20 @@ __all__ = ["load_manifest"]
 _FORMAT = 'one JSON object per line: {"id": ..., "label": ..., "cluster": optional, "<modality>": value}'
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a valid value")
+
+
+def _name(value: object, key: str, where: str) -> str:
+    """A manifest ``id`` / ``label`` / ``cluster``: a non-empty string or an integer, as text."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: {key} must be a non-empty string or an integer (got {type(value).__name__} "
+                    f"{json.dumps(value)[:40] if not isinstance(value, str) else repr(value)})")
+
+
 def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, target: str | None,
                   skip_bad: bool = False, progress: bool = False, **_: object) -> CrossModalDataset:
     """Read a JSONL manifest.
@@ -67,15 +81,19 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
             continue
         where = f"{path}: line {n}"
         try:
-            rec = json.loads(s)
+            rec = json.loads(s, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{where}: not JSON (nested too deeply)") from None
+        except ValueError as exc:  # NaN / Infinity
+            raise DataError(f"{where}: not JSON ({exc})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
         for key in ("id", "label"):
             if key not in rec or rec[key] is None or str(rec[key]) == "":
                 raise DataError(f"{where}: missing {key!r} ({_FORMAT})")
-        item_id, label = str(rec["id"]), str(rec["label"])
+        item_id, label = _name(rec["id"], "id", where), _name(rec["label"], "label", where)
         if item_id in seen:
             raise DataError(f"{where}: duplicate id {item_id!r}")
         seen.add(item_id)
@@ -109,7 +127,7 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
         if not mods:
             continue
         items.append(Item(id=item_id, label=label, modalities=mods,
-                          cluster=None if cluster in (None, "") else str(cluster)))
+                          cluster=None if cluster in (None, "") else _name(cluster, "cluster", where)))
     for mod, flag in ((src, "--source"), (tgt, "--target")):
         if not any(mod in it.modalities for it in items):
             raise DataError(f"{path}: no item holds the {flag} modality {mod!r}")

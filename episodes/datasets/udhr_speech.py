@@ -233,11 +233,10 @@ def _synthesize_one(job: tuple[str, str, SynthParams, str, int]) -> tuple[str, i
         y = _resample(wav, backend.sample_rate, sample_rate)
         if y.size == 0 or float(np.abs(y).max()) < 1e-4:
             return key, None, f"espeak-ng produced silence for {key} (voice {params.voice})"
-        out = Path(out_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        sf.write(str(tmp), np.clip(y, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, out)
+        from episodes.cache import atomic_write
+
+        atomic_write(Path(out_path), lambda fh: sf.write(fh, np.clip(y, -1.0, 1.0), sample_rate, subtype="PCM_16",
+                                                         format="WAV"))
         return key, int(y.shape[0]), None
     except DataError as exc:
         return key, None, str(exc)
@@ -253,10 +252,9 @@ def _worker_init() -> None:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, sort_keys=True)
-    os.replace(tmp, path)
+    from episodes.cache import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(json.dumps(obj, sort_keys=True).encode("utf-8")))
 
 
 def _read_index(path: Path) -> dict[str, Any]:

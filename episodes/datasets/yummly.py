@@ -94,6 +94,8 @@ def load_yummly(data_root: str | os.PathLike | None = None, *, seed: int = 0, sk
                     rec = json.load(fh)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise DataError(f"{path}: unreadable recipe JSON ({exc})") from None
+            except RecursionError:
+                raise DataError(f"{path}: unreadable recipe JSON (nested too deeply)") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}: recipe JSON must be an object")
             attrs = rec.get("attributes") or {}
