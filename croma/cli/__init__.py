@@ -32,7 +32,8 @@ WEEK_S = 7 * 24 * 3600.0
 NUMERIC_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "seed": (0, True, INT64_MAX, True),
     "iterations": (1, True, 10**8, True),
-    "budget_steps": (1, True, 10**8, True),
+    "budget_steps": (1, True, 10**9, True),
+    "train_seeds": (1, True, 100, True),
     "meta_batch": (1, True, 65536, True),
     "task_mix": (0.0, True, 1.0, True),
     "inner_steps": (1, True, 10000, True),

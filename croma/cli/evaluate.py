@@ -38,8 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=None, help="episode seed (default: the training seed)")
-    p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
-    p.add_argument("--cache-dir", default=None, help="override the feature cache directory")
+    p.add_argument("--data-root", default=None,
+                   help="directory holding the data sets (default $CROMA_DATA; never the path stored in the checkpoint)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache directory (default $CROMA_CACHE or ~/.cache/croma; never the checkpoint's)")
+    p.add_argument("--manifest", default=None, metavar="PATH",
+                   help="JSONL manifest of a run trained on BENCH=manifest (required then; never the checkpoint's)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split the episodes across N local processes (torch.distributed; gloo on CPU, "
@@ -53,7 +57,7 @@ def add_parser(sub) -> None:
 # the parsed flags that travel to the --nproc worker processes (plain data only)
 _FIELDS = ("run_dir", "shots", "repeats", "eval_tasks", "ways", "queries", "head_init", "finetune", "finetune_steps",
            "finetune_lr", "label_noise", "split", "checkpoint", "device", "seed", "data_root", "cache_dir", "json",
-           "dist_timeout")
+           "dist_timeout", "manifest")
 
 
 def _validate(args) -> None:
@@ -147,7 +151,7 @@ def run_rank(args) -> int:
             ways=args.ways, queries=args.queries, head_init=args.head_init, finetune=args.finetune,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, label_noise=args.label_noise,
             split=args.split, device=device, seed=args.seed, data_root=args.data_root, cache_dir=args.cache_dir,
-            dist=dist,
+            dist=dist, manifest=args.manifest,
         )
     except BaseException:
         if dist is not None:
@@ -213,14 +217,14 @@ def _launch(payload: dict, nproc: int) -> int:
 def worker_main(path: str) -> int:
     """Entry point of one ``--nproc`` process: :func:`run_rank`; its one-line error goes to
     ``error.<RANK>`` next to the payload ``path`` for the launcher to print."""
-    from croma.cli import _user_errors
+    from croma.cli import _user_errors, error_line
 
     with open(path, encoding="utf-8") as fh:
         payload = json.load(fh)
     try:
         return run_rank(argparse.Namespace(**payload))
     except _user_errors() as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = error_line(exc)
         code = 2
     except KeyboardInterrupt:
         msg, code = "interrupted", 130

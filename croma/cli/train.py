@@ -129,9 +129,12 @@ def run(args) -> int:
     env = env_world()
     if args.nproc > 1 and env is not None:
         raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
+    from croma.checkpoint import ensure_output_dir
+
     last = Path(cfg.checkpoint_dir) / "last.pt"
     if last.exists() and not args.resume:
         raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+    ensure_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")  # before any work, not after the budget
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
                "dist_timeout": float(args.dist_timeout)}
     if args.nproc > 1:
@@ -193,9 +196,13 @@ def run_rank(payload: dict) -> int:
     if dist is None or dist.rank == 0:
         best = "n/a" if result.best_val is None else f"{result.best_val:.2f}% at iteration {result.best_iteration}"
         procs = "" if dist is None else f" on {dist.world_size} processes ({dist.backend})"
+        from pathlib import Path
+
+        files = [n for n in ("last.pt", "best.pt") if (Path(cfg.checkpoint_dir) / n).is_file()]
+        wrote = f"{cfg.checkpoint_dir}/" + " and ".join(files) if files else f"no checkpoint in {cfg.checkpoint_dir}"
         print(
             f"trained {result.iteration}/{cfg.iterations} iterations{procs}; best meta-val accuracy {best}; "
-            f"head init {result.head_init}; wrote {cfg.checkpoint_dir}/last.pt and best.pt"
+            f"head init {result.head_init}; {'wrote ' if files else ''}{wrote}"
         )
         sys.stdout.flush()
     return 0
@@ -232,14 +239,14 @@ def _launch(payload: dict, nproc: int) -> int:
 
 def worker_main(path: str) -> int:
     """Entry point of one ``--nproc`` process: :func:`run_rank` with the CLI's one-line errors."""
-    from croma.cli import _user_errors
+    from croma.cli import _user_errors, error_line
 
     with open(path, encoding="utf-8") as fh:
         payload = json.load(fh)
     try:
         return run_rank(payload)
     except _user_errors() as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = error_line(exc)
         sys.stderr.write(f"error: {msg}\n")
         return 2
     except KeyboardInterrupt:
