@@ -10,7 +10,17 @@ Two backends produce the same thing, a mono ``int16`` waveform at the engine's n
   :func:`get_backend`, which caches one per process), never share it between threads. Each
   utterance is spoken by a freshly loaded library with fixed noise seeds, so the waveform is a
   pure function of (text, parameters) and not of what the process said before.
-* :class:`EspeakProgram` runs ``espeak-ng -v VOICE -s RATE -p PITCH -w out.wav TEXT``.
+* :class:`EspeakProgram` runs ``espeak-ng -m -v VOICE -s RATE -p PITCH -w out.wav`` with the text
+  wrapped in SSML ``<prosody range="RANGE">`` (the pitch range has no flag before espeak-ng 1.52).
+
+Both honour every field of :class:`SynthParams`. The noise seed: the library backend reseeds
+before every utterance; the program cannot be told a seed, but an espeak-ng up to 1.51 draws its
+noise from libc ``rand()`` in a fresh process, whose start state is ``srand(1)`` (glibc treats
+``srand(0)`` as ``srand(1)``), so the program honours seeds 0 and 1 and refuses others (and every
+seed on espeak-ng >= 1.52, which seeds its noise generator from the clock) with a
+:class:`~episodes.errors.DataError` rather than ignore it. Each backend has a :attr:`cache_id`
+(``"library-1.52.0"``, ``"program-1.51"``) that caches record, so WAVs made by different engines
+never mix.
 
 :func:`get_backend` picks the library when importable, else the program on ``PATH``, else raises
 :class:`~episodes.errors.DataError` naming both (``pip install espeakng-loader`` or install the
@@ -23,6 +33,7 @@ by a variant (``en+f3``, ``de+m2``).
 from __future__ import annotations
 
 import ctypes
+import html
 import os
 import shutil
 import subprocess
@@ -40,6 +51,8 @@ __all__ = [
     "EspeakProgram",
     "get_backend",
     "backend_available",
+    "backend_cache_id",
+    "check_params",
 ]
 
 # speak_lib.h constants
@@ -74,6 +87,20 @@ class SynthParams:
     pitch: int = 50
     pitch_range: int = 50
     seed: int = 0
+
+
+def check_params(params: SynthParams) -> None:
+    """Both backends accept the same settings (espeak-ng's ranges) and refuse the rest.
+
+    Raises:
+        DataError: a field outside espeak-ng's range (the field and the range are named).
+    """
+    if not params.voice or any(c.isspace() for c in params.voice):
+        raise DataError(f"espeak-ng voice must be a voice name such as 'de' or 'de+m3', got {params.voice!r}")
+    for field, lo, hi in (("rate", 80, 450), ("pitch", 0, 100), ("pitch_range", 0, 100), ("seed", 0, 2**31 - 1)):
+        value = getattr(params, field)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise DataError(f"espeak-ng {field} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
 class _Voice(ctypes.Structure):
@@ -158,6 +185,8 @@ class EspeakLibrary:
         lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_Terminate.restype = ctypes.c_int
+        lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        lib.espeak_Info.restype = ctypes.c_char_p
         self._set_seed = getattr(lib, "espeak_ng_SetRandSeed", None)
         if self._set_seed is not None:
             self._set_seed.argtypes = [ctypes.c_long]
@@ -167,6 +196,7 @@ class EspeakLibrary:
             raise DataError(f"espeak-ng failed to initialise with data {self.data_path}: {_INSTALL_HINT}")
         lib.espeak_SetSynthCallback(self._callback)
         self.sample_rate = int(rate)
+        self.version = (lib.espeak_Info(None) or b"unknown").decode("ascii", "replace")
         self._lib = lib
         self._dirty = False
 
@@ -188,6 +218,11 @@ class EspeakLibrary:
             return
         self._lib = None
         self._load()
+
+    @property
+    def cache_id(self) -> str:
+        """``"library-<engine version>"``: recorded with cached audio so that backends never mix."""
+        return f"{self.name}-{self.version}"
 
     def mark_forked(self) -> None:
         """Called in a forked child: reload before the next utterance (state came from the parent)."""
@@ -233,6 +268,7 @@ class EspeakLibrary:
         Raises:
             DataError: unknown voice or a synthesis failure.
         """
+        check_params(params)
         data = text.encode("utf-8") + b"\0"
         with self._lock:
             self._fresh()
@@ -251,13 +287,18 @@ class EspeakLibrary:
 
 
 class EspeakProgram:
-    """The ``espeak-ng`` program (``espeak-ng -v VOICE -s RATE -p PITCH -a 100 -w out.wav TEXT``).
+    """The ``espeak-ng`` program: ``espeak-ng -m -v VOICE -s RATE -p PITCH -w out.wav --stdin`` with
+    ``<speak><prosody range="RANGE">TEXT</prosody></speak>`` on stdin.
+
+    Every field of :class:`SynthParams` is honoured: voice, rate and pitch by flags, the pitch range
+    by SSML (``-P`` only exists from espeak-ng 1.52), the seed as the module docstring explains
+    (0 and 1 on espeak-ng <= 1.51; any other seed, or any seed on a newer engine, is refused).
 
     Args:
         executable: program path (default: ``espeak-ng`` on ``PATH``).
 
     Raises:
-        DataError: the program is not found.
+        DataError: the program is not found or does not run.
     """
 
     name = "program"
@@ -268,18 +309,61 @@ class EspeakProgram:
             raise DataError(f"espeak-ng program not found on PATH: {_INSTALL_HINT}")
         self.executable = exe
         self.sample_rate = 22050
+        try:
+            proc = subprocess.run([exe, "--version"], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DataError(f"espeak-ng program {exe} does not run: {exc}") from exc
+        out = proc.stdout.decode("utf-8", "replace")
+        # "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/x86_64-linux-gnu/espeak-ng-data"
+        words = out.split(":", 1)[1].split() if ":" in out else []
+        self.version = words[0] if words else "unknown"
+
+    @property
+    def cache_id(self) -> str:
+        """``"program-<engine version>"``: recorded with cached audio so that backends never mix."""
+        return f"{self.name}-{self.version}"
+
+    def _version_tuple(self) -> tuple[int, ...]:
+        parts = []
+        for p in self.version.split("."):
+            digits = "".join(c for c in p if c.isdigit())
+            if not digits:
+                break
+            parts.append(int(digits))
+        return tuple(parts)
+
+    def command(self, text: str, params: SynthParams, out: str) -> tuple[list[str], bytes]:
+        """The command line and stdin that speak ``text`` with ``params`` into ``out``.
+
+        Raises:
+            DataError: ``params.seed`` cannot be honoured by this program.
+        """
+        check_params(params)
+        version = self._version_tuple()
+        if params.seed not in (0, 1) or not version or version >= (1, 52):
+            why = (f"espeak-ng {self.version} seeds its noise generator from the clock" if not version or version >= (1, 52)
+                   else "only seeds 0 and 1 (libc's start state) are reproducible with it")
+            raise DataError(
+                f"the espeak-ng program cannot set the noise seed {params.seed} ({why}); install the PyPI wheel "
+                "`espeakng-loader` to use the library backend, which sets any seed"
+            )
+        ssml = f'<speak><prosody range="{params.pitch_range}">{html.escape(text, quote=False)}</prosody></speak>'
+        cmd = [self.executable, "-m", "-v", params.voice, "-s", str(params.rate), "-p", str(params.pitch),
+               "-w", out, "--stdin"]
+        return cmd, ssml.encode("utf-8")
 
     def synthesize(self, text: str, params: SynthParams) -> np.ndarray:
-        """Speak ``text``; returns ``int16 [samples]`` at :attr:`sample_rate` (updated from the file)."""
+        """Speak ``text``; returns ``int16 [samples]`` at :attr:`sample_rate` (updated from the file).
+
+        Raises:
+            DataError: the program failed, or a setting it cannot honour (see :meth:`command`).
+        """
         import soundfile as sf
 
         with tempfile.TemporaryDirectory(prefix="croma-espeak-") as tmp:
             out = os.path.join(tmp, "out.wav")
-            cmd = [
-                self.executable, "-v", params.voice, "-s", str(params.rate), "-p", str(params.pitch),
-                "-w", out, "--stdin",
-            ]
-            proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, timeout=120)
+            cmd, stdin = self.command(text, params, out)
+            proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=120)
             if proc.returncode != 0 or not os.path.exists(out):
                 msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
                 raise DataError(f"espeak-ng program failed for voice {params.voice!r}: {msg[0] if msg else proc.returncode}")
@@ -320,6 +404,14 @@ def get_backend(prefer: str = "auto") -> EspeakLibrary | EspeakProgram:
         _BACKEND, _BACKEND_PID = backend, os.getpid()
         return backend
     raise DataError(f"no espeak-ng backend usable: {_INSTALL_HINT} ({'; '.join(errors)})")
+
+
+def backend_cache_id(prefer: str = "auto") -> str | None:
+    """:attr:`cache_id` of the backend :func:`get_backend` picks, or ``None`` when none is usable."""
+    try:
+        return get_backend(prefer).cache_id
+    except DataError:
+        return None
 
 
 def backend_available() -> bool:
