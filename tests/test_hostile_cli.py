@@ -97,11 +97,11 @@ def test_help_states_ranges(capsys):
     parser = build_parser()
     for path, action in numeric_actions(parser):
         if action.dest in NUMERIC_BOUNDS:
-            assert "[" in action.help and action.help.rstrip().endswith(("]", ")")), (path, action.dest, action.help)
+            assert "range " in action.help and action.help.rstrip().endswith(("]", ")")), (path, action.dest, action.help)
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "[1, 16384]" in out  # --hidden's maximum is stated
+    assert "range [1, 16384]" in out  # --hidden's maximum is stated
 
 
 def test_finetune_lr_inf_names_its_own_flag(tmp_path, capsys):

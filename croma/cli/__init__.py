@@ -7,7 +7,7 @@ code 2 (``--debug`` shows the traceback).
 
 Numeric flags are checked in one place, before any work: every ``int`` / ``float`` flag of every
 subcommand must be finite and lie in the range :data:`NUMERIC_BOUNDS` gives for its name (the range
-is appended to its ``--help`` text); flags without an entry must still be finite and fit in 64
+is appended to its ``--help`` text as ``range [LO, HI]``); flags without an entry must still be finite and fit in 64
 bits. ``OSError`` (a read-only or full disk, a path that is a file where a folder belongs) becomes
 the same one-line error naming the path.
 """
@@ -30,7 +30,7 @@ WEEK_S = 7 * 24 * 3600.0
 # flag destination -> (low, low inclusive, high, high inclusive); one table for every subcommand.
 # Maxima keep memory and time bounded (e.g. --hidden 16384 is a 16384 x 16384 float32 layer, 1 GiB).
 NUMERIC_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
-    "seed": (0, True, INT64_MAX, True),
+    "seed": (0, True, 2**62, True),  # headroom for derived seeds (seed + k) in 64-bit tensors
     "iterations": (1, True, 10**8, True),
     "budget_steps": (1, True, 10**9, True),
     "train_seeds": (1, True, 100, True),
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     for _, action in numeric_actions(parser):
         if action.help != argparse.SUPPRESS:
-            action.help = f"{action.help or ''} [{_range_text(action)}]".lstrip()
+            action.help = f"{action.help}; range {_range_text(action)}" if action.help else f"range {_range_text(action)}"
     return parser
 
 
