@@ -2,13 +2,15 @@
 
 Flow: load the benchmark (``episodes.datasets.load_benchmark``), apply the preset's front-end
 (``quick``: compact vectors where the modality allows, see :mod:`episodes.features`), then for
-each method: train within the per-method wall-clock budget, choose the head initialisation on
-**meta-val**, and meta-test ``eval_tasks`` N-way episodes per repeat for each k. Support labels
-of meta-test episodes carry the run's symmetric label noise; query labels are clean.
+each method: train within the per-method budget of optimiser steps, choose the kept parameters
+and the meta-test fine-tuning settings on **meta-val**, and meta-test ``eval_tasks`` N-way
+episodes per repeat for each k, once, at the end. Support labels of meta-val and meta-test
+episodes carry the run's symmetric label noise; query labels are clean.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -21,54 +23,69 @@ from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.meta.trainer import TrainConfig, bench_to, resolve_device
 from croma.report import write_noise_sweep, write_results
+from croma.stats import mean_ci95, paired_comparison, seed_std
 
-# Preset budgets. ``quick`` is the main job (make demo): 12 s of training per method on a
-# 2-core CPU. ``paper`` uses sequence encoders and paper-scale budgets (hours on a CPU).
+# Presets. Budgets are optimiser steps per trained method (see croma.baselines.common), the same
+# for every method; nothing depends on timing. ``quick`` is the main job (make demo): 600 meta-test
+# episodes per (method, k), the same episodes for every method. ``paper`` uses sequence encoders
+# and paper-scale budgets (hours on a CPU). ``method_hp``: each method's own hyper-parameters,
+# chosen on meta-val with the same number of trials per method by
+# ``experiments/tools/tune_methods.py`` (its command and output: experiments/results/tuning_quick.json).
+QUICK_METHODS = ["pretrain", "align-classify", "align-meta-classify", "croma", "oracle", "unsup-meta"]
+
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "frontend": "compact",
-        "budget_seconds": 12.0,
+        "budget_steps": 3000,
         "repeats": 3,
+        "eval_tasks": 200,
+        "methods": QUICK_METHODS,
         "train": dict(
             loss="cwcl", meta_batch=8, task_mix=0.5, inner_steps=5, inner_lr=3e-3, inner_optimizer="adam",
-            meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=32, eval_tasks=8, eval_shots=[1, 5],
+            meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=32, eval_tasks=30, eval_shots=[1, 5],
             eval_queries=5, finetune="all", finetune_steps=10, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),
         ),
-        "knobs": dict(val_repeats=2, val_checks=6, finetune_grid=[0, 25], finetune_lr_grid=[1e-3],
+        "knobs": dict(val_episodes=100, val_checks=6, finetune_grid=[0, 25], finetune_lr_grid=[1e-3],
                       finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
+        "method_hp": {},
     },
     "paper": {
         "frontend": "sequence",
-        "budget_seconds": 1800.0,
-        "repeats": 5,
+        "budget_steps": 100000,
+        "repeats": 3,
+        "eval_tasks": 200,
+        "methods": None,
         "train": dict(
             loss="cwcl", meta_batch=16, task_mix=0.5, inner_steps=5, inner_lr=1e-3, inner_optimizer="adam",
-            meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=64, eval_tasks=8, eval_shots=[1, 5],
+            meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=64, eval_tasks=30, eval_shots=[1, 5],
             eval_queries=5, finetune="all", finetune_steps=20, finetune_lr=1e-3,
             model=dict(embed_dim=128, hidden=256),
         ),
-        "knobs": dict(val_repeats=3, val_checks=20, finetune_grid=[0, 10, 25, 50], finetune_lr_grid=[1e-3, 3e-3],
+        "knobs": dict(val_episodes=100, val_checks=20, finetune_grid=[0, 10, 25, 50], finetune_lr_grid=[1e-3, 3e-3],
                       finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
+        "method_hp": {},
     },
 }
 
 
 @dataclass
 class BenchmarkConfig:
-    """A `croma benchmark` run (field names follow the CLI flags)."""
+    """A `croma benchmark` run (field names follow the CLI flags; ``None``: the preset's value)."""
 
     benchmark: str = "udhr-speech"
     methods: list[str] | None = None
     shots: list[int] = field(default_factory=lambda: [1, 5, 10])
     repeats: int | None = None
     ways: int = 5
-    eval_tasks: int = 8
+    eval_tasks: int | None = None
     queries: int = 5
     loss: str | None = None
     label_noise: float = 0.0
     preset: str = "quick"
+    budget_steps: int | None = None
     budget_seconds: float | None = None
+    train_seeds: int = 1
     device: str = "auto"
     seed: int = 0
     out: str | None = "runs/benchmark"
@@ -79,6 +96,7 @@ class BenchmarkConfig:
     target: str | None = None
     oracle_warm_start: bool = False
     progress: bool = True
+    method_hp: dict[str, dict[str, Any]] | None = None
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -91,19 +109,21 @@ def load_for_benchmark(cfg: BenchmarkConfig):
         seed=cfg.seed, cache_dir=cfg.cache_dir, progress=cfg.progress,
     )
     if PRESETS[cfg.preset]["frontend"] == "compact":
-        bench = compact_benchmark(bench)
+        bench = compact_benchmark(bench, seed=cfg.seed)
     return bench
 
 
 def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[TrainConfig, EvalConfig, int]:
     repeats = cfg.repeats if cfg.repeats is not None else int(preset["repeats"])
+    tasks = cfg.eval_tasks if cfg.eval_tasks is not None else int(preset["eval_tasks"])
     tr = dict(preset["train"])
     if cfg.loss:
         tr["loss"] = cfg.loss
-    train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device, **tr)
+    train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device,
+                        val_label_noise=cfg.label_noise, **tr)
     train.validate()
     ev = EvalConfig(
-        shots=list(cfg.shots), ways=cfg.ways, tasks=cfg.eval_tasks, queries=cfg.queries, repeats=repeats,
+        shots=list(cfg.shots), ways=cfg.ways, tasks=tasks, queries=cfg.queries, repeats=repeats,
         split="meta_test", finetune=train.finetune, finetune_steps=train.finetune_steps,
         finetune_lr=train.finetune_lr if train.finetune_lr is not None else train.inner_lr,
         finetune_optimizer=train.finetune_optimizer or train.inner_optimizer, label_noise=cfg.label_noise,
@@ -113,20 +133,54 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
     return train, ev, repeats
 
 
+def _method_hp(cfg: BenchmarkConfig, preset: dict[str, Any], name: str) -> dict[str, Any]:
+    hp = dict(preset.get("method_hp", {}).get(name, {}))
+    if cfg.method_hp and name in cfg.method_hp:
+        hp.update(cfg.method_hp[name])
+    return hp
+
+
+def _budget(cfg: BenchmarkConfig, preset: dict[str, Any]) -> tuple[int | None, float | None]:
+    """(steps, seconds): ``--budget-steps`` wins, then ``--budget-seconds``, then the preset's steps."""
+    if cfg.budget_steps is not None:
+        if isinstance(cfg.budget_steps, bool) or not isinstance(cfg.budget_steps, int) or cfg.budget_steps < 1:
+            raise ValueError(f"--budget-steps must be an integer >= 1 (got {cfg.budget_steps})")
+        return int(cfg.budget_steps), None
+    if cfg.budget_seconds is not None:
+        if not (math.isfinite(cfg.budget_seconds) and 0 < cfg.budget_seconds <= 7 * 86400):
+            raise ValueError(f"--budget-seconds must be a finite number in (0, 604800] (got {cfg.budget_seconds})")
+        return None, float(cfg.budget_seconds)
+    return int(preset["budget_steps"]), None
+
+
 def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     """Run every chosen method and (when ``cfg.out``) write results.json/csv/png.
+
+    Each method is trained ``cfg.train_seeds`` times (training seeds ``seed, seed+1, ...``) under
+    the same budget, its meta-test settings chosen on meta-val, then evaluated once on the
+    meta-test episodes, which are the same for every method and seed (paired). Rows carry the
+    mean over episodes (per-episode accuracies averaged over the training seeds), its 95%
+    interval, and the std over seeds; ``comparisons`` holds croma's paired differences against
+    every other method (:func:`croma.stats.paired_comparison`).
 
     Returns:
         The ``results.json`` dict (accuracies in percent).
 
     Raises:
-        ValueError / CromaError: unknown method or preset, a method that does not apply.
+        ValueError / CromaError: unknown method or preset, a method that does not apply, a bad budget.
     """
     if cfg.preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {cfg.preset!r})")
     if not 0.0 <= cfg.label_noise < 1.0:
         raise ValueError(f"--label-noise must be in [0, 1) (got {cfg.label_noise})")
+    if isinstance(cfg.train_seeds, bool) or not isinstance(cfg.train_seeds, int) or not 1 <= cfg.train_seeds <= 100:
+        raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {cfg.train_seeds})")
+    if cfg.out:  # a file, read-only or full disk: fail now, not after every method's budget
+        from croma.checkpoint import ensure_output_dir
+
+        ensure_output_dir(cfg.out, "--out")
     preset = PRESETS[cfg.preset]
+    steps, seconds = _budget(cfg, preset)
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     t_load = time.perf_counter()
@@ -134,61 +188,102 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     load_seconds = time.perf_counter() - t_load
     bench = bench_to(bench, device)
     applicable = methods_for(bench)
-    methods = cfg.methods or applicable
+    if cfg.methods == ["all"]:
+        methods = applicable
+    else:
+        methods = cfg.methods or [m for m in (preset.get("methods") or applicable) if m in applicable]
     for m in methods:
         get_method(m)  # unknown -> ValueError listing names
         if m not in applicable:
             raise CromaError(f"--methods: {m!r} does not apply to {cfg.benchmark} (applicable: {', '.join(applicable)})")
     train, ev, repeats = _contexts(cfg, bench, preset)
     train = replace(train, device=str(device))
-    budget = float(cfg.budget_seconds if cfg.budget_seconds is not None else preset["budget_seconds"])
-    if budget <= 0:
-        raise ValueError(f"--budget-seconds must be > 0 (got {budget})")
-    ctx = MethodContext(
-        bench=bench, train=train, eval=ev, budget_seconds=budget, label_noise=cfg.label_noise,
-        progress=cfg.progress, oracle_warm_start=cfg.oracle_warm_start, knobs=dict(preset["knobs"]),
-    )
     rows: list[dict[str, Any]] = []
     per_method: dict[str, Any] = {}
+    episodes: dict[tuple[str, int], list[float]] = {}
+    budget_text = f"{steps} optimiser steps" if steps is not None else f"{seconds:g} s wall clock"
     for name in methods:
         spec = get_method(name)
-        if cfg.progress:
-            print(f"[{name}] training (budget {budget:.0f} s) ...", flush=True)
-        t0 = time.perf_counter()
-        outcome = spec.fn(ctx)
-        res_rows = []
-        for k in ev.shots:
-            ch = outcome.eval_choice[int(k)]
-            ev_k = replace(ev, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
-                           finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
-            res_rows += evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"]
-        res = {"rows": res_rows}
-        eval_seconds = time.perf_counter() - t0 - outcome.train_seconds
+        hp = _method_hp(cfg, preset, name)
+        seed_runs = []
+        for s in range(cfg.train_seeds):
+            ctx = MethodContext(
+                bench=bench, train=replace(train, seed=cfg.seed + s), eval=ev, budget_seconds=seconds,
+                budget_steps=steps, label_noise=cfg.label_noise, progress=cfg.progress,
+                oracle_warm_start=cfg.oracle_warm_start, knobs=dict(preset["knobs"]), hp=hp,
+            )
+            if cfg.progress:
+                seed_note = f", training seed {cfg.seed + s}" if cfg.train_seeds > 1 else ""
+                print(f"[{name}] training (budget {budget_text}{seed_note}) ...", flush=True)
+            t0 = time.perf_counter()
+            outcome = spec.fn(ctx)
+            t1 = time.perf_counter()
+            evals = {}
+            for k in ev.shots:
+                ch = outcome.eval_choice[int(k)]
+                ev_k = replace(ev, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
+                               finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
+                evals[int(k)] = evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"][0]
+            seed_runs.append({"outcome": outcome, "evals": evals, "eval_seconds": time.perf_counter() - t1,
+                              "seconds": t1 - t0})
+        first = seed_runs[0]["outcome"]
         per_method[name] = {
-            "eval_choice_meta_val": outcome.eval_choice, "eval_scores_meta_val": outcome.eval_scores,
-            "train_seconds": outcome.train_seconds, "eval_seconds": eval_seconds,
-            "outer_steps": outcome.outer_steps, "optimizer_steps": outcome.optimizer_steps,
-            "notes": _plain(outcome.notes),
+            "hp": _plain(hp),
+            "seeds": [
+                {
+                    "seed": cfg.seed + i, "eval_choice_meta_val": r["outcome"].eval_choice,
+                    "eval_scores_meta_val": r["outcome"].eval_scores, "train_seconds": r["outcome"].train_seconds,
+                    "eval_seconds": r["eval_seconds"], "outer_steps": r["outcome"].outer_steps,
+                    "optimizer_steps": r["outcome"].optimizer_steps, "examples": r["outcome"].examples,
+                    "notes": _plain(r["outcome"].notes),
+                }
+                for i, r in enumerate(seed_runs)
+            ],
+            # kept from earlier releases: the first seed's facts at the top level
+            "eval_choice_meta_val": first.eval_choice, "eval_scores_meta_val": first.eval_scores,
+            "train_seconds": first.train_seconds, "eval_seconds": seed_runs[0]["eval_seconds"],
+            "outer_steps": first.outer_steps, "optimizer_steps": first.optimizer_steps, "notes": _plain(first.notes),
         }
-        for r in res["rows"]:
+        for k in ev.shots:
+            per_seed = [r["evals"][int(k)] for r in seed_runs]
+            n_ep = len(per_seed[0]["episode_accuracies"])
+            ep = [sum(p["episode_accuracies"][i] for p in per_seed) / len(per_seed) for i in range(n_ep)]
+            episodes[(name, int(k))] = ep
+            mean, ci = mean_ci95(ep)
+            reps = [sum(p["accuracies"][r] for p in per_seed) / len(per_seed) for r in range(repeats)]
+            rep_std = _std(reps)
+            cen = None
+            if all("centroid_episode_accuracies" in p for p in per_seed):
+                cen_ep = [sum(p["centroid_episode_accuracies"][i] for p in per_seed) / len(per_seed) for i in range(n_ep)]
+                cen = mean_ci95(cen_ep)
+            ch = first.eval_choice[int(k)]
             rows.append({
-                "method": name, "shots": r["shots"], "accuracy_mean": r["accuracy_mean"],
-                "accuracy_std": r["accuracy_std"], "repeats": r["repeats"],
-                "target_samples": outcome.target_samples, "target_labels": outcome.target_labels,
-                "centroid_mean": r.get("centroid_mean"), "centroid_std": r.get("centroid_std"),
-                "head_init": outcome.eval_choice[int(r["shots"])]["head_init"],
-                "finetune_steps": outcome.eval_choice[int(r["shots"])]["finetune_steps"],
-                "finetune_lr": outcome.eval_choice[int(r["shots"])]["finetune_lr"],
-                "finetune": outcome.eval_choice[int(r["shots"])]["finetune"],
-                "train_seconds": round(outcome.train_seconds, 2),
-                "outer_steps": outcome.outer_steps, "optimizer_steps": outcome.optimizer_steps,
+                "method": name, "shots": int(k), "accuracy_mean": mean, "accuracy_ci95": ci, "episodes": n_ep,
+                "accuracy_std": rep_std, "repeats": repeats, "train_seeds": cfg.train_seeds,
+                "accuracy_seed_std": seed_std([p["accuracy_mean"] for p in per_seed]) if cfg.train_seeds > 1 else None,
+                "target_samples": first.target_samples, "target_labels": first.target_labels,
+                "centroid_mean": None if cen is None else cen[0], "centroid_ci95": None if cen is None else cen[1],
+                "centroid_std": per_seed[0].get("centroid_std"),
+                "head_init": ch["head_init"], "finetune_steps": ch["finetune_steps"], "finetune_lr": ch["finetune_lr"],
+                "finetune": ch["finetune"], "train_seconds": round(first.train_seconds, 2),
+                "outer_steps": first.outer_steps, "optimizer_steps": first.optimizer_steps, "examples": first.examples,
             })
         if cfg.progress:
-            accs = ", ".join(f"{r['shots']}-shot {r['accuracy_mean']:.1f}" for r in res["rows"])
-            picks = ", ".join(
-                f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in outcome.eval_choice.items()
+            accs = ", ".join(
+                f"{r['shots']}-shot {r['accuracy_mean']:.1f} ± {r['accuracy_ci95']:.1f}" for r in rows if r["method"] == name
             )
-            print(f"[{name}] {accs} (meta-val picks {picks}; {outcome.train_seconds:.1f} s train)", flush=True)
+            picks = ", ".join(
+                f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in first.eval_choice.items()
+            )
+            print(f"[{name}] {accs} (meta-val picks {picks}; {first.train_seconds:.1f} s train)", flush=True)
+    comparisons = []
+    if "croma" in methods:
+        for other in methods:
+            if other == "croma":
+                continue
+            for k in ev.shots:
+                c = paired_comparison(episodes[("croma", int(k))], episodes[(other, int(k))])
+                comparisons.append({"method": "croma", "baseline": other, "shots": int(k), **c})
     result = {
         "benchmark": cfg.benchmark,
         "loss": train.loss,
@@ -196,13 +291,17 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "label_noise": cfg.label_noise,
         "preset": cfg.preset,
         "seed": cfg.seed,
+        "budget_steps": steps,
+        "train_seeds": cfg.train_seeds,
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
+        "comparisons": comparisons,
         "config": {
             "benchmark_config": _plain(asdict(cfg)),
             "train": train.to_dict(),
             "eval": _plain(asdict(ev)),
-            "budget_seconds_per_method": budget,
+            "budget_steps_per_method": steps,
+            "budget_seconds_per_method": seconds,
             "data_load_seconds": round(load_seconds, 2),
             "device": str(device),
             "torch": torch.__version__,
@@ -215,6 +314,13 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     if cfg.out:
         write_results(result, cfg.out)
     return result
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float]) -> list[dict[str, Any]]:

@@ -29,8 +29,9 @@ from torch import nn
 from torch.func import vmap
 
 from croma.errors import CromaError
+from croma.stats import mean_ci95
 from croma.meta.functional import FunctionalModel, Params, meta_parameters
-from croma.meta.inner import InnerConfig, adapt
+from croma.meta.inner import InnerConfig, adapt, run_batched
 from croma.meta.tasks import derive_seed, model_inputs
 from episodes.data import PreparedBenchmark
 from episodes.errors import DataError
@@ -110,19 +111,47 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-class _Episodes:
-    """The per-task functions of one evaluation (run batched under vmap or one by one)."""
+def target_param_names(model: nn.Module, target: str, names: Sequence[str]) -> set[str]:
+    """Names among ``names`` (meta-parameter names) of tensors the target encoder uses.
 
-    def __init__(self, model: nn.Module, target: str, cfg: EvalConfig) -> None:
+    A parameter shared between modules (e.g. one encoder body tied across modalities) is listed
+    by ``named_parameters`` under its first name only, which may be the *source* encoder's; this
+    finds it through every alias, so fine-tuning "the target encoder" includes a shared body.
+    """
+    mine = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n.startswith(f"encoders.{target}.")}
+    by_id = {n: id(p) for n, p in model.named_parameters()}
+    return {n for n in names if by_id.get(n) in mine}
+
+
+# Episodes fine-tuned together in one batched computation: bounds memory (~T x parameters x 5
+# tensors) and keeps results independent of how many episodes a call holds.
+CHUNK = 50
+
+
+class _Episodes:
+    """The per-task functions of one evaluation.
+
+    Two paths give the same numbers up to rounding: ``batched`` runs a chunk of episodes as one
+    computation per fine-tuning step (:func:`croma.meta.inner.run_batched`: vmapped gradients,
+    in-place fused Adam on the chunk's ``[T, ...]`` copies); ``sequential`` (the reference) runs
+    :meth:`finetune_accuracy` (a pure per-task function built on :func:`croma.meta.inner.adapt`)
+    one task at a time. When the embedding stays fixed (``finetune="head"`` or 0 steps) the
+    target items are embedded once per call and episodes only index those embeddings.
+    """
+
+    def __init__(self, model: nn.Module, target: str, cfg: EvalConfig, names: Sequence[str] | None = None) -> None:
         self.fm = FunctionalModel(model)
         self.target = target
         self.cfg = cfg
         self.inner = InnerConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr, optimizer=cfg.finetune_optimizer)
+        names = list(names) if names is not None else [n for n, _ in model.named_parameters()]
         if cfg.finetune == "head":
-            pre: tuple[str, ...] = ("classifier.",)
+            keep = {n for n in names if n.startswith("classifier.")}
         else:
-            pre = (f"encoders.{target}.", "align.", "classifier.")
-        self.keep = lambda name: name.startswith(pre)
+            keep = target_param_names(model, target, names) | {n for n in names if n.startswith(("align.", "classifier."))}
+        self.keep_names = keep
+        self.keep = lambda name: name in keep
+        self.frozen_embedding = cfg.finetune == "head" or cfg.finetune_steps == 0
 
     def _embed(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return self.fm(params, lambda m, v: m.embed(self.target, v), x)
@@ -133,27 +162,29 @@ class _Episodes:
 
     def _class_means(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ways = self.cfg.ways
-        onehot = (y[:, None] == torch.arange(ways, device=y.device)).to(z.dtype)  # [NK, N]
-        counts = onehot.sum(0)  # [N]
-        means = (onehot.T @ z) / counts.clamp_min(1.0)[:, None]  # [N, E]
+        onehot = (y[..., :, None] == torch.arange(ways, device=y.device)).to(z.dtype)  # [.., NK, N]
+        counts = onehot.sum(-2)  # [.., N]
+        means = (onehot.transpose(-1, -2) @ z) / counts.clamp_min(1.0)[..., :, None]  # [.., N, E]
         return means, counts
+
+    def _head_from(self, theta: Mapping[str, torch.Tensor], zs: torch.Tensor | None, ys: torch.Tensor) -> Params:
+        """Head of one task (``zs [NK, E]``) or of a chunk (``zs [T, NK, E]``, heads ``[T, N, ...]``)."""
+        w, bias = theta["classifier.weight"], theta["classifier.bias"]
+        lead = tuple(ys.shape[:-1])
+        mode = self.cfg.head_init
+        if mode == "meta":
+            return {"classifier.weight": w.expand(*lead, *w.shape), "classifier.bias": bias.expand(*lead, *bias.shape)}
+        zeros_b = torch.zeros(*lead, self.cfg.ways, dtype=w.dtype, device=w.device)
+        if mode == "zero":
+            return {"classifier.weight": torch.zeros(*lead, self.cfg.ways, w.shape[-1], dtype=w.dtype, device=w.device),
+                    "classifier.bias": zeros_b}
+        means, _ = self._class_means(zs, ys)
+        return {"classifier.weight": F.normalize(means, dim=-1) * self.cfg.prototype_scale, "classifier.bias": zeros_b}
 
     def head(self, theta: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Params:
         """The classifier head a task starts from: ``{classifier.weight [N, E], classifier.bias [N]}``."""
-        w, bias = theta["classifier.weight"], theta["classifier.bias"]
-        mode = self.cfg.head_init
-        if mode == "meta":
-            return {"classifier.weight": w, "classifier.bias": bias}
-        shape_w = (self.cfg.ways, w.shape[-1])
-        if mode == "zero":
-            return {
-                "classifier.weight": torch.zeros(shape_w, dtype=w.dtype, device=w.device),
-                "classifier.bias": torch.zeros(self.cfg.ways, dtype=w.dtype, device=w.device),
-            }
-        z = self._embed(theta, b["xs"])  # [NK, E]
-        means, _ = self._class_means(z, b["ys"])
-        weight = F.normalize(means, dim=-1) * self.cfg.prototype_scale
-        return {"classifier.weight": weight, "classifier.bias": torch.zeros(self.cfg.ways, dtype=w.dtype, device=w.device)}
+        zs = self._embed(theta, b["xs"]) if self.cfg.head_init == "prototype" else None
+        return self._head_from(theta, zs, b["ys"])
 
     def finetune_accuracy(self, theta: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """One task: head init, fine-tune on the support set, query accuracy (scalar in [0, 1])."""
@@ -169,10 +200,66 @@ class _Episodes:
         """One task, no fine-tuning: nearest support class mean (squared Euclidean) accuracy."""
         zs = self._embed(theta, b["xs"])
         zq = self._embed(theta, b["xq"])
-        means, counts = self._class_means(zs, b["ys"])
-        d = (zq[:, None, :] - means[None, :, :]).pow(2).sum(-1)  # [NQ, N]
-        d = torch.where(counts[None, :] > 0, d, torch.full_like(d, float("inf")))
-        return (d.argmin(-1) == b["yq"]).to(zs.dtype).mean()
+        return self._centroid_from(zs, b["ys"], zq, b["yq"])
+
+    def _centroid_from(self, zs, ys, zq, yq) -> torch.Tensor:
+        means, counts = self._class_means(zs, ys)
+        d = (zq[..., :, None, :] - means[..., None, :, :]).pow(2).sum(-1)  # [.., NQ, N]
+        d = torch.where(counts[..., None, :] > 0, d, torch.full_like(d, float("inf")))
+        return (d.argmin(-1) == yq).to(zs.dtype).mean(-1)
+
+    # ------------------------------------------------------------------ batched path
+    def embed_all(self, theta: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[n, E]`` of every target item (one pass, no graph)."""
+        with torch.no_grad():
+            return torch.cat([self._embed(theta, x[i : i + 4096]) for i in range(0, x.shape[0], 4096)])
+
+    def _chunk_accuracy(self, theta: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], z_all: torch.Tensor | None) -> torch.Tensor:
+        """Query accuracies ``[T]`` of one chunk of episodes (batched path)."""
+        theta = dict(theta)
+        if self.frozen_embedding:
+            zs, zq = z_all[b["rs"]], z_all[b["rq"]]  # [T, NK, E], [T, NQ, E]
+            head = self._head_from(theta, zs, b["ys"])
+            if self.inner.steps > 0:
+                def loss(p, bb):
+                    return F.cross_entropy(bb["zs"] @ p["classifier.weight"].T + p["classifier.bias"], bb["ys"])
+
+                head, _ = run_batched(loss, head, {}, {"zs": zs, "ys": b["ys"]}, self.inner, batched=tuple(head))
+            logits = zq @ head["classifier.weight"].transpose(-1, -2) + head["classifier.bias"][:, None, :]
+            return (logits.argmax(-1) == b["yq"]).to(logits.dtype).mean(-1)
+        zs = z_all[b["rs"]] if (z_all is not None and self.cfg.head_init == "prototype") else None
+        head = self._head_from(theta, zs, b["ys"])
+        train = {k: v for k, v in theta.items() if self.keep(k) and k not in head}
+        train.update(head)
+        const = {k: v for k, v in theta.items() if not self.keep(k)}
+        adapted, _ = run_batched(self._support_loss, train, const, {"xs": b["xs"], "ys": b["ys"]}, self.inner, batched=tuple(head))
+
+        def query(p, xq, yq):
+            logits = self.fm({**const, **p}, lambda m, v: m.classify(m.embed(self.target, v)), xq)
+            return (logits.argmax(-1) == yq).to(logits.dtype).mean()
+
+        with torch.no_grad():
+            return vmap(query)(adapted, b["xq"], b["yq"])
+
+    def accuracies(self, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], z_all: torch.Tensor | None = None) -> torch.Tensor:
+        """Fine-tuned query accuracy of every task of ``batch`` (leading task dim): ``[T]``."""
+        n = next(iter(batch.values())).shape[0]
+        if self.cfg.inner_loop == "sequential":
+            fields = ("xs", "ys", "xq", "yq")
+            return torch.stack([self.finetune_accuracy(theta, {k: batch[k][i] for k in fields}) for i in range(n)])
+        outs = []
+        for i in range(0, n, CHUNK):
+            part = {k: v[i : i + CHUNK] for k, v in batch.items()}
+            outs.append(self._chunk_accuracy(theta, part, z_all))
+        return torch.cat(outs)
+
+    def centroids(self, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], z_all: torch.Tensor | None = None) -> torch.Tensor:
+        """Nearest-centroid accuracy of every task of ``batch`` with the frozen parameters: ``[T]``."""
+        n = next(iter(batch.values())).shape[0]
+        if self.cfg.inner_loop == "sequential" or z_all is None:
+            fields = ("xs", "ys", "xq", "yq")
+            return torch.stack([self.centroid_accuracy(theta, {k: batch[k][i] for k in fields}) for i in range(n)])
+        return self._centroid_from(z_all[batch["rs"]], batch["ys"], z_all[batch["rq"]], batch["yq"])
 
     def run(self, fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``fn`` over the tasks of ``batch`` (leading task dim): vmapped, or a loop. Returns ``[T]``."""
@@ -182,17 +269,17 @@ class _Episodes:
         return torch.stack([fn(theta, {k: v[i] for k, v in batch.items()}) for i in range(n)])
 
 
-def _run_shared(eps: _Episodes, fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], dist: Any) -> torch.Tensor:
-    """``eps.run`` over all tasks of ``batch``, or (``dist``) over this rank's share, gathered: ``[T]``."""
+def _run_shared(fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], dist: Any) -> torch.Tensor:
+    """``fn(theta, batch) -> [T]`` over all tasks of ``batch``, or (``dist``) over this rank's share, gathered."""
     if dist is None or dist.world_size == 1:
-        return eps.run(fn, theta, batch)
+        return fn(theta, batch)
     n = next(iter(batch.values())).shape[0]
     mine = dist.shard(n)
     dtype = next(iter(theta.values())).dtype
     out = torch.zeros(n, dtype=dtype, device=next(iter(theta.values())).device)
     if mine:
         idx = torch.tensor(mine, dtype=torch.long)
-        part = eps.run(fn, theta, {k: v[idx.to(v.device)] for k, v in batch.items()})
+        part = fn(theta, {k: v[idx.to(v.device)] for k, v in batch.items()})
         out[idx.to(out.device)] = part.to(dtype)
     return dist.all_reduce_sum(out, "all_reduce of meta-val accuracies")
 
@@ -216,12 +303,8 @@ def _episode_batch(bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, s
         ) from exc
     t = sampler.sample_many(0, cfg.tasks)
     dev = x.device
-    return {
-        "xs": x[t.support_rows.to(dev)],
-        "ys": t.support_labels.to(dev),
-        "xq": x[t.query_rows.to(dev)],
-        "yq": t.query_labels.to(dev),
-    }
+    rs, rq = t.support_rows.to(dev), t.query_rows.to(dev)
+    return {"xs": x[rs], "ys": t.support_labels.to(dev), "xq": x[rq], "yq": t.query_labels.to(dev), "rs": rs, "rq": rq}
 
 
 @torch.no_grad()
@@ -248,7 +331,11 @@ def _retrieval(
         zs = F.normalize(fm(theta, lambda m, v: m.embed(bench.source, v), xs), dim=-1)
         zt = F.normalize(fm(theta, lambda m, v: m.embed(bench.target, v), xt), dim=-1)
         sim = zs @ zt.T  # [G, G]; row i: source query i against all target items
-        rank = (sim > sim.diagonal()[:, None]).sum(1)  # items strictly better than the true match
+        # items scoring at least as high as the true match (ties count against it, so collapsed
+        # embeddings score chance, not 100); a query whose scores are not finite never counts as found
+        true = sim.diagonal()[:, None]
+        rank = (sim >= true).sum(1) - 1
+        rank = torch.where(torch.isfinite(sim).all(1), rank, torch.full_like(rank, sim.shape[1]))
         for k in recalls:
             recalls[k].append(100.0 * float((rank < k).float().mean()))
     out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats}
@@ -300,23 +387,32 @@ def evaluate_kshot(
     device = next(iter(theta.values())).device
     inputs = dict(inputs) if inputs is not None else model_inputs(model, bench, device)
     x_t = inputs[bench.target]
-    eps = _Episodes(model, bench.target, cfg)
+    eps = _Episodes(model, bench.target, cfg, names=list(theta))
+    need_z = cfg.inner_loop == "batched" and (eps.frozen_embedding or cfg.head_init == "prototype" or cfg.nearest_centroid)
+    z_all = eps.embed_all(theta, x_t) if need_z else None
     rows = []
     for k in cfg.shots:
-        accs, cents = [], []
+        accs, cents, per_ep, per_ep_c = [], [], [], []
         for r in range(cfg.repeats):
             b = _episode_batch(bench, x_t, cfg, int(k), r)
             with torch.enable_grad():
-                acc = _run_shared(eps, eps.finetune_accuracy, theta, b, dist)
+                acc = _run_shared(lambda th, bb: eps.accuracies(th, bb, z_all), theta, b, dist)
+            per_ep += [100.0 * float(a) for a in acc.tolist()]
             accs.append(100.0 * float(acc.mean()))
             if cfg.nearest_centroid:
                 with torch.no_grad():
-                    cents.append(100.0 * float(_run_shared(eps, eps.centroid_accuracy, theta, b, dist).mean()))
-        row: dict[str, Any] = {"shots": int(k), "repeats": cfg.repeats, "accuracies": accs}
+                    cen = _run_shared(lambda th, bb: eps.centroids(th, bb, z_all), theta, b, dist)
+                per_ep_c += [100.0 * float(a) for a in cen.tolist()]
+                cents.append(100.0 * float(cen.mean()))
+        row: dict[str, Any] = {"shots": int(k), "repeats": cfg.repeats, "accuracies": accs, "episodes": len(per_ep)}
         row["accuracy_mean"], row["accuracy_std"] = _mean_std(accs)
+        row["accuracy_ci95"] = mean_ci95(per_ep)[1]
+        row["episode_accuracies"] = per_ep
         if cents:
             row["centroid_accuracies"] = cents
             row["centroid_mean"], row["centroid_std"] = _mean_std(cents)
+            row["centroid_ci95"] = mean_ci95(per_ep_c)[1]
+            row["centroid_episode_accuracies"] = per_ep_c
         rows.append(row)
     retrieval = _retrieval(eps.fm, theta, bench, inputs, cfg) if cfg.retrieval else None
     return {
@@ -385,34 +481,56 @@ def format_results(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_root: str | None = None, cache_dir: str | None = None):
+def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_root: str | None = None,
+             cache_dir: str | None = None, manifest: str | None = None):
     """Rebuild model, benchmark and meta-parameters from a run directory (or a ``.pt`` file).
 
-    ``which="best"`` falls back to ``last.pt`` when no meta-val has written ``best.pt``.
+    ``which="best"`` falls back to ``last.pt`` only when no meta-val has selected a best
+    checkpoint yet (``last.pt`` records none); a deleted ``best.pt`` is an error.
+
+    Paths to data come from the caller, never from the checkpoint (a shared checkpoint must not
+    choose what this machine reads or writes): ``data_root`` (None: ``$CROMA_DATA``),
+    ``cache_dir`` (None: ``$CROMA_CACHE`` or ``~/.cache/croma``) and, for a run trained on a
+    JSONL manifest, ``manifest`` (required then).
 
     Returns:
         ``(model, bench, theta, ckpt, train_cfg)``: model on the device with ``theta`` loaded,
         the benchmark with features on the device, the checkpoint dict, the
         :class:`croma.meta.trainer.TrainConfig`.
+
+    Raises:
+        CromaError: missing / malformed checkpoint (types, non-finite values, shapes against the
+            model), a deleted ``best.pt``, a manifest run without ``manifest``.
     """
     from pathlib import Path
 
-    from croma.checkpoint import checkpoint_path, load_checkpoint
-    from croma.meta.functional import load_parameters
-    from croma.meta.trainer import TrainConfig, bench_to, build_from_config, load_bench, resolve_device
+    from croma.checkpoint import check_parameters, checkpoint_path, load_checkpoint, train_config
+    from croma.meta.functional import load_parameters, meta_parameters
+    from croma.meta.trainer import bench_to, build_from_config, load_bench, resolve_device
 
     path = checkpoint_path(run_dir, which)
     if which == "best" and not path.is_file() and Path(run_dir).is_dir():
-        path = checkpoint_path(run_dir, "last")
+        last = checkpoint_path(run_dir, "last")
+        if last.is_file() and load_checkpoint(last).get("best_val") is not None:
+            raise CromaError(
+                f"{path} is missing although meta-val selected a best checkpoint (see {last}); restore it, or "
+                f"pass --checkpoint last to evaluate the last parameters"
+            )
+        path = last
     ckpt = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    if data_root is not None:
-        cfg.data_root = data_root
-    if cache_dir is not None:
-        cfg.cache_dir = cache_dir
+    cfg = train_config(ckpt, path)
+    cfg.data_root, cfg.cache_dir = data_root, cache_dir
+    if cfg.benchmark == "manifest":
+        if manifest is None:
+            raise CromaError(f"{path} was trained on a JSONL manifest: pass --manifest PATH (the path stored in "
+                             f"the checkpoint is not used)")
+        cfg.manifest = manifest
+    else:
+        cfg.manifest = None
     dev = resolve_device(device)
     bench = load_bench(cfg)
     model = build_from_config(cfg, bench)
+    check_parameters(ckpt["model"], meta_parameters(model), path)
     try:
         load_parameters(model, ckpt["model"])
     except (KeyError, RuntimeError) as exc:
@@ -442,6 +560,7 @@ def evaluate_run(
     data_root: str | None = None,
     cache_dir: str | None = None,
     dist: Any = None,
+    manifest: str | None = None,
 ) -> dict[str, Any]:
     """Meta-test a trained run (what ``croma evaluate DIR`` does).
 
@@ -453,7 +572,8 @@ def evaluate_run(
     """
     from croma.meta.trainer import eval_config_from
 
-    model, bench, theta, ckpt, tcfg = load_run(run_dir, which=which, device=device, data_root=data_root, cache_dir=cache_dir)
+    model, bench, theta, ckpt, tcfg = load_run(run_dir, which=which, device=device, data_root=data_root, cache_dir=cache_dir,
+                                             manifest=manifest)
     cfg = eval_config_from(
         tcfg, shots=list(shots), repeats=repeats, tasks=tasks, ways=ways or tcfg.ways, queries=queries,
         split=split, label_noise=label_noise, nearest_centroid=True, retrieval=True,

@@ -49,12 +49,22 @@ def _methods_in_order(rows: Iterable[dict]) -> list[str]:
 def format_table(result: dict[str, Any]) -> str:
     """Render rows as the paper's Table 1: method | #target samples(labels) | k-shot columns.
 
-    Extra per-method columns (``train_seconds``, ``outer_steps``) are shown when present.
+    Cells are ``mean ± 95% half-width`` over episodes (``mean ± std over repeats`` for results
+    written before intervals existed). With a ``comparisons`` list (croma against each baseline,
+    paired over identical episodes), a baseline's cell is marked ``+`` when croma is above it with
+    a paired interval excluding 0, and ``-`` when croma is below it likewise.
     """
     rows = result["rows"]
     shots = sorted({int(r["shots"]) for r in rows})
     methods = _methods_in_order(rows)
     by = {(r["method"], int(r["shots"])): r for r in rows}
+    marks: dict[tuple[str, int], str] = {}
+    for c in result.get("comparisons") or []:
+        if c["ci95_low"] > 0:
+            marks[(c["baseline"], int(c["shots"]))] = "+"
+        elif c["ci95_high"] < 0:
+            marks[(c["baseline"], int(c["shots"]))] = "-"
+    with_ci = any("accuracy_ci95" in r for r in rows)
     header = ["method", "#target samples(labels)"] + [f"{k}-shot" for k in shots] + ["train s", "opt steps"]
     lines = []
     for m in methods:
@@ -62,7 +72,11 @@ def format_table(result: dict[str, Any]) -> str:
         cells = [m, f"{first['target_samples']}({first['target_labels']})"]
         for k in shots:
             r = by.get((m, k))
-            cells.append("-" if r is None else f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f}")
+            if r is None:
+                cells.append("-")
+                continue
+            spread = r["accuracy_ci95"] if with_ci else r["accuracy_std"]
+            cells.append(f"{r['accuracy_mean']:.1f} ± {spread:.1f}{marks.get((m, k), ' ') if marks else ''}")
         cells.append(f"{first.get('train_seconds', 0.0):.1f}")
         cells.append(str(first.get("optimizer_steps", "-")))
         lines.append(cells)
@@ -72,9 +86,21 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result.get('benchmark')} | {result.get('ways')}-way | loss={result.get('loss')} | "
         f"label noise={result.get('label_noise')} | preset={result.get('preset')} | seed={result.get('seed')}"
     )
+    if result.get("budget_steps"):
+        title += f" | budget={result['budget_steps']} steps/method"
     out = [title, fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(l) for l in lines]
-    out.append("accuracy in % on unseen target classes, mean ± std over repeats")
+    if with_ci:
+        n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
+        seeds = result.get("train_seeds") or 1
+        out.append(
+            f"accuracy in % on unseen target classes, mean ± 95% interval over {n} episodes per cell"
+            + (f" (each episode averaged over {seeds} training seeds)" if seeds > 1 else "")
+        )
+        if marks:
+            out.append("+ / -: croma above / below this method, paired 95% interval over the same episodes excludes 0")
+    else:
+        out.append("accuracy in % on unseen target classes, mean ± std over repeats")
     return "\n".join(out)
 
 
@@ -97,21 +123,36 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[st
     return paths
 
 
-def _figure():
-    import matplotlib
+def _new_figure():
+    """A figure that belongs to nobody: matplotlib's object API, no pyplot, no global backend.
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    Creating and saving it neither selects a backend nor registers the figure with pyplot, so
+    a notebook's backend and its open figures are left alone.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    return fig, fig.add_subplot()
 
 
-def plot_accuracy_vs_shots(result: dict[str, Any]) -> bytes:
-    """PNG bytes: accuracy against shots, one line per method, std error bars."""
+def figure_png(fig) -> bytes:
+    """PNG bytes of a :class:`matplotlib.figure.Figure` (rendered with the Agg canvas)."""
     import io
 
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def accuracy_figure(result: dict[str, Any]):
+    """:class:`matplotlib.figure.Figure`: accuracy against shots, one line per method, std error bars.
+
+    Args:
+        result: what :func:`croma.benchmark.run_benchmark` returns (``rows`` with ``method``,
+            ``shots``, ``accuracy_mean``, ``accuracy_std``).
+    """
+    fig, ax = _new_figure()
     rows = result["rows"]
     for m in _methods_in_order(rows):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["shots"])
@@ -127,19 +168,18 @@ def plot_accuracy_vs_shots(result: dict[str, Any]) -> bytes:
     ax.set_title(f"{result.get('benchmark')}: {ways}-way, loss={result.get('loss')}, noise={result.get('label_noise')}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
-def plot_noise_sweep(results: list[dict[str, Any]], shots: int) -> bytes:
-    """PNG bytes: accuracy against label-noise rate at ``shots``, one line per method (paper Fig. 7)."""
-    import io
+def plot_accuracy_vs_shots(result: dict[str, Any]) -> bytes:
+    """PNG bytes of :func:`accuracy_figure`."""
+    return figure_png(accuracy_figure(result))
 
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+
+def noise_sweep_figure(results: list[dict[str, Any]], shots: int):
+    """:class:`matplotlib.figure.Figure`: accuracy against label-noise rate at ``shots``, one line
+    per method (paper Fig. 7). ``results``: what :func:`croma.benchmark.run_noise_sweep` returns."""
+    fig, ax = _new_figure()
     methods = _methods_in_order(r for res in results for r in res["rows"])
     for m in methods:
         xs, ys, es = [], [], []
@@ -156,11 +196,31 @@ def plot_noise_sweep(results: list[dict[str, Any]], shots: int) -> bytes:
     ax.set_title(f"{results[0].get('benchmark')}: robustness to label noise")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
+
+
+def plot_noise_sweep(results: list[dict[str, Any]], shots: int) -> bytes:
+    """PNG bytes of :func:`noise_sweep_figure`."""
+    return figure_png(noise_sweep_figure(results, shots))
+
+
+def figures(result: dict[str, Any] | list[dict[str, Any]], shots: Iterable[int] | None = None) -> dict[str, Any]:
+    """The benchmark's plots as figure objects, for a notebook or a caller's own saving.
+
+    Args:
+        result: a :func:`croma.benchmark.run_benchmark` result, or the list a noise sweep returns.
+        shots: the k of the noise-sweep plots (default: every k in the results).
+
+    Returns:
+        ``{"results": Figure}`` for one result; ``{"noise_sweep_<k>shot": Figure, ...}`` for a
+        sweep (named as the PNG files the benchmark writes). Show one in a notebook
+        with ``display(fig)``; nothing is registered with pyplot.
+    """
+    if isinstance(result, dict):
+        return {"results": accuracy_figure(result)}
+    if shots is None:
+        shots = sorted({int(r["shots"]) for res in result for r in res["rows"]})
+    return {f"noise_sweep_{k}shot": noise_sweep_figure(result, int(k)) for k in shots}
 
 
 def write_noise_sweep(results: list[dict[str, Any]], out_dir: str | os.PathLike, shots: Iterable[int]) -> list[Path]:

@@ -24,7 +24,7 @@ def _bench():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(benchmark="synthetic", shots=[1, 3], repeats=2, eval_tasks=2, ways=3, budget_seconds=0.4,
+    base = dict(benchmark="synthetic", shots=[1, 3], repeats=2, eval_tasks=2, ways=3, budget_steps=80,
                 device="cpu", out=str(tmp_path / "out"), progress=False)
     base.update(kw)
     return BenchmarkConfig(**base)
@@ -43,14 +43,17 @@ def test_benchmark_writes_schema_and_files(tmp_path):
     res = run_benchmark(cfg, bench=_bench())
     out = tmp_path / "out"
     data = json.loads((out / "results.json").read_text())
-    for key in ("benchmark", "loss", "ways", "label_noise", "preset", "seed", "wall_seconds", "rows", "config"):
+    for key in ("benchmark", "loss", "ways", "label_noise", "preset", "seed", "wall_seconds", "rows", "config",
+                "comparisons", "budget_steps"):
         assert key in data
     assert data["ways"] == 3 and data["loss"] == "cwcl"
     assert {(r["method"], r["shots"]) for r in data["rows"]} == {(m, k) for m in ("pretrain", "croma", "oracle") for k in (1, 3)}
     for r in data["rows"]:
-        for key in ("method", "shots", "accuracy_mean", "accuracy_std", "repeats", "target_samples", "target_labels"):
+        for key in ("method", "shots", "accuracy_mean", "accuracy_std", "repeats", "target_samples", "target_labels",
+                    "accuracy_ci95", "episodes", "examples"):
             assert key in r
-        assert 0.0 <= r["accuracy_mean"] <= 100.0 and r["repeats"] == 2
+        assert 0.0 <= r["accuracy_mean"] <= 100.0 and r["repeats"] == 2 and r["episodes"] == 4
+        assert r["optimizer_steps"] in (0, 80)  # the budget, exactly, for every trained method
     rows = {r["method"]: r for r in data["rows"] if r["shots"] == 1}
     bench = _bench()
     # the #target samples(labels) column is computed from what each method may see
@@ -58,7 +61,12 @@ def test_benchmark_writes_schema_and_files(tmp_path):
     assert rows["croma"]["target_samples"] == bench.align_target_rows.numel() and rows["croma"]["target_labels"] == 0
     n_train = bench.rows_of_classes("audio", bench.splits["meta_train"]).numel()
     assert (rows["oracle"]["target_samples"], rows["oracle"]["target_labels"]) == (n_train, n_train)
-    assert rows["croma"]["optimizer_steps"] > 0 and rows["pretrain"]["optimizer_steps"] == 0
+    assert rows["croma"]["optimizer_steps"] == 80 and rows["pretrain"]["optimizer_steps"] == 0
+    # croma against each other method at each k, paired over the same 4 episodes
+    assert {(c["baseline"], c["shots"]) for c in data["comparisons"]} == {(m, k) for m in ("pretrain", "oracle") for k in (1, 3)}
+    for c in data["comparisons"]:
+        assert set(c) == {"method", "baseline", "shots", "mean_diff", "ci95_low", "ci95_high", "episodes"}
+        assert c["method"] == "croma" and c["episodes"] == 4 and c["ci95_low"] <= c["mean_diff"] <= c["ci95_high"]
     with open(out / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -71,10 +79,13 @@ def test_domain_adaptation_family_runs(tmp_path):
     assert [r["method"] for r in res["rows"]] == ["shared", "shared-confusion", "shared-target-labels"]
 
 
-def test_same_seed_same_accuracies_for_untrained_method(tmp_path):
-    a = run_benchmark(_cfg(tmp_path, methods=["pretrain"], out=None), bench=_bench())
-    b = run_benchmark(_cfg(tmp_path, methods=["pretrain"], out=None), bench=_bench())
+def test_same_seed_same_accuracies_bitwise_for_trained_methods(tmp_path):
+    """Step budgets: a result is a function of the seed, not of how busy the machine was."""
+    methods = ["pretrain", "align-classify", "croma"]
+    a = run_benchmark(_cfg(tmp_path, methods=methods, out=None), bench=_bench())
+    b = run_benchmark(_cfg(tmp_path, methods=methods, out=None), bench=_bench())
     assert [r["accuracy_mean"] for r in a["rows"]] == [r["accuracy_mean"] for r in b["rows"]]
+    assert a["comparisons"] == b["comparisons"]
 
 
 def test_noisy_target_bench_changes_only_meta_train_target_labels():

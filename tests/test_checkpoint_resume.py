@@ -68,7 +68,7 @@ def test_checkpoint_contents_load_with_weights_only(bench, tmp_path):
     assert best["kind"] == "best" and best["best_val"] == res.best_val
     assert tree_equal(best["model"], res.best_theta)
     # no temporary files left behind
-    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "metrics.csv"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(bench, tmp_path):

@@ -38,7 +38,7 @@ def test_train_then_evaluate(tmp_path, capsys):
                "--checkpoint-dir", str(d), "--head-init", "auto"])
     out = capsys.readouterr().out
     assert rc == 0 and "trained 4/4 iterations" in out
-    assert sorted(os.listdir(d)) == ["best.pt", "last.pt"]
+    assert sorted(os.listdir(d)) == ["best.pt", "last.pt", "metrics.csv"]
     last = load_checkpoint(d / "last.pt")
     assert last["iteration"] == 4 and last["config"]["benchmark"] == "synthetic"
     assert last["head_init"] in ("meta", "zero", "prototype")

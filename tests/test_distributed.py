@@ -152,7 +152,7 @@ def test_two_gloo_processes_match_one_process(runs):
     root, two = runs
     assert "trained 6/6 iterations on 2 processes (gloo)" in two.stdout
     assert two.stdout.count("trained") == 1  # only rank 0 prints
-    assert sorted(os.listdir(root / "two")) == ["best.pt", "last.pt"]  # only rank 0 writes, no temp files
+    assert sorted(os.listdir(root / "two")) == ["best.pt", "last.pt", "metrics.csv"]  # only rank 0 writes, no temp files
     a, b = load_checkpoint(root / "one" / "last.pt"), load_checkpoint(root / "two" / "last.pt")
     assert a["iteration"] == b["iteration"] == 6
     for k in a["model"]:
@@ -176,7 +176,7 @@ def test_dead_rank_stops_the_run_cleanly_and_torchrun_resume_equals_uninterrupte
     lines = [l for l in dead.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and re.match(pattern, lines[0]), dead.stderr
     assert load_checkpoint(run / "last.pt")["iteration"] == 4
-    assert sorted(os.listdir(run)) == ["best.pt", "last.pt"]
+    assert sorted(os.listdir(run)) == ["best.pt", "last.pt", "metrics.csv"]
     # resume under torchrun (the documented launcher), 2 processes
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "croma", "train", *FLAGS, "--checkpoint-dir", str(run), "--resume", "--dist-timeout", "20"]

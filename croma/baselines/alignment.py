@@ -15,7 +15,7 @@ from croma.baselines.reptile_runs import budgeted_reptile
 )
 def pretrain(ctx: MethodContext):
     model = fresh_model(ctx)
-    return finish(ctx, model, None, train_seconds=0.0, outer_steps=0, optimizer_steps=0, counts=(0, 0))
+    return finish(ctx, model, None, train_seconds=0.0, outer_steps=0, optimizer_steps=0, counts=target_pool_counts(ctx.bench))
 
 
 @register_method(
@@ -26,28 +26,33 @@ def pretrain(ctx: MethodContext):
 )
 def align_classify(ctx: MethodContext):
     model = fresh_model(ctx)
-    info = ordinary_train(ctx, model, seconds=ctx.budget_seconds, align_weight=1.0, source_cls=True)
+    info = ordinary_train(ctx, model, budget=ctx.budget(), align_weight=float(ctx.knob("align_weight", 1.0)), source_cls=True)
     return finish(
         ctx, model, None, train_seconds=info["seconds"], outer_steps=0, optimizer_steps=info["optimizer_steps"],
-        counts=target_pool_counts(ctx.bench, align=True), notes=info,
+        counts=target_pool_counts(ctx.bench, align=True), notes=info, examples=info["examples"],
     )
 
 
 @register_method(
     "align-meta-classify",
     family="alignment",
-    description="ordinary alignment for half the budget, then Reptile on source classification tasks",
+    description="ordinary alignment for half the budget, then Reptile on source classification tasks "
+    "meta-learning the shared layers on the aligned space (encoders frozen)",
     uses_target_samples=True,
 )
 def align_meta_classify(ctx: MethodContext):
+    """Phase 1 aligns the two encoders (the objective only); phase 2 meta-learns the classifier on
+    the aligned space with Reptile over source classification tasks. The encoders stay frozen in
+    phase 2: training the source encoder on source labels alone would move source embeddings
+    away from the target encoder's, undoing the alignment that the target side relies on."""
     model = fresh_model(ctx)
-    half = ctx.budget_seconds / 2
-    info_a = ordinary_train(ctx, model, seconds=half, align_weight=1.0, source_cls=False)
+    info_a = ordinary_train(ctx, model, budget=ctx.budget(0.5), align_weight=1.0, source_cls=False)
     params, info_r = budgeted_reptile(
-        ctx, model=model, task_weights={"source_cls": 1.0}, seconds=ctx.budget_seconds - info_a["seconds"]
+        ctx, model=model, task_weights={"source_cls": 1.0}, budget=ctx.budget(0.5), overrides={"frozen": ["encoders."]},
     )
     return finish(
         ctx, model, params, train_seconds=info_a["seconds"] + info_r["seconds"], outer_steps=info_r["outer_steps"],
         optimizer_steps=info_a["optimizer_steps"] + info_r["optimizer_steps"],
         counts=target_pool_counts(ctx.bench, align=True), notes={"alignment": info_a, "reptile": info_r},
+        examples=info_a["examples"] + info_r["examples"],
     )

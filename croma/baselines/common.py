@@ -1,9 +1,14 @@
 """What every method receives and returns, and the pieces methods share.
 
-Budget rule: every trained method gets the same wall-clock training budget
-(``MethodContext.budget_seconds``) and reports how many optimiser steps it took in it
-(``MethodOutcome.optimizer_steps``: for Reptile, outer steps × tasks × inner steps; for
-ordinary training, gradient steps). Meta-val (never meta-test) picks the head initialisation.
+Budget rule: every trained method gets the same number of **optimiser steps**
+(``MethodContext.budget_steps``). A Reptile method turns it into outer iterations of
+``meta_batch`` tasks x ``inner_steps`` inner steps (one optimiser step per task per inner step);
+ordinary training takes that many mini-batch steps. Batches differ in size between the two (a
+Reptile task holds ``ways x (shots + queries)`` items or ``align_batch`` pairs; an ordinary step
+one mini-batch per loss term), so outcomes also report ``examples`` (items passed through an
+encoder during training). A wall-clock budget (``budget_seconds``) is an option for exploration;
+no preset uses it. Meta-val (never meta-test) selects the parameters kept (the starting point is
+a candidate too) and the meta-test fine-tuning settings.
 """
 
 from __future__ import annotations
@@ -31,21 +36,55 @@ class MethodContext:
         bench: the benchmark with clean labels (on the training device).
         train: base :class:`TrainConfig` of the preset (loss, inner loop, ways, seed, model).
         eval: meta-test :class:`EvalConfig` (its ``label_noise`` is the run's noise rate).
-        budget_seconds: wall-clock training budget of a trained method.
+        budget_seconds: wall-clock training budget (exploration only; ``budget_steps`` wins).
         label_noise: symmetric noise on target labels used in meta-training.
         progress: show progress bars.
         oracle_warm_start: supervised warm start for the oracle.
         knobs: preset extras (ordinary-training lr and batch sizes, val tasks, ...).
+        budget_steps: optimiser steps of a trained method (the budget every preset uses).
+        hp: this method's own hyper-parameters chosen on meta-val (override ``knobs`` and the
+            Reptile settings of ``train``; see :meth:`knob`, :meth:`method_train`).
     """
 
     bench: PreparedBenchmark
     train: TrainConfig
     eval: EvalConfig
-    budget_seconds: float
+    budget_seconds: float | None = None
     label_noise: float = 0.0
     progress: bool = False
     oracle_warm_start: bool = False
     knobs: dict[str, Any] = field(default_factory=dict)
+    budget_steps: int | None = None
+    hp: dict[str, Any] = field(default_factory=dict)
+
+    def knob(self, name: str, default: Any = None) -> Any:
+        """A method hyper-parameter: the method's tuned value (``hp``), else the preset's knob."""
+        if name in self.hp:
+            return self.hp[name]
+        return self.knobs.get(name, default)
+
+    def method_train(self) -> TrainConfig:
+        """``train`` with this method's tuned Reptile settings (``inner_lr``, ``task_mix``, ``loss_hp``, ``meta_lr``)."""
+        over = {k: self.hp[k] for k in ("inner_lr", "task_mix", "meta_lr") if k in self.hp}
+        if "loss_hp" in self.hp:
+            over["loss_hp"] = {**self.train.loss_hp, **dict(self.hp["loss_hp"])}
+        return replace(self.train, **over) if over else self.train
+
+    def budget(self, fraction: float = 1.0) -> "Budget":
+        """This method's budget, or a fraction of it (a method with two phases splits it)."""
+        if self.budget_steps is not None:
+            return Budget(steps=max(1, int(round(self.budget_steps * fraction))))
+        if self.budget_seconds is None:
+            raise ValueError("a method needs budget_steps or budget_seconds")
+        return Budget(seconds=float(self.budget_seconds) * fraction)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Optimiser steps (``steps``) or, for exploration only, wall-clock seconds (``seconds``)."""
+
+    steps: int | None = None
+    seconds: float | None = None
 
 
 @dataclass
@@ -63,6 +102,8 @@ class MethodOutcome:
         target_samples: distinct target-modality items available to training.
         target_labels: distinct target-modality labels (items whose label it used).
         notes: free-form facts for results.json.
+        examples: items passed through an encoder during training (batch sizes differ between
+            Reptile tasks and ordinary mini-batches; this makes budgets comparable).
     """
 
     model: nn.Module
@@ -75,6 +116,7 @@ class MethodOutcome:
     target_samples: int
     target_labels: int
     notes: dict[str, Any] = field(default_factory=dict)
+    examples: int = 0
 
 
 HEAD_CHOICES = ("meta", "zero", "prototype")
@@ -119,7 +161,8 @@ def select_eval(
     base = replace(
         ctx.eval,
         split="meta_val",
-        repeats=int(ctx.knobs.get("val_repeats", 2)),
+        repeats=1,
+        tasks=int(ctx.knobs.get("val_episodes", 100)),
         label_noise=ctx.label_noise,
         nearest_centroid=False,
         retrieval=False,
@@ -177,8 +220,10 @@ def target_pool_counts(bench: PreparedBenchmark, *, align: bool = False, labelle
 
     ``align``: target rows of alignment pairs (no labels); ``labelled``: target rows of meta-train
     classes with their labels; ``unlabelled``: target rows of meta-train classes without labels.
+    Target rows that fitted a front-end (``bench.info["frontend_fit_rows"]``, e.g. the bag of
+    audio words' codebook) count for every method, since every method sees their effect.
     """
-    samples: set[int] = set()
+    samples: set[int] = set(int(r) for r in (bench.info.get("frontend_fit_rows") or {}).get(bench.target, []))
     labels = 0
     if align:
         samples |= set(bench.align_target_rows.tolist())
@@ -189,6 +234,19 @@ def target_pool_counts(bench: PreparedBenchmark, *, align: bool = False, labelle
     if unlabelled:
         samples |= meta_train_rows
     return len(samples), labels
+
+
+def meta_val_score(ctx: MethodContext, model: nn.Module, params: dict[str, torch.Tensor], inputs=None, bench=None) -> float:
+    """Meta-val accuracy (percent, mean over the run's ``eval_shots``) used to select training
+    checkpoints; the same episodes and settings as the Reptile trainer's ``validate``. Support
+    labels carry the run's label noise, as at meta-test."""
+    from croma.evaluate import evaluate_kshot
+    from croma.meta.trainer import eval_config_from
+
+    bench = bench if bench is not None else ctx.bench
+    cfg = eval_config_from(ctx.train, label_noise=ctx.label_noise)
+    res = evaluate_kshot(model, bench, cfg, params=params, inputs=inputs)
+    return sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"])
 
 
 class Stopwatch:
@@ -216,6 +274,7 @@ def finish(
     optimizer_steps: int,
     counts: tuple[int, int],
     notes: dict[str, Any] | None = None,
+    examples: int = 0,
 ) -> MethodOutcome:
     """Choose the meta-test settings on meta-val and package the outcome."""
     params = {k: v.detach() for k, v in (dict(params) if params is not None else meta_parameters(model)).items()}
@@ -224,7 +283,7 @@ def finish(
     return MethodOutcome(
         model=model, params=params, eval_choice=choice, eval_scores=scores, train_seconds=train_seconds,
         outer_steps=outer_steps, optimizer_steps=optimizer_steps, target_samples=counts[0],
-        target_labels=counts[1], notes=dict(notes or {}),
+        target_labels=counts[1], notes=dict(notes or {}), examples=int(examples),
     )
 
 

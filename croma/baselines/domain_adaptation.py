@@ -70,13 +70,13 @@ def _run(ctx: MethodContext, *, align: float = 0.0, confusion: float = 0.0, targ
         frozen = f"encoders.{ctx.bench.target}.input."
         train_filter = lambda name: not name.startswith(frozen)  # noqa: E731
     info = ordinary_train(
-        ctx, model, seconds=ctx.budget_seconds, align_weight=align, source_cls=True, target_cls=target_labels,
+        ctx, model, budget=ctx.budget(), align_weight=align, source_cls=True, target_cls=target_labels,
         confusion_weight=confusion, bench=bench, train_filter=train_filter,
     )
     counts = target_pool_counts(ctx.bench, align=align > 0, unlabelled=confusion > 0, labelled=target_labels)
     return finish(
         ctx, model, None, train_seconds=info["seconds"], outer_steps=0, optimizer_steps=info["optimizer_steps"],
-        counts=counts, notes=info,
+        counts=counts, notes=info, examples=info["examples"],
     )
 
 
@@ -90,7 +90,7 @@ def shared(ctx):
     uses_target_samples=True, shared_body=True, applies=applies,
 )
 def shared_align(ctx):
-    return _run(ctx, align=1.0)
+    return _run(ctx, align=float(ctx.knob("align_weight", 1.0)))
 
 
 @register_method(
@@ -98,7 +98,7 @@ def shared_align(ctx):
     uses_target_samples=True, shared_body=True, applies=applies,
 )
 def shared_confusion(ctx):
-    return _run(ctx, confusion=float(ctx.knobs.get("confusion_weight", 0.01)))
+    return _run(ctx, confusion=float(ctx.knob("confusion_weight", 0.01)))
 
 
 @register_method(

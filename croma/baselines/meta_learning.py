@@ -17,13 +17,14 @@ from croma.meta.functional import load_parameters
 )
 def croma(ctx: MethodContext):
     model = fresh_model(ctx)
-    mix = float(ctx.train.task_mix)
+    mix = float(ctx.method_train().task_mix)
     params, info = budgeted_reptile(
-        ctx, model=model, task_weights={"align": mix, "source_cls": 1.0 - mix}, seconds=ctx.budget_seconds
+        ctx, model=model, task_weights={"align": mix, "source_cls": 1.0 - mix}, budget=ctx.budget()
     )
     return finish(
         ctx, model, params, train_seconds=info["seconds"], outer_steps=info["outer_steps"],
         optimizer_steps=info["optimizer_steps"], counts=target_pool_counts(ctx.bench, align=True), notes=info,
+        examples=info["examples"],
     )
 
 
@@ -37,21 +38,21 @@ def croma(ctx: MethodContext):
 def oracle(ctx: MethodContext):
     bench = noisy_target_bench(ctx.bench, ctx.label_noise, seed=ctx.train.seed)
     model = fresh_model(ctx)
-    seconds = ctx.budget_seconds
     notes = {}
-    steps = 0
+    steps = examples = 0
+    reptile_budget = ctx.budget()
     if ctx.oracle_warm_start:
-        warm = seconds * 0.3
-        info_w = ordinary_train(ctx, model, seconds=warm, align_weight=0.0, source_cls=False, target_cls=True, bench=bench)
+        info_w = ordinary_train(ctx, model, budget=ctx.budget(0.3), align_weight=0.0, source_cls=False, target_cls=True, bench=bench)
         notes["warm_start"] = info_w
         steps += info_w["optimizer_steps"]
-        seconds -= info_w["seconds"]
-    params, info = budgeted_reptile(ctx, model=model, task_weights={"target_cls": 1.0}, seconds=seconds, bench=bench)
+        examples += info_w["examples"]
+        reptile_budget = ctx.budget(0.7)
+    params, info = budgeted_reptile(ctx, model=model, task_weights={"target_cls": 1.0}, budget=reptile_budget, bench=bench)
     notes.update(info)
     return finish(
         ctx, model, params, train_seconds=info["seconds"] + notes.get("warm_start", {}).get("seconds", 0.0),
         outer_steps=info["outer_steps"], optimizer_steps=info["optimizer_steps"] + steps,
-        counts=target_pool_counts(ctx.bench, labelled=True), notes=notes,
+        counts=target_pool_counts(ctx.bench, labelled=True), notes=notes, examples=info["examples"] + examples,
     )
 
 
@@ -63,8 +64,9 @@ def oracle(ctx: MethodContext):
 )
 def unsup_meta(ctx: MethodContext):
     model = fresh_model(ctx, reconstruction=True)
-    params, info = budgeted_reptile(ctx, model=model, task_weights={"target_recon": 1.0}, seconds=ctx.budget_seconds)
+    params, info = budgeted_reptile(ctx, model=model, task_weights={"target_recon": 1.0}, budget=ctx.budget())
     return finish(
         ctx, model, params, train_seconds=info["seconds"], outer_steps=info["outer_steps"],
         optimizer_steps=info["optimizer_steps"], counts=target_pool_counts(ctx.bench, unlabelled=True), notes=info,
+        examples=info["examples"],
     )

@@ -11,8 +11,10 @@ One loop, several optional terms, each a mini-batch per step:
   embeddings of source and unlabeled target items; the reversal strength follows the DANN
   ramp ``w * (2 / (1 + exp(-10 p)) - 1)`` over training progress ``p``).
 
-Adam on all trainable parameters, wall-clock budget, seeded mini-batches (batch ``b`` of
-the run is a pure function of ``(seed, b)``); the global RNG is not used.
+Adam on all trainable parameters for a budget of optimiser steps (one step: one mini-batch per
+term), seeded mini-batches (batch ``b`` of the run is a pure function of ``(seed, b)``); the
+global RNG is not used. Meta-val is checked before training and ``val_checks`` times during it;
+the parameters with the best meta-val accuracy are kept (the start included), as for Reptile.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from croma.baselines.common import MethodContext
+from croma.baselines.common import Budget, MethodContext, meta_val_score
 from croma.errors import NonFiniteLossError
 from croma.meta.tasks import derive_seed, model_inputs
 from episodes.samplers import AlignmentTaskSampler, episode_generator
@@ -72,7 +74,7 @@ def ordinary_train(
     ctx: MethodContext,
     model: nn.Module,
     *,
-    seconds: float,
+    budget: Budget,
     align_weight: float = 1.0,
     source_cls: bool = True,
     target_cls: bool = False,
@@ -80,11 +82,13 @@ def ordinary_train(
     bench=None,
     train_filter=None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place for ``seconds`` of wall-clock time.
+    """Train ``model`` in place within ``budget`` (optimiser steps, or seconds for exploration).
 
     Args:
-        ctx: method context (``knobs``: ``ordinary_lr`` (default 1e-3), ``ordinary_batch`` (64)).
-        model: a :class:`croma.model.CrossModalModel`.
+        ctx: method context (``ctx.knob``: ``ordinary_lr`` (default 1e-3), ``ordinary_batch`` (64),
+            ``val_checks`` (6); ``select=False`` in ``knobs`` disables meta-val selection).
+        model: a :class:`croma.model.CrossModalModel`; ends holding the selected parameters.
+        budget: :class:`croma.baselines.common.Budget`.
         align_weight: weight of the alignment objective (0 disables it).
         source_cls / target_cls: add the source / target classification terms.
         confusion_weight: weight of the domain-confusion term (0 disables it).
@@ -92,7 +96,8 @@ def ordinary_train(
         train_filter: optional ``name -> bool`` selecting which parameters train.
 
     Returns:
-        ``{"optimizer_steps", "seconds", "losses": {term: last running mean}}``.
+        ``{"optimizer_steps", "examples", "seconds", "losses": {term: last running mean},
+        "start_val", "best_val", "best_step"}``.
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf (names the step).
@@ -102,7 +107,7 @@ def ordinary_train(
     device = next(model.parameters()).device
     inputs = model_inputs(model, bench, device)
     src, tgt = bench.source, bench.target
-    batch = int(ctx.knobs.get("ordinary_batch", 64))
+    batch = int(ctx.knob("ordinary_batch", 64))
     seed = derive_seed(cfg.seed, "ordinary")
     terms: dict[str, Any] = {}
     if align_weight > 0:
@@ -142,12 +147,35 @@ def ordinary_train(
     heads.to(device)
     params = [p for n, p in model.named_parameters() if p.requires_grad and (train_filter is None or train_filter(n))]
     params += list(heads.parameters())
-    opt = torch.optim.Adam(params, lr=float(ctx.knobs.get("ordinary_lr", 1e-3)))
+    lr = float(ctx.knob("ordinary_lr", 1e-3))
+    opt = torch.optim.Adam(params, lr=lr)
     model.train(False)
     running: dict[str, float] = {}
     t0 = time.perf_counter()
+    select = bool(ctx.knobs.get("select", True)) and bool(bench.splits.get("meta_val"))
+    total_steps = budget.steps
+    checks = max(1, int(ctx.knobs.get("val_checks", 6)))
+    every = max(1, total_steps // checks) if total_steps is not None else int(ctx.knobs.get("val_every_steps", 200))
+    best: dict[str, Any] = {}
+
+    def check(at: int) -> None:
+        if not select:
+            return
+        theta = {k: v.detach() for k, v in model.named_parameters()}
+        score = meta_val_score(ctx, model, theta, inputs, bench)
+        if not best or score > best["val"]:
+            best.update(val=score, step=at, state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        best.setdefault("start_val", score)
+
+    def more() -> bool:
+        if total_steps is not None:
+            return step < total_steps
+        return time.perf_counter() - t0 < float(budget.seconds)
+
+    examples = 0
     step = 0
-    while time.perf_counter() - t0 < seconds:
+    check(0)
+    while more():
         total = torch.zeros((), device=device)
         parts: dict[str, torch.Tensor] = {}
         if "align" in terms:
@@ -169,7 +197,10 @@ def ordinary_train(
             z = torch.cat([model.embed(src, inputs[src][rs.to(device)]), model.embed(tgt, inputs[tgt][rt.to(device)])])
             d = torch.cat([torch.zeros(rs.numel()), torch.ones(rt.numel())]).long().to(device)
             # DANN schedule: the reversal strength ramps from 0 to confusion_weight over the budget.
-            progress = min(1.0, (time.perf_counter() - t0) / max(seconds, 1e-9))
+            if total_steps is not None:
+                progress = min(1.0, step / max(total_steps, 1))
+            else:
+                progress = min(1.0, (time.perf_counter() - t0) / max(float(budget.seconds), 1e-9))
             lam = confusion_weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
             parts["confusion"] = F.cross_entropy(heads["domain"](grad_reverse(z, lam)), d)
         for v in parts.values():
@@ -182,7 +213,26 @@ def ordinary_train(
         for k, v in parts.items():
             val = float(v.detach())
             running[k] = 0.95 * running.get(k, val) + 0.05 * val
+        examples += sum(size for size in _term_sizes(terms, cfg.align_batch))
         step += 1
+        if step % every == 0 or not more():
+            check(step)
     for p in model.parameters():
         p.grad = None
-    return {"optimizer_steps": step, "seconds": time.perf_counter() - t0, "losses": running}
+    if best:
+        model.load_state_dict(best["state"])
+    return {
+        "optimizer_steps": step, "examples": examples, "seconds": time.perf_counter() - t0, "losses": running,
+        "lr": lr, "start_val": best.get("start_val"), "best_val": best.get("val"), "best_step": best.get("step"),
+    }
+
+
+def _term_sizes(terms: dict[str, Any], align_batch: int):
+    """Items one step passes through encoders, per term."""
+    for name, t in terms.items():
+        if name == "align":
+            yield 2 * align_batch
+        elif name == "confusion":
+            yield t[0].batch + t[1].batch
+        else:
+            yield t.batch

@@ -1,14 +1,20 @@
 """Budgeted Reptile runs shared by the meta-learning methods (croma, oracle, unsup-meta, ...).
 
-A run is calibrated first: a few outer steps and one meta-val pass are timed, and the iteration
-count is planned from them (with 25 % headroom); the trainer's ``time_budget_s`` ends the run, so
-every method uses its whole budget. The meta step size anneals linearly over the planned
-iterations. Model selection uses meta-val only.
+A budget of ``B`` optimiser steps becomes ``max(1, B // (meta_batch * inner_steps))`` outer
+iterations: every task of a meta-batch takes ``inner_steps`` optimiser steps. The meta step size
+anneals linearly over those iterations. Meta-val is checked ``val_checks`` times, evenly spaced,
+and once **before** training: the kept parameters are the best of these, so meta-training is
+never kept when it made meta-val worse. Nothing depends on timing, so the same seed gives the
+same parameters on the same machine, however busy it is.
+
+``Budget(seconds=S)`` (``croma benchmark --budget-seconds``, for exploration) runs outer steps
+until ``S`` seconds have passed, with a constant meta step size (an annealing schedule would need
+a timing estimate, and a misestimate must never cut a run short) and meta-val every
+``val_every`` iterations.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -16,8 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from croma.baselines.common import MethodContext, Stopwatch
-from croma.meta.trainer import CromaTrainer, TrainConfig
+from croma.baselines.common import Budget, MethodContext
+from croma.meta.trainer import CromaTrainer, TrainConfig, task_plan
+
+
+def task_examples(cfg: TrainConfig) -> int:
+    """Items one outer iteration passes through encoders (all tasks, all inner steps)."""
+    per_task = {
+        "align": 2 * cfg.align_batch,
+        "source_cls": cfg.ways * (cfg.shots + cfg.queries),
+        "target_cls": cfg.ways * (cfg.shots + cfg.queries),
+        "target_recon": cfg.align_batch,
+    }
+    return sum(per_task.get(fam, 0) * count for fam, count in task_plan(cfg)) * cfg.inner_steps
 
 
 def budgeted_reptile(
@@ -25,64 +42,57 @@ def budgeted_reptile(
     *,
     model: nn.Module,
     task_weights: dict[str, float],
-    seconds: float,
+    budget: Budget,
     bench=None,
     overrides: dict[str, Any] | None = None,
-    calibration_steps: int = 4,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Reptile on ``model`` with the given task families for about ``seconds``.
+    """Reptile on ``model`` with the given task families within ``budget``.
 
     Args:
-        ctx: the method context (its ``train`` config supplies inner-loop settings).
+        ctx: the method context (``ctx.method_train()`` supplies inner-loop settings).
         model: the model to meta-train (its current parameters are the starting point).
         task_weights: ``{family: fraction}`` of the meta-batch.
-        seconds: wall-clock budget including calibration.
+        budget: optimiser steps (or, for exploration, seconds).
         bench: benchmark to train on (default ``ctx.bench``; e.g. a noisy-label copy).
         overrides: TrainConfig fields to change.
 
     Returns:
-        ``(params, info)``: meta-parameters selected on meta-val (best) and facts
-        (``outer_steps``, ``optimizer_steps``, ``seconds``, ``best_val``, ``best_iteration``).
+        ``(params, info)``: meta-parameters selected on meta-val (the start included) and facts
+        (``outer_steps``, ``optimizer_steps``, ``examples``, ``seconds``, ``best_val``,
+        ``best_iteration``, ``start_val``).
     """
     bench = bench if bench is not None else ctx.bench
-    watch = Stopwatch(seconds)
+    t0 = time.perf_counter()
     base: TrainConfig = replace(
-        ctx.train, task_weights=dict(task_weights), checkpoint_dir=None, checkpoint_every=0, head_init="meta",
-        **(overrides or {}),
+        ctx.method_train(), task_weights=dict(task_weights), checkpoint_dir=None, checkpoint_every=0,
+        head_init="meta", val_label_noise=ctx.label_noise, **(overrides or {}),
     )
-    # Calibrate: time a few outer steps (they are discarded).
-    probe = CromaTrainer(replace(base, iterations=calibration_steps + 2, eval_every=0), bench, model=model)
-    probe.outer_step()  # warm-up: first calls pay one-off costs (kernel selection, caches)
-    probe.outer_step()
-    probe.validate()
-    t0 = time.perf_counter()
-    for _ in range(calibration_steps):
-        probe.outer_step()
-    per_step = (time.perf_counter() - t0) / calibration_steps
-    checks = int(ctx.knobs.get("val_checks", 8))
-    t0 = time.perf_counter()
-    probe.validate()
-    per_val = time.perf_counter() - t0
-    del probe
-    remaining = max(seconds - watch.elapsed, per_step)
-    # Meta-val costs time too: reserve it for ``checks`` validations (at most a third of the budget).
-    checks = max(1, min(checks, int(remaining / 3 / max(per_val, 1e-6))))
-    # Plan ~25 % more iterations than the estimate so the wall-clock budget, not a misestimate
-    # (first steps are slower than later ones), ends the run; epsilon then ends near 0.2 * meta_lr.
-    iterations = max(2, int((remaining - checks * per_val) * 1.25 / per_step))
-    eval_every = max(1, iterations // checks)
-    cfg = replace(base, iterations=iterations, eval_every=eval_every, time_budget_s=max(remaining, 1e-3))
+    checks = max(1, int(ctx.knobs.get("val_checks", 6)))
+    per_iteration = base.meta_batch * base.inner_steps
+    if budget.steps is not None:
+        iterations = max(1, int(budget.steps) // per_iteration)
+        cfg = replace(base, iterations=iterations, eval_every=max(1, iterations // checks))
+    else:
+        cfg = replace(
+            base, iterations=10**9, meta_lr_final=base.meta_lr, eval_every=int(ctx.knobs.get("val_every", 25)),
+            time_budget_s=max(float(budget.seconds), 1e-3),
+        )
     trainer = CromaTrainer(cfg, bench, model=model, progress=ctx.progress)
+    start_val = trainer.validate()
+    trainer.best_val, trainer.best_iteration = start_val, 0
+    trainer.best_theta = {k: v.clone() for k, v in trainer.theta.items()}
     result = trainer.fit()
     steps = result.iteration
     info = {
         "outer_steps": steps,
-        "optimizer_steps": steps * cfg.meta_batch * cfg.inner_steps,
-        "seconds": watch.elapsed,
+        "optimizer_steps": steps * per_iteration,
+        "examples": steps * task_examples(cfg),
+        "seconds": time.perf_counter() - t0,
+        "start_val": start_val,
         "best_val": result.best_val,
         "best_iteration": result.best_iteration,
-        "planned_iterations": iterations,
-        "seconds_per_outer_step": per_step,
         "task_weights": dict(task_weights),
+        "inner_lr": cfg.inner_lr,
+        "task_mix": cfg.task_mix,
     }
     return {k: v.detach() for k, v in result.best_theta.items()}, info

@@ -14,6 +14,15 @@ def _float_list(text: str) -> list[float]:
         raise ValueError(f"--noise-sweep expects comma-separated rates like 0,0.2,0.4 (got {text!r})") from None
 
 
+def _methods(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--methods needs at least one method name")
+    return names
+
+
 def add_parser(sub) -> None:
     from croma.baselines import list_methods
     from croma.losses import list_losses
@@ -25,16 +34,25 @@ def add_parser(sub) -> None:
         "under the same budget, meta-test on unseen target classes.",
     )
     p.add_argument("name", choices=BENCHMARKS, metavar="NAME", help=f"one of {', '.join(BENCHMARKS)}")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(list_methods())} (default: all that apply)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of: {', '.join(list_methods())}, or 'all' (default: the preset's methods that apply)")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="k-shot settings (default 1 5 10)")
     p.add_argument("--repeats", type=int, default=None, help="meta-test repeats with different seeds (preset default)")
     p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
-    p.add_argument("--eval-tasks", type=int, default=8, help="meta-test tasks per repeat (default 8)")
+    p.add_argument("--eval-tasks", type=int, default=None,
+                   help="meta-test episodes per repeat (preset default: 200, x 3 repeats = 600 episodes per k)")
     p.add_argument("--loss", choices=list_losses(), default=None, help="alignment objective (preset default: cwcl)")
     p.add_argument("--label-noise", type=float, default=0.0, help="symmetric noise rate on target labels, in [0, 1)")
     p.add_argument("--noise-sweep", type=_float_list, default=None, metavar="R1,R2,...", help="run a sweep of noise rates and plot accuracy against rate")
     p.add_argument("--preset", choices=("quick", "paper"), default="quick", help="training budgets (default quick)")
-    p.add_argument("--budget-seconds", type=float, default=None, help="wall-clock training budget per method (overrides the preset)")
+    p.add_argument("--budget-steps", type=int, default=None, metavar="N",
+                   help="optimiser steps per trained method, the same for every method (preset default: quick 3000); "
+                   "Reptile runs N / (meta-batch x inner steps) outer iterations, ordinary training N mini-batch steps")
+    p.add_argument("--budget-seconds", type=float, default=None, metavar="S",
+                   help="wall-clock training budget per method instead of steps (exploration only: results then "
+                   "depend on machine load; at most 604800)")
+    p.add_argument("--train-seeds", type=int, default=1, metavar="S",
+                   help="train each method S times with seeds SEED..SEED+S-1 (1-100); rows gain accuracy_seed_std")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output directory (default runs/benchmark)")
@@ -60,13 +78,17 @@ def run(args) -> int:
         raise ValueError(f"--repeats must be >= 1 (got {args.repeats})")
     if args.ways < 2:
         raise ValueError(f"--ways must be >= 2 (got {args.ways})")
-    if args.eval_tasks < 1:
-        raise ValueError(f"--eval-tasks must be >= 1 (got {args.eval_tasks})")
+    if args.eval_tasks is not None and not 1 <= args.eval_tasks <= 100000:
+        raise ValueError(f"--eval-tasks must be an integer in [1, 100000] (got {args.eval_tasks})")
+    if args.budget_steps is not None and not 1 <= args.budget_steps <= 10**9:
+        raise ValueError(f"--budget-steps must be an integer in [1, 1000000000] (got {args.budget_steps})")
+    if not 1 <= args.train_seeds <= 100:
+        raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {args.train_seeds})")
     if any(k < 1 for k in args.shots):
         raise ValueError(f"--shots must all be >= 1 (got {args.shots})")
     cfg = BenchmarkConfig(
         benchmark=args.name,
-        methods=None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()],
+        methods=_methods(args.methods),
         shots=list(args.shots),
         repeats=args.repeats,
         ways=args.ways,
@@ -75,6 +97,8 @@ def run(args) -> int:
         label_noise=args.label_noise,
         preset=args.preset,
         budget_seconds=args.budget_seconds,
+        budget_steps=args.budget_steps,
+        train_seeds=args.train_seeds,
         device=args.device,
         seed=args.seed,
         out=args.out,

@@ -135,12 +135,28 @@ class FunctionalModel:
         n_all += sum(1 for _ in model.named_buffers(remove_duplicate=False))
         n_unique = len(self._prefixed) + sum(1 for _ in model.named_buffers())
         self._tie = n_all != n_unique
+        # Shared parameters. A module reachable under two paths (one encoder body shared by two
+        # encoders) needs its tensor set once: both paths see the same module. Swapping it under
+        # both names (what tie_weights does) saved the already-swapped tensor as the "original"
+        # and left a batched tensor in the model after vmap. A Parameter object registered in two
+        # *different* modules is passed under each of its names.
+        self._aliases: dict[str, list[str]] = {}
+        if self._tie:
+            first: dict[int, tuple[str, int]] = {}
+            for n, p in model.named_parameters(remove_duplicate=False):
+                owner = id(model.get_submodule(n.rpartition(".")[0]))
+                canon, canon_owner = first.setdefault(id(p), (n, owner))
+                if canon != n and owner != canon_owner:
+                    self._aliases.setdefault(canon, []).append("m." + n)
 
     def __call__(self, params: Mapping[str, torch.Tensor], fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(model_with_params, *args)``; ``params`` maps parameter names to tensors."""
         pref = self._prefixed
         swapped = {pref.get(k, "m." + k): v for k, v in params.items()}
-        return functional_call(self._wrapper, swapped, (fn, *args), strict=False, tie_weights=self._tie)
+        for k, v in params.items():
+            for alias in self._aliases.get(k, ()):
+                swapped[alias] = v
+        return functional_call(self._wrapper, swapped, (fn, *args), strict=False, tie_weights=False)
 
     def names(self) -> list[str]:
         """All parameter names of the module (trainable or not)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -221,6 +221,8 @@ def run_batched(
     constant: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
     cfg: InnerConfig,
+    *,
+    batched: Collection[str] = (),
 ) -> tuple[Params, torch.Tensor]:
     """Inner loops of ``T`` tasks as one batched computation per step.
 
@@ -232,6 +234,8 @@ def run_batched(
     Args:
         trainable, constant: unbatched parameters (shared by all tasks at entry; not modified).
         batch: task tensors with a leading task dimension ``[T, ...]``.
+        batched: names of ``trainable`` that already carry the task dimension ``[T, *shape]``
+            (each task starts from its own value, e.g. a per-task classifier head).
 
     Returns:
         ``(adapted, losses)``: adapted parameters ``[T, *shape]`` per name and ``losses [T, steps]``
@@ -241,9 +245,14 @@ def run_batched(
     gv = _grad_fn(loss_fn)
     # randomness="different": objectives that draw noise (from a generator they are given) get
     # independent noise per task; deterministic objectives are unaffected
-    first = vmap(gv, in_dims=(None, None, 0), randomness="different")
+    per_task = set(batched)
+    first_dims = {k: (0 if k in per_task else None) for k in trainable}
+    first = vmap(gv, in_dims=(first_dims, None, 0), randomness="different")
     rest = vmap(gv, in_dims=(0, None, 0), randomness="different")
-    params = {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in trainable.items()}
+    params = {
+        k: (v.detach().clone() if k in per_task else v.detach().unsqueeze(0).expand(n, *v.shape).clone())
+        for k, v in trainable.items()
+    }
     opt = InnerOptimizer(params, cfg)
     const, b = dict(constant), dict(batch)
     losses = []

@@ -93,6 +93,10 @@ class TrainConfig:
         model: :class:`croma.model.ModelConfig` fields (``num_classes`` is set to ``ways``).
         stop_after: stop (as if interrupted) once this many iterations are done.
         time_budget_s: stop after this much wall-clock training time (checkpointed).
+        frozen: parameter-name prefixes no task family updates (e.g. ``["encoders."]``: only the
+            shared alignment layer and classifier are meta-learned).
+        val_label_noise: symmetric noise on the support labels of meta-val episodes (checkpoint
+            selection then sees what meta-test under label noise sees).
     """
 
     benchmark: str = "synthetic"
@@ -134,6 +138,8 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     stop_after: int | None = None
     time_budget_s: float | None = None
+    frozen: list[str] = field(default_factory=list)
+    val_label_noise: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field (as its CLI flag) when out of range."""
@@ -169,6 +175,10 @@ class TrainConfig:
             need(not bad, "task-weights", f"over {', '.join(FAMILIES)}", bad)
             need(all(w >= 0 for w in self.task_weights.values()) and sum(self.task_weights.values()) > 0,
                  "task-weights", "non-negative with a positive sum", self.task_weights)
+        need(isinstance(self.frozen, (list, tuple)) and all(isinstance(p, str) and p for p in self.frozen),
+             "frozen", "a list of parameter-name prefixes", self.frozen)
+        need(isinstance(self.val_label_noise, (int, float)) and 0.0 <= self.val_label_noise < 1.0,
+             "label-noise", "in [0, 1)", self.val_label_noise)
         if self.stop_after is not None:
             need(self.stop_after >= 1, "stop-after", "an integer >= 1", self.stop_after)
         if self.time_budget_s is not None:
@@ -266,7 +276,7 @@ def eval_config_from(cfg: TrainConfig, **overrides: Any) -> EvalConfig:
         split="meta_val", head_init=head, finetune=cfg.finetune, finetune_steps=cfg.finetune_steps,
         finetune_lr=cfg.finetune_lr if cfg.finetune_lr is not None else cfg.inner_lr,
         finetune_optimizer=cfg.finetune_optimizer or cfg.inner_optimizer, seed=cfg.seed,
-        nearest_centroid=False, retrieval=False, inner_loop=cfg.inner_loop,
+        nearest_centroid=False, retrieval=False, inner_loop=cfg.inner_loop, label_noise=cfg.val_label_noise,
     )
     for k, v in overrides.items():
         setattr(base, k, v)
@@ -320,9 +330,11 @@ class CromaTrainer:
         loss_module: torch.nn.Module | None = None,
         progress: bool = False,
         dist: Any = None,
+        tensorboard: bool = False,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
+        self.tensorboard = tensorboard  # also log metrics.csv's rows to <checkpoint_dir>/tensorboard
         self.dist = dist  # croma.distributed.Distributed or None
         self.is_writer = dist is None or dist.rank == 0
         progress = progress and self.is_writer
@@ -410,7 +422,8 @@ class CromaTrainer:
             fam = self.families[fam_name]
             batch = fam.sample(indices)
             fam.begin(derive_seed(self.cfg.seed, "noise", iteration, fam_name, *indices))
-            train, const = split_params(theta, fam.trainable)
+            frozen = tuple(self.cfg.frozen)
+            train, const = split_params(theta, lambda n, f=fam: f.trainable(n) and not n.startswith(frozen))
             fm, loss = self.fm, fam.loss
 
             def loss_fn(p, b, fm=fm, loss=loss):
@@ -485,8 +498,11 @@ class CromaTrainer:
 
     def _non_finite(self, what: str, it: int) -> None:
         where = ""
-        if self.cfg.checkpoint_dir:
-            where = f"; the last good checkpoint {Path(self.cfg.checkpoint_dir) / 'last.pt'} is intact"
+        last = self._path("last.pt")
+        if last is not None and last.is_file():
+            where = f"; the last good checkpoint {last} is intact"
+        elif last is not None:
+            where = f"; no checkpoint was written to {last.parent} yet"
         raise NonFiniteLossError(
             f"non-finite {what} at iteration {it + 1}{where} (lower --inner-lr or --meta-lr)"
         )
@@ -544,11 +560,13 @@ class CromaTrainer:
         Raises:
             CromaError: the checkpoint was made with different training settings.
         """
+        from croma.checkpoint import check_parameters, train_config
+
         last = self._path("last.pt")
         if last is None or not last.is_file():
             return False
         ckpt = load_checkpoint(last)
-        stored = TrainConfig.from_dict(ckpt["config"]).to_dict()
+        stored = train_config(ckpt, last).to_dict()
         mine = self.cfg.to_dict()
         diff = [k for k in mine if k not in RUNTIME_FIELDS and stored.get(k) != mine[k]]
         if diff:
@@ -557,9 +575,7 @@ class CromaTrainer:
                 f"cannot --resume {last}: it was trained with {k}={stored.get(k)!r}, not {mine[k]!r} "
                 f"(pass the same settings, or a new --checkpoint-dir)"
             )
-        missing = set(self.theta) ^ set(ckpt["model"])
-        if missing:
-            raise CromaError(f"cannot --resume {last}: parameter names differ ({sorted(missing)[:3]} ...)")
+        check_parameters(ckpt["model"], self.theta, last)
         self.theta = {k: ckpt["model"][k].to(device=self.device, dtype=v.dtype) for k, v in self.theta.items()}
         self.iteration = int(ckpt["iteration"])
         self.best_val = ckpt.get("best_val")
@@ -568,9 +584,17 @@ class CromaTrainer:
         self.head_scores = ckpt.get("head_scores")
         self.history = list(ckpt.get("history", []))
         best = self._path("best.pt")
-        if best is not None and best.is_file() and self.best_val is not None:
+        if best is not None and self.best_val is not None and (best.is_file() or self.is_writer):
+            if not best.is_file():
+                raise CromaError(
+                    f"cannot --resume {last}: meta-val selected iteration {self.best_iteration} but {best} is missing, "
+                    f"so the selected parameters are lost (restore {best.name}, or start a new --checkpoint-dir)"
+                )
             b = load_checkpoint(best)
-            self.best_theta = {k: b["model"][k].to(self.device) for k in self.theta}
+            check_parameters(b["model"], self.theta, best)
+            self.best_theta = {k: b["model"][k].to(device=self.device, dtype=v.dtype) for k, v in self.theta.items()}
+        elif best is not None and self.cfg.eval_every == 0 and not best.is_file() and self.is_writer:
+            save_checkpoint(best, self.state("best", self.theta))  # nothing selects: best is the latest
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -580,7 +604,9 @@ class CromaTrainer:
 
         Args:
             resume: continue from ``last.pt`` in ``cfg.checkpoint_dir`` when present.
-            on_iteration: called after each iteration with ``(trainer, record)``.
+            on_iteration: called after each iteration with ``(trainer, record)``; ``record`` is the
+                row written to ``<checkpoint_dir>/metrics.csv`` (:mod:`croma.runlog`: iteration,
+                family losses, epsilon, val_acc or None, seconds, optimizer_steps).
         """
         from tqdm.auto import tqdm
 
@@ -592,6 +618,13 @@ class CromaTrainer:
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, desc="croma train", dynamic_ncols=True)
         t0 = time.perf_counter()
         last_val: float | None = self.history[-1].get("val_acc") if self.history else None
+        runlog = None
+        if self.is_writer and cfg.checkpoint_dir:
+            from croma.runlog import RunLog, metric_columns
+
+            runlog = RunLog(cfg.checkpoint_dir, metric_columns([f for f, _ in self.plan]),
+                            start_iteration=self.iteration, tensorboard=self.tensorboard)
+        seconds0, steps_per_iteration = (runlog.seconds_offset if runlog else 0.0), self.meta_batch * cfg.inner_steps
         try:
             while self.iteration < cfg.iterations:
                 if self.dist is not None:
@@ -625,6 +658,10 @@ class CromaTrainer:
                         entry["val_acc"] = last_val
                     self.history.append(entry)
                     self._acc = {}
+                row = {"iteration": it, **rec, "val_acc": last_val if log_now else None,
+                       "seconds": round(seconds0 + time.perf_counter() - t0, 3), "optimizer_steps": it * steps_per_iteration}
+                if runlog is not None:
+                    runlog.write(row)
                 if ckpt_now or stop:
                     self.save()
                 bar.update(1)
@@ -634,11 +671,13 @@ class CromaTrainer:
                         post["val"] = f"{last_val:.1f}%"
                     bar.set_postfix(post, refresh=False)
                 if on_iteration is not None:
-                    on_iteration(self, rec)
+                    on_iteration(self, row)
                 if stop and not done:
                     break
         finally:
             bar.close()
+            if runlog is not None:
+                runlog.close()
         finished = self.iteration >= cfg.iterations
         if self.best_theta is None:
             self.best_theta = {k: v.clone() for k, v in self.theta.items()}
@@ -666,10 +705,18 @@ def train(
     model: torch.nn.Module | None = None,
     loss_module: torch.nn.Module | None = None,
     dist: Any = None,
+    callback: Callable[[dict], Any] | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Meta-train with CROMA (see :class:`CromaTrainer`); the one-call entry point.
 
     ``dist``: a :class:`croma.distributed.Distributed` when this process is one rank of several.
+    ``callback``: called after every outer iteration with that iteration's ``metrics.csv`` row
+    (a dict: ``iteration``, ``<family>_loss``, ``val_acc`` or None, ``seconds``,
+    ``optimizer_steps``...), also when no ``checkpoint_dir`` is set.
+    ``tensorboard``: also log the rows to ``<checkpoint_dir>/tensorboard`` (extra ``[tensorboard]``).
     """
-    trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist)
-    return trainer.fit(resume=resume)
+    trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist,
+                           tensorboard=tensorboard)
+    on_iteration = None if callback is None else (lambda _trainer, row: callback(dict(row)))
+    return trainer.fit(resume=resume, on_iteration=on_iteration)
