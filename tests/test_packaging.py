@@ -193,7 +193,8 @@ def test_core_install_never_needs_an_extra(tmp_path):
 
 
 def test_require_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
     with pytest.raises(MissingExtraError) as info:
         require("PIL.Image", purpose="image decoding")
     msg = str(info.value)
