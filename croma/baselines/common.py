@@ -237,16 +237,28 @@ def target_pool_counts(bench: PreparedBenchmark, *, align: bool = False, labelle
 
 
 def meta_val_score(ctx: MethodContext, model: nn.Module, params: dict[str, torch.Tensor], inputs=None, bench=None) -> float:
-    """Meta-val accuracy (percent, mean over the run's ``eval_shots``) used to select training
-    checkpoints; the same episodes and settings as the Reptile trainer's ``validate``. Support
-    labels carry the run's label noise, as at meta-test."""
+    """Meta-val accuracy (percent, mean over the run's ``eval_shots``) that selects the parameters
+    a method keeps; the same function for every method (Reptile and ordinary training alike).
+
+    Two readings of the same episodes, the better one counts: the run's fine-tuning setting
+    (the meta-learned head when the classifier has ``ways`` outputs, else the prototype head,
+    ``finetune_steps`` steps) and the prototype head without fine-tuning. The second sees an
+    improved embedding even when the method never trains the classifier (``unsup-meta``,
+    ``oracle`` before its head is useful); both are among the settings meta-test may use.
+    Support labels carry the run's label noise, as at meta-test.
+    """
     from croma.evaluate import evaluate_kshot
     from croma.meta.trainer import eval_config_from
 
     bench = bench if bench is not None else ctx.bench
     cfg = eval_config_from(ctx.train, label_noise=ctx.label_noise)
-    res = evaluate_kshot(model, bench, cfg, params=params, inputs=inputs)
-    return sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"])
+    if params["classifier.weight"].shape[0] != cfg.ways:
+        cfg = replace(cfg, head_init="prototype")
+    scores = []
+    for c in (cfg, replace(cfg, head_init="prototype", finetune_steps=0)):
+        res = evaluate_kshot(model, bench, c, params=params, inputs=inputs)
+        scores.append(sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"]))
+    return max(scores)
 
 
 class Stopwatch:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from croma.baselines.common import Budget, MethodContext
+from croma.baselines.common import Budget, MethodContext, meta_val_score
 from croma.meta.trainer import CromaTrainer, TrainConfig, task_plan
 
 
@@ -78,6 +78,10 @@ def budgeted_reptile(
             time_budget_s=max(float(budget.seconds), 1e-3),
         )
     trainer = CromaTrainer(cfg, bench, model=model, progress=ctx.progress)
+    # the selection score every method shares (croma.baselines.common.meta_val_score)
+    trainer.validate = lambda theta=None: meta_val_score(
+        ctx, trainer.model, dict(trainer.theta if theta is None else theta), trainer.inputs, trainer.bench
+    )
     start_val = trainer.validate()
     trainer.best_val, trainer.best_iteration = start_val, 0
     trainer.best_theta = {k: v.clone() for k, v in trainer.theta.items()}
