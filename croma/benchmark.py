@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from croma.baselines import get_method, list_methods, methods_for
+from croma.baselines import get_method, methods_for
 from croma.baselines.common import MethodContext
 from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot

@@ -29,10 +29,10 @@ from torch import nn
 from torch.func import vmap
 
 from croma.errors import CromaError
-from croma.stats import mean_ci95
 from croma.meta.functional import FunctionalModel, Params, meta_parameters
 from croma.meta.inner import InnerConfig, adapt, run_batched
 from croma.meta.tasks import derive_seed, model_inputs
+from croma.stats import mean_ci95
 from episodes.data import PreparedBenchmark
 from episodes.errors import DataError
 from episodes.samplers import ClassificationTaskSampler

@@ -15,7 +15,6 @@ keyword to reach ``embed`` and ``reconstruction_loss`` functionally::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 

@@ -3,8 +3,8 @@ import zlib
 
 import torch
 
-from episodes.datasets.synthetic import make_synthetic_benchmark
 from episodes.data import ModalityData
+from episodes.datasets.synthetic import make_synthetic_benchmark
 from episodes.features import audio_bow_features, audio_stat_features, compact_benchmark, text_ngram_features
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from croma.checkpoint import FORMAT, load_checkpoint
+from croma.checkpoint import load_checkpoint
 from croma.cli import main
 from croma.errors import NonFiniteLossError
 from croma.meta.trainer import TrainConfig, train

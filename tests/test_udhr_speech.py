@@ -104,13 +104,17 @@ def test_no_backend_error(monkeypatch):
 
 
 def test_program_backend_command_line(tmp_path, monkeypatch):
-    """The program fallback calls `espeak-ng -v V -s RATE -p PITCH -w OUT --stdin` (fake program)."""
+    """The program fallback calls `espeak-ng -m -v V -s RATE -p PITCH -w OUT --stdin` with the pitch
+    range in SSML (fake program)."""
     log = tmp_path / "args.txt"
     fake = tmp_path / "espeak-ng"
     fake.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
         import sys, numpy as np, soundfile as sf
         args = sys.argv[1:]
+        if args == ["--version"]:
+            print("eSpeak NG text-to-speech: 1.51  Data at: /nowhere")
+            sys.exit(0)
         text = sys.stdin.read()
         open({str(log)!r}, "w").write(" ".join(args) + "|" + text)
         sf.write(args[args.index("-w") + 1], (0.1 * np.sin(np.arange(2205))).astype("float32"), 22050, subtype="PCM_16")
@@ -120,8 +124,8 @@ def test_program_backend_command_line(tmp_path, monkeypatch):
     wav = prog.synthesize("hallo welt", tts.SynthParams("de+m3", rate=150, pitch=40))
     assert wav.dtype == np.int16 and wav.shape == (2205,) and prog.sample_rate == 22050
     args, text = log.read_text().split("|")
-    assert args.split() == ["-v", "de+m3", "-s", "150", "-p", "40", "-w", args.split()[7], "--stdin"]
-    assert text == "hallo welt"
+    assert args.split() == ["-m", "-v", "de+m3", "-s", "150", "-p", "40", "-w", args.split()[8], "--stdin"]
+    assert text == '<speak><prosody range="50">hallo welt</prosody></speak>'
     monkeypatch.setattr(tts.shutil, "which", lambda name: None)
     with pytest.raises(DataError, match="espeak-ng"):
         tts.EspeakProgram()

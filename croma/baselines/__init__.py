@@ -85,6 +85,8 @@ def methods_for(bench) -> list[str]:
 
 
 # Fill the registry (table order). Imported last: the family modules import this one.
+# isort: off
 from croma.baselines import alignment as _alignment  # noqa: E402,F401
 from croma.baselines import meta_learning as _meta_learning  # noqa: E402,F401
 from croma.baselines import domain_adaptation as _domain_adaptation  # noqa: E402,F401
+# isort: on

@@ -6,7 +6,6 @@ from croma.baselines import register_method
 from croma.baselines.common import MethodContext, finish, fresh_model, noisy_target_bench, target_pool_counts
 from croma.baselines.ordinary import ordinary_train
 from croma.baselines.reptile_runs import budgeted_reptile
-from croma.meta.functional import load_parameters
 
 
 @register_method(

@@ -18,7 +18,7 @@ import argparse
 import importlib
 import math
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from croma import __version__
 

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                    help="meta-test episodes per repeat (preset default: 200, x 3 repeats = 600 episodes per k)")
     p.add_argument("--loss", choices=list_losses(), default=None, help="alignment objective (preset default: cwcl)")
     p.add_argument("--label-noise", type=float, default=0.0, help="symmetric noise rate on target labels, in [0, 1)")
-    p.add_argument("--noise-sweep", type=_float_list, default=None, metavar="R1,R2,...", help="run a sweep of noise rates and plot accuracy against rate")
+    p.add_argument("--noise-sweep", type=_float_list, default=None, metavar="R1,R2,...",
+                   help="run a sweep of noise rates and plot accuracy against rate")
     p.add_argument("--preset", choices=("quick", "paper"), default="quick", help="training budgets (default quick)")
     p.add_argument("--budget-steps", type=int, default=None, metavar="N",
                    help="optimiser steps per trained method, the same for every method (preset default: quick 3000); "

@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log DIR/metrics.csv's rows as TensorBoard scalars in DIR/tensorboard "
+                   "(needs the extra: pip install 'croma-meta[tensorboard]')")
     p.add_argument("--meta-batch", type=int, default=8, help="tasks per outer iteration (default 8)")
     p.add_argument("--task-mix", type=float, default=0.5, help="fraction of alignment tasks in a meta-batch, in [0, 1] (default 0.5)")
     p.add_argument("--inner-steps", type=int, default=5, help="inner-loop steps S (default 5)")
@@ -135,8 +138,12 @@ def run(args) -> int:
     if last.exists() and not args.resume:
         raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
     ensure_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")  # before any work, not after the budget
+    if args.tensorboard:  # before any work: a one-line error naming the extra
+        from episodes.extras import require
+
+        require("tensorboard", purpose="--tensorboard")
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
-               "dist_timeout": float(args.dist_timeout)}
+               "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard)}
     if args.nproc > 1:
         import torch
 
@@ -186,7 +193,8 @@ def run_rank(payload: dict) -> int:
             cfg.device = str(dev)
         dist = Distributed(env, dev, timeout_s=payload.get("dist_timeout", 120.0))
     try:
-        result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist)
+        result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,
+                       tensorboard=payload.get("tensorboard", False))
     except BaseException:
         if dist is not None:
             _leave(dist)

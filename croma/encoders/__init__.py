@@ -73,11 +73,13 @@ def get_encoder(name: str, input_shape: tuple[int, ...], out_dim: int, **hp) -> 
     return factory(tuple(int(s) for s in input_shape), int(out_dim), **hp)
 
 
-# Register the built-in encoders (imports have no side effects beyond registration).
+# Register the built-in encoders (imports have no side effects beyond registration), in listing order.
+# isort: off
 from croma.encoders import mlp as _mlp  # noqa: E402,F401
 from croma.encoders import sequence as _sequence  # noqa: E402,F401
 from croma.encoders import cnn2d as _cnn2d  # noqa: E402,F401
 from croma.encoders import resnet as _resnet  # noqa: E402,F401
 from croma.encoders import bert as _bert  # noqa: E402,F401
+# isort: on
 
 __all__ = ["register_encoder", "get_encoder", "list_encoders", "encoder_hyperparameters"]

@@ -279,7 +279,8 @@ def run_scaling_bench(
         "loadavg_before": load_before, "loadavg_after": load_after, "allocator": allocator, "cpus": os.cpu_count(),
     }
     out(
-        f"croma bench meta --nproc {nproc}: {meta_batch} tasks/meta-batch (<= {-(-meta_batch // nproc)} per process; {ways}-way {shots}-shot + {queries} queries), "
+        f"croma bench meta --nproc {nproc}: {meta_batch} tasks/meta-batch (<= {-(-meta_batch // nproc)} per process; "
+        f"{ways}-way {shots}-shot + {queries} queries), "
         f"{inner_steps} inner steps ({inner_optimizer}), batched, 2-layer MLP encoders {feature_dim}->{hidden}->{embed_dim}, "
         f"device {r['device']} ({r['backend']}), {threads} thread(s) per process, {repeats} repeats, allocator {allocator}"
     )

@@ -165,15 +165,30 @@ def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _entry_for(text: str, params: SynthParams, sample_rate: int) -> dict[str, Any]:
-    return {
+def _entry_for(text: str, params: SynthParams, sample_rate: int, backend: str | None = None) -> dict[str, Any]:
+    """What a cached WAV must match: every synthesis setting and the backend that made it
+    (``backend=None``, no backend usable here: a WAV made by any backend is accepted)."""
+    entry = {
         "text_sha": _text_hash(text),
         "voice": params.voice,
         "rate": params.rate,
         "pitch": params.pitch,
         "pitch_range": params.pitch_range,
+        "seed": params.seed,
         "sample_rate": sample_rate,
     }
+    if backend is not None:
+        entry["backend"] = backend
+    return entry
+
+
+def _backend_id() -> str | None:
+    """Cache id of the backend that synthesises here (``"library-1.52.0"``); None when none is usable."""
+    try:
+        backend = get_backend()
+    except DataError:
+        return None
+    return getattr(backend, "cache_id", backend.name)
 
 
 def _cached_ok(path: Path, want: dict[str, Any], have: dict[str, Any] | None) -> bool:
@@ -330,6 +345,7 @@ def load_udhr_speech(
     index_path = base / "index.json"
     index = _read_index(index_path)
 
+    backend_id = _backend_id()  # cached WAVs record it: two backends never mix in one cache
     plan: list[tuple[str, str, str, int, Path]] = []  # key, lang, text, k, path
     jobs: list[tuple[str, str, SynthParams, str, int]] = []
     for code in langs:
@@ -339,7 +355,7 @@ def load_udhr_speech(
             text = lang["chunks"][k]
             path = base / code / f"{k}.wav"
             params = synthesis_params(seed, code, k, lang["voice"])
-            want = _entry_for(text, params, sample_rate)
+            want = _entry_for(text, params, sample_rate, backend_id)
             plan.append((key, code, text, k, path))
             if not _cached_ok(path, want, index.get(key)):
                 index.pop(key, None)
@@ -357,7 +373,7 @@ def load_udhr_speech(
                 failures[key] = err
                 continue
             text, params = params_of[key]
-            entry = _entry_for(text, params, sample_rate)
+            entry = _entry_for(text, params, sample_rate, backend_id)
             entry["samples"] = samples
             index[key] = entry
         _write_json_atomic(index_path, index)
