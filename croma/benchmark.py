@@ -48,7 +48,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "knobs": dict(val_episodes=100, val_checks=6, finetune_grid=[0, 25], finetune_lr_grid=[1e-3],
                       finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
-        "method_hp": {},
+        # chosen on udhr-speech meta-val, 4 trials per method, by
+        #   python experiments/tools/tune_methods.py --preset quick \
+        #       --methods croma,oracle,unsup-meta,align-classify,align-meta-classify --out experiments/results/tuning_quick_main.json
+        #   python experiments/tools/tune_methods.py --preset quick \
+        #       --methods shared,shared-align,shared-confusion,shared-target-labels --out experiments/results/tuning_quick_shared.json
+        "method_hp": {
+            "croma": {"inner_lr": 3e-3, "task_mix": 0.75},
+            "oracle": {"inner_lr": 3e-3, "meta_lr": 1.0},
+            "unsup-meta": {"inner_lr": 3e-3, "meta_lr": 1.0},
+            "align-classify": {"align_weight": 1.0, "ordinary_lr": 1e-3},
+            "align-meta-classify": {"inner_lr": 1e-3, "ordinary_lr": 1e-3},
+            "shared": {"ordinary_lr": 3e-4},
+            "shared-align": {"align_weight": 1.0, "ordinary_lr": 1e-3},
+            "shared-confusion": {"confusion_weight": 0.01, "ordinary_lr": 1e-3},
+            "shared-target-labels": {"ordinary_lr": 3e-4},
+        },
     },
     "paper": {
         "frontend": "sequence",
