@@ -64,8 +64,8 @@ class MethodContext:
         return self.knobs.get(name, default)
 
     def method_train(self) -> TrainConfig:
-        """``train`` with this method's tuned Reptile settings (``inner_lr``, ``task_mix``, ``loss_hp``, ``meta_lr``)."""
-        over = {k: self.hp[k] for k in ("inner_lr", "task_mix", "meta_lr") if k in self.hp}
+        """``train`` with this method's own settings (``inner_lr``, ``task_mix``, ``meta_lr``, ``loss``, ``loss_hp``)."""
+        over = {k: self.hp[k] for k in ("inner_lr", "task_mix", "meta_lr", "loss") if k in self.hp}
         if "loss_hp" in self.hp:
             over["loss_hp"] = {**self.train.loss_hp, **dict(self.hp["loss_hp"])}
         return replace(self.train, **over) if over else self.train
