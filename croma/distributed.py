@@ -1,12 +1,17 @@
 """Scaling out: one meta-batch split across processes (and machines) with ``torch.distributed``.
 
 Reptile is embarrassingly parallel over the tasks of a meta-batch. Every rank draws the same
-meta-batch (tasks are pure functions of ``(seed, iteration, task id)``), computes the summed
-Reptile deltas ``sum_i(phi_i - theta)`` of its share of the task ids (:func:`shard_indices`,
-batched as in the single-process trainer), and one ``all_reduce`` (sum) of a packed buffer
-``[deltas..., n_tasks, per-family loss sums]`` gives every rank the same totals; each rank then
-applies the same update, so all ranks hold bitwise identical meta-parameters after every step
-(they also start from rank 0's parameters, broadcast once).
+meta-batch (tasks are pure functions of ``(seed, iteration, task id)``). The meta-batch is cut
+into fixed chunks of tasks (``TrainConfig.task_chunk``; the same chunks for any number of
+processes); a rank computes the summed Reptile deltas ``sum_i(phi_i - theta)`` of its chunks
+(:func:`shard_indices` over chunk ids, one batched inner loop per chunk, as the single-process
+trainer does), and one ``all_reduce`` (sum) of a ``[chunks, deltas..., n_tasks, per-family loss
+sums]`` buffer (:meth:`Distributed.reduce_chunks`; other ranks' rows are zero, so the sum is
+exact) gives every rank every chunk's row; the rows are added in chunk order. So all ranks hold
+bitwise identical meta-parameters after every step, and so do runs with 1, 2 or N processes
+(CPU). They also start from rank 0's parameters, broadcast once. (``task_chunk=0``: one chunk
+per family; then ranks share task ids and :meth:`Distributed.reduce_deltas` sums per-rank
+totals, equal across world sizes only up to rounding.)
 
 Process groups come from the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``): backend ``gloo`` on CPU, ``nccl`` on CUDA (one GPU per local
@@ -267,6 +272,16 @@ class Distributed:
             return out, total, red
 
         return reduce
+
+    def reduce_chunks(self, buf: torch.Tensor) -> torch.Tensor:
+        """The ``all_reduce`` for :meth:`croma.meta.trainer.CromaTrainer.outer_step`'s chunk path.
+
+        ``buf`` is the ``[chunks, L]`` buffer of :func:`croma.meta.reptile.pack_chunks`, holding
+        this rank's chunks (other rows zero); after the sum every row is exactly one chunk's
+        value (``x + 0 = x``), the same on every rank and for any number of ranks.
+        """
+        _maybe_exit(self.rank, self.iteration)
+        return self.all_reduce_sum(buf.contiguous(), "all_reduce")
 
     def close(self) -> None:
         """Wait for the others (rank 0 hosts the rendezvous store) and leave the group."""

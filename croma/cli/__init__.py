@@ -37,6 +37,7 @@ NUMERIC_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "meta_batch": (1, True, 65536, True),
     "task_mix": (0.0, True, 1.0, True),
     "inner_steps": (1, True, 10000, True),
+    "task_chunk": (0, True, 65536, True),
     "inner_lr": (0.0, False, 1e4, True),
     "meta_lr": (0.0, False, 1e4, True),
     "meta_lr_final": (0.0, True, 1e4, True),

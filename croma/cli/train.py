@@ -51,7 +51,11 @@ def add_parser(sub) -> None:
     p.add_argument("--inner-steps", type=int, default=5, help="inner-loop steps S (default 5)")
     p.add_argument("--inner-lr", type=float, default=1e-3, help="inner-loop learning rate (default 1e-3)")
     p.add_argument("--inner-optimizer", choices=("sgd", "adam"), default="adam")
-    p.add_argument("--inner-loop", choices=("batched", "sequential"), default="batched", help="vmap over tasks (default) or a Python loop")
+    p.add_argument("--inner-loop", choices=("batched", "sequential", "higher"), default="batched",
+                   help="vmap over tasks (default), a Python loop, or the optional 'higher' package's optimisers")
+    p.add_argument("--task-chunk", type=int, default=4,
+                   help="tasks per batched chunk; chunks are summed in a fixed order and shared whole between "
+                   "processes, so results do not depend on --nproc (0: one chunk per task family; default 4)")
     p.add_argument("--meta-lr", type=float, default=1.0, help="Reptile step size at the start (default 1.0)")
     p.add_argument("--meta-lr-final", type=float, default=0.0, help="Reptile step size at the end (linear; default 0)")
     p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
@@ -107,7 +111,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         benchmark=args.bench, features=args.features, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
         source=args.source, target=args.target, loss=args.loss, iterations=args.iterations,
         meta_batch=args.meta_batch, task_mix=args.task_mix, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-        inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, meta_lr=args.meta_lr,
+        inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, task_chunk=args.task_chunk, meta_lr=args.meta_lr,
         meta_lr_final=args.meta_lr_final, ways=args.ways, shots=args.shots, queries=args.queries,
         align_batch=args.align_batch, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
         eval_shots=list(args.eval_shots), finetune=args.finetune, finetune_steps=args.finetune_steps,

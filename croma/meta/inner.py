@@ -10,7 +10,10 @@ A task's inner loop differentiates ``loss_fn(params, batch) -> scalar`` with
 * :func:`run_sequential` — the reference: a Python loop over the tasks running the same steps
   without ``vmap``;
 * :func:`adapt` — one task as a pure function (no in-place updates), so it can itself be
-  vmapped inside larger per-task functions (meta-test fine-tuning does this).
+  vmapped inside larger per-task functions (meta-test fine-tuning does this);
+* :func:`run_higher` — the optional ``higher`` backend (extra ``[higher]``): a Python loop over
+  the tasks whose updates are made by ``higher``'s differentiable optimisers
+  (``DifferentiableSGD`` / ``DifferentiableAdam``) with plain autograd gradients.
 
 Adam's state starts from zero for every task (standard for Reptile inner loops). All three give
 the same parameters up to floating-point rounding (tests compare them with ``torch.optim``).
@@ -34,12 +37,17 @@ __all__ = [
     "run_batched",
     "run_sequential",
     "run_inner",
+    "run_higher",
+    "import_higher",
+    "INNER_LOOPS",
     "sgd_step",
     "adam_init",
     "adam_step",
 ]
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+#: inner-loop backends (:func:`run_inner`); ``higher`` needs the optional package of that name
+INNER_LOOPS = ("batched", "sequential", "higher")
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -299,6 +307,66 @@ def run_sequential(
     return {k: torch.stack([o[k] for o in outs]) for k in trainable}, torch.stack(losses)
 
 
+def run_higher(
+    loss_fn: LossFn,
+    trainable: Mapping[str, torch.Tensor],
+    constant: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    cfg: InnerConfig,
+) -> tuple[Params, torch.Tensor]:
+    """Inner loops run by ``higher`` (0.2.x): one task at a time, plain autograd.
+
+    For every task a ``torch.optim.SGD`` / ``torch.optim.Adam`` with the loop's settings is
+    turned into ``higher``'s differentiable optimiser (``higher.optim.get_diff_optim``, with
+    ``track_higher_grads=False``: Reptile is first-order); each step computes the task loss with
+    ``loss_fn`` and calls ``diffopt.step(loss, params=...)``. Same inputs and outputs as
+    :func:`run_batched`; the adapted parameters equal the ``torch.func`` paths' up to rounding.
+
+    Raises:
+        CromaError: ``higher`` is not installed (names the extra that installs it).
+    """
+    higher = import_higher()
+    n = _num_tasks(batch)
+    names = list(trainable)
+    const = dict(constant)
+    outs, losses = [], []
+    ref = next(iter(trainable.values()))
+    with torch.enable_grad():
+        for i in range(n):
+            b = {k: v[i] for k, v in batch.items()}
+            params = [trainable[k].detach().clone().requires_grad_() for k in names]
+            if cfg.optimizer == "adam":
+                opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+            else:
+                opt = torch.optim.SGD(params, lr=cfg.lr)
+            diffopt = higher.optim.get_diff_optim(opt, params, track_higher_grads=False)
+            task_losses = []
+            for _ in range(cfg.steps):
+                loss = loss_fn({**const, **dict(zip(names, params))}, b)
+                task_losses.append(loss.detach())
+                params = list(diffopt.step(loss, params=params))
+            outs.append({k: p.detach() for k, p in zip(names, params)})
+            losses.append(torch.stack(task_losses) if task_losses else torch.zeros(0, dtype=ref.dtype, device=ref.device))
+    if n == 0:
+        return {k: v.unsqueeze(0)[:0] for k, v in trainable.items()}, torch.zeros(0, cfg.steps)
+    return {k: torch.stack([o[k] for o in outs]) for k in names}, torch.stack(losses)
+
+
+def import_higher():
+    """The ``higher`` module, or a :class:`croma.errors.CromaError` naming the extra that installs it."""
+    try:
+        import higher
+        import higher.optim  # noqa: F401 - the differentiable optimisers
+    except ImportError as exc:
+        from croma.errors import CromaError
+        from episodes.extras import install_hint
+
+        raise CromaError(
+            f"--inner-loop higher needs the optional package 'higher', which is not installed: {install_hint('higher')}"
+        ) from exc
+    return higher
+
+
 def run_inner(
     mode: str,
     loss_fn: LossFn,
@@ -307,12 +375,14 @@ def run_inner(
     batch: Mapping[str, torch.Tensor],
     cfg: InnerConfig,
 ) -> tuple[Params, torch.Tensor]:
-    """Dispatch to :func:`run_batched` (``mode="batched"``) or :func:`run_sequential`."""
+    """Dispatch to :func:`run_batched` (``mode="batched"``), :func:`run_sequential` or :func:`run_higher`."""
     if mode == "batched":
         return run_batched(loss_fn, trainable, constant, batch, cfg)
     if mode == "sequential":
         return run_sequential(loss_fn, trainable, constant, batch, cfg)
-    raise ValueError(f"inner loop must be 'batched' or 'sequential' (got {mode!r})")
+    if mode == "higher":
+        return run_higher(loss_fn, trainable, constant, batch, cfg)
+    raise ValueError(f"inner loop must be one of {', '.join(INNER_LOOPS)} (got {mode!r})")
 
 
 def _num_tasks(batch: Mapping[str, torch.Tensor]) -> int:

@@ -8,13 +8,17 @@ Meta-parameters ``theta`` = all trainable parameters of the :class:`croma.model.
    iteration ``t`` is task ``t * count_f + (j - offset_f)`` of its family ``f`` — a pure
    function of ``(seed, t, j)``;
 2. per task: ``phi = theta``, S inner steps of SGD/Adam on the task loss (batched: one vmapped
-   computation per family; sequential: a Python loop — the reference);
+   computation per chunk of at most ``task_chunk`` tasks of one family; sequential: a Python
+   loop — the reference; higher: the optional ``higher`` package's optimisers);
 3. ``theta <- theta + eps_t * mean_tasks(phi - theta)``, ``eps_t`` linear from ``meta_lr`` to
    ``meta_lr_final``.
 
-For distribution, one outer step is ``deltas_sum, n = trainer.task_deltas(theta, t, task_ids)``
-over any subset of the meta-batch's task ids, then ``reptile_update(theta, deltas_sum / total,
-eps)``: a rank computes its share and the sums are all-reduced in between. Pass a
+For distribution, one outer step is ``trainer.chunked_deltas(theta, t, chunk_ids, all_reduce)``
+over this rank's chunks (fixed groups of tasks whose composition does not depend on the number
+of processes), then ``reptile_update(theta, deltas_sum / total, eps)``: the chunks' sums are
+all-reduced as rows of one buffer and added in chunk order, so the result is bitwise the same
+with any number of processes (``task_deltas(theta, t, task_ids)`` sums any subset of task ids,
+equal up to rounding). Pass a
 :class:`croma.distributed.Distributed` as ``dist`` to do exactly that (see that module): ranks
 share each meta-batch and the meta-val episodes; only rank 0 writes checkpoints and shows progress.
 
@@ -38,8 +42,8 @@ from croma.checkpoint import FORMAT, load_checkpoint, plain, save_checkpoint
 from croma.errors import CromaError, NonFiniteLossError
 from croma.evaluate import HEAD_INITS, EvalConfig, choose_head_init, evaluate_kshot
 from croma.meta.functional import FunctionalModel, Params, meta_parameters, split_params, tree_all_finite
-from croma.meta.inner import INNER_OPTIMIZERS, InnerConfig, run_inner
-from croma.meta.reptile import linear_epsilon, reptile_update
+from croma.meta.inner import INNER_LOOPS, INNER_OPTIMIZERS, InnerConfig, import_higher, run_inner
+from croma.meta.reptile import chunk_layout, linear_epsilon, pack_chunks, reptile_update, sum_chunks
 from croma.meta.tasks import FAMILIES, TaskFamily, build_family, derive_seed, model_inputs
 from episodes.data import ModalityData, PreparedBenchmark
 
@@ -77,7 +81,14 @@ class TrainConfig:
         task_weights: optional ``{family: fraction}`` over ``align``, ``source_cls``,
             ``target_cls``, ``target_recon``; overrides ``task_mix``.
         inner_steps, inner_lr, inner_optimizer: the inner loop (``sgd`` | ``adam``).
-        inner_loop: ``batched`` (vmap) or ``sequential`` (reference).
+        inner_loop: ``batched`` (vmap), ``sequential`` (reference) or ``higher`` (the optional
+            ``higher`` package's differentiable optimisers, one task at a time; meta-val then
+            fine-tunes with ``sequential``).
+        task_chunk: tasks per chunk. Each family's tasks of a meta-batch are processed in
+            consecutive chunks of at most this many (one vmapped inner loop per chunk), and the
+            chunks' Reptile deltas are summed in chunk order; processes of a distributed run take
+            whole chunks, so the meta-parameters do not depend on the number of processes
+            (bitwise on CPU). 0: one chunk per family (rounding then depends on the world size).
         meta_lr, meta_lr_final: Reptile step size, linearly annealed over the run.
         ways, shots, queries: classification episodes (source tasks and evaluation).
         align_batch: pairs per alignment task.
@@ -97,6 +108,12 @@ class TrainConfig:
             shared alignment layer and classifier are meta-learned).
         val_label_noise: symmetric noise on the support labels of meta-val episodes (checkpoint
             selection then sees what meta-test under label noise sees).
+        backbones: ``{modality: backbone}`` frozen front-ends (``croma.backbones``; empty: the
+            defaults). Weights: ``model["image_weights"]``, ``model["text_model"]``, ``audio_model``.
+        audio_model: local transformers audio-model directory (``--backbone audio=hf``).
+        skip_bad: leave out unreadable items instead of stopping.
+        split_classes: ``[TRAIN, VAL, TEST]`` class counts of a seeded class split (None: by
+            fraction, with at least ``ways`` classes per split when there are ``3 x ways``).
     """
 
     benchmark: str = "synthetic"
@@ -116,6 +133,7 @@ class TrainConfig:
     inner_lr: float = 1e-3
     inner_optimizer: str = "adam"
     inner_loop: str = "batched"
+    task_chunk: int = 4
     meta_lr: float = 1.0
     meta_lr_final: float = 0.0
     ways: int = 5
@@ -140,6 +158,10 @@ class TrainConfig:
     time_budget_s: float | None = None
     frozen: list[str] = field(default_factory=list)
     val_label_noise: float = 0.0
+    backbones: dict[str, str] = field(default_factory=dict)
+    audio_model: str | None = None
+    skip_bad: bool = False
+    split_classes: list[int] | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field (as its CLI flag) when out of range."""
@@ -151,7 +173,7 @@ class TrainConfig:
         for name, lo in (
             ("iterations", 1), ("meta_batch", 1), ("inner_steps", 1), ("ways", 2), ("shots", 1),
             ("queries", 0), ("align_batch", 2), ("eval_every", 0), ("eval_tasks", 1), ("eval_queries", 1),
-            ("finetune_steps", 0), ("checkpoint_every", 0),
+            ("finetune_steps", 0), ("checkpoint_every", 0), ("task_chunk", 0),
         ):
             v = getattr(self, name)
             need(isinstance(v, int) and v >= lo, name.replace("_", "-"), f"an integer >= {lo}", v)
@@ -161,7 +183,7 @@ class TrainConfig:
         need(math.isfinite(self.meta_lr) and self.meta_lr > 0, "meta-lr", "a finite number > 0", self.meta_lr)
         need(math.isfinite(self.meta_lr_final) and self.meta_lr_final >= 0, "meta-lr-final", "a finite number >= 0", self.meta_lr_final)
         need(self.inner_optimizer in INNER_OPTIMIZERS, "inner-optimizer", "sgd or adam", self.inner_optimizer)
-        need(self.inner_loop in ("batched", "sequential"), "inner-loop", "batched or sequential", self.inner_loop)
+        need(self.inner_loop in INNER_LOOPS, "inner-loop", ", ".join(INNER_LOOPS), self.inner_loop)
         need(self.head_init in HEAD_INITS + ("auto",), "head-init", "meta, zero, prototype or auto", self.head_init)
         need(self.finetune in ("all", "head"), "finetune", "all or head", self.finetune)
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda", self.device)
@@ -241,18 +263,18 @@ def bench_to(bench: PreparedBenchmark, device: torch.device | str) -> PreparedBe
 
 
 def load_bench(cfg: TrainConfig, *, progress: bool = False) -> PreparedBenchmark:
-    """Load ``cfg.benchmark`` with ``episodes.datasets.load_benchmark`` (splits seeded by ``cfg.seed``)."""
-    from episodes.datasets import load_benchmark
+    """Load ``cfg.benchmark`` with its front-ends and backbones (:func:`croma.backbones.load_prepared`;
+    splits seeded by ``cfg.seed``, sized for ``cfg.ways``-way tasks)."""
+    from croma.backbones import load_prepared
 
-    bench = load_benchmark(
-        cfg.benchmark, data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source, target=cfg.target,
-        seed=cfg.seed, cache_dir=cfg.cache_dir, progress=progress,
+    return load_prepared(
+        cfg.benchmark, compact=cfg.features == "compact", backbones=cfg.backbones,
+        image_weights=cfg.model.get("image_weights"), text_model=cfg.model.get("text_model"),
+        audio_model=cfg.audio_model, ways=cfg.ways, split_classes=cfg.split_classes,
+        device=str(resolve_device(cfg.device)) if cfg.device != "cpu" else "cpu",
+        data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source, target=cfg.target,
+        seed=cfg.seed, cache_dir=cfg.cache_dir, progress=progress, skip_bad=cfg.skip_bad,
     )
-    if cfg.features == "compact":
-        from episodes.features import compact_benchmark
-
-        bench = compact_benchmark(bench, seed=cfg.seed)
-    return bench
 
 
 def build_from_config(cfg: TrainConfig, bench: PreparedBenchmark):
@@ -276,7 +298,8 @@ def eval_config_from(cfg: TrainConfig, **overrides: Any) -> EvalConfig:
         split="meta_val", head_init=head, finetune=cfg.finetune, finetune_steps=cfg.finetune_steps,
         finetune_lr=cfg.finetune_lr if cfg.finetune_lr is not None else cfg.inner_lr,
         finetune_optimizer=cfg.finetune_optimizer or cfg.inner_optimizer, seed=cfg.seed,
-        nearest_centroid=False, retrieval=False, inner_loop=cfg.inner_loop, label_noise=cfg.val_label_noise,
+        nearest_centroid=False, retrieval=False, inner_loop="sequential" if cfg.inner_loop == "higher" else cfg.inner_loop,
+        label_noise=cfg.val_label_noise,
     )
     for k, v in overrides.items():
         setattr(base, k, v)
@@ -348,6 +371,9 @@ class CromaTrainer:
         self.fm = FunctionalModel(self.model)
         self.inputs = model_inputs(self.model, self.bench, self.device)
         self.plan = task_plan(cfg)
+        self.chunks = chunk_layout(self.plan, cfg.task_chunk)  # meta-batch task ids per chunk
+        if cfg.inner_loop == "higher":
+            import_higher()  # fail before any work when the optional package is missing
         need_align = any(f == "align" for f, _ in self.plan)
         if loss_module is None and need_align:
             from croma.losses import get_loss
@@ -399,26 +425,18 @@ class CromaTrainer:
             offset += count
         return out
 
-    def task_deltas(
-        self, theta: Mapping[str, torch.Tensor], iteration: int, task_ids: Sequence[int] | None = None
+    def _group_deltas(
+        self, theta: Mapping[str, torch.Tensor], iteration: int, task_ids: Sequence[int]
     ) -> tuple[Params, int, dict[str, torch.Tensor]]:
-        """Sum over tasks ``task_ids`` (default: the whole meta-batch) of ``phi_i - theta``.
+        """Inner loops of tasks ``task_ids`` (one computation per family) and their summed deltas.
 
-        Args:
-            theta: meta-parameters.
-            iteration: 0-based outer iteration (selects the tasks).
-            task_ids: subset of ``range(meta_batch)`` (e.g. one rank's share).
-
-        Returns:
-            ``(deltas_sum, n_tasks, losses)``: ``{name: tensor}`` for every name of ``theta`` (zeros
-            where no task changes it), the number of tasks summed, and ``{family: losses [T, S]}``
-            (the loss before each inner step).
+        Returns ``({name: sum_i(phi_i - theta)} for the names the tasks train, n_tasks,
+        {family: losses [T, S]})``.
         """
-        ids = range(self.meta_batch) if task_ids is None else task_ids
-        deltas = {k: torch.zeros_like(v) for k, v in theta.items()}
+        deltas: Params = {}
         losses: dict[str, torch.Tensor] = {}
         n = 0
-        for fam_name, indices in self.locate(iteration, ids):
+        for fam_name, indices in self.locate(iteration, task_ids):
             fam = self.families[fam_name]
             batch = fam.sample(indices)
             fam.begin(derive_seed(self.cfg.seed, "noise", iteration, fam_name, *indices))
@@ -431,10 +449,76 @@ class CromaTrainer:
 
             adapted, fam_losses = run_inner(self.cfg.inner_loop, loss_fn, train, const, batch, self.inner_cfg)
             for k in train:
-                deltas[k] = deltas[k] + (adapted[k] - theta[k].unsqueeze(0)).sum(0)
+                d = (adapted[k] - theta[k].unsqueeze(0)).sum(0)
+                deltas[k] = deltas[k] + d if k in deltas else d
             losses[fam_name] = fam_losses.detach()
             n += len(indices)
         return deltas, n, losses
+
+    def task_deltas(
+        self, theta: Mapping[str, torch.Tensor], iteration: int, task_ids: Sequence[int] | None = None
+    ) -> tuple[Params, int, dict[str, torch.Tensor]]:
+        """Sum over tasks ``task_ids`` (default: the whole meta-batch) of ``phi_i - theta``.
+
+        The tasks run chunk by chunk (:attr:`chunks`, one batched inner loop per chunk; a chunk
+        only partly in ``task_ids`` runs the part) and the sums are added in chunk order.
+
+        Args:
+            theta: meta-parameters.
+            iteration: 0-based outer iteration (selects the tasks).
+            task_ids: subset of ``range(meta_batch)`` (e.g. one rank's share).
+
+        Returns:
+            ``(deltas_sum, n_tasks, losses)``: ``{name: tensor}`` for every name of ``theta`` (zeros
+            where no task changes it), the number of tasks summed, and ``{family: losses [T, S]}``
+            (the loss before each inner step).
+        """
+        ids = set(range(self.meta_batch) if task_ids is None else (int(j) for j in task_ids))
+        if ids and (min(ids) < 0 or max(ids) >= self.meta_batch):
+            raise ValueError(f"task ids must lie in [0, {self.meta_batch}) (got {sorted(ids)})")
+        deltas = {k: torch.zeros_like(v) for k, v in theta.items()}
+        losses: dict[str, list[torch.Tensor]] = {}
+        n = 0
+        for chunk in self.chunks:
+            mine = [j for j in chunk if j in ids]
+            if not mine:
+                continue
+            d, k, l = self._group_deltas(theta, iteration, mine)
+            for name, v in d.items():
+                deltas[name] = deltas[name] + v
+            for fam, v in l.items():
+                losses.setdefault(fam, []).append(v)
+            n += k
+        return deltas, n, {fam: torch.cat(v) for fam, v in losses.items()}
+
+    def chunk_deltas(self, theta: Mapping[str, torch.Tensor], iteration: int, chunk_ids: Sequence[int] | None = None):
+        """``{chunk id: (summed deltas of the names it trains, n_tasks, {family: losses [T, S]})}``
+        for chunks ``chunk_ids`` of :attr:`chunks` (default: all), each one batched inner loop."""
+        ids = range(len(self.chunks)) if chunk_ids is None else chunk_ids
+        return {int(c): self._group_deltas(theta, iteration, self.chunks[int(c)]) for c in ids}
+
+    def chunked_deltas(
+        self,
+        theta: Mapping[str, torch.Tensor],
+        iteration: int,
+        chunk_ids: Sequence[int] | None = None,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[Params, int, dict[str, torch.Tensor]]:
+        """The meta-batch's summed deltas, world-size invariant (what :meth:`outer_step` uses).
+
+        Computes chunks ``chunk_ids`` (default: all), packs them in a ``[chunks, L]`` buffer
+        (:func:`croma.meta.reptile.pack_chunks`), lets ``all_reduce`` (a distributed sum over
+        the processes, each holding its own chunks) fill in the others' rows, and adds the rows
+        in chunk order (:func:`croma.meta.reptile.sum_chunks`).
+
+        Returns:
+            ``(deltas_sum, n_tasks, {family: [[mean first-step loss, mean last-step loss]]})``.
+        """
+        families = [f for f, _ in self.plan]
+        buf = pack_chunks(theta, families, len(self.chunks), self.chunk_deltas(theta, iteration, chunk_ids))
+        if all_reduce is not None:
+            buf = all_reduce(buf)
+        return sum_chunks(buf, theta, families)
 
     def epsilon(self, iteration: int) -> float:
         """Outer step size at 0-based ``iteration``."""
@@ -444,23 +528,36 @@ class CromaTrainer:
         self,
         task_ids: Sequence[int] | None = None,
         reduce: Callable[[Params, int, dict[str, torch.Tensor]], tuple[Params, int, dict[str, torch.Tensor]]] | None = None,
+        *,
+        chunk_ids: Sequence[int] | None = None,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """Run iteration ``self.iteration`` and update ``theta``.
+
+        By default the update comes from :meth:`chunked_deltas` (chunks ``chunk_ids``, default
+        all, combined by ``all_reduce`` when given): bitwise the same for any split of the
+        chunks over processes. With ``task_ids`` or ``reduce`` it comes from
+        :meth:`task_deltas` instead (any split of the tasks; equal up to rounding).
 
         Args:
             task_ids: the share of the meta-batch this process computes (default: all of it).
             reduce: combines the shares across processes, ``(deltas_sum, n, losses) ->
                 (total_deltas_sum, total_n, losses)`` (e.g. ``all_reduce`` of the sums); the
                 update then uses ``total_deltas_sum / total_n``.
+            chunk_ids: the chunks (of :attr:`chunks`) this process computes.
+            all_reduce: sums the ``[chunks, L]`` buffer over processes (in place or new).
 
         Raises:
             NonFiniteLossError: a task loss or the new meta-parameters are not finite; ``theta``
             and the iteration counter stay unchanged.
         """
         it = self.iteration
-        deltas, n, losses = self.task_deltas(self.theta, it, task_ids)
-        if reduce is not None:
-            deltas, n, losses = reduce(deltas, n, losses)
+        if task_ids is not None or reduce is not None:
+            deltas, n, losses = self.task_deltas(self.theta, it, task_ids)
+            if reduce is not None:
+                deltas, n, losses = reduce(deltas, n, losses)
+        else:
+            deltas, n, losses = self.chunked_deltas(self.theta, it, chunk_ids, all_reduce)
         for fam, l in losses.items():
             if not bool(torch.isfinite(l).all()):
                 self._non_finite(f"{fam} loss", it)
@@ -629,7 +726,10 @@ class CromaTrainer:
             while self.iteration < cfg.iterations:
                 if self.dist is not None:
                     self.dist.iteration = self.iteration + 1
-                    rec = self.outer_step(self.dist.shard(self.meta_batch), self.dist.reduce_deltas([f for f, _ in self.plan]))
+                    if cfg.task_chunk > 0:  # whole chunks per rank: bitwise the same for any world size
+                        rec = self.outer_step(chunk_ids=self.dist.shard(len(self.chunks)), all_reduce=self.dist.reduce_chunks)
+                    else:
+                        rec = self.outer_step(self.dist.shard(self.meta_batch), self.dist.reduce_deltas([f for f, _ in self.plan]))
                 else:
                     rec = self.outer_step()
                 for k, v in rec.items():
