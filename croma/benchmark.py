@@ -112,20 +112,29 @@ class BenchmarkConfig:
     oracle_warm_start: bool = False
     progress: bool = True
     method_hp: dict[str, dict[str, Any]] | None = None
+    # front-ends and model (the flags croma train shares): {modality: backbone}; ModelConfig
+    # overrides merged over the preset's (encoders, embed_dim, hidden, image_weights, text_model)
+    backbones: dict[str, str] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    audio_model: str | None = None
+    skip_bad: bool = False
+    split_classes: list[int] | None = None
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
-    """Load and front-end the benchmark as the preset says."""
-    from episodes.datasets import load_benchmark
-    from episodes.features import compact_benchmark
+    """Load and front-end the benchmark as the preset and the backbone choices say (splits sized
+    for ``cfg.ways``-way tasks; see :func:`croma.backbones.load_prepared`)."""
+    from croma.backbones import load_prepared
 
-    bench = load_benchmark(
-        cfg.benchmark, data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source, target=cfg.target,
-        seed=cfg.seed, cache_dir=cfg.cache_dir, progress=cfg.progress,
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {cfg.preset!r})")
+    return load_prepared(
+        cfg.benchmark, compact=PRESETS[cfg.preset]["frontend"] == "compact", backbones=cfg.backbones,
+        image_weights=cfg.model.get("image_weights"), text_model=cfg.model.get("text_model"),
+        audio_model=cfg.audio_model, ways=cfg.ways, split_classes=cfg.split_classes,
+        device=str(resolve_device(cfg.device)), data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source,
+        target=cfg.target, seed=cfg.seed, cache_dir=cfg.cache_dir, progress=cfg.progress, skip_bad=cfg.skip_bad,
     )
-    if PRESETS[cfg.preset]["frontend"] == "compact":
-        bench = compact_benchmark(bench, seed=cfg.seed)
-    return bench
 
 
 def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[TrainConfig, EvalConfig, int]:
@@ -134,6 +143,8 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
     tr = dict(preset["train"])
     if cfg.loss:
         tr["loss"] = cfg.loss
+    if cfg.model:  # --encoder / --embed-dim / --hidden / weights flags over the preset's model
+        tr["model"] = {**tr.get("model", {}), **cfg.model}
     train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device,
                         val_label_noise=cfg.label_noise, **tr)
     train.validate()

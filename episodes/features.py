@@ -147,7 +147,7 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
 
 def compact_benchmark(
     bench: PreparedBenchmark, *, texts: Sequence[str] | None = None, text_dim: int = 1024, audio_words: int = 256,
-    seed: int = 0,
+    seed: int = 0, modalities: Sequence[str] | None = None,
 ) -> PreparedBenchmark:
     """Replace sequence features by compact vectors (see module docstring).
 
@@ -158,6 +158,8 @@ def compact_benchmark(
         text_dim: hash buckets for text.
         audio_words: bag-of-audio-words size (0: statistics only).
         seed: codebook seed.
+        modalities: only these modalities (default: every one). Features that already are
+            vectors (``float [n, D]``, e.g. pretrained-backbone embeddings) are kept as they are.
 
     Returns:
         A new :class:`PreparedBenchmark` (same rows, labels, pairs and splits). Audio statistics
@@ -169,6 +171,9 @@ def compact_benchmark(
     train_classes = set(bench.splits.get("meta_train", [])) | set(bench.splits.get("source_train", []))
     for mod, md in bench.data.items():
         feats = md.features
+        if modalities is not None and mod not in modalities:
+            data[mod] = md
+            continue
         if mod == "text" and not feats.dtype.is_floating_point:
             strings = list(texts) if texts is not None else _bytes_to_text(feats)
             feats = text_ngram_features(strings, dim=text_dim)

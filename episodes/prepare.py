@@ -40,6 +40,7 @@ import torch
 
 from episodes.cache import FeatureCache, hash_key, inputs_digest
 from episodes.data import SPLITS, CrossModalDataset, Item, ModalityData, PreparedBenchmark
+from episodes.embedding import Embedder
 from episodes.errors import DataError
 from episodes.frontends import (
     FrontendSettings,
@@ -57,17 +58,57 @@ __all__ = ["CACHE_FORMAT", "make_class_split", "compute_features", "prepare_benc
 CACHE_FORMAT = 1
 
 
-def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float]) -> dict[str, list[str]]:
+def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: int | None = None,
+                 counts: Sequence[int] | None = None, name: str = "data set") -> tuple[int, int, int]:
+    """How many of ``n`` target classes go to meta-train / meta-val / meta-test.
+
+    ``counts`` (``--split-classes TRAIN,VAL,TEST``) is used as given (it must sum to ``n``).
+    Otherwise ``fractions`` decide (at least one class each for a non-zero fraction; ``n < 3``:
+    all meta-train), and when ``ways`` is given and ``n >= 3 * ways`` meta-val and meta-test are
+    raised to at least ``ways`` classes each (taken from meta-train), so ``ways``-way episodes
+    exist in every split (22 classes, 5-way: 12 / 5 / 5).
+
+    Raises:
+        DataError: ``counts`` that do not sum to ``n`` or leave a split empty, or (with ``ways``)
+            a split with fewer than ``ways`` classes; the message names the numbers.
+    """
+    if counts is not None:
+        counts = tuple(int(c) for c in counts)
+        if len(counts) != 3 or min(counts) < 1:
+            raise DataError(f"--split-classes needs three positive counts TRAIN,VAL,TEST (got {','.join(map(str, counts))})")
+        if sum(counts) != n:
+            raise DataError(f"--split-classes {','.join(map(str, counts))} sums to {sum(counts)}, but {name} has {n} "
+                            f"target classes")
+        if ways is not None and min(counts) < ways:
+            part = ("meta-train", "meta-val", "meta-test")[counts.index(min(counts))]
+            raise DataError(f"--split-classes {','.join(map(str, counts))}: {part} has {min(counts)} classes; "
+                            f"{ways}-way tasks need {ways} in each split (lower --ways)")
+        return counts
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise ValueError(f"split_fractions must be three non-negative numbers, got {tuple(fractions)}")
-    n = len(classes)
     if n < 3:
-        return {"meta_train": list(classes), "meta_val": [], "meta_test": []}
+        return n, 0, 0
     total = float(sum(fractions))
     n_val = max(1, round(fractions[1] / total * n)) if fractions[1] > 0 else 0
     n_test = max(1, round(fractions[2] / total * n)) if fractions[2] > 0 else 0
+    if ways is not None and n >= 3 * ways:
+        n_val, n_test = max(n_val, ways), max(n_test, ways)
     if n - n_val - n_test < 1:
         raise ValueError(f"split_fractions {tuple(fractions)} leave no meta-train class out of {n}")
+    if ways is not None and min(n - n_val - n_test, n_val, n_test) < ways:
+        raise DataError(
+            f"{name}: {n} target classes split {n - n_val - n_test}/{n_val}/{n_test} (meta-train/val/test) cannot give "
+            f"{ways}-way tasks in every split, which needs 3 x {ways} = {3 * ways} classes: lower --ways (at most "
+            f"{max(2, n // 3)}) or choose the counts with --split-classes TRAIN,VAL,TEST")
+    return n - n_val - n_test, n_val, n_test
+
+
+def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float], *, ways: int | None = None,
+                  counts: Sequence[int] | None = None, name: str = "data set") -> dict[str, list[str]]:
+    n = len(classes)
+    _, n_val, n_test = split_counts(n, fractions=fractions, ways=ways, counts=counts, name=name)
+    if n_val == 0 and n_test == 0:
+        return {"meta_train": list(classes), "meta_val": [], "meta_test": []}
     perm = torch.randperm(n, generator=episode_generator(seed, 0, "class-split")).tolist()
     shuffled = [classes[i] for i in perm]
     return {
@@ -78,23 +119,30 @@ def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float]) -> 
 
 
 def make_class_split(dataset: CrossModalDataset, *, seed: int = 0, split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                     class_split: dict[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+                     class_split: dict[str, Sequence[str]] | None = None, ways: int | None = None,
+                     split_classes: Sequence[int] | None = None) -> dict[str, list[str]]:
     """Split the **target** classes (label names) into meta-train / meta-val / meta-test.
 
-    Uses ``class_split`` if given, else ``dataset.meta["class_split"]``, else a seeded split
-    by ``split_fractions``. Classes not present among the target items are dropped from an
-    explicit split.
+    Uses ``class_split`` if given, else ``dataset.meta["class_split"]`` (the loader's documented
+    split; ``split_classes`` then does not apply), else a seeded split whose sizes
+    :func:`split_counts` gives (``split_fractions``, raised to ``ways`` classes per split when
+    there are ``3 x ways`` classes, or exactly ``split_classes``). Classes not present among
+    the target items are dropped from an explicit split.
 
     Returns:
         ``{"meta_train", "meta_val", "meta_test"}`` -> sorted label names, pairwise disjoint.
 
     Raises:
-        DataError: an explicit split whose parts overlap.
+        DataError: an explicit split whose parts overlap; ``split_classes`` for a data set with
+        a fixed split; sizes that cannot hold ``ways``-way tasks (names the numbers).
     """
     targets = sorted({it.label for it in dataset.items if dataset.target in it.modalities})
     explicit = class_split if class_split is not None else dataset.meta.get("class_split")
     if explicit is None:
-        return _seeded_split(targets, seed, split_fractions)
+        return _seeded_split(targets, seed, split_fractions, ways=ways, counts=split_classes, name=dataset.name)
+    if split_classes is not None:
+        raise DataError(f"--split-classes: {dataset.name} has a fixed, documented class split; the counts apply only "
+                        "to data sets split by seed (manifest, ...)")
     present = set(targets)
     out = {k: sorted(set(explicit.get(k, [])) & present) for k in SPLITS}
     a, b, c = (set(out[k]) for k in SPLITS)
@@ -135,7 +183,7 @@ def _per_item(items: list[Item], modality: str, fn: Callable[[Any], torch.Tensor
 
 def compute_features(name: str, modality: str, items: list[Item], settings: FrontendSettings, *,
                      cache: FeatureCache | None, skip_bad: bool = False,
-                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+                     progress: bool = False, embedder: Embedder | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Front-end output of one modality of ``items``.
 
     Args:
@@ -145,6 +193,9 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
         settings: front-end settings.
         cache: feature cache, or ``None`` to compute without caching.
         skip_bad: mark unreadable items in ``ok`` instead of raising.
+        embedder: a frozen pretrained backbone (:class:`~episodes.embedding.Embedder`): its
+            ``float [n, D]`` embeddings replace the front-end, cached under
+            ``<name>/<modality>/<embedder.name>`` keyed by :meth:`~episodes.embedding.Embedder.cache_key`.
 
     Returns:
         ``(features [n, *shape], ok bool [n], cache status)``; text: ``long [n, L]``; audio:
@@ -155,6 +206,9 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
         DataError: an unreadable file (names it) without ``skip_bad``.
     """
     values = [it.modalities[modality] for it in items]
+    if embedder is not None:
+        return _embedded_features(name, modality, items, values, embedder, cache=cache, skip_bad=skip_bad,
+                                  progress=progress)
     if modality == "text":
         return text_to_bytes(values, settings.text_max_len), torch.ones(len(items), dtype=torch.bool), "uncached"
     desc = f"{name}: {modality}"
@@ -215,6 +269,37 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
     return feats, ok, status
 
 
+def _embedded_features(name: str, modality: str, items: list[Item], values: list[Any], embedder: Embedder, *,
+                       cache: FeatureCache | None, skip_bad: bool,
+                       progress: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """:func:`compute_features` through a pretrained backbone (embeddings cached as they are)."""
+    desc = f"{name}: {modality} ({embedder.name})"
+
+    def build() -> dict[str, torch.Tensor]:
+        return embedder.embed(values, skip_bad=skip_bad, progress=progress, desc=desc)
+
+    if cache is None:
+        out, status = build(), "uncached"
+    else:
+        namespace = f"{name}/{modality}/{embedder.name}"
+        key = hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality,
+                        "backbone": embedder.cache_key(),
+                        "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
+        out, status = cache.get_or_build(namespace, key, build)
+        if out["features"].shape != (len(items), int(embedder.dim)) or out["ok"].shape[0] != len(items):
+            out = build()
+            cache.save(namespace, key, out)
+            status = "rebuilt"
+    feats, ok = out["features"].float(), out["ok"].bool()
+    if not skip_bad and not bool(ok.all()):  # cached with skip_bad earlier: retry, raising on the bad file
+        bad = torch.nonzero(~ok).flatten().tolist()
+        redo = embedder.embed([values[i] for i in bad], skip_bad=False)
+        feats, ok = feats.clone(), ok.clone()
+        feats[torch.tensor(bad)] = redo["features"]
+        ok[torch.tensor(bad)] = True
+    return feats, ok, status
+
+
 def _label_rows(labels: torch.Tensor, classes: set[int]) -> torch.Tensor:
     if not classes:
         return torch.zeros(0, dtype=torch.long)
@@ -232,6 +317,9 @@ def prepare_benchmark(
     use_cache: bool = True,
     skip_bad: bool = False,
     progress: bool = False,
+    embedders: dict[str, Embedder] | None = None,
+    ways: int | None = None,
+    split_classes: Sequence[int] | None = None,
 ) -> PreparedBenchmark:
     """Apply front-ends, build labels / clusters / pairs / splits, and validate (see module doc).
 
@@ -247,6 +335,12 @@ def prepare_benchmark(
         use_cache: set ``False`` to compute features without the cache.
         skip_bad: drop items whose file is unreadable instead of raising.
         progress: tqdm bars while computing features.
+        embedders: ``{modality: Embedder}``: frozen pretrained backbones whose embeddings replace
+            that modality's front-end (cached; then standardised with the mean / std of the rows
+            of meta-train and source-train classes only, so nothing of held-out classes leaks).
+        ways: the N of N-way tasks: seeded splits give meta-val and meta-test at least ``ways``
+            classes when there are ``3 x ways`` (see :func:`split_counts`).
+        split_classes: ``(TRAIN, VAL, TEST)`` class counts of a seeded split (``--split-classes``).
 
     Returns:
         A validated :class:`PreparedBenchmark`; ``info`` holds ``frontend``, ``cache``
@@ -262,6 +356,11 @@ def prepare_benchmark(
         frontend = replace(FrontendSettings(), **dict(dataset.meta.get("frontend", {})))
     cache = FeatureCache(cache_dir) if use_cache else None
     mods = (src, tgt)
+    embedders = dict(embedders or {})
+    extra = sorted(set(embedders) - set(mods))
+    if extra:
+        raise DataError(f"{dataset.name}: --backbone {extra[0]}=...: the task has no {extra[0]} modality "
+                        f"(source {src}, target {tgt})")
     per_mod_items = {m: dataset.items_with(m) for m in mods}
     for m in mods:
         if not per_mod_items[m]:
@@ -271,7 +370,8 @@ def prepare_benchmark(
     status: dict[str, str] = {}
     for m in mods:
         feats[m], oks[m], status[m] = compute_features(dataset.name, m, per_mod_items[m], frontend, cache=cache,
-                                                       skip_bad=skip_bad, progress=progress)
+                                                       skip_bad=skip_bad, progress=progress,
+                                                       embedder=embedders.get(m))
     bad_ids = set()
     for m in mods:
         bad_ids.update(it.id for it, ok in zip(per_mod_items[m], oks[m].tolist()) if not ok)
@@ -301,12 +401,20 @@ def prepare_benchmark(
     pairs = torch.tensor(pair_list, dtype=torch.long).reshape(-1, 2)
 
     kept_ds = CrossModalDataset(dataset.name, src, tgt, items[tgt], dict(dataset.meta))
-    split_names = make_class_split(kept_ds, seed=seed, split_fractions=split_fractions, class_split=class_split)
+    split_names = make_class_split(kept_ds, seed=seed, split_fractions=split_fractions, class_split=class_split,
+                                   ways=ways, split_classes=split_classes)
     splits = {k: sorted(cid[c] for c in split_names[k]) for k in SPLITS}
     held_out = set(splits["meta_val"]) | set(splits["meta_test"])
     src_classes = sorted(set(data[src].labels.tolist()))
     splits["source_train"] = [c for c in src_classes if c not in held_out]
     train_t, src_ok = set(splits["meta_train"]), set(splits["source_train"])
+    for m in embedders:  # standardise embeddings with statistics of training classes only
+        ref = _label_rows(data[m].labels, train_t | src_ok)
+        if ref.numel() >= 2:
+            f = data[m].features
+            mean = f[ref].mean(dim=0, keepdim=True)
+            std = f[ref].std(dim=0, keepdim=True).clamp_min(1e-6)
+            data[m].features = (f - mean) / std
 
     align_mode = dataset.meta.get("align_mode") or ("strong" if pairs.shape[0] else "weak")
     if align_mode not in ("strong", "weak"):
@@ -348,6 +456,7 @@ def prepare_benchmark(
         "skipped_bad": len(bad_ids),
         "skipped_total": len(bad_ids) + skipped_loader,
         "class_split": split_names,
+        "backbones": {m: e.name for m, e in embedders.items()},
         "seed": seed,
         "dataset_meta": {k: v for k, v in dataset.meta.items() if k not in ("class_split", "clusters")},
     }

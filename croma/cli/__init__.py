@@ -61,6 +61,7 @@ NUMERIC_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "dist_timeout": (0.0, False, WEEK_S, True),
     "budget_seconds": (0.0, False, WEEK_S, True),
     "label_noise": (0.0, True, 1.0, False),
+    "split_classes": (1, True, 100000, True),  # each of TRAIN,VAL,TEST (--split-classes, parsed in frontend_flags)
 }
 
 

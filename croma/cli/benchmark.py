@@ -57,19 +57,17 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output directory (default runs/benchmark)")
-    p.add_argument("--data-root", default=None, help="directory holding the data sets (or $CROMA_DATA)")
-    p.add_argument("--cache-dir", default=None, help="feature cache directory (or $CROMA_CACHE, default ~/.cache/croma)")
-    p.add_argument("--manifest", default=None, help="JSONL manifest (NAME=manifest)")
-    p.add_argument("--source", default=None, help="source modality (NAME=manifest)")
-    p.add_argument("--target", default=None, help="target modality (NAME=manifest)")
+    from croma.cli.frontend_flags import add_frontend_flags
+
+    add_frontend_flags(p)
     p.add_argument("--oracle-warm-start", action="store_true", help="supervised warm start for the oracle")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from croma.benchmark import BenchmarkConfig, run_benchmark, run_noise_sweep
-    from croma.report import format_table
+def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
+    """Check the parsed flags and build the :class:`croma.benchmark.BenchmarkConfig` they describe."""
+    from croma.benchmark import BenchmarkConfig
 
     if not 0.0 <= args.label_noise < 1.0:
         raise ValueError(f"--label-noise must be in [0, 1) (got {args.label_noise})")
@@ -87,6 +85,12 @@ def run(args) -> int:
         raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {args.train_seeds})")
     if any(k < 1 for k in args.shots):
         raise ValueError(f"--shots must all be >= 1 (got {args.shots})")
+    from croma.cli.frontend_flags import frontend_settings
+
+    front = frontend_settings(args)
+    for flag in ("embed_dim", "hidden"):
+        if front["model"].get(flag, 1) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {front['model'][flag]})")
     cfg = BenchmarkConfig(
         benchmark=args.name,
         methods=_methods(args.methods),
@@ -109,8 +113,21 @@ def run(args) -> int:
         source=args.source,
         target=args.target,
         oracle_warm_start=args.oracle_warm_start,
+        backbones=front["backbones"],
+        model=front["model"],
+        audio_model=front["audio_model"],
+        skip_bad=front["skip_bad"],
+        split_classes=front["split_classes"],
         progress=not args.quiet,
     )
+    return cfg
+
+
+def run(args) -> int:
+    from croma.benchmark import run_benchmark, run_noise_sweep
+    from croma.report import format_table
+
+    cfg = config_from_args(args)
     if args.noise_sweep:
         results = run_noise_sweep(cfg, args.noise_sweep)
         for res in results:

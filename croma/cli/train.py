@@ -6,20 +6,12 @@ of the run; ``--nproc N`` starts N such processes on this machine (see :mod:`cro
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 
 BENCHMARKS = ("udhr-speech", "cifar-esc50", "yummly", "wilderness", "manifest", "synthetic")
-
-
-def _encoder_spec(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected MODALITY=NAME, e.g. audio=lstm (got {text!r})")
-    mod, name = text.split("=", 1)
-    return mod.strip(), name.strip()
 
 
 def add_parser(sub) -> None:
@@ -71,17 +63,9 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="write last.pt every N iterations (default 100)")
     p.add_argument("--head-init", choices=("meta", "zero", "prototype", "auto"), default="meta",
                    help="meta-test head initialisation; auto = choose on meta-val at the end")
-    p.add_argument("--data-root", default=None, help="directory holding the data sets (or $CROMA_DATA)")
-    p.add_argument("--cache-dir", default=None, help="feature cache directory")
-    p.add_argument("--manifest", default=None, help="JSONL manifest (BENCH=manifest)")
-    p.add_argument("--source", default=None, help="source modality (BENCH=manifest)")
-    p.add_argument("--target", default=None, help="target modality (BENCH=manifest)")
-    p.add_argument("--embed-dim", type=int, default=128, help="joint embedding width (default 128)")
-    p.add_argument("--hidden", type=int, default=128, help="encoder hidden width (default 128)")
-    p.add_argument("--encoder", type=_encoder_spec, action="append", default=[], metavar="MOD=NAME",
-                   help="encoder for a modality (repeatable), e.g. --encoder audio=lstm")
-    p.add_argument("--image-weights", default=None, metavar="PATH", help="local torchvision ResNet-18 weights file")
-    p.add_argument("--text-model", default=None, metavar="DIR", help="local transformers BERT directory")
+    from croma.cli.frontend_flags import add_frontend_flags
+
+    add_frontend_flags(p)
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split each meta-batch across N local processes (torch.distributed; gloo on CPU, "
                    "nccl on CUDA, one thread / GPU each); under torchrun leave this at 1")
@@ -97,16 +81,13 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
 
     if args.bench not in BENCHMARKS:
         raise ValueError(f"BENCH must be one of {', '.join(BENCHMARKS)} (got {args.bench!r})")
+    from croma.cli.frontend_flags import frontend_settings
+
+    front = frontend_settings(args)
+    model: dict = {"embed_dim": 128, "hidden": 128, **front["model"]}
     for flag in ("embed_dim", "hidden"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {getattr(args, flag)})")
-    model: dict = {"embed_dim": args.embed_dim, "hidden": args.hidden}
-    if args.encoder:
-        model["encoders"] = {m: n for m, n in args.encoder}
-    if args.image_weights:
-        model["image_weights"] = args.image_weights
-    if args.text_model:
-        model["text_model"] = args.text_model
+        if model[flag] < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {model[flag]})")
     cfg = TrainConfig(
         benchmark=args.bench, features=args.features, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
         source=args.source, target=args.target, loss=args.loss, iterations=args.iterations,
@@ -117,6 +98,8 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         eval_shots=list(args.eval_shots), finetune=args.finetune, finetune_steps=args.finetune_steps,
         finetune_lr=args.finetune_lr, head_init=args.head_init, checkpoint_every=args.checkpoint_every,
         checkpoint_dir=args.checkpoint_dir, seed=args.seed, device=args.device, model=model,
+        backbones=front["backbones"], audio_model=front["audio_model"], skip_bad=front["skip_bad"],
+        split_classes=front["split_classes"],
     )
     cfg.validate()
     return cfg

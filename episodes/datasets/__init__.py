@@ -111,13 +111,18 @@ def load_benchmark(
     progress: bool = False,
     frontend: Any = None,
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    embedders: dict[str, Any] | None = None,
+    ways: int | None = None,
+    split_classes: tuple[int, int, int] | None = None,
     **kw: Any,
 ) -> PreparedBenchmark:
     """Load a data set and prepare it (:func:`episodes.prepare.prepare_benchmark`): front-ends
     applied, feature cache used, splits made, ``validate()`` passed.
 
     ``synthetic`` calls :func:`episodes.datasets.synthetic.make_synthetic_benchmark` with
-    ``seed`` (and ``**kw``); the other arguments are ignored for it.
+    ``seed`` (and ``**kw``); the other arguments are ignored for it. ``embedders`` (frozen
+    pretrained backbones per modality), ``ways`` and ``split_classes`` (class split sizes) are
+    passed to :func:`~episodes.prepare.prepare_benchmark`.
     """
     if name == "synthetic":
         fn, _ = _resolve(name)
@@ -127,4 +132,5 @@ def load_benchmark(
     from episodes.prepare import prepare_benchmark
 
     return prepare_benchmark(ds, seed=seed, split_fractions=split_fractions, frontend=frontend, cache_dir=cache_dir,
-                             skip_bad=skip_bad, progress=progress)
+                             skip_bad=skip_bad, progress=progress, embedders=embedders, ways=ways,
+                             split_classes=split_classes)
