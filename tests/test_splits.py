@@ -1,0 +1,105 @@
+"""Class splits that fit the task: with >= 3 x ways classes, meta-val and meta-test get >= ways
+classes; --split-classes TRAIN,VAL,TEST overrides; otherwise one line naming the numbers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from croma.cli import build_parser, main
+from episodes.errors import DataError
+from episodes.prepare import split_counts
+from episodes.samplers import ClassificationTaskSampler
+
+torch.set_num_threads(1)
+
+
+def test_split_counts_by_hand():
+    assert split_counts(22) == (14, 4, 4)  # fractions only (no ways): as before
+    assert split_counts(22, ways=5) == (12, 5, 5)  # raised to 5 each, taken from meta-train
+    assert split_counts(22, ways=4) == (14, 4, 4)  # already enough
+    assert split_counts(15, ways=5) == (5, 5, 5)
+    assert split_counts(40, ways=5) == (24, 8, 8)
+    assert split_counts(88, ways=5) == (52, 18, 18)
+    assert split_counts(2, ways=5) == (2, 0, 0)  # too few to split at all: all meta-train, as before
+    assert split_counts(22, counts=[10, 6, 6]) == (10, 6, 6)
+
+
+def test_split_counts_errors_name_the_numbers():
+    with pytest.raises(DataError) as info:
+        split_counts(12, ways=5, name="manifest")
+    msg = str(info.value)
+    for needle in ("12 target classes", "8/2/2", "5-way", "3 x 5 = 15", "--ways (at most 4)", "--split-classes"):
+        assert needle in msg, msg
+    with pytest.raises(DataError, match=r"--split-classes 10,6,5 sums to 21, but manifest has 22 target classes"):
+        split_counts(22, counts=(10, 6, 5), name="manifest")
+    with pytest.raises(DataError, match=r"--split-classes 14,4,4: meta-val has 4 classes; 5-way tasks need 5"):
+        split_counts(22, ways=5, counts=(14, 4, 4))
+
+
+def _manifest(folder, classes=22, per_class=2):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for c in range(classes):
+        for j in range(per_class):
+            Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / f"{c}_{j}.png")
+            lines.append(json.dumps({"id": f"{c}_{j}", "label": f"c{c:02d}", "text": f"caption {c} {j}",
+                                     "image": f"{c}_{j}.png"}))
+    path = folder / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_22_class_manifest_runs_5_way_by_default(tmp_path):
+    from croma.benchmark import load_for_benchmark
+    from croma.cli.benchmark import config_from_args
+
+    man = _manifest(tmp_path / "d", per_class=10)
+    args = build_parser().parse_args(["benchmark", "manifest", "--manifest", str(man), "--source", "text", "--target",
+                                      "image", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    bench = load_for_benchmark(config_from_args(args))
+    sizes = [len(bench.splits[k]) for k in ("meta_train", "meta_val", "meta_test")]
+    assert sizes == [12, 5, 5]
+    for split in ("meta_val", "meta_test"):  # 5-way episodes exist where they are used
+        s = ClassificationTaskSampler(bench.data["image"].labels, bench.splits[split], ways=5, shots=1, queries=5,
+                                      seed=0)
+        assert s.sample(0).classes.numel() == 5
+    args = build_parser().parse_args(["benchmark", "manifest", "--manifest", str(man), "--source", "text", "--target",
+                                      "image", "--cache-dir", str(tmp_path / "c"), "--quiet", "--split-classes", "10,6,6"])
+    bench = load_for_benchmark(config_from_args(args))
+    assert [len(bench.splits[k]) for k in ("meta_train", "meta_val", "meta_test")] == [10, 6, 6]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--split-classes", "10,6,5"], "--split-classes 10,6,5 sums to 21, but manifest has 22 target classes"),
+    (["--split-classes", "10,6"], "expected three class counts TRAIN,VAL,TEST"),
+    (["--split-classes", "0,11,11"], "class counts must all be in [1, 100000]"),
+    (["--ways", "8"], "22 target classes split 14/4/4 (meta-train/val/test) cannot give 8-way tasks"),
+])
+def test_split_errors_are_one_line_exit_2(tmp_path, capsys, extra, needle):
+    man = _manifest(tmp_path / "d", per_class=1)
+    for cmd in (["train", "manifest", "--checkpoint-dir", str(tmp_path / "run")], ["benchmark", "manifest", "--out", str(tmp_path / "o")]):
+        try:
+            rc = main([*cmd, "--manifest", str(man), "--source", "text", "--target", "image", "--cache-dir",
+                       str(tmp_path / "c"), "--quiet", *extra])
+        except SystemExit as exc:  # argparse's own usage errors
+            rc = exc.code
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+        assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "o" / "results.json").exists()
+
+
+def test_fixed_splits_refuse_split_classes(tmp_path):
+    from episodes.data import CrossModalDataset, Item
+    from episodes.prepare import make_class_split
+
+    items = [Item(id=str(i), label=f"c{i % 6}", modalities={"text": "x", "audio": "y"}) for i in range(12)]
+    ds = CrossModalDataset("fixed", "text", "audio", items,
+                           meta={"class_split": {"meta_train": ["c0", "c1"], "meta_val": ["c2", "c3"], "meta_test": ["c4", "c5"]}})
+    assert make_class_split(ds, ways=5)["meta_val"] == ["c2", "c3"]  # a documented split is kept as is
+    with pytest.raises(DataError, match="fixed, documented class split"):
+        make_class_split(ds, split_classes=(2, 2, 2))
