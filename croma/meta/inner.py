@@ -319,8 +319,10 @@ def run_higher(
     For every task a ``torch.optim.SGD`` / ``torch.optim.Adam`` with the loop's settings is
     turned into ``higher``'s differentiable optimiser (``higher.optim.get_diff_optim``, with
     ``track_higher_grads=False``: Reptile is first-order); each step computes the task loss with
-    ``loss_fn`` and calls ``diffopt.step(loss, params=...)``. Same inputs and outputs as
-    :func:`run_batched`; the adapted parameters equal the ``torch.func`` paths' up to rounding.
+    ``loss_fn`` and calls ``diffopt.step(loss, params=...)``. ``higher``'s Adam places ``eps``
+    before the bias correction; the step-``t`` override ``eps * sqrt(1 - beta2^t)`` makes it the
+    same update as ``torch.optim.Adam``. Same inputs and outputs as :func:`run_batched`; the
+    adapted parameters equal the ``torch.func`` paths' up to rounding.
 
     Raises:
         CromaError: ``higher`` is not installed (names the extra that installs it).
@@ -341,10 +343,13 @@ def run_higher(
                 opt = torch.optim.SGD(params, lr=cfg.lr)
             diffopt = higher.optim.get_diff_optim(opt, params, track_higher_grads=False)
             task_losses = []
-            for _ in range(cfg.steps):
+            for t in range(1, cfg.steps + 1):
                 loss = loss_fn({**const, **dict(zip(names, params))}, b)
                 task_losses.append(loss.detach())
-                params = list(diffopt.step(loss, params=params))
+                # higher 0.2.1's Adam adds eps to sqrt(v) *before* the bias correction (the update of
+                # PyTorch < 1.x); eps * sqrt(1 - b2^t) at step t gives torch.optim.Adam's update exactly
+                override = {"eps": [cfg.eps * math.sqrt(1.0 - cfg.beta2**t)]} if cfg.optimizer == "adam" else None
+                params = list(diffopt.step(loss, params=params, override=override))
             outs.append({k: p.detach() for k, p in zip(names, params)})
             losses.append(torch.stack(task_losses) if task_losses else torch.zeros(0, dtype=ref.dtype, device=ref.device))
     if n == 0:

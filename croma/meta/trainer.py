@@ -133,7 +133,7 @@ class TrainConfig:
     inner_lr: float = 1e-3
     inner_optimizer: str = "adam"
     inner_loop: str = "batched"
-    task_chunk: int = 4
+    task_chunk: int = 32
     meta_lr: float = 1.0
     meta_lr_final: float = 0.0
     ways: int = 5

@@ -4,15 +4,18 @@ The same workload runs through both paths, alternating, in one process: a meta-b
 ``meta_batch`` N-way K-shot source classification tasks (support + queries) with ``inner_steps``
 inner steps, on a synthetic benchmark with ``feature_dim``-d feature vectors and 2-layer MLP
 encoders (``feature_dim -> hidden -> embed_dim``) plus the shared classifier. One timed unit is
-``CromaTrainer.task_deltas`` for one outer iteration (task sampling, inner loops, the summed
-Reptile deltas). The last line printed is ``speedup: X.XX`` = median sequential time / median
-batched time.
+``CromaTrainer.chunked_deltas`` for one outer iteration (task sampling, inner loops, the summed
+Reptile deltas). Paths: batched (vmap), sequential (the reference), naive (learn2learn-style:
+deepcopy per task, ``torch.optim``, autograd) and ``higher`` when installed. Each path's FLOPs
+are counted (``FlopCounterMode``) and related to a 1024^2 float32 matmul timed in the same run.
+The last lines are ``speedup_vs_naive: X``, ``peak_fraction: X`` and ``speedup: X.XX`` = median
+sequential time / median batched time.
 
 With ``nproc > 1`` (:func:`run_scaling_bench`) it measures scaling instead: ``nproc`` local
 processes (one thread each, ``gloo``) form a process group; alternately, rank 0 alone runs a
 whole batched meta-batch (the 1-process figure; the others wait in a barrier) and all ranks run
-their share of one (round-robin task ids) followed by the ``all_reduce`` of the packed deltas,
-exactly as distributed training does. The last line is ``scaling: X.XX`` = tasks/s with
+their share of one (round-robin whole task chunks) followed by the ``all_reduce`` of the packed
+chunk deltas, exactly as distributed training does. The last line is ``scaling: X.XX`` = tasks/s with
 ``nproc`` processes / tasks/s with 1.
 """
 
@@ -60,7 +63,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _workload(inner_loop: str, *, repeats: int, meta_batch: int, device: str, inner_steps: int, inner_optimizer: str,
-              ways: int, shots: int, queries: int, feature_dim: int, hidden: int, embed_dim: int, seed: int):
+              ways: int, shots: int, queries: int, feature_dim: int, hidden: int, embed_dim: int, seed: int,
+              task_chunk: int | None = None):
     """The benchmark's :class:`CromaTrainer` (synthetic features, 2-layer MLP encoders, cls tasks)."""
     from croma.meta.trainer import CromaTrainer, TrainConfig
     from episodes.datasets.synthetic import make_synthetic_benchmark
@@ -77,7 +81,99 @@ def _workload(inner_loop: str, *, repeats: int, meta_batch: int, device: str, in
         model={"embed_dim": embed_dim, "hidden": hidden, "encoders": {bench.source: "mlp", bench.target: "mlp"},
                "encoder_hp": {bench.source: {"layers": 2}, bench.target: {"layers": 2}}},
     )
+    if task_chunk is not None:
+        base["task_chunk"] = task_chunk
     return CromaTrainer(TrainConfig(**base, inner_loop=inner_loop), bench)
+
+
+def naive_task_deltas(trainer, theta: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
+    """The meta-batch's summed Reptile deltas the way learn2learn-style code computes them.
+
+    Per task: ``copy.deepcopy`` of the model (holding ``theta``), a fresh ``torch.optim.Adam``
+    (or ``SGD``) over the parameters the task trains, and ``zero_grad`` / ``loss.backward()`` /
+    ``step()`` with plain autograd, one task after another. The reference point for what the
+    functional, batched path saves; the result equals :meth:`CromaTrainer.task_deltas` up to
+    rounding.
+    """
+    import copy
+
+    from croma.meta.functional import load_parameters
+    from croma.meta.tasks import derive_seed
+
+    cfg, icfg = trainer.cfg, trainer.inner_cfg
+    base = copy.deepcopy(trainer.model)
+    load_parameters(base, theta)
+    frozen = tuple(cfg.frozen)
+    deltas = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for fam_name, indices in trainer.locate(iteration, range(trainer.meta_batch)):
+        fam = trainer.families[fam_name]
+        batch = fam.sample(indices)
+        fam.begin(derive_seed(cfg.seed, "noise", iteration, fam_name, *indices))
+        for i in range(len(indices)):
+            b = {k: v[i] for k, v in batch.items()}
+            model = copy.deepcopy(base)
+            named = [(n, p) for n, p in model.named_parameters() if n in theta and fam.trainable(n) and not n.startswith(frozen)]
+            params = [p for _, p in named]
+            if icfg.optimizer == "adam":
+                opt = torch.optim.Adam(params, lr=icfg.lr, betas=(icfg.beta1, icfg.beta2), eps=icfg.eps)
+            else:
+                opt = torch.optim.SGD(params, lr=icfg.lr)
+            for _ in range(icfg.steps):
+                opt.zero_grad()
+                loss = fam.loss(model, b)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                for n, p in named:
+                    deltas[n] += p - theta[n]
+    return deltas
+
+
+def matmul_peak(n: int = 1024, reps: int = 3, device: torch.device | str = "cpu") -> list[float]:
+    """Seconds per ``[n, n] @ [n, n]`` float32 product, ``reps`` timings (after one warm-up)."""
+    dev = torch.device(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dev)
+    b = torch.randn(n, n, generator=g).to(dev)
+    out = torch.empty(n, n, device=dev)
+    torch.mm(a, b, out=out)
+    times = []
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (``torch.utils.flop_counter.FlopCounterMode``: matrix products,
+    convolutions, attention; elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def higher_available() -> bool:
+    """True when the optional ``higher`` package imports."""
+    try:
+        from croma.meta.inner import import_higher
+
+        import_higher()
+    except CromaError:
+        return False
+    return True
+
+
+PATH_NOTES = {
+    "batched": "torch.func, vmap over the tasks of a chunk",
+    "sequential": "torch.func, one task at a time",
+    "naive": "deepcopy per task + torch.optim + autograd",
+    "higher": "higher's differentiable optimisers, one task at a time",
+}
 
 
 def run_meta_bench(
@@ -97,9 +193,18 @@ def run_meta_bench(
     threads: int = 1,
     seed: int = 0,
     allocator: str = "default",
+    task_chunk: int | None = None,
+    higher: bool | None = None,
     out: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Time batched vs sequential inner loops on the same meta-batches.
+    """Time the inner-loop paths on the same meta-batches and relate them to a matmul peak.
+
+    Paths: ``batched`` (vmap), ``sequential`` (the reference), ``naive`` (learn2learn-style:
+    :func:`naive_task_deltas`) and, when installed, ``higher``. One timed unit is one
+    meta-batch's summed Reptile deltas (``CromaTrainer.chunked_deltas``, what training runs).
+    FLOPs of one meta-batch are counted per path with ``FlopCounterMode``; achieved GFLOP/s =
+    FLOPs / median time; the peak is the median rate of a 1024 x 1024 float32 matrix product,
+    timed in the same run between the meta-batches.
 
     Args:
         repeats: timed meta-batches per path (after one warm-up each).
@@ -109,14 +214,18 @@ def run_meta_bench(
         nproc: processes; > 1 runs :func:`run_scaling_bench` instead.
         threads: ``torch.set_num_threads`` for the run (restored afterwards).
         allocator: a note on the allocator settings, printed in the header (see :func:`tune_allocator`).
-        out: line printer (default ``print``); the last line is ``speedup: X.XX``.
+        task_chunk: ``TrainConfig.task_chunk`` (None: its default).
+        higher: time the ``higher`` path (None: when installed).
+        out: line printer (default ``print``); the last three lines are ``speedup_vs_naive: X``,
+            ``peak_fraction: X`` and ``speedup: X.XX`` (batched vs sequential).
 
     Returns:
-        ``{"batched_tasks_per_s", "sequential_tasks_per_s", "batched_ms", "sequential_ms",
-        "speedup", "max_abs_diff", "peak_rss_mib", "cuda_peak_mib" (or None), "device", ...}``.
+        ``{"<path>_ms", "<path>_tasks_per_s", "<path>_gflop", "<path>_gflops", "<path>_ms_range",
+        "speedup", "speedup_vs_naive", "peak_gflops", "peak_fraction", "max_abs_diff" (batched vs
+        sequential), "max_abs_diff_naive", "peak_rss_mib", "cuda_peak_mib" (or None), "paths", ...}``.
 
     Raises:
-        CromaError: bad sizes.
+        CromaError: bad sizes, or ``higher=True`` without the package.
     """
     from croma.meta.trainer import resolve_device
 
@@ -127,75 +236,101 @@ def run_meta_bench(
         return run_scaling_bench(
             nproc=nproc, repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps,
             inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
-            hidden=hidden, embed_dim=embed_dim, threads=threads, seed=seed, allocator=allocator, out=out,
+            hidden=hidden, embed_dim=embed_dim, threads=threads, seed=seed, allocator=allocator, task_chunk=task_chunk,
+            out=out,
         )
     for name, v, lo in (("repeats", repeats, 1), ("meta-batch", meta_batch, 1), ("inner-steps", inner_steps, 1)):
         if v < lo:
             raise CromaError(f"--{name} must be >= {lo} (got {v})")
+    if higher is None:
+        higher = higher_available()
+    elif higher:
+        from croma.meta.inner import import_higher
+
+        import_higher()
     dev = resolve_device(device)
+    paths = ["batched", "sequential", "naive"] + (["higher"] if higher else [])
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        trainers = {
-            mode: _workload(
-                mode, repeats=repeats, meta_batch=meta_batch, device=str(dev), inner_steps=inner_steps,
-                inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
-                hidden=hidden, embed_dim=embed_dim, seed=seed,
-            )
-            for mode in ("batched", "sequential")
-        }
+        kw = dict(
+            repeats=repeats, meta_batch=meta_batch, device=str(dev), inner_steps=inner_steps,
+            inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
+            hidden=hidden, embed_dim=embed_dim, seed=seed, task_chunk=task_chunk,
+        )
+        trainers = {mode: _workload(mode, **kw) for mode in paths if mode != "naive"}
+        trainers["naive"] = trainers["sequential"]
         theta = trainers["batched"].theta
-        times: dict[str, list[float]] = {"batched": [], "sequential": []}
+
+        def unit(mode: str, it: int):
+            if mode == "naive":
+                return naive_task_deltas(trainers[mode], theta, it)
+            return trainers[mode].chunked_deltas(theta, it)[0]
+
+        times: dict[str, list[float]] = {m: [] for m in paths}
         cuda_peak: dict[str, float] = {}
-        max_diff = 0.0
-        # warm-up (vmap's first call traces), then alternate, flipping the order each repeat
-        results = {m: trainers[m].task_deltas(theta, 0)[0] for m in times}
-        max_diff = max(float((results["batched"][k] - results["sequential"][k]).abs().max()) for k in theta)
+        # warm-up (vmap's first call traces) and the check that every path computes the same deltas
+        results = {m: unit(m, 0) for m in paths}
+        diffs = {m: max(float((results["batched"][k] - results[m][k]).abs().max()) for k in theta) for m in paths[1:]}
+        flops = {m: count_flops(lambda m=m: unit(m, 0)) for m in paths}
+        peak_times = matmul_peak(device=dev, reps=2)
         for r in range(repeats):
-            order = ("batched", "sequential") if r % 2 == 0 else ("sequential", "batched")
+            order = paths if r % 2 == 0 else paths[::-1]  # alternate, flipping the order each repeat
             for mode in order:
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 _sync(dev)
                 t0 = time.perf_counter()
-                trainers[mode].task_deltas(theta, r + 1)
+                unit(mode, r + 1)
                 _sync(dev)
                 times[mode].append(time.perf_counter() - t0)
                 if dev.type == "cuda":
                     cuda_peak[mode] = max(cuda_peak.get(mode, 0.0), torch.cuda.max_memory_allocated(dev) / 2**20)
+            peak_times += matmul_peak(device=dev, reps=2)
     finally:
         torch.set_num_threads(old_threads)
     med = {m: statistics.median(v) for m, v in times.items()}
+    peak_gflops = 2 * 1024**3 / statistics.median(peak_times) / 1e9
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-    speedup = med["sequential"] / med["batched"]
     res: dict[str, Any] = {
-        "device": str(dev),
-        "threads": threads,
-        "meta_batch": meta_batch,
-        "repeats": repeats,
-        "batched_ms": 1000 * med["batched"],
-        "sequential_ms": 1000 * med["sequential"],
-        "batched_tasks_per_s": meta_batch / med["batched"],
-        "sequential_tasks_per_s": meta_batch / med["sequential"],
-        "speedup": speedup,
-        "max_abs_diff": max_diff,
-        "peak_rss_mib": rss_mib,
-        "cuda_peak_mib": cuda_peak or None,
+        "device": str(dev), "threads": threads, "meta_batch": meta_batch, "repeats": repeats, "paths": paths,
+        "task_chunk": trainers["batched"].cfg.task_chunk, "peak_gflops": peak_gflops,
+        "peak_gflops_range": (2 * 1024**3 / max(peak_times) / 1e9, 2 * 1024**3 / min(peak_times) / 1e9),
+        "max_abs_diff": diffs["sequential"], "max_abs_diff_naive": diffs["naive"],
+        "max_abs_diff_higher": diffs.get("higher"), "peak_rss_mib": rss_mib, "cuda_peak_mib": cuda_peak or None,
         "allocator": allocator,
     }
+    for m in paths:
+        res[f"{m}_ms"] = 1000 * med[m]
+        res[f"{m}_ms_range"] = (1000 * min(times[m]), 1000 * max(times[m]))
+        res[f"{m}_tasks_per_s"] = meta_batch / med[m]
+        res[f"{m}_gflop"] = flops[m] / 1e9
+        res[f"{m}_gflops"] = flops[m] / 1e9 / med[m]
+    res["speedup"] = med["sequential"] / med["batched"]
+    res["speedup_vs_naive"] = med["naive"] / med["batched"]
+    res["peak_fraction"] = res["batched_gflops"] / peak_gflops
     out(
         f"croma bench meta: {meta_batch} tasks/meta-batch ({ways}-way {shots}-shot + {queries} queries), "
         f"{inner_steps} inner steps ({inner_optimizer}), 2-layer MLP encoders {feature_dim}->{hidden}->{embed_dim}, "
-        f"device {dev}, {threads} thread(s), {repeats} repeats, allocator {allocator}"
+        f"task chunks of {res['task_chunk'] or 'a whole family'}, device {dev}, {threads} thread(s), {repeats} repeats, "
+        f"allocator {allocator}"
     )
-    for m in ("batched", "sequential"):
-        line = f"{m:<10}: {res[f'{m}_tasks_per_s']:8.1f} tasks/s  (median {res[f'{m}_ms']:.1f} ms per meta-batch)"
+    lo, hi = res["peak_gflops_range"]
+    out(f"matmul peak: {peak_gflops:.1f} GFLOP/s (1024x1024 float32, median of {len(peak_times)}; range {lo:.1f}-{hi:.1f})")
+    for m in paths:
+        a, b = res[f"{m}_ms_range"]
+        line = (f"{m:<10}: {res[f'{m}_tasks_per_s']:8.1f} tasks/s  (median {res[f'{m}_ms']:.1f} ms per meta-batch, "
+                f"range {a:.1f}-{b:.1f}; {res[f'{m}_gflop']:.3f} GFLOP, {res[f'{m}_gflops']:.1f} GFLOP/s = "
+                f"{100 * res[f'{m}_gflops'] / peak_gflops:.0f}% of peak)  [{PATH_NOTES[m]}]")
         if cuda_peak:
             line += f"  peak CUDA memory {cuda_peak[m]:.1f} MiB"
         out(line)
-    out(f"max |batched - sequential| Reptile delta: {max_diff:.2e}")
+    for m in paths[1:]:
+        out(f"max |batched - {m}| Reptile delta: {diffs[m]:.2e}")
     out(f"peak memory (process max RSS): {rss_mib:.1f} MiB")
-    out(f"speedup: {speedup:.2f}")
+    out(f"speedup_vs_naive: {res['speedup_vs_naive']:.2f}")
+    out(f"peak_fraction: {res['peak_fraction']:.3f}")
+    out(f"speedup: {res['speedup']:.2f}")
     return res
 
 
@@ -220,15 +355,16 @@ def run_scaling_bench(
     seed: int = 0,
     allocator: str = "default",
     timeout_s: float = 120.0,
+    task_chunk: int | None = None,
     out: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Tasks/s of batched meta-batches with 1 process and with ``nproc`` processes, in one run.
 
     Starts ``nproc`` local ranks (:func:`croma.distributed.launch_local`, ``threads`` threads
     each; ``gloo`` on CPU, ``nccl`` with one GPU per rank on CUDA). Per repeat, in alternating
-    order: rank 0 alone computes ``CromaTrainer.task_deltas`` of a whole meta-batch (1 process),
-    and every rank computes its round-robin share followed by the packed ``all_reduce`` of
-    :meth:`croma.distributed.Distributed.reduce_deltas` (``nproc`` processes; timed on rank 0
+    order: rank 0 alone computes ``CromaTrainer.chunked_deltas`` of a whole meta-batch (1 process),
+    and every rank computes its round-robin share of the task chunks followed by the packed
+    ``all_reduce`` of :meth:`croma.distributed.Distributed.reduce_chunks` (``nproc`` processes; timed on rank 0
     between barriers). Prints the load average before and after (other processes on the machine
     distort the figures) and, last, ``scaling: X.XX`` (median 1-process time / median
     ``nproc``-process time).
@@ -258,7 +394,7 @@ def run_scaling_bench(
     spec = dict(
         repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
         ways=ways, shots=shots, queries=queries, feature_dim=feature_dim, hidden=hidden, embed_dim=embed_dim,
-        seed=seed, threads=threads, timeout_s=timeout_s, tune_allocator=allocator != "default",
+        seed=seed, threads=threads, timeout_s=timeout_s, tune_allocator=allocator != "default", task_chunk=task_chunk,
     )
     with tempfile.TemporaryDirectory(prefix="croma-bench-") as tmp:
         spec["result"] = os.path.join(tmp, "result.json")
@@ -317,20 +453,31 @@ def _scaling_worker(spec_path: str) -> int:
         "batched", repeats=spec["repeats"], meta_batch=spec["meta_batch"], device=str(dev), inner_steps=spec["inner_steps"],
         inner_optimizer=spec["inner_optimizer"], ways=spec["ways"], shots=spec["shots"], queries=spec["queries"],
         feature_dim=spec["feature_dim"], hidden=spec["hidden"], embed_dim=spec["embed_dim"], seed=spec["seed"],
+        task_chunk=spec.get("task_chunk"),
     )
     dist = Distributed(env, dev, timeout_s=spec["timeout_s"])
     try:
         theta = trainer.theta
-        n = spec["meta_batch"]
-        mine = dist.shard(n)
-        reduce = dist.reduce_deltas([f for f, _ in trainer.plan])
+        if trainer.cfg.task_chunk > 0:  # what training does: whole chunks per rank, rows summed in chunk order
+            mine = dist.shard(len(trainer.chunks))
 
-        def shared(it: int):
-            d, k, l = trainer.task_deltas(theta, it, mine)
-            return reduce(d, k, l)
+            def whole_batch(it: int):
+                return trainer.chunked_deltas(theta, it)
+
+            def shared(it: int):
+                return trainer.chunked_deltas(theta, it, mine, dist.reduce_chunks)
+        else:
+            ids = dist.shard(spec["meta_batch"])
+            reduce = dist.reduce_deltas([f for f, _ in trainer.plan])
+
+            def whole_batch(it: int):
+                return trainer.task_deltas(theta, it)
+
+            def shared(it: int):
+                return reduce(*trainer.task_deltas(theta, it, ids))
 
         # warm-up: both shapes once (and the check that the shares sum to the whole)
-        whole = trainer.task_deltas(theta, 0)[0] if dist.rank == 0 else None
+        whole = whole_batch(0)[0] if dist.rank == 0 else None
         summed, total, _ = shared(0)
         max_diff = max(float((whole[k] - summed[k]).abs().max()) for k in theta) if dist.rank == 0 else 0.0
         t1: list[float] = []
@@ -342,7 +489,7 @@ def _scaling_worker(spec_path: str) -> int:
                 t0 = time.perf_counter()
                 if what == "one":
                     if dist.rank == 0:
-                        trainer.task_deltas(theta, 2 * r + 1)
+                        whole_batch(2 * r + 1)
                         _sync(dev)
                         t1.append(time.perf_counter() - t0)
                 else:
