@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_layouts import write_wav
 
 from croma.backbones import build_embedders, check_backbones, load_prepared
 from croma.backbones.efficientnet_lite import SameConv2d, load_efficientnet_lite0
 from croma.cli import main
 from croma.errors import CromaError
-from tests.fixtures_layouts import write_wav
 
 torch.set_num_threads(1)
 
