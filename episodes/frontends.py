@@ -255,8 +255,25 @@ def _pil_open(path: Path):
     return Image.open(path)
 
 
+IMAGE_ALPHA = "white"  # transparent pixels are composited over white (part of image cache keys)
+
+
+def _to_rgb(im):
+    """A PIL image -> RGB; images with transparency (RGBA, LA, palette with a transparent colour)
+    are composited over white, so what a transparent pixel happens to store does not leak in."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.alpha_composite(rgba)
+        return out.convert("RGB")
+    return im.convert("RGB")
+
+
 def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
-    """Decode an image file, convert to RGB and resize (bilinear) to ``size x size``.
+    """Decode an image file, convert to RGB (transparency composited over white) and resize
+    (bilinear) to ``size x size``.
 
     Returns:
         ``uint8 [3, size, size]``.
@@ -271,7 +288,7 @@ def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
         from PIL import Image
 
         with _pil_open(p) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            im = _to_rgb(im).resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # PIL raises UnidentifiedImageError / OSError on bad data
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

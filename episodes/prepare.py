@@ -43,6 +43,7 @@ from episodes.data import SPLITS, CrossModalDataset, Item, ModalityData, Prepare
 from episodes.embedding import Embedder
 from episodes.errors import DataError
 from episodes.frontends import (
+    IMAGE_ALPHA,
     FrontendSettings,
     LogMel,
     images_from_arrays,
@@ -252,6 +253,7 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
     else:
         key = hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality,
                         "settings": settings.for_modality(modality),
+                        **({"alpha": IMAGE_ALPHA} if modality == "image" else {}),
                         "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
         out, status = cache.get_or_build(f"{name}/{modality}", key, build)
         if out["features"].shape[0] != len(items) or out["ok"].shape[0] != len(items):

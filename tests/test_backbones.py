@@ -328,3 +328,20 @@ def test_cli_backbone_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
         assert not os.path.exists(tmp_path / "o" / "results.json")
+
+
+def test_transparent_pixels_are_white_whatever_they_store(tmp_path):
+    from PIL import Image
+
+    from episodes.frontends import load_image_uint8
+
+    arr = np.zeros((4, 4, 4), dtype=np.uint8)
+    arr[..., :3] = (10, 200, 30)  # colour stored under full transparency (as emoji PNGs do)
+    arr[:2, :, 3] = 0
+    arr[2:, :, 3] = 255
+    Image.fromarray(arr, "RGBA").save(tmp_path / "a.png")
+    img = load_image_uint8(tmp_path / "a.png", 4)
+    assert img[:, :2].eq(255).all()
+    assert img[:, 3].tolist() == [[10] * 4, [200] * 4, [30] * 4]
+    Image.fromarray(arr[..., 3], "L").save(tmp_path / "gray.png")  # no alpha: converted as before
+    assert load_image_uint8(tmp_path / "gray.png", 4)[:, 0].eq(0).all()

@@ -44,8 +44,10 @@ class ImageEmbedder(Embedder):
         self.weights_digest = weights_digest
 
     def cache_key(self) -> dict[str, Any]:
+        from episodes.frontends import IMAGE_ALPHA
+
         return {"backbone": self.name, "weights": self.weights_digest, "size": self.size, "resize": "bilinear",
-                "normalise": "imagenet", "pool": "global-average"}
+                "alpha": IMAGE_ALPHA, "normalise": "imagenet", "pool": "global-average"}
 
     def decode(self, value: Any) -> torch.Tensor:
         from episodes.frontends import images_from_arrays, load_image_uint8
