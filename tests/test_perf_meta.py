@@ -60,3 +60,35 @@ def test_bench_meta_no_higher_and_task_chunk(capsys):
     assert "task chunks of 1" in lines[0]
     rc = main(["bench", "meta", *TINY, "--task-chunk", "-1"])
     assert rc == 2 and "--task-chunk" in capsys.readouterr().err
+
+
+def test_compiled_batched_step_equals_eager(monkeypatch):
+    """The torch.compile lever: graph capture of the vmapped step (backend "eager" keeps the test fast;
+    `croma bench meta --compile` times inductor)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    import croma.meta.inner as inner
+    from croma.meta.functional import FunctionalModel, meta_parameters
+    from croma.meta.trainer import TrainConfig
+
+    monkeypatch.setattr(inner, "_COMPILE_BACKEND", "eager")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3))
+    fm = FunctionalModel(net)
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.randn(3, 9, 6, generator=g), "y": torch.randint(0, 3, (3, 9), generator=g)}
+
+    def loss_fn(p, b):
+        return fm(p, lambda m, x: F.cross_entropy(m(x["x"]), x["y"]), b)
+
+    theta = meta_parameters(net)
+    got, got_l = inner.run_batched(loss_fn, theta, {}, batch, inner.InnerConfig(steps=3, lr=0.05, compile=True))
+    ref, ref_l = inner.run_batched(loss_fn, theta, {}, batch, inner.InnerConfig(steps=3, lr=0.05))
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_l, ref_l, atol=1e-6, rtol=1e-5)
+    tr = _workload("batched", repeats=1, meta_batch=2, device="cpu", inner_steps=1, inner_optimizer="adam", ways=3, shots=2,
+                   queries=1, feature_dim=12, hidden=16, embed_dim=8, seed=0, compile_inner=True)
+    assert tr.inner_cfg.compile and not TrainConfig().compile_inner

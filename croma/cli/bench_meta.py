@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
                    help="tasks per batched chunk, as in croma train (default: croma train's default; 0: one chunk "
                    "per task family)")
     p.add_argument("--no-higher", action="store_true", help="do not time the 'higher' path even when it is installed")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the batched path through torch.compile (its compile time is printed separately)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default malloc thresholds (by default large freed buffers are kept for reuse)")
     p.set_defaults(func=run)
@@ -55,6 +57,6 @@ def run(args) -> int:
         allocator=allocator,
         repeats=args.repeats, meta_batch=meta_batch, device=args.device, nproc=args.nproc,
         inner_steps=args.inner_steps, inner_optimizer=args.inner_optimizer, hidden=args.hidden, threads=args.threads,
-        task_chunk=args.task_chunk, higher=False if args.no_higher else None,
+        task_chunk=args.task_chunk, higher=False if args.no_higher else None, compile=args.compile,
     )
     return 0

@@ -49,6 +49,9 @@ def add_parser(sub) -> None:
                    help="tasks per batched inner-loop chunk; chunks are summed in a fixed order and shared whole "
                    "between processes, so results do not depend on --nproc (more chunks than processes keep them "
                    "all busy; smaller chunks cost speed per process; 0: one chunk per task family; default 32)")
+    p.add_argument("--compile-inner", action="store_true",
+                   help="run the batched inner step through torch.compile (faster per step after a one-off compile "
+                   "of each chunk shape: tens of seconds on CPU; see 'croma bench meta --compile')")
     p.add_argument("--meta-lr", type=float, default=1.0, help="Reptile step size at the start (default 1.0)")
     p.add_argument("--meta-lr-final", type=float, default=0.0, help="Reptile step size at the end (linear; default 0)")
     p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
@@ -93,7 +96,8 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         benchmark=args.bench, features=args.features, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
         source=args.source, target=args.target, loss=args.loss, iterations=args.iterations,
         meta_batch=args.meta_batch, task_mix=args.task_mix, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-        inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, task_chunk=args.task_chunk, meta_lr=args.meta_lr,
+        inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, task_chunk=args.task_chunk,
+        compile_inner=args.compile_inner, meta_lr=args.meta_lr,
         meta_lr_final=args.meta_lr_final, ways=args.ways, shots=args.shots, queries=args.queries,
         align_batch=args.align_batch, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
         eval_shots=list(args.eval_shots), finetune=args.finetune, finetune_steps=args.finetune_steps,

@@ -54,7 +54,12 @@ LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], torc
 
 @dataclass(frozen=True)
 class InnerConfig:
-    """An inner loop: ``steps`` updates of ``optimizer`` (``sgd`` | ``adam``) at rate ``lr``."""
+    """An inner loop: ``steps`` updates of ``optimizer`` (``sgd`` | ``adam``) at rate ``lr``.
+
+    ``compile``: :func:`run_batched` runs its vmapped gradient step through ``torch.compile``
+    (inductor; compiled once per input shape and cached by PyTorch; the first call of each shape
+    pays the compile time, tens of seconds on CPU).
+    """
 
     steps: int = 5
     lr: float = 1e-3
@@ -62,6 +67,7 @@ class InnerConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in INNER_OPTIMIZERS:
@@ -257,6 +263,8 @@ def run_batched(
     first_dims = {k: (0 if k in per_task else None) for k in trainable}
     first = vmap(gv, in_dims=(first_dims, None, 0), randomness="different")
     rest = vmap(gv, in_dims=(0, None, 0), randomness="different")
+    if cfg.compile:
+        first, rest = _compiled(first), _compiled(rest)
     params = {
         k: (v.detach().clone() if k in per_task else v.detach().unsqueeze(0).expand(n, *v.shape).clone())
         for k, v in trainable.items()
@@ -272,6 +280,17 @@ def run_batched(
     ref = next(iter(trainable.values()))
     loss_mat = torch.stack(losses, dim=1) if losses else torch.zeros(n, 0, dtype=ref.dtype, device=ref.device)
     return params, loss_mat
+
+
+_COMPILE_BACKEND = "inductor"  # tests use "eager" (graph capture without code generation)
+
+
+def _compiled(fn):
+    """``torch.compile(fn)`` with static shapes (PyTorch caches the compiled code per shape)."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # families x chunk shapes
+    return torch.compile(fn, dynamic=False, backend=_COMPILE_BACKEND)
 
 
 def run_sequential(

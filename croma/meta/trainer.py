@@ -89,6 +89,8 @@ class TrainConfig:
             chunks' Reptile deltas are summed in chunk order; processes of a distributed run take
             whole chunks, so the meta-parameters do not depend on the number of processes
             (bitwise on CPU). 0: one chunk per family (rounding then depends on the world size).
+        compile_inner: run the batched inner step through ``torch.compile`` (faster per step
+            after a one-off compile per chunk shape; see :class:`croma.meta.inner.InnerConfig`).
         meta_lr, meta_lr_final: Reptile step size, linearly annealed over the run.
         ways, shots, queries: classification episodes (source tasks and evaluation).
         align_batch: pairs per alignment task.
@@ -134,6 +136,7 @@ class TrainConfig:
     inner_optimizer: str = "adam"
     inner_loop: str = "batched"
     task_chunk: int = 32
+    compile_inner: bool = False
     meta_lr: float = 1.0
     meta_lr_final: float = 0.0
     ways: int = 5
@@ -389,7 +392,8 @@ class CromaTrainer:
             )
             for name, _ in self.plan
         }
-        self.inner_cfg = InnerConfig(steps=cfg.inner_steps, lr=cfg.inner_lr, optimizer=cfg.inner_optimizer)
+        self.inner_cfg = InnerConfig(steps=cfg.inner_steps, lr=cfg.inner_lr, optimizer=cfg.inner_optimizer,
+                                     compile=bool(cfg.compile_inner))
         self.theta: Params = meta_parameters(self.model)
         self.best_theta: Params | None = None
         self.iteration = 0

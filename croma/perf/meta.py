@@ -64,7 +64,7 @@ def _sync(device: torch.device) -> None:
 
 def _workload(inner_loop: str, *, repeats: int, meta_batch: int, device: str, inner_steps: int, inner_optimizer: str,
               ways: int, shots: int, queries: int, feature_dim: int, hidden: int, embed_dim: int, seed: int,
-              task_chunk: int | None = None):
+              task_chunk: int | None = None, compile_inner: bool = False):
     """The benchmark's :class:`CromaTrainer` (synthetic features, 2-layer MLP encoders, cls tasks)."""
     from croma.meta.trainer import CromaTrainer, TrainConfig
     from episodes.datasets.synthetic import make_synthetic_benchmark
@@ -83,7 +83,7 @@ def _workload(inner_loop: str, *, repeats: int, meta_batch: int, device: str, in
     )
     if task_chunk is not None:
         base["task_chunk"] = task_chunk
-    return CromaTrainer(TrainConfig(**base, inner_loop=inner_loop), bench)
+    return CromaTrainer(TrainConfig(**base, inner_loop=inner_loop, compile_inner=compile_inner), bench)
 
 
 def naive_task_deltas(trainer, theta: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
@@ -173,6 +173,7 @@ PATH_NOTES = {
     "sequential": "torch.func, one task at a time",
     "naive": "deepcopy per task + torch.optim + autograd",
     "higher": "higher's differentiable optimisers, one task at a time",
+    "compiled": "the batched path through torch.compile",
 }
 
 
@@ -195,6 +196,7 @@ def run_meta_bench(
     allocator: str = "default",
     task_chunk: int | None = None,
     higher: bool | None = None,
+    compile: bool = False,
     out: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time the inner-loop paths on the same meta-batches and relate them to a matmul peak.
@@ -216,6 +218,9 @@ def run_meta_bench(
         allocator: a note on the allocator settings, printed in the header (see :func:`tune_allocator`).
         task_chunk: ``TrainConfig.task_chunk`` (None: its default).
         higher: time the ``higher`` path (None: when installed).
+        compile: also time ``compiled`` (the batched path through ``torch.compile``); its
+            compile time (first meta-batch minus a later one) is reported separately, and its
+            FLOPs are the batched path's (the same computation).
         out: line printer (default ``print``); the last three lines are ``speedup_vs_naive: X``,
             ``peak_fraction: X`` and ``speedup: X.XX`` (batched vs sequential).
 
@@ -249,7 +254,7 @@ def run_meta_bench(
 
         import_higher()
     dev = resolve_device(device)
-    paths = ["batched", "sequential", "naive"] + (["higher"] if higher else [])
+    paths = ["batched", "sequential", "naive"] + (["higher"] if higher else []) + (["compiled"] if compile else [])
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -258,7 +263,9 @@ def run_meta_bench(
             inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
             hidden=hidden, embed_dim=embed_dim, seed=seed, task_chunk=task_chunk,
         )
-        trainers = {mode: _workload(mode, **kw) for mode in paths if mode != "naive"}
+        trainers = {mode: _workload(mode, **kw) for mode in paths if mode not in ("naive", "compiled")}
+        if compile:
+            trainers["compiled"] = _workload("batched", compile_inner=True, **kw)
         trainers["naive"] = trainers["sequential"]
         theta = trainers["batched"].theta
 
@@ -270,9 +277,15 @@ def run_meta_bench(
         times: dict[str, list[float]] = {m: [] for m in paths}
         cuda_peak: dict[str, float] = {}
         # warm-up (vmap's first call traces) and the check that every path computes the same deltas
-        results = {m: unit(m, 0) for m in paths}
+        results, first_s = {}, {}
+        for m in paths:
+            t0 = time.perf_counter()
+            results[m] = unit(m, 0)
+            first_s[m] = time.perf_counter() - t0
         diffs = {m: max(float((results["batched"][k] - results[m][k]).abs().max()) for k in theta) for m in paths[1:]}
-        flops = {m: count_flops(lambda m=m: unit(m, 0)) for m in paths}
+        flops = {m: count_flops(lambda m=m: unit(m, 0)) for m in paths if m != "compiled"}
+        if compile:
+            flops["compiled"] = flops["batched"]
         peak_times = matmul_peak(device=dev, reps=2)
         for r in range(repeats):
             order = paths if r % 2 == 0 else paths[::-1]  # alternate, flipping the order each repeat
@@ -306,6 +319,8 @@ def run_meta_bench(
         res[f"{m}_tasks_per_s"] = meta_batch / med[m]
         res[f"{m}_gflop"] = flops[m] / 1e9
         res[f"{m}_gflops"] = flops[m] / 1e9 / med[m]
+    if compile:
+        res["compile_s"] = first_s["compiled"] - med["compiled"]
     res["speedup"] = med["sequential"] / med["batched"]
     res["speedup_vs_naive"] = med["naive"] / med["batched"]
     res["peak_fraction"] = res["batched_gflops"] / peak_gflops
@@ -325,6 +340,8 @@ def run_meta_bench(
         if cuda_peak:
             line += f"  peak CUDA memory {cuda_peak[m]:.1f} MiB"
         out(line)
+    if compile:
+        out(f"compile time (torch.compile of the batched step, all shapes of the first meta-batch): {res['compile_s']:.1f} s")
     for m in paths[1:]:
         out(f"max |batched - {m}| Reptile delta: {diffs[m]:.2e}")
     out(f"peak memory (process max RSS): {rss_mib:.1f} MiB")
