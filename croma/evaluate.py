@@ -460,16 +460,20 @@ def choose_head_init(
 
 
 def format_results(result: Mapping[str, Any]) -> str:
-    """A text table of :func:`evaluate_kshot` results."""
+    """A text table of :func:`evaluate_kshot` results: mean ± 95% interval over episodes."""
+    eps = result["rows"][0].get("episodes") if result["rows"] else None
     lines = [
         f"{result['split']}: {result['ways']}-way, {result['tasks']} tasks x {result['repeats']} repeats, "
         f"{result['queries']} queries/class, head init {result['head_init']}, fine-tune {result['finetune']}",
         f"{'shots':>5}  {'accuracy (%)':>16}  {'nearest centroid (%)':>20}",
     ]
     for r in result["rows"]:
-        acc = f"{r['accuracy_mean']:6.2f} ± {r['accuracy_std']:5.2f}"
-        cen = f"{r['centroid_mean']:6.2f} ± {r['centroid_std']:5.2f}" if "centroid_mean" in r else "-"
+        spread, cspread = r.get("accuracy_ci95", r["accuracy_std"]), r.get("centroid_ci95", r.get("centroid_std"))
+        acc = f"{r['accuracy_mean']:6.2f} ± {spread:5.2f}"
+        cen = f"{r['centroid_mean']:6.2f} ± {cspread:5.2f}" if "centroid_mean" in r else "-"
         lines.append(f"{r['shots']:>5}  {acc:>16}  {cen:>20}")
+    if eps:
+        lines.append(f"± is the 95% interval over {eps} episodes (1.96·sd/√n)")
     ret = result.get("retrieval")
     if ret:
         lines.append(
