@@ -127,3 +127,12 @@ def test_cli_errors_are_one_line_exit_2(argv, needle, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_budget_seconds_is_an_option_and_never_cuts_a_run_to_nothing(tmp_path):
+    """Wall-clock mode (exploration): trains until the time is spent, with at least one step."""
+    res = run_benchmark(_cfg(tmp_path, methods=["align-classify", "croma"], budget_steps=None, budget_seconds=0.5,
+                             shots=[1], out=None), bench=_bench())
+    steps = {r["method"]: r["optimizer_steps"] for r in res["rows"]}
+    assert steps["align-classify"] >= 1 and steps["croma"] >= 40  # croma: whole iterations of 8 tasks x 5 steps
+    assert res["budget_steps"] is None and res["config"]["budget_seconds_per_method"] == 0.5
