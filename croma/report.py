@@ -5,10 +5,16 @@ from a saved file.
 
 ``results.json``::
 
-    {"benchmark", "loss", "ways", "label_noise", "preset", "seed", "wall_seconds",
+    {"benchmark", "loss", "ways", "label_noise", "preset", "seed", "wall_seconds", "budget_steps",
+     "train_seeds",
      "rows": [{"method", "shots", "accuracy_mean", "accuracy_std", "repeats",
+               "accuracy_ci95", "episodes", "accuracy_seed_std", "examples",
                "target_samples", "target_labels", ...}],
+     "comparisons": [{"method", "baseline", "shots", "mean_diff", "ci95_low", "ci95_high", "episodes"}],
      "config": {...}}
+
+``accuracy_ci95`` is the 95% half-width over episodes; ``comparisons`` are paired over the same
+episodes (accuracy points, :func:`croma.stats.paired_comparison`).
 
 Accuracies are in percent.
 """
