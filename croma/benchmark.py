@@ -23,7 +23,7 @@ from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.meta.trainer import TrainConfig, bench_to, resolve_device
 from croma.report import write_noise_sweep, write_results
-from croma.stats import mean_ci95, paired_comparison, seed_std
+from croma.stats import mean_ci95, mean_std, paired_comparison, seed_std
 
 # Presets. Budgets are optimiser steps per trained method (see croma.baselines.common), the same
 # for every method; nothing depends on timing. ``quick`` is the main job (make demo): 600 meta-test
@@ -277,7 +277,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             episodes[(name, int(k))] = ep
             mean, ci = mean_ci95(ep)
             reps = [sum(p["accuracies"][r] for p in per_seed) / len(per_seed) for r in range(repeats)]
-            rep_std = _std(reps)
+            rep_std = mean_std(reps)[1]
             cen = None
             if all("centroid_episode_accuracies" in p for p in per_seed):
                 cen_ep = [sum(p["centroid_episode_accuracies"][i] for p in per_seed) / len(per_seed) for i in range(n_ep)]
@@ -340,13 +340,6 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     if cfg.out:
         write_results(result, cfg.out)
     return result
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float]) -> list[dict[str, Any]]:

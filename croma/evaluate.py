@@ -19,7 +19,6 @@ Also reported:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +31,7 @@ from croma.errors import CromaError
 from croma.meta.functional import FunctionalModel, Params, meta_parameters
 from croma.meta.inner import InnerConfig, adapt, run_batched
 from croma.meta.tasks import derive_seed, model_inputs
-from croma.stats import mean_ci95
+from croma.stats import mean_ci95, mean_std
 from episodes.data import PreparedBenchmark
 from episodes.errors import DataError
 from episodes.samplers import ClassificationTaskSampler
@@ -102,13 +101,6 @@ class EvalConfig:
         if self.inner_loop not in ("batched", "sequential"):
             raise ValueError(f"inner_loop must be batched or sequential (got {self.inner_loop!r})")
         InnerConfig(steps=self.finetune_steps, lr=self.finetune_lr, optimizer=self.finetune_optimizer)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
 
 
 def target_param_names(model: nn.Module, target: str, names: Sequence[str]) -> set[str]:
@@ -261,13 +253,6 @@ class _Episodes:
             return torch.stack([self.centroid_accuracy(theta, {k: batch[k][i] for k in fields}) for i in range(n)])
         return self._centroid_from(z_all[batch["rs"]], batch["ys"], z_all[batch["rq"]], batch["yq"])
 
-    def run(self, fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``fn`` over the tasks of ``batch`` (leading task dim): vmapped, or a loop. Returns ``[T]``."""
-        if self.cfg.inner_loop == "batched":
-            return vmap(fn, in_dims=(None, 0))(dict(theta), dict(batch))
-        n = next(iter(batch.values())).shape[0]
-        return torch.stack([fn(theta, {k: v[i] for k, v in batch.items()}) for i in range(n)])
-
 
 def _run_shared(fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], dist: Any) -> torch.Tensor:
     """``fn(theta, batch) -> [T]`` over all tasks of ``batch``, or (``dist``) over this rank's share, gathered."""
@@ -340,7 +325,7 @@ def _retrieval(
             recalls[k].append(100.0 * float((rank < k).float().mean()))
     out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats}
     for k, vals in recalls.items():
-        out[f"r{k}_mean"], out[f"r{k}_std"] = _mean_std(vals)
+        out[f"r{k}_mean"], out[f"r{k}_std"] = mean_std(vals)
     return out
 
 
@@ -405,12 +390,12 @@ def evaluate_kshot(
                 per_ep_c += [100.0 * float(a) for a in cen.tolist()]
                 cents.append(100.0 * float(cen.mean()))
         row: dict[str, Any] = {"shots": int(k), "repeats": cfg.repeats, "accuracies": accs, "episodes": len(per_ep)}
-        row["accuracy_mean"], row["accuracy_std"] = _mean_std(accs)
+        row["accuracy_mean"], row["accuracy_std"] = mean_std(accs)
         row["accuracy_ci95"] = mean_ci95(per_ep)[1]
         row["episode_accuracies"] = per_ep
         if cents:
             row["centroid_accuracies"] = cents
-            row["centroid_mean"], row["centroid_std"] = _mean_std(cents)
+            row["centroid_mean"], row["centroid_std"] = mean_std(cents)
             row["centroid_ci95"] = mean_ci95(per_ep_c)[1]
             row["centroid_episode_accuracies"] = per_ep_c
         rows.append(row)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["Z95", "mean_ci95", "paired_comparison", "seed_std"]
+__all__ = ["Z95", "mean_ci95", "mean_std", "paired_comparison", "seed_std"]
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -51,6 +51,14 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     var = math.fsum((x - mean) ** 2 for x in v) / (n - 1)
     return mean, Z95 * math.sqrt(var / n)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation (Bessel; 0 for one value) of a few numbers, e.g. per-repeat means."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

@@ -13,7 +13,6 @@ a candidate too) and the meta-test fine-tuning settings.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -259,21 +258,6 @@ def meta_val_score(ctx: MethodContext, model: nn.Module, params: dict[str, torch
         res = evaluate_kshot(model, bench, c, params=params, inputs=inputs)
         scores.append(sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"]))
     return max(scores)
-
-
-class Stopwatch:
-    """Wall-clock budget helper."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = float(seconds)
-        self.start = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def expired(self) -> bool:
-        return self.elapsed >= self.seconds
 
 
 def finish(
