@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("udhr-speech", "cifar-esc50", "yummly", "wilderness", "manifest", "synthetic")
+
+def benchmark_names() -> list[str]:
+    """Names ``NAME`` accepts: every registered data set (:func:`episodes.datasets.list_datasets`)."""
+    from episodes.datasets import list_datasets
+
+    return list_datasets()
+
+
+def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's names, read when asked
+    if name == "BENCHMARKS":
+        return tuple(benchmark_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _float_list(text: str) -> list[float]:
@@ -33,7 +44,7 @@ def add_parser(sub) -> None:
         description="Reproduce the CROMA paper's Table 1 shape on a benchmark: meta-train each method "
         "under the same budget, meta-test on unseen target classes.",
     )
-    p.add_argument("name", choices=BENCHMARKS, metavar="NAME", help=f"one of {', '.join(BENCHMARKS)}")
+    p.add_argument("name", choices=benchmark_names(), metavar="NAME", help=f"one of {', '.join(benchmark_names())}")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of: {', '.join(list_methods())}, or 'all' (default: the preset's methods that apply)")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="k-shot settings (default 1 5 10)")
