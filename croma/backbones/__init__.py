@@ -29,19 +29,107 @@ features). Nothing is ever downloaded: weights come from local files or the whee
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 
 from croma.errors import CromaError
+from episodes.registry import Registry
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONES", "PRETRAINED", "check_backbones", "build_embedders", "compact_modalities"]
+__all__ = ["BACKBONES", "BACKBONE_REGISTRIES", "BackboneInfo", "DEFAULT_BACKBONES", "PRETRAINED", "check_backbones",
+           "build_embedders", "compact_modalities", "list_backbones", "register_backbone"]
 
-BACKBONES: dict[str, tuple[str, ...]] = {
-    "image": ("pixels", "efficientnet-lite0", "resnet18"),
-    "text": ("ngrams", "hf"),
-    "audio": ("logmel-boaw", "hf"),
-}
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the registry knows about one backbone.
+
+    Attributes:
+        pretrained: a frozen model whose embeddings are computed by an Embedder (built by the
+            registered builder ``builder(image_weights=, text_model=, audio_model=, device=)``);
+            false for the toolkit's own front-ends (registered object ``None``).
+        compact: a compact front-end (``ngrams``, ``logmel-boaw``) applied by ``--features compact``.
+    """
+
+    pretrained: bool = False
+    compact: bool = False
+
+
+BACKBONE_REGISTRIES: dict[str, Registry] = {m: Registry(f"{m} backbone") for m in ("image", "text", "audio")}
+"""One registry per modality: name -> builder of an Embedder (``None`` for the toolkit's own
+front-ends); the first name of each is the default."""
+
+
+def register_backbone(modality: str, name: str, builder: Callable[..., Any] | None = None, *,
+                      frontend: bool = False, compact: bool = False) -> Any:
+    """Register backbone ``name`` for ``modality`` (``image``, ``text``, ``audio``).
+
+    ``builder(image_weights=..., text_model=..., audio_model=..., device=...)`` returns an
+    :class:`episodes.prepare.Embedder` (a pretrained backbone). ``frontend=True`` (or
+    ``compact=True``, a compact front-end) registers one of the toolkit's own front-ends instead,
+    without a builder. With neither, it is a decorator: ``@register_backbone("image", "mine")``.
+
+    Raises:
+        ValueError: unknown modality, or ``name`` already registered for it.
+    """
+    reg = BACKBONE_REGISTRIES[_canonical(modality)]
+    if builder is None and not (frontend or compact):
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            reg.register(name, fn, info=BackboneInfo(pretrained=True))
+            return fn
+
+        return deco
+    reg.register(name, builder if builder is not None else _no_builder,
+                 info=BackboneInfo(pretrained=builder is not None, compact=compact))
+    return builder
+
+
+def list_backbones(modality: str) -> list[str]:
+    """Backbone names of ``modality`` in registration order (the first is the default)."""
+    return BACKBONE_REGISTRIES[_canonical(modality)].names()
+
+
+class _NamesView(Mapping[str, tuple[str, ...]]):
+    """``{modality: (names...)}`` read from the registries each time (the old ``BACKBONES`` dict)."""
+
+    def __getitem__(self, modality: str) -> tuple[str, ...]:
+        return tuple(BACKBONE_REGISTRIES[modality].names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(BACKBONE_REGISTRIES)
+
+    def __len__(self) -> int:
+        return len(BACKBONE_REGISTRIES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class _PretrainedView:
+    """``(modality, name) in PRETRAINED`` for the registered pretrained backbones (the old set)."""
+
+    def _pairs(self) -> set[tuple[str, str]]:
+        return {(m, n) for m, reg in BACKBONE_REGISTRIES.items() for n in reg.names() if reg.info(n).pretrained}
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._pairs()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(sorted(self._pairs()))
+
+    def __len__(self) -> int:
+        return len(self._pairs())
+
+    def __repr__(self) -> str:
+        return repr(self._pairs())
+
+
+BACKBONES: Mapping[str, tuple[str, ...]] = _NamesView()
 DEFAULT_BACKBONES = {"image": "pixels", "text": "ngrams", "audio": "logmel-boaw"}
-PRETRAINED = {("image", "efficientnet-lite0"), ("image", "resnet18"), ("text", "hf"), ("audio", "hf")}
+PRETRAINED = _PretrainedView()
+
+
+def _no_builder(**_: Any) -> None:
+    return None
 
 
 def _canonical(modality: str) -> str:
@@ -52,6 +140,48 @@ def _canonical(modality: str) -> str:
         return canonical_modality(modality)
     except DataError as exc:
         raise ValueError(f"--backbone: {exc}") from None
+
+
+def _efficientnet(*, image_weights=None, device="cpu", **_: Any):
+    from croma.backbones import embedders as E
+
+    return E.efficientnet_embedder(image_weights, device=device)
+
+
+def _resnet18(*, image_weights=None, device="cpu", **_: Any):
+    from croma.backbones import embedders as E
+
+    if not image_weights:
+        raise CromaError("--backbone image=resnet18 needs --image-weights PATH: the torchvision ImageNet "
+                         "checkpoint resnet18-f37072fd.pth (download it yourself; nothing is fetched)")
+    return E.resnet18_embedder(image_weights, device=device)
+
+
+def _hf_text(*, text_model=None, device="cpu", **_: Any):
+    from croma.backbones import embedders as E
+
+    if not text_model:
+        raise CromaError("--backbone text=hf needs --text-model DIR: a local transformers model directory "
+                         "(config.json, weights and tokenizer files saved with save_pretrained)")
+    return E.HFTextEmbedder(text_model, device=device)
+
+
+def _hf_audio(*, audio_model=None, device="cpu", **_: Any):
+    from croma.backbones import embedders as E
+
+    if not audio_model:
+        raise CromaError("--backbone audio=hf needs --audio-model DIR: a local wav2vec2 / HuBERT-family "
+                         "transformers directory (config.json and weights saved with save_pretrained)")
+    return E.HFAudioEmbedder(audio_model, device=device)
+
+
+register_backbone("image", "pixels", frontend=True)
+register_backbone("image", "efficientnet-lite0", _efficientnet)
+register_backbone("image", "resnet18", _resnet18)
+register_backbone("text", "ngrams", compact=True)
+register_backbone("text", "hf", _hf_text)
+register_backbone("audio", "logmel-boaw", compact=True)
+register_backbone("audio", "hf", _hf_audio)
 
 
 def check_backbones(spec: Mapping[str, str] | None) -> dict[str, str]:
@@ -71,7 +201,7 @@ def check_backbones(spec: Mapping[str, str] | None) -> dict[str, str]:
 
 def compact_modalities(spec: Mapping[str, str] | None) -> set[str]:
     """Modalities whose explicitly chosen backbone is a compact front-end (``ngrams``, ``logmel-boaw``)."""
-    return {m for m, n in check_backbones(spec).items() if n in ("ngrams", "logmel-boaw")}
+    return {m for m, n in check_backbones(spec).items() if BACKBONE_REGISTRIES[m].info(n).compact}
 
 
 def build_embedders(
@@ -88,29 +218,13 @@ def build_embedders(
         ValueError: a bad spec; CromaError: a missing flag, file, directory or optional package
         (one line naming what to install or where the file goes).
     """
-    from croma.backbones import embedders as E
-
     out = {}
     for mod, name in check_backbones(spec).items():
-        if (mod, name) not in PRETRAINED:
+        reg = BACKBONE_REGISTRIES[mod]
+        if not reg.info(name).pretrained:
             continue
-        if mod == "image" and name == "efficientnet-lite0":
-            out[mod] = E.efficientnet_embedder(image_weights, device=device)
-        elif mod == "image":
-            if not image_weights:
-                raise CromaError("--backbone image=resnet18 needs --image-weights PATH: the torchvision ImageNet "
-                                 "checkpoint resnet18-f37072fd.pth (download it yourself; nothing is fetched)")
-            out[mod] = E.resnet18_embedder(image_weights, device=device)
-        elif mod == "text":
-            if not text_model:
-                raise CromaError("--backbone text=hf needs --text-model DIR: a local transformers model directory "
-                                 "(config.json, weights and tokenizer files saved with save_pretrained)")
-            out[mod] = E.HFTextEmbedder(text_model, device=device)
-        else:
-            if not audio_model:
-                raise CromaError("--backbone audio=hf needs --audio-model DIR: a local wav2vec2 / HuBERT-family "
-                                 "transformers directory (config.json and weights saved with save_pretrained)")
-            out[mod] = E.HFAudioEmbedder(audio_model, device=device)
+        out[mod] = reg.get(name)(image_weights=image_weights, text_model=text_model, audio_model=audio_model,
+                                 device=device)
     return out
 
 
@@ -145,12 +259,12 @@ def load_prepared(
         A :class:`episodes.data.PreparedBenchmark`; ``info["backbones"]`` names the pretrained
         backbones used and ``info["features"]`` describes every modality's front-end.
     """
-    from episodes.datasets import load_benchmark
+    from episodes.datasets import DATASETS, load_benchmark
     from episodes.features import compact_benchmark
 
     spec = check_backbones(backbones)
-    if benchmark == "synthetic" and spec:
-        raise ValueError("--backbone: the synthetic benchmark holds vectors, not items a backbone can read")
+    if spec and benchmark in DATASETS and DATASETS.get(benchmark).prepared:  # e.g. synthetic
+        raise ValueError(f"--backbone: the {benchmark} benchmark holds vectors, not items a backbone can read")
     embedders = build_embedders(spec, image_weights=image_weights, text_model=text_model, audio_model=audio_model,
                                 device=device)
     seed = int(loader.pop("seed", 0))  # type: ignore[arg-type]

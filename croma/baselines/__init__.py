@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["MethodSpec", "register_method", "get_method", "list_methods", "methods_for"]
+from episodes.registry import Registry
+
+__all__ = ["METHODS", "MethodSpec", "register_method", "get_method", "list_methods", "methods_for"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class MethodSpec:
     applies: Callable[[Any], bool]
 
 
-_METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method")
+"""The method registry: name -> :class:`MethodSpec` (table order = registration order)."""
 
 
 def register_method(
@@ -55,12 +58,12 @@ def register_method(
     """Decorator registering ``fn(ctx) -> MethodOutcome`` under ``name``."""
 
     def deco(fn):
-        if name in _METHODS:
+        if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = MethodSpec(
+        METHODS.register(name, MethodSpec(
             name, family, description, uses_target_labels, uses_target_samples, shared_body, fn,
             applies or (lambda bench: True),
-        )
+        ))
         return fn
 
     return deco
@@ -68,20 +71,19 @@ def register_method(
 
 def list_methods() -> list[str]:
     """Registered method names in table order."""
-    return list(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodSpec:
     """The spec of ``name``; ValueError listing the names when unknown."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(_METHODS)}") from None
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS.names())}")
+    return METHODS.get(name)
 
 
 def methods_for(bench) -> list[str]:
     """Methods that apply to ``bench`` (the default of ``--methods``)."""
-    return [m for m, spec in _METHODS.items() if spec.applies(bench)]
+    return [m for m, spec in METHODS.items() if spec.applies(bench)]
 
 
 # Fill the registry (table order). Imported last: the family modules import this one.

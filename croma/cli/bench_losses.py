@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from croma.losses import list_losses
+
     p = sub.add_parser(
         "losses",
         help="objectives speed: forward+backward ms per batch size",
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default float32")
     p.add_argument("--loss", dest="losses", nargs="+", default=None, metavar="NAME",
-                   help="objectives to time (default: all)")
+                   help=f"objectives to time, of: {', '.join(list_losses())} (default: all)")
     p.set_defaults(func=run)
 
 

