@@ -1,21 +1,22 @@
 """Inner loops: S steps of SGD or Adam from the meta-parameters.
 
-A task's inner loop differentiates ``loss_fn(params, batch) -> scalar`` with
-``torch.func.grad_and_value`` (the model runs through ``functional_call``). Three entry points:
+One per-task function, :func:`task_step` — ``grad_and_value`` of ``loss_fn(params, batch) ->
+scalar`` for one task (the model runs through ``functional_call``) — and one optimiser,
+:class:`InnerOptimizer` (in place: PyTorch's fused Adam, ``_foreach`` SGD), drive every path
+through one loop skeleton (:func:`_inner_loop`):
 
 * :func:`run_batched` — the tasks of a meta-batch (one family) together: every step is one
-  ``vmap`` over the tasks of the gradient function, with the parameters entering unbatched
-  (``in_dims=None``) at the first step; the update is applied to all tasks at once, in place, by
-  :class:`InnerOptimizer` (fused Adam / ``_foreach`` SGD) on the loop's own ``[T, ...]`` copies;
-* :func:`run_sequential` — the reference: a Python loop over the tasks running the same steps
-  without ``vmap``;
-* :func:`adapt` — one task as a pure function (no in-place updates), so it can itself be
-  vmapped inside larger per-task functions (meta-test fine-tuning does this);
-* :func:`run_higher` — the optional ``higher`` backend (extra ``[higher]``): a Python loop over
-  the tasks whose updates are made by ``higher``'s differentiable optimisers
-  (``DifferentiableSGD`` / ``DifferentiableAdam``) with plain autograd gradients.
+  ``vmap`` over the tasks of :func:`task_step`, with the parameters entering unbatched
+  (``in_dims=None``) at the first step; the update is applied to all tasks at once on the loop's
+  own ``[T, ...]`` copies;
+* :func:`run_sequential` — the reference: a Python loop over the tasks calling the *same*
+  :func:`task_step` without ``vmap`` (via :func:`adapt`), so ``batched == sequential`` tests ``vmap``;
+* :func:`adapt` — one task (no task dimension); its inputs are not modified;
+* :func:`run_higher` — the optional ``higher`` backend (extra ``[higher]``): the same per-task loop
+  (:func:`_task_by_task`) with updates made by ``higher``'s differentiable optimisers
+  (``DifferentiableSGD`` / ``DifferentiableAdam``) from plain autograd gradients.
 
-Adam's state starts from zero for every task (standard for Reptile inner loops). All three give
+Adam's state starts from zero for every task (standard for Reptile inner loops). All paths give
 the same parameters up to floating-point rounding (tests compare them with ``torch.optim``).
 """
 
@@ -33,6 +34,8 @@ from croma.meta.functional import Params
 __all__ = [
     "InnerConfig",
     "INNER_OPTIMIZERS",
+    "InnerOptimizer",
+    "task_step",
     "adapt",
     "run_batched",
     "run_sequential",
@@ -40,9 +43,6 @@ __all__ = [
     "run_higher",
     "import_higher",
     "INNER_LOOPS",
-    "sgd_step",
-    "adam_init",
-    "adam_step",
 ]
 
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -78,108 +78,14 @@ class InnerConfig:
             raise ValueError(f"inner lr must be a finite number >= 0 (got {self.lr})")
 
 
-def sgd_step(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], lr: float) -> Params:
-    """``p - lr * g`` for every parameter."""
-    return {k: torch.add(p, grads[k], alpha=-lr) for k, p in params.items()}
-
-
-def adam_init(params: Mapping[str, torch.Tensor]) -> tuple[Params, Params]:
-    """Zero first and second moments shaped like ``params``."""
-    return ({k: torch.zeros_like(p) for k, p in params.items()}, {k: torch.zeros_like(p) for k, p in params.items()})
-
-
-def adam_step(
-    params: Mapping[str, torch.Tensor],
-    grads: Mapping[str, torch.Tensor],
-    m: Mapping[str, torch.Tensor],
-    v: Mapping[str, torch.Tensor],
-    t: int,
-    cfg: InnerConfig,
-) -> tuple[Params, Params, Params]:
-    """One Adam update (Kingma & Ba, bias-corrected) at step ``t`` (1-based).
-
-    ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
-    ``p <- p - lr * (m / c1) / (sqrt(v / c2) + eps)`` with ``c_i = 1 - b_i^t``, written with fused
-    ops (``lerp``, ``addcmul``, ``addcdiv``) so each parameter costs few passes over memory.
-
-    Returns:
-        ``(new_params, new_m, new_v)``.
-    """
-    b1, b2 = cfg.beta1, cfg.beta2
-    c1 = 1.0 - b1**t
-    sqrt_c2 = math.sqrt(1.0 - b2**t)
-    # p - lr/c1 * m / (sqrt(v)/sqrt_c2 + eps) == p - (lr*sqrt_c2/c1) * m / (sqrt(v) + eps*sqrt_c2)
-    step = cfg.lr * sqrt_c2 / c1
-    eps = cfg.eps * sqrt_c2
-    new_p, new_m, new_v = {}, {}, {}
-    for k, p in params.items():
-        g = grads[k]
-        if t == 1:  # moments start at zero: m = (1-b1) g, v = (1-b2) g^2
-            mk = g * (1.0 - b1)
-            vk = (g * g).mul_(1.0 - b2)
-        else:
-            mk = torch.lerp(m[k], g, 1.0 - b1)
-            vk = torch.addcmul(v[k] * b2, g, g, value=1.0 - b2)
-        new_m[k], new_v[k] = mk, vk
-        new_p[k] = torch.addcdiv(p, mk, vk.sqrt().add_(eps), value=-step)
-    return new_p, new_m, new_v
-
-
-def adapt(
-    loss_fn: LossFn,
-    trainable: Mapping[str, torch.Tensor],
-    constant: Mapping[str, torch.Tensor],
-    batch: Mapping[str, torch.Tensor],
-    cfg: InnerConfig,
-) -> tuple[Params, torch.Tensor]:
-    """Run one task's inner loop.
-
-    Args:
-        loss_fn: ``loss_fn(params, batch) -> scalar`` where ``params`` holds every parameter
-            the loss needs (``{**constant, **trainable}``).
-        trainable: parameters updated by the loop (``{name: tensor}``).
-        constant: parameters held fixed (may be empty).
-        batch: the task's tensors (no task dimension here).
-        cfg: steps, learning rate, optimiser.
-
-    Returns:
-        ``(adapted, losses)``: the adapted trainable parameters and ``losses [steps]``, the loss
-        before each update (detached).
-    """
-    const = dict(constant)
-
-    def objective(p: Params) -> torch.Tensor:
-        return loss_fn({**const, **p}, batch)
-
-    step_fn = grad_and_value(objective)
-    params = dict(trainable)
-    losses = []
-    m: Params = {}
-    v: Params = {}
-    for t in range(1, cfg.steps + 1):
-        grads, loss = step_fn(params)
-        losses.append(loss.detach())
-        if cfg.optimizer == "sgd":
-            params = sgd_step(params, grads, cfg.lr)
-        else:
-            params, m, v = adam_step(params, grads, m, v, t, cfg)
-    if losses:
-        loss_vec = torch.stack(losses)
-    else:
-        ref = next(iter(params.values()))
-        loss_vec = torch.zeros(0, dtype=ref.dtype, device=ref.device)
-    return params, loss_vec
-
-
 class InnerOptimizer:
-    """In-place SGD / Adam over a list of parameter tensors the loop owns (outside any transform).
+    """The inner optimiser: in-place SGD / Adam over parameter tensors the loop owns.
 
-    Used by :func:`run_batched` and :func:`run_sequential`: their parameters are private copies
-    (``[T, *shape]`` for a batch of tasks), so updating them in place is safe and avoids
-    allocating every intermediate of the update — on CPU, fresh multi-megabyte tensors cost far
-    more than the arithmetic. Adam uses PyTorch's fused kernel when available (one pass over
-    memory), else ``torch._foreach_*`` ops; both implement the same bias-corrected update as
-    :func:`adam_step`.
+    Every path's parameters are private copies (``[T, *shape]`` for a batch of tasks), so
+    updating them in place is safe and avoids allocating every intermediate of the update — on
+    CPU, fresh multi-megabyte tensors cost far more than the arithmetic. Adam (Kingma & Ba,
+    bias-corrected, ``torch.optim.Adam``'s update) uses PyTorch's fused kernel when available
+    (one pass over memory), else ``torch._foreach_*`` ops.
     """
 
     def __init__(self, params: Mapping[str, torch.Tensor], cfg: InnerConfig) -> None:
@@ -212,6 +118,8 @@ class InnerOptimizer:
                 return
             except (RuntimeError, NotImplementedError):  # pragma: no cover - device/dtype without a fused kernel
                 pass
+        # m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; p <- p - lr (m/c1) / (sqrt(v/c2) + eps), c_i = 1 - b_i^t,
+        # written as p - (lr sqrt(c2)/c1) m / (sqrt(v) + eps sqrt(c2))
         b1, b2, t = cfg.beta1, cfg.beta2, self.t
         sqrt_c2 = math.sqrt(1.0 - b2**t)
         torch._foreach_lerp_(self.m, g, 1.0 - b1)
@@ -222,11 +130,57 @@ class InnerOptimizer:
         torch._foreach_addcdiv_(self.params, self.m, denom, value=-cfg.lr * sqrt_c2 / (1.0 - b1**t))
 
 
-def _grad_fn(loss_fn: LossFn):
+def task_step(loss_fn: LossFn):
+    """The per-task function ``(trainable, constant, batch) -> (grads, loss)`` of one task.
+
+    ``loss_fn(params, batch) -> scalar`` receives ``{**constant, **trainable}``. :func:`run_batched`
+    vmaps this function over tasks; :func:`adapt` (and so :func:`run_sequential`) calls it as is.
+    """
+
     def objective(p: Params, c: Params, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return loss_fn({**c, **p}, b)
 
     return grad_and_value(objective)
+
+
+def _inner_loop(params: Params, cfg: InnerConfig, grad_at: Callable[[int], tuple[Params, torch.Tensor]]) -> list[torch.Tensor]:
+    """The loop skeleton: ``cfg.steps`` times ``grads, loss = grad_at(step)``, then update ``params``
+    in place with :class:`InnerOptimizer`. Returns the losses before each update."""
+    opt = InnerOptimizer(params, cfg)
+    losses = []
+    with torch.no_grad():  # grad_and_value differentiates inside; nothing outside needs a graph
+        for s in range(cfg.steps):
+            grads, loss = grad_at(s)
+            opt.step(grads)
+            losses.append(loss)
+    return losses
+
+
+def adapt(
+    loss_fn: LossFn,
+    trainable: Mapping[str, torch.Tensor],
+    constant: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    cfg: InnerConfig,
+) -> tuple[Params, torch.Tensor]:
+    """Run one task's inner loop (the body of :func:`run_sequential`).
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar`` where ``params`` holds every parameter
+            the loss needs (``{**constant, **trainable}``).
+        trainable: parameters updated by the loop (``{name: tensor}``; copied, not modified).
+        constant: parameters held fixed (may be empty).
+        batch: the task's tensors (no task dimension here).
+        cfg: steps, learning rate, optimiser.
+
+    Returns:
+        ``(adapted, losses)``: the adapted trainable parameters (detached) and ``losses [steps]``,
+        the loss before each update (detached).
+    """
+    step, const, b = task_step(loss_fn), dict(constant), dict(batch)
+    params = {k: v.detach().clone() for k, v in trainable.items()}
+    losses = _inner_loop(params, cfg, lambda s: step(params, const, b))
+    return params, _stack(losses, 0, trainable)
 
 
 def run_batched(
@@ -240,7 +194,7 @@ def run_batched(
 ) -> tuple[Params, torch.Tensor]:
     """Inner loops of ``T`` tasks as one batched computation per step.
 
-    Each step is one ``vmap`` over the tasks of ``grad_and_value(loss)``; at the first step the
+    Each step is one ``vmap`` over the tasks of :func:`task_step`; at the first step the
     parameters enter unbatched (``in_dims=None``: every task starts from the same ``theta``, so
     the encoders run as one large matrix product over all tasks' rows), afterwards as ``[T, ...]``.
     The update is applied to all tasks at once by :class:`InnerOptimizer`.
@@ -256,7 +210,7 @@ def run_batched(
         (the loss before each update).
     """
     n = _num_tasks(batch)
-    gv = _grad_fn(loss_fn)
+    gv = task_step(loss_fn)
     # randomness="different": objectives that draw noise (from a generator they are given) get
     # independent noise per task; deterministic objectives are unaffected
     per_task = set(batched)
@@ -269,17 +223,9 @@ def run_batched(
         k: (v.detach().clone() if k in per_task else v.detach().unsqueeze(0).expand(n, *v.shape).clone())
         for k, v in trainable.items()
     }
-    opt = InnerOptimizer(params, cfg)
-    const, b = dict(constant), dict(batch)
-    losses = []
-    with torch.no_grad():  # grad_and_value differentiates inside; nothing outside needs a graph
-        for s in range(cfg.steps):
-            grads, loss = first(dict(trainable), const, b) if s == 0 else rest(params, const, b)
-            opt.step(grads)
-            losses.append(loss)
-    ref = next(iter(trainable.values()))
-    loss_mat = torch.stack(losses, dim=1) if losses else torch.zeros(n, 0, dtype=ref.dtype, device=ref.device)
-    return params, loss_mat
+    const, b, theta = dict(constant), dict(batch), dict(trainable)
+    losses = _inner_loop(params, cfg, lambda s: first(theta, const, b) if s == 0 else rest(params, const, b))
+    return params, _stack(losses, 1, trainable, n)
 
 
 _COMPILE_BACKEND = "inductor"  # tests use "eager" (graph capture without code generation)
@@ -300,30 +246,10 @@ def run_sequential(
     batch: Mapping[str, torch.Tensor],
     cfg: InnerConfig,
 ) -> tuple[Params, torch.Tensor]:
-    """The reference: a Python loop over tasks, the same inner loop without ``vmap``.
-
-    Same inputs and outputs as :func:`run_batched`.
+    """The reference: a Python loop over tasks running :func:`adapt` — the same per-task function
+    and optimiser as :func:`run_batched`, without ``vmap``. Same inputs and outputs as :func:`run_batched`.
     """
-    n = _num_tasks(batch)
-    gv = _grad_fn(loss_fn)
-    const = dict(constant)
-    outs, losses = [], []
-    with torch.no_grad():
-        for i in range(n):
-            b = {k: v[i] for k, v in batch.items()}
-            params = {k: v.detach().clone() for k, v in trainable.items()}
-            opt = InnerOptimizer(params, cfg)
-            task_losses = []
-            for _ in range(cfg.steps):
-                grads, loss = gv(params, const, b)
-                opt.step(grads)
-                task_losses.append(loss)
-            outs.append(params)
-            ref = next(iter(trainable.values()))
-            losses.append(torch.stack(task_losses) if task_losses else torch.zeros(0, dtype=ref.dtype, device=ref.device))
-    if n == 0:
-        return {k: v.unsqueeze(0)[:0] for k, v in trainable.items()}, torch.zeros(0, cfg.steps)
-    return {k: torch.stack([o[k] for o in outs]) for k in trainable}, torch.stack(losses)
+    return _task_by_task(lambda b: adapt(loss_fn, trainable, constant, b, cfg), trainable, batch, cfg)
 
 
 def run_higher(
@@ -347,33 +273,50 @@ def run_higher(
         CromaError: ``higher`` is not installed (names the extra that installs it).
     """
     higher = import_higher()
-    n = _num_tasks(batch)
     names = list(trainable)
     const = dict(constant)
-    outs, losses = [], []
-    ref = next(iter(trainable.values()))
-    with torch.enable_grad():
-        for i in range(n):
-            b = {k: v[i] for k, v in batch.items()}
-            params = [trainable[k].detach().clone().requires_grad_() for k in names]
-            if cfg.optimizer == "adam":
-                opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-            else:
-                opt = torch.optim.SGD(params, lr=cfg.lr)
-            diffopt = higher.optim.get_diff_optim(opt, params, track_higher_grads=False)
-            task_losses = []
-            for t in range(1, cfg.steps + 1):
-                loss = loss_fn({**const, **dict(zip(names, params))}, b)
-                task_losses.append(loss.detach())
-                # higher 0.2.1's Adam adds eps to sqrt(v) *before* the bias correction (the update of
-                # PyTorch < 1.x); eps * sqrt(1 - b2^t) at step t gives torch.optim.Adam's update exactly
-                override = {"eps": [cfg.eps * math.sqrt(1.0 - cfg.beta2**t)]} if cfg.optimizer == "adam" else None
-                params = list(diffopt.step(loss, params=params, override=override))
-            outs.append({k: p.detach() for k, p in zip(names, params)})
-            losses.append(torch.stack(task_losses) if task_losses else torch.zeros(0, dtype=ref.dtype, device=ref.device))
+
+    @torch.enable_grad()
+    def one_task(b: Mapping[str, torch.Tensor]) -> tuple[Params, torch.Tensor]:
+        params = [trainable[k].detach().clone().requires_grad_() for k in names]
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr)
+        diffopt = higher.optim.get_diff_optim(opt, params, track_higher_grads=False)
+        losses = []
+        for t in range(1, cfg.steps + 1):
+            loss = loss_fn({**const, **dict(zip(names, params))}, b)
+            losses.append(loss.detach())
+            # higher 0.2.1's Adam adds eps to sqrt(v) *before* the bias correction (the update of
+            # PyTorch < 1.x); eps * sqrt(1 - b2^t) at step t gives torch.optim.Adam's update exactly
+            override = {"eps": [cfg.eps * math.sqrt(1.0 - cfg.beta2**t)]} if cfg.optimizer == "adam" else None
+            params = list(diffopt.step(loss, params=params, override=override))
+        return {k: p.detach() for k, p in zip(names, params)}, _stack(losses, 0, trainable)
+
+    return _task_by_task(one_task, trainable, batch, cfg)
+
+
+def _task_by_task(
+    run_one: Callable[[Mapping[str, torch.Tensor]], tuple[Params, torch.Tensor]],
+    trainable: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    cfg: InnerConfig,
+) -> tuple[Params, torch.Tensor]:
+    """``run_one`` on every task of ``batch [T, ...]`` in a Python loop, results stacked as :func:`run_batched`'s."""
+    n = _num_tasks(batch)
     if n == 0:
         return {k: v.unsqueeze(0)[:0] for k, v in trainable.items()}, torch.zeros(0, cfg.steps)
-    return {k: torch.stack([o[k] for o in outs]) for k in names}, torch.stack(losses)
+    outs, losses = zip(*(run_one({k: v[i] for k, v in batch.items()}) for i in range(n)))
+    return {k: torch.stack([o[k] for o in outs]) for k in trainable}, torch.stack(losses)
+
+
+def _stack(losses: list[torch.Tensor], dim: int, like: Mapping[str, torch.Tensor], n: int | None = None) -> torch.Tensor:
+    """Per-step losses stacked along ``dim`` (``[steps]`` or ``[T, steps]``); empty when there were no steps."""
+    if losses:
+        return torch.stack(losses, dim=dim)
+    ref = next(iter(like.values()))
+    return torch.zeros(*(() if n is None else (n,)), 0, dtype=ref.dtype, device=ref.device)
 
 
 def import_higher():
