@@ -18,6 +18,7 @@ import torch
 
 from croma.errors import CromaError
 from croma.losses import get_loss, list_losses
+from croma.perf.flops import sync
 
 __all__ = ["LossBenchConfig", "LossBenchRow", "format_loss_bench", "resolve_device", "run_loss_bench"]
 
@@ -88,11 +89,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_loss_bench(cfg: LossBenchConfig) -> list[LossBenchRow]:
     """Time forward + backward of each objective for each N.
 
@@ -125,10 +121,10 @@ def run_loss_bench(cfg: LossBenchConfig) -> list[LossBenchRow]:
                 for r in range(cfg.repeats + 1):  # the first call is a warm-up
                     zs.grad = None
                     zt.grad = None
-                    _sync(device)
+                    sync(device)
                     t0 = time.perf_counter()
                     loss(zs, zt).backward()
-                    _sync(device)
+                    sync(device)
                     if r > 0:
                         times.append((time.perf_counter() - t0) * 1000.0)
                 rows.append(
