@@ -24,24 +24,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from episodes.cache import atomic_write
 
 ROW_KEYS = ("method", "shots", "accuracy_mean", "accuracy_std", "repeats", "target_samples", "target_labels")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``data`` to ``path`` through the one atomic writer (temp file, fsync, ``os.replace``)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _methods_in_order(rows: Iterable[dict]) -> list[str]:
