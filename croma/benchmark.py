@@ -19,9 +19,10 @@ import torch
 
 from croma.baselines import get_method, methods_for
 from croma.baselines.common import MethodContext
+from croma.config import TrainConfig
 from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot
-from croma.meta.trainer import TrainConfig, bench_to, resolve_device
+from croma.factory import bench_to, resolve_device
 from croma.report import write_noise_sweep, write_results
 from croma.stats import mean_ci95, mean_std, paired_comparison, seed_std
 

@@ -35,29 +35,14 @@ from typing import Any, Mapping
 
 import torch
 
+from croma.config import RUNTIME_FIELDS, TrainConfig, plain
 from croma.errors import CromaError
 from episodes.cache import atomic_write
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "plain", "checkpoint_path", "validate_checkpoint",
-           "check_parameters", "ensure_output_dir"]
+           "check_parameters", "ensure_output_dir", "train_config", "Checkpointer"]
 
 FORMAT = "croma-checkpoint/1"
-
-
-def plain(value: Any) -> Any:
-    """Convert ``value`` to plain types (dict/list/str/int/float/bool/None) for a checkpoint.
-
-    Tuples become lists; tensors are left as they are. Raises TypeError for other objects.
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint (plain types and tensors only)")
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
@@ -199,50 +184,128 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def train_config(ckpt: Mapping[str, Any], path: str | os.PathLike):
-    """The :class:`croma.meta.trainer.TrainConfig` stored in a checkpoint, type-checked and validated.
+def train_config(ckpt: Mapping[str, Any], path: str | os.PathLike) -> TrainConfig:
+    """The :class:`croma.config.TrainConfig` stored in a checkpoint, type-checked and validated.
 
-    Every stored field must have its setting's type (integers for counts, numbers for rates, text
-    for names, ...); unknown keys are ignored as :meth:`TrainConfig.from_dict` does.
+    The stored ``config`` may be nested (sections) or flat (checkpoints written before the
+    sections existed); every setting must have its type (integers for counts, numbers for rates,
+    text for names, ...) and no key may be unknown.
 
     Raises:
-        CromaError: naming the file and the field.
+        CromaError: naming the file and the setting.
     """
-    from dataclasses import MISSING, fields
-
-    from croma.meta.trainer import TrainConfig
-
     stored = ckpt.get("config")
     if not isinstance(stored, dict) or "iteration" not in ckpt:
         what = "no 'iteration'" if isinstance(stored, dict) else f"'config' must be a dict of training settings (got {type(stored).__name__})"
         raise CromaError(f"{path}: malformed croma checkpoint: {what} (re-create it with 'croma train')")
-    optional = {"data_root": str, "cache_dir": str, "manifest": str, "source": str, "target": str,
-                "finetune_optimizer": str, "task_weights": dict, "finetune_lr": float, "time_budget_s": float,
-                "stop_after": int, "checkpoint_dir": str}
-    for f in fields(TrainConfig):
-        if f.name not in stored:
-            continue
-        v = stored[f.name]
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        want = optional.get(f.name, type(default))
-        if v is None and f.name in optional:
-            continue
-        if want is float:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        elif want is int:
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        else:
-            ok = isinstance(v, want)
-        if ok and f.name == "eval_shots":
-            ok = all(isinstance(k, int) and not isinstance(k, bool) for k in v)
-        if ok and want is dict:
-            ok = all(isinstance(k, str) and not isinstance(x, torch.Tensor) for k, x in v.items())
-        if not ok:
-            raise CromaError(f"{path}: malformed croma checkpoint: config field {f.name!r} must be "
-                             f"{want.__name__}{' or None' if f.name in optional else ''} (got {type(v).__name__})")
-    cfg = TrainConfig.from_dict(stored)
+    try:
+        cfg = TrainConfig.from_dict(stored)
+        cfg.check_types("config")
+    except (TypeError, ValueError) as exc:
+        raise CromaError(f"{path}: malformed croma checkpoint: {exc}") from exc
     try:
         cfg.validate()
     except (TypeError, ValueError) as exc:
         raise CromaError(f"{path}: malformed croma checkpoint: stored config is invalid ({exc})") from exc
     return cfg
+
+
+class Checkpointer:
+    """``last.pt`` and ``best.pt`` of one run directory.
+
+    Args:
+        run_dir: the directory (None: no files are written or read).
+        cfg: the run's configuration (stored in every checkpoint; compared on resume).
+        is_writer: only the writer (rank 0) writes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None, cfg: TrainConfig, *, is_writer: bool = True) -> None:
+        self.dir = Path(run_dir) if run_dir else None
+        self.cfg = cfg
+        self.is_writer = is_writer
+
+    def path(self, name: str) -> Path | None:
+        """``<run_dir>/<name>`` (None without a run directory)."""
+        return self.dir / name if self.dir is not None else None
+
+    def state(self, kind: str, theta: Mapping[str, torch.Tensor], progress: Mapping[str, Any]) -> dict[str, Any]:
+        """The checkpoint payload. ``progress``: ``iteration``, ``epsilon_next``, ``best_val``,
+        ``best_iteration``, ``head_init``, ``head_scores``, ``history``."""
+        return {
+            "format": FORMAT,
+            "kind": kind,
+            "model": {k: v.detach().cpu().clone() for k, v in theta.items()},
+            "iteration": int(progress["iteration"]),
+            "config": self.cfg.to_dict(),
+            "rng": {
+                "torch_cpu": torch.get_rng_state(),
+                "task_seed": torch.tensor([int(self.cfg.seed)], dtype=torch.long),
+            },
+            "outer_state": {
+                "epsilon_next": torch.tensor(float(progress["epsilon_next"]), dtype=torch.float64),
+                "iteration": torch.tensor(int(progress["iteration"]), dtype=torch.long),
+            },
+            "best_val": progress.get("best_val"),
+            "best_iteration": progress.get("best_iteration"),
+            "head_init": progress.get("head_init", self.cfg.head_init),
+            "head_scores": progress.get("head_scores"),
+            "history": [dict(h) for h in progress.get("history", [])],
+        }
+
+    def save(self, kind: str, theta: Mapping[str, torch.Tensor], progress: Mapping[str, Any]) -> None:
+        """Write ``<kind>.pt`` atomically (nothing without a run directory or when not the writer)."""
+        path = self.path(f"{kind}.pt")
+        if path is not None and self.is_writer:
+            save_checkpoint(path, self.state(kind, theta, progress))
+
+    def last_good(self) -> str:
+        """Where the last good state is, for error messages ("" without a run directory)."""
+        last = self.path("last.pt")
+        if last is None:
+            return ""
+        if last.is_file():
+            return f"; the last good checkpoint {last} is intact"
+        return f"; no checkpoint was written to {last.parent} yet"
+
+    def load_resume(self, template: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, Any] | None:
+        """The state stored in ``last.pt`` (and ``best.pt`` when meta-val selected one) as
+        ``{"theta", "best_theta" (or None), "iteration", "best_val", "best_iteration",
+        "head_init", "head_scores", "history"}``; None when there is no ``last.pt``.
+
+        Raises:
+            CromaError: the checkpoint was made with different settings (named), its parameters
+            do not fit ``template``, or the selected ``best.pt`` is missing.
+        """
+        last = self.path("last.pt")
+        if last is None or not last.is_file():
+            return None
+        ckpt = load_checkpoint(last)
+        stored = train_config(ckpt, last).flat()
+        mine = self.cfg.flat()
+        diff = [k for k in mine if k not in RUNTIME_FIELDS and stored.get(k) != mine[k]]
+        if diff:
+            k = diff[0]
+            raise CromaError(
+                f"cannot --resume {last}: it was trained with {k}={stored.get(k)!r}, not {mine[k]!r} "
+                f"(pass the same settings, or a new --checkpoint-dir)"
+            )
+        check_parameters(ckpt["model"], template, last)
+
+        def params(model: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: model[k].to(device=device, dtype=v.dtype) for k, v in template.items()}
+
+        out = {"theta": params(ckpt["model"]), "best_theta": None, "iteration": int(ckpt["iteration"]),
+               "best_val": ckpt.get("best_val"), "best_iteration": ckpt.get("best_iteration"),
+               "head_init": ckpt.get("head_init", self.cfg.head_init), "head_scores": ckpt.get("head_scores"),
+               "history": list(ckpt.get("history", []))}
+        best = self.path("best.pt")
+        if out["best_val"] is not None and (best.is_file() or self.is_writer):
+            if not best.is_file():
+                raise CromaError(
+                    f"cannot --resume {last}: meta-val selected iteration {out['best_iteration']} but {best} is missing, "
+                    f"so the selected parameters are lost (restore {best.name}, or start a new --checkpoint-dir)"
+                )
+            b = load_checkpoint(best)
+            check_parameters(b["model"], template, best)
+            out["best_theta"] = params(b["model"])
+        return out

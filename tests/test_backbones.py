@@ -18,8 +18,6 @@ from croma.backbones.efficientnet_lite import SameConv2d, load_efficientnet_lite
 from croma.cli import main
 from croma.errors import CromaError
 
-torch.set_num_threads(1)
-
 # EfficientNet-Lite0 as its published description gives it, written out independently of
 # croma's module: (repeats, kernel, first stride, expansion, out channels) per stage.
 STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
@@ -296,7 +294,7 @@ def test_cli_train_and_benchmark_with_a_backbone(tmp_path, lite0_file, capsys):
                "--checkpoint-dir", str(tmp_path / "run")])
     assert rc == 0, capsys.readouterr().err
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert ckpt["config"]["backbones"] == {"image": "efficientnet-lite0"}
+    assert ckpt["config"]["data"]["backbones"] == {"image": "efficientnet-lite0"}
     assert ckpt["model"]["encoders.image.net.0.weight"].shape[1] == 1280  # an MLP adapter on the embeddings
     # croma benchmark takes the same flags into the same loader (a full benchmark run is tested elsewhere)
     from croma.benchmark import load_for_benchmark

@@ -8,13 +8,10 @@ import sys
 import time
 
 import pytest
-import torch
 
 from croma.checkpoint import load_checkpoint
 from croma.cli import main
 from croma.meta.functional import tree_equal
-
-torch.set_num_threads(1)
 
 TINY = [
     "--loss", "nce", "--quiet", "--device", "cpu", "--ways", "3", "--shots", "2", "--queries", "2",
@@ -39,7 +36,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert rc == 0 and "trained 4/4 iterations" in out
     assert sorted(os.listdir(d)) == ["best.pt", "last.pt", "metrics.csv"]
     last = load_checkpoint(d / "last.pt")
-    assert last["iteration"] == 4 and last["config"]["benchmark"] == "synthetic"
+    assert last["iteration"] == 4 and last["config"]["data"]["benchmark"] == "synthetic"
     assert last["head_init"] in ("meta", "zero", "prototype")
 
     rc = main(["evaluate", str(d), "--shots", "1", "2", "--repeats", "2", "--eval-tasks", "2", "--device", "cpu", "--json"])

@@ -12,13 +12,11 @@ from torch import nn
 
 from croma.checkpoint import load_checkpoint
 from croma.cli import main
+from croma.config import TrainConfig
 from croma.distributed import TEST_EXIT_ENV, DistEnv, Distributed, env_world, shard_indices
 from croma.errors import CromaError
+from croma.fit import CromaTrainer, train
 from croma.meta.functional import tree_equal
-from croma.meta.trainer import CromaTrainer, TrainConfig, train
-from episodes.datasets.synthetic import make_synthetic_benchmark
-
-torch.set_num_threads(1)
 
 TIMEOUT = 50  # seconds any one subprocess may take before the test fails
 
@@ -71,11 +69,6 @@ class NCE(nn.Module):
     def forward(self, zs, zt):
         logits = F.normalize(zs, dim=-1) @ F.normalize(zt, dim=-1).T / 0.2
         return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return make_synthetic_benchmark(num_classes=30, per_class=16, source_dim=12, target_dim=10, latent_dim=4, seed=0)
 
 
 def _cfg(**kw):

@@ -4,14 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from croma.config import TrainConfig
 from croma.errors import CromaError
 from croma.evaluate import EvalConfig, _episode_batch, choose_head_init, evaluate_kshot, format_results
+from croma.factory import build_from_config
 from croma.meta.functional import FunctionalModel, meta_parameters, tree_equal
 from croma.meta.tasks import model_inputs
-from croma.meta.trainer import TrainConfig, build_from_config
 from episodes.datasets.synthetic import make_synthetic_benchmark
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from croma.cli import main
+from croma.config import TrainConfig
 from croma.errors import CromaError
+from croma.fit import CromaTrainer
 from croma.meta.functional import FunctionalModel, meta_parameters
 from croma.meta.inner import InnerConfig, import_higher, run_batched, run_higher, run_inner, run_sequential
-from croma.meta.trainer import CromaTrainer, TrainConfig
-from episodes.datasets.synthetic import make_synthetic_benchmark
-
-torch.set_num_threads(1)
 
 
 class TinyNet(nn.Module):
@@ -74,11 +72,6 @@ def test_run_inner_dispatches_to_higher_and_rejects_unknown_modes():
         run_inner("jax", loss_fn, trainable, constant, batch, cfg)
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return make_synthetic_benchmark(num_classes=30, per_class=16, source_dim=12, target_dim=10, latent_dim=4, seed=0)
-
-
 def _cfg(**kw):
     base = dict(iterations=3, meta_batch=4, task_mix=0.5, inner_steps=2, inner_lr=0.01, align_batch=8, ways=3, shots=2,
                 queries=2, eval_every=0, checkpoint_every=0, seed=2, loss="cwcl", model={"embed_dim": 8, "hidden": 16})
@@ -96,7 +89,7 @@ def test_training_with_higher_matches_batched(bench):
         runs[mode] = tr.theta
     for k in runs["batched"]:
         torch.testing.assert_close(runs["higher"][k], runs["batched"][k], atol=1e-5, rtol=0)
-    assert TrainConfig(inner_loop="higher").to_dict()["inner_loop"] == "higher"
+    assert TrainConfig(inner_loop="higher").to_dict()["inner"]["loop"] == "higher"
 
 
 def test_cli_train_inner_loop_higher(tmp_path, capsys):

@@ -13,10 +13,9 @@ import torch
 
 from croma.checkpoint import load_checkpoint
 from croma.cli import main
+from croma.config import TrainConfig
 from croma.errors import NonFiniteLossError
-from croma.meta.trainer import TrainConfig, train
-
-torch.set_num_threads(1)
+from croma.fit import train
 
 TINY = [
     "--loss", "nce", "--quiet", "--device", "cpu", "--ways", "3", "--shots", "2", "--queries", "2",
@@ -24,15 +23,6 @@ TINY = [
     "--align-batch", "8", "--eval-tasks", "2", "--finetune-steps", "2", "--seed", "1",
 ]
 EVAL = ["--shots", "1", "--repeats", "1", "--eval-tasks", "2", "--device", "cpu"]
-
-
-def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 @pytest.fixture(scope="module")
@@ -63,45 +53,45 @@ def _one_line(rc, err, *needles):
 
 
 # ---------------------------------------------------------------- cause 2: NaN parameters
-def test_nan_checkpoint_is_refused_not_scored(run, capsys):
+def test_nan_checkpoint_is_refused_not_scored(run_cli, run, capsys):
     _edit(run / "best.pt", lambda ck: ck["model"].update({k: torch.full_like(v, float("nan")) for k, v in ck["model"].items()}))
-    rc, out, err = _run(["evaluate", str(run), *EVAL], capsys)
+    rc, out, err = run_cli(["evaluate", str(run), *EVAL])
     _one_line(rc, err, "best.pt", "NaN")
     assert "accuracy" not in out and "R@1" not in out
 
 
-def test_collapsed_embeddings_do_not_score_perfect_retrieval(run, capsys):
+def test_collapsed_embeddings_do_not_score_perfect_retrieval(run_cli, run, capsys):
     _edit(run / "best.pt", lambda ck: ck["model"].update({k: torch.zeros_like(v) for k, v in ck["model"].items()}))
-    rc, out, err = _run(["evaluate", str(run), *EVAL, "--json"], capsys)
+    rc, out, err = run_cli(["evaluate", str(run), *EVAL, "--json"])
     assert rc == 0, err
     ret = json.loads(out[out.index("{"):])["retrieval"]
     assert ret is not None and ret["r1_mean"] == 0.0 and ret["r10_mean"] < 100.0  # was 100 / 100 / 100
 
 
 # ---------------------------------------------------------------- cause 3: best.pt deleted
-def test_resume_with_best_deleted_is_refused(run, capsys):
+def test_resume_with_best_deleted_is_refused(run_cli, run, capsys):
     (run / "best.pt").unlink()
-    rc, out, err = _run(["train", "synthetic", *TINY, "--iterations", "2", "--eval-every", "2", "--checkpoint-every",
-                         "2", "--checkpoint-dir", str(run), "--resume"], capsys)
+    rc, out, err = run_cli(["train", "synthetic", *TINY, "--iterations", "2", "--eval-every", "2", "--checkpoint-every",
+                         "2", "--checkpoint-dir", str(run), "--resume"])
     _one_line(rc, err, "best.pt")
     assert "wrote" not in out and not (run / "best.pt").exists()
 
 
-def test_evaluate_with_best_deleted_does_not_silently_use_last(run, capsys):
+def test_evaluate_with_best_deleted_does_not_silently_use_last(run_cli, run, capsys):
     (run / "best.pt").unlink()
-    rc, out, err = _run(["evaluate", str(run), *EVAL], capsys)
+    rc, out, err = run_cli(["evaluate", str(run), *EVAL])
     _one_line(rc, err, "best.pt", "--checkpoint last")
-    rc, out, err = _run(["evaluate", str(run), *EVAL, "--checkpoint", "last"], capsys)
+    rc, out, err = run_cli(["evaluate", str(run), *EVAL, "--checkpoint", "last"])
     assert rc == 0 and "accuracy" in out.lower()
 
 
-def test_resume_without_selection_rewrites_best(tmp_path, capsys):
+def test_resume_without_selection_rewrites_best(run_cli, tmp_path, capsys):
     d = tmp_path / "r0"
     args = ["train", "synthetic", *TINY, "--iterations", "2", "--eval-every", "0", "--checkpoint-dir", str(d)]
     assert main(args) == 0
     (d / "best.pt").unlink()
     capsys.readouterr()
-    rc, out, err = _run(args + ["--resume"], capsys)
+    rc, out, err = run_cli(args + ["--resume"])
     assert rc == 0 and (d / "best.pt").is_file() and "best.pt" in out
     assert torch.equal(*(next(iter(load_checkpoint(d / n)["model"].values())) for n in ("best.pt", "last.pt")))
 
@@ -122,17 +112,17 @@ BAD_CHECKPOINTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
-def test_malformed_checkpoint_is_one_line_for_evaluate(case, run, capsys):
+def test_malformed_checkpoint_is_one_line_for_evaluate(run_cli, case, run, capsys):
     _edit(run / "best.pt", BAD_CHECKPOINTS[case])
-    rc, _, err = _run(["evaluate", str(run), *EVAL], capsys)
+    rc, _, err = run_cli(["evaluate", str(run), *EVAL])
     _one_line(rc, err, "best.pt")
 
 
 @pytest.mark.parametrize("case", ["wrong-shape", "string-ways", "no-config", "list-model"])
-def test_malformed_checkpoint_is_one_line_for_resume(case, run, capsys):
+def test_malformed_checkpoint_is_one_line_for_resume(run_cli, case, run, capsys):
     _edit(run / "last.pt", BAD_CHECKPOINTS[case])
-    rc, _, err = _run(["train", "synthetic", *TINY, "--iterations", "2", "--eval-every", "2", "--checkpoint-every", "2",
-                       "--checkpoint-dir", str(run), "--resume"], capsys)  # the stored settings: only the file is bad
+    rc, _, err = run_cli(["train", "synthetic", *TINY, "--iterations", "2", "--eval-every", "2", "--checkpoint-every", "2",
+                       "--checkpoint-dir", str(run), "--resume"])  # the stored settings: only the file is bad
     _one_line(rc, err, "last.pt", "malformed" if case != "wrong-shape" else "shape")
 
 
@@ -152,8 +142,8 @@ def test_diverging_run_does_not_claim_a_checkpoint_that_was_never_written(tmp_pa
 
 
 # ---------------------------------------------------------------- cause 13: paths from the caller
-def test_evaluate_uses_callers_paths_not_the_checkpoints(run, tmp_path, capsys, monkeypatch):
-    import croma.meta.trainer as trainer_mod
+def test_evaluate_uses_callers_paths_not_the_checkpoints(run_cli, run, tmp_path, capsys, monkeypatch):
+    import croma.runs as trainer_mod
 
     stored = {"data_root": str(tmp_path / "stored-data"), "cache_dir": str(tmp_path / "stored-cache"),
               "manifest": str(tmp_path / "stored.jsonl")}
@@ -166,16 +156,16 @@ def test_evaluate_uses_callers_paths_not_the_checkpoints(run, tmp_path, capsys, 
         return real(cfg, **kw)
 
     monkeypatch.setattr(trainer_mod, "load_bench", spy)
-    rc, _, err = _run(["evaluate", str(run), *EVAL], capsys)
+    rc, _, err = run_cli(["evaluate", str(run), *EVAL])
     assert rc == 0, err
     assert seen == [(None, None, None)]
-    rc, _, err = _run(["evaluate", str(run), *EVAL, "--data-root", str(tmp_path / "mine"), "--cache-dir",
-                       str(tmp_path / "mycache")], capsys)
+    rc, _, err = run_cli(["evaluate", str(run), *EVAL, "--data-root", str(tmp_path / "mine"), "--cache-dir",
+                       str(tmp_path / "mycache")])
     assert rc == 0 and seen[-1] == (str(tmp_path / "mine"), str(tmp_path / "mycache"), None)
     # a manifest run needs the caller's --manifest; the stored path is never read
     _edit(run / "best.pt", lambda ck: ck["config"].update(benchmark="manifest", source="text", target="audio"))
-    rc, _, err = _run(["evaluate", str(run), *EVAL], capsys)
+    rc, _, err = run_cli(["evaluate", str(run), *EVAL])
     _one_line(rc, err, "--manifest")
-    rc, _, err = _run(["evaluate", str(run), *EVAL, "--manifest", str(tmp_path / "mine.jsonl")], capsys)
+    rc, _, err = run_cli(["evaluate", str(run), *EVAL, "--manifest", str(tmp_path / "mine.jsonl")])
     _one_line(rc, err, "mine.jsonl")
     assert "stored" not in err

@@ -10,22 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from croma.cli import main
-from croma.meta.trainer import TrainConfig, train
+from croma.config import TrainConfig
+from croma.fit import train
 from croma.runlog import METRICS_FILE, RunLog, metric_columns, read_metrics
-from episodes.datasets.synthetic import make_synthetic_benchmark
-
-torch.set_num_threads(1)
 
 
 class NCE(nn.Module):
     def forward(self, zs, zt):
         logits = F.normalize(zs, dim=-1) @ F.normalize(zt, dim=-1).T / 0.2
         return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return make_synthetic_benchmark(num_classes=30, per_class=16, source_dim=12, target_dim=10, latent_dim=4, seed=0)
 
 
 def cfg(d, **kw):

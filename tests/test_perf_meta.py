@@ -8,8 +8,6 @@ import torch
 from croma.cli import main
 from croma.perf.meta import _workload, count_flops, matmul_peak, naive_task_deltas
 
-torch.set_num_threads(1)
-
 TINY = ["--repeats", "1", "--meta-batch", "2", "--inner-steps", "1", "--hidden", "16"]
 
 
@@ -69,8 +67,8 @@ def test_compiled_batched_step_equals_eager(monkeypatch):
     from torch import nn
 
     import croma.meta.inner as inner
+    from croma.config import TrainConfig
     from croma.meta.functional import FunctionalModel, meta_parameters
-    from croma.meta.trainer import TrainConfig
 
     monkeypatch.setattr(inner, "_COMPILE_BACKEND", "eager")
     with torch.random.fork_rng(devices=[]):

@@ -2,11 +2,10 @@ import pytest
 import torch
 
 import episodes.datasets as datasets
-from croma.meta.trainer import TrainConfig, load_bench
+from croma.config import TrainConfig
+from croma.factory import load_bench
 from episodes.data import ModalityData
 from episodes.datasets.synthetic import make_synthetic_benchmark
-
-torch.set_num_threads(1)
 
 
 def _sequence_bench(**_):

@@ -11,13 +11,12 @@ import torch
 
 from croma.checkpoint import load_checkpoint
 from croma.cli import main
+from croma.config import TrainConfig
 from croma.distributed import shard_indices
+from croma.fit import CromaTrainer
 from croma.meta.functional import tree_equal
+from croma.meta.outer import task_plan
 from croma.meta.reptile import chunk_layout, pack_chunks, sum_chunks
-from croma.meta.trainer import CromaTrainer, TrainConfig, task_plan
-from episodes.datasets.synthetic import make_synthetic_benchmark
-
-torch.set_num_threads(1)
 
 
 def test_chunk_layout_partitions_each_family_in_fixed_pieces():
@@ -44,11 +43,6 @@ def test_sum_chunks_adds_rows_in_order_and_unpacks():
     assert n == 3 and torch.equal(deltas["w"], torch.full((2, 2), 3.0)) and torch.equal(deltas["b"], torch.tensor([1.0, 0.0, 3.0]))
     assert str(deltas["b"][1].item()) == "0.0"  # -0.0 is normalised, as a sum with another rank's zero would do
     assert torch.equal(losses["align"], torch.tensor([[3.0, 1.0]])) and torch.equal(losses["source_cls"], torch.tensor([[3.0, 2.0]]))
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return make_synthetic_benchmark(num_classes=30, per_class=16, source_dim=12, target_dim=10, latent_dim=4, seed=0)
 
 
 def _cfg(**kw):

@@ -19,10 +19,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from croma.config import TrainConfig
 from croma.evaluate import EvalConfig
+from croma.factory import build_from_config
 from croma.meta.functional import meta_parameters
 from croma.meta.tasks import model_inputs
-from croma.meta.trainer import TrainConfig, build_from_config
 from episodes.data import ModalityData, PreparedBenchmark
 from episodes.noise import symmetric_label_noise
 
@@ -247,7 +248,7 @@ def meta_val_score(ctx: MethodContext, model: nn.Module, params: dict[str, torch
     Support labels carry the run's label noise, as at meta-test.
     """
     from croma.evaluate import evaluate_kshot
-    from croma.meta.trainer import eval_config_from
+    from croma.factory import eval_config_from
 
     bench = bench if bench is not None else ctx.bench
     cfg = eval_config_from(ctx.train, label_noise=ctx.label_noise)

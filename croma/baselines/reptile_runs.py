@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from croma.baselines.common import Budget, MethodContext, meta_val_score
-from croma.meta.trainer import CromaTrainer, TrainConfig, task_plan
+from croma.config import TrainConfig
+from croma.fit import CromaTrainer
+from croma.meta.outer import task_plan
 
 
 def task_examples(cfg: TrainConfig) -> int:

@@ -91,7 +91,7 @@ def run(args) -> int:
     if args.nproc > 1:
         import torch
 
-        from croma.meta.trainer import resolve_device
+        from croma.factory import resolve_device
 
         if resolve_device(args.device).type == "cuda" and args.nproc > torch.cuda.device_count():
             raise CromaError(
@@ -104,7 +104,7 @@ def run(args) -> int:
 
 
 def _check_checkpoint(args) -> None:
-    """Raise CromaError when DIR has no checkpoint to evaluate (as :func:`croma.evaluate.load_run` would)."""
+    """Raise CromaError when DIR has no checkpoint to evaluate (as :func:`croma.runs.load_run` would)."""
     from pathlib import Path
 
     from croma.checkpoint import checkpoint_path
@@ -123,8 +123,9 @@ def run_rank(args) -> int:
     ``args``: the parsed flags (:data:`_FIELDS`). Only rank 0 prints the table (and ``--json``).
     """
     from croma.distributed import Distributed, env_world
-    from croma.evaluate import evaluate_run, format_results
-    from croma.meta.trainer import resolve_device
+    from croma.evaluate import format_results
+    from croma.factory import resolve_device
+    from croma.runs import evaluate_run
 
     env = env_world()
     dist = None

@@ -91,8 +91,8 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
-    """Build and validate a :class:`croma.meta.trainer.TrainConfig` from parsed flags."""
-    from croma.meta.trainer import TrainConfig
+    """Build and validate a :class:`croma.config.TrainConfig` from parsed flags."""
+    from croma.config import TrainConfig
 
     if args.bench not in benchmark_names():
         raise ValueError(f"BENCH must be one of {', '.join(benchmark_names())} (got {args.bench!r})")
@@ -150,7 +150,7 @@ def run(args) -> int:
     if args.nproc > 1:
         import torch
 
-        from croma.meta.trainer import resolve_device
+        from croma.factory import resolve_device
 
         if resolve_device(cfg.device).type == "cuda" and args.nproc > torch.cuda.device_count():
             raise CromaError(
@@ -167,8 +167,10 @@ def run_rank(payload: dict) -> int:
     ``payload``: ``{"config": TrainConfig.to_dict(), "resume", "progress", "dist_timeout"}``.
     Only rank 0 prints, shows progress and writes checkpoints.
     """
+    from croma.config import TrainConfig
     from croma.distributed import Distributed, env_world
-    from croma.meta.trainer import TrainConfig, load_bench, resolve_device, train
+    from croma.factory import load_bench, resolve_device
+    from croma.fit import train
     from croma.perf.meta import tune_allocator
 
     cfg = TrainConfig.from_dict(payload["config"])

@@ -26,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from croma.config import TrainConfig
     from croma.evaluate import EvalConfig, evaluate_kshot
+    from croma.factory import build_from_config
     from croma.meta.tasks import model_inputs
-    from croma.meta.trainer import TrainConfig, build_from_config
     from episodes.data import ModalityData, PreparedBenchmark
 
     g = torch.Generator().manual_seed(0)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from croma.baselines import get_method, methods_for
     from croma.baselines.common import MethodContext
     from croma.benchmark import PRESETS, BenchmarkConfig, _contexts, load_for_benchmark
-    from croma.meta.trainer import bench_to
+    from croma.factory import bench_to
 
     cfg = BenchmarkConfig(benchmark=args.benchmark, preset=args.preset, seed=args.seed, shots=args.shots,
                           progress=False, device="cpu", out=None)

@@ -1,0 +1,379 @@
+"""Training configuration: nested sections, defaults and validation in one place, strict files.
+
+A :class:`TrainConfig` has six sections::
+
+    TrainConfig(data=DataConfig(...),        # what to load and how to front-end it
+                model={...},                 # croma.model.ModelConfig fields (num_classes = ways)
+                inner=InnerLoopConfig(...),  # the per-task inner loop
+                outer=OuterConfig(...),      # the meta-batch and the outer algorithm
+                eval=MetaValConfig(...),     # meta-val episodes, fine-tuning, head choice
+                run=RunConfig(...))          # seed, device, checkpoints, stopping
+
+Every setting also has one flat name (:data:`FLAT`: ``inner_lr`` is ``inner.lr``), the name of
+its CLI flag (``--inner-lr``) and of the key in configs written before the sections existed, so
+``TrainConfig(inner_lr=3e-3)``, ``cfg.inner_lr`` and ``dataclasses.replace(cfg, inner_lr=...)``
+keep working. :meth:`TrainConfig.from_dict` takes the nested form (``to_dict``'s output), the flat
+form, or a mix, and rejects unknown keys naming them. :func:`croma.factory.load_config_file` reads a
+JSON or TOML file, the ``config`` of a ``results.json``, or the ``config`` stored in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+
+__all__ = [
+    "DataConfig", "InnerLoopConfig", "OuterConfig", "MetaValConfig", "RunConfig", "TrainConfig",
+    "FLAT", "SECTIONS", "RUNTIME_FIELDS", "parse_key_values", "parse_value", "plain",
+]
+
+
+@dataclass
+class DataConfig:
+    """What to load. ``benchmark``: a registered data set (``synthetic`` for tests); ``features``:
+    ``sequence`` (front-end output as is) or ``compact`` (n-gram / audio-statistics vectors);
+    ``data_root``, ``cache_dir``, ``manifest``, ``source``, ``target``: passed to the loader;
+    ``backbones``: ``{modality: backbone}`` frozen front-ends; ``audio_model``: local transformers
+    audio directory; ``skip_bad``: leave out unreadable items; ``split_classes``: ``[TRAIN, VAL,
+    TEST]`` class counts (None: by fraction, at least ``ways`` classes per split when possible)."""
+
+    benchmark: str = "synthetic"
+    features: str = "sequence"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    manifest: str | None = None
+    source: str | None = None
+    target: str | None = None
+    backbones: dict[str, str] = field(default_factory=dict)
+    audio_model: str | None = None
+    skip_bad: bool = False
+    split_classes: list[int] | None = None
+
+
+@dataclass
+class InnerLoopConfig:
+    """The per-task inner loop: ``steps`` of ``optimizer`` (``sgd`` | ``adam``) at ``lr``;
+    ``loop``: ``batched`` (vmap), ``sequential`` (the reference) or ``higher`` (the optional
+    package); ``task_chunk``: tasks per batched chunk (chunks are summed in a fixed order, so
+    results do not depend on the number of processes; 0: one chunk per family); ``compile``: run
+    the batched step through ``torch.compile``."""
+
+    steps: int = 5
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    loop: str = "batched"
+    task_chunk: int = 32
+    compile: bool = False
+
+
+@dataclass
+class OuterConfig:
+    """The meta-batch and the outer algorithm. ``algorithm``: ``reptile`` | ``fomaml`` (see
+    :mod:`croma.meta.outer`); ``iterations`` outer steps of ``meta_batch`` tasks; ``task_mix``:
+    fraction of alignment tasks (the rest source classification) unless ``task_weights``
+    (``{family: weight}``) is given; ``meta_lr`` -> ``meta_lr_final``: the outer step size, linear
+    over the run; ``loss`` / ``loss_hp``: the alignment objective; ``ways``/``shots``/``queries``:
+    classification episodes; ``align_batch``: pairs per alignment task; ``frozen``:
+    parameter-name prefixes no task updates."""
+
+    algorithm: str = "reptile"
+    iterations: int = 1000
+    meta_batch: int = 8
+    task_mix: float = 0.5
+    task_weights: dict[str, float] | None = None
+    meta_lr: float = 1.0
+    meta_lr_final: float = 0.0
+    loss: str = "cwcl"
+    loss_hp: dict[str, Any] = field(default_factory=dict)
+    ways: int = 5
+    shots: int = 5
+    queries: int = 5
+    align_batch: int = 32
+    frozen: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MetaValConfig:
+    """Meta-val during training: every ``every`` iterations (0: never), ``tasks`` episodes per k in
+    ``shots`` with ``queries`` queries; fine-tuning (``finetune`` all | head, ``finetune_steps``,
+    ``finetune_lr`` / ``finetune_optimizer``: None = the inner loop's); ``head_init`` meta | zero |
+    prototype | auto (chosen on meta-val at the end); ``label_noise`` on support labels."""
+
+    every: int = 100
+    tasks: int = 8
+    shots: list[int] = field(default_factory=lambda: [5])
+    queries: int = 5
+    finetune: str = "all"
+    finetune_steps: int = 10
+    finetune_lr: float | None = None
+    finetune_optimizer: str | None = None
+    head_init: str = "meta"
+    label_noise: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    """The run: ``seed`` (model init, splits, every task), ``device`` (auto | cpu | cuda[:i]),
+    ``checkpoint_dir`` (None: no files), ``checkpoint_every`` (0: only at the end),
+    ``stop_after`` iterations (as if interrupted), ``time_budget_s`` of training."""
+
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 100
+    stop_after: int | None = None
+    time_budget_s: float | None = None
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "inner": InnerLoopConfig, "outer": OuterConfig,
+                             "eval": MetaValConfig, "run": RunConfig}
+
+# flat name (CLI flag, pre-section key) -> (section, field)
+_RENAMED = {
+    ("inner", "steps"): "inner_steps", ("inner", "lr"): "inner_lr", ("inner", "optimizer"): "inner_optimizer",
+    ("inner", "loop"): "inner_loop", ("inner", "compile"): "compile_inner",
+    ("eval", "every"): "eval_every", ("eval", "tasks"): "eval_tasks", ("eval", "shots"): "eval_shots",
+    ("eval", "queries"): "eval_queries", ("eval", "label_noise"): "val_label_noise",
+}
+FLAT: dict[str, tuple[str, str]] = {
+    _RENAMED.get((sec, f.name), f.name): (sec, f.name) for sec, cls in SECTIONS.items() for f in fields(cls)
+}
+
+# Settings that may differ between an interrupted run and its --resume (they do not change results).
+RUNTIME_FIELDS = frozenset({"device", "checkpoint_dir", "stop_after", "time_budget_s", "data_root", "cache_dir"})
+
+# optional settings: None allowed, else this type
+_OPTIONAL = {"data_root": str, "cache_dir": str, "manifest": str, "source": str, "target": str, "audio_model": str,
+             "finetune_optimizer": str, "task_weights": dict, "finetune_lr": float, "time_budget_s": float,
+             "stop_after": int, "checkpoint_dir": str, "split_classes": list}
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain types (dict/list/str/int/float/bool/None; tuples become lists; tensors
+    are kept). Raises TypeError for other objects."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint (plain types and tensors only)")
+
+
+def _section(cls: type, value: Any, where: str):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return copy.deepcopy(value)
+    if isinstance(value, Mapping):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(f'{where}.{k}' for k in unknown)} "
+                             f"(known: {', '.join(sorted(names))})")
+        return cls(**copy.deepcopy(dict(value)))
+    raise TypeError(f"configuration section {where!r} must be a mapping (got {type(value).__name__})")
+
+
+@dataclass(init=False)
+class TrainConfig:
+    """Everything that defines a CROMA training run (sections above; stored in checkpoints).
+
+    ``TrainConfig(inner=InnerLoopConfig(lr=3e-3), iterations=200)``: sections as dataclasses or
+    dicts, plus any flat names (:data:`FLAT`), applied on top. Flat names read and write their
+    section's field (``cfg.inner_lr is cfg.inner.lr``).
+    """
+
+    data: DataConfig
+    model: dict[str, Any]
+    inner: InnerLoopConfig
+    outer: OuterConfig
+    eval: MetaValConfig
+    run: RunConfig
+
+    def __init__(self, data: Any = None, model: Mapping[str, Any] | None = None, inner: Any = None,
+                 outer: Any = None, eval: Any = None, run: Any = None, **flat: Any) -> None:  # noqa: A002
+        for name, value in (("data", data), ("inner", inner), ("outer", outer), ("eval", eval), ("run", run)):
+            object.__setattr__(self, name, _section(SECTIONS[name], value, name))
+        if model is not None and not isinstance(model, Mapping):
+            raise TypeError(f"configuration section 'model' must be a mapping (got {type(model).__name__})")
+        object.__setattr__(self, "model", copy.deepcopy(dict(model or {})))
+        for key, value in flat.items():
+            if key not in FLAT:
+                raise TypeError(f"TrainConfig got an unknown setting {key!r}")
+            setattr(self, key, value)
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not attributes: the flat aliases
+        if name in FLAT:
+            sec, f = FLAT[name]
+            return getattr(object.__getattribute__(self, sec), f)
+        raise AttributeError(f"'TrainConfig' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in FLAT:
+            sec, f = FLAT[name]
+            setattr(getattr(self, sec), f, value)
+        elif name in ("model",) or name in SECTIONS:
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"'TrainConfig' has no setting {name!r}")
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-type dict (a checkpoint's and a results file's ``config``)."""
+        return plain(asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """``{flat name: value}`` of every setting, plus ``model``."""
+        out = {k: copy.deepcopy(getattr(getattr(self, s), f)) for k, (s, f) in FLAT.items()}
+        out["model"] = copy.deepcopy(self.model)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Rebuild from :meth:`to_dict` output, the flat form, or a mix of both.
+
+        Raises:
+            ValueError: a key that is neither a section nor a flat setting (named in the message).
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a training configuration must be a mapping (got {type(d).__name__})")
+        unknown = sorted(k for k in d if k not in SECTIONS and k != "model" and k not in FLAT)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} in the training configuration")
+        sections = {k: v for k, v in d.items() if k in SECTIONS or k == "model"}
+        flat = {k: v for k, v in d.items() if k in FLAT}
+        return cls(**sections, **flat)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with sections and/or flat settings changed (same as ``dataclasses.replace``)."""
+        return TrainConfig(data=self.data, model=self.model, inner=self.inner, outer=self.outer, eval=self.eval,
+                           run=self.run, **changes)
+
+    # ------------------------------------------------------------------ checks
+    def check_types(self, where: str = "configuration") -> None:
+        """Raise ValueError when a setting has the wrong type (e.g. text where a count belongs)."""
+        for name, (sec, fname) in FLAT.items():
+            f = next(x for x in fields(SECTIONS[sec]) if x.name == fname)
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            v = getattr(self, name)
+            if v is None and name in _OPTIONAL:
+                continue
+            want = _OPTIONAL.get(name, type(default))
+            if want is float:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            elif want is int:
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            else:
+                ok = isinstance(v, want)
+            if ok and name in ("eval_shots", "split_classes"):
+                ok = all(isinstance(k, int) and not isinstance(k, bool) for k in v)
+            if ok and want is dict:
+                ok = all(isinstance(k, str) and not isinstance(x, torch.Tensor) for k, x in v.items())
+            if not ok:
+                opt = " or None" if name in _OPTIONAL else ""
+                raise ValueError(f"{where}: setting {name!r} must be {want.__name__}{opt} (got {type(v).__name__})")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"{where}: setting 'model' must be dict (got {type(self.model).__name__})")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending setting (as its CLI flag) when out of range."""
+        from croma.evaluate import HEAD_INITS
+        from croma.meta.inner import INNER_LOOPS, INNER_OPTIMIZERS
+        from croma.meta.outer import OUTER_ALGORITHMS
+        from croma.meta.tasks import FAMILIES
+
+        def need(cond: bool, flag: str, what: str, value: Any) -> None:
+            if not cond:
+                raise ValueError(f"--{flag} must be {what} (got {value})")
+
+        for name, lo in (
+            ("iterations", 1), ("meta_batch", 1), ("inner_steps", 1), ("ways", 2), ("shots", 1),
+            ("queries", 0), ("align_batch", 2), ("eval_every", 0), ("eval_tasks", 1), ("eval_queries", 1),
+            ("finetune_steps", 0), ("checkpoint_every", 0), ("task_chunk", 0),
+        ):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, name.replace("_", "-"),
+                 f"an integer >= {lo}", v)
+        need(self.features in ("sequence", "compact"), "features", "sequence or compact", self.features)
+        need(0.0 <= self.task_mix <= 1.0, "task-mix", "in [0, 1]", self.task_mix)
+        need(math.isfinite(self.inner_lr) and self.inner_lr > 0, "inner-lr", "a finite number > 0", self.inner_lr)
+        need(math.isfinite(self.meta_lr) and self.meta_lr > 0, "meta-lr", "a finite number > 0", self.meta_lr)
+        need(math.isfinite(self.meta_lr_final) and self.meta_lr_final >= 0, "meta-lr-final", "a finite number >= 0",
+             self.meta_lr_final)
+        need(self.inner_optimizer in INNER_OPTIMIZERS, "inner-optimizer", "sgd or adam", self.inner_optimizer)
+        need(self.inner_loop in INNER_LOOPS, "inner-loop", ", ".join(INNER_LOOPS), self.inner_loop)
+        need(self.algorithm in OUTER_ALGORITHMS, "outer", " or ".join(OUTER_ALGORITHMS.names()), self.algorithm)
+        need(self.head_init in HEAD_INITS + ("auto",), "head-init", "meta, zero, prototype or auto", self.head_init)
+        need(self.finetune in ("all", "head"), "finetune", "all or head", self.finetune)
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda",
+             self.device)
+        need(bool(self.eval_shots) and all(int(k) >= 1 for k in self.eval_shots), "eval-shots", "integers >= 1",
+             self.eval_shots)
+        if self.finetune_lr is not None:
+            need(math.isfinite(self.finetune_lr) and self.finetune_lr > 0, "finetune-lr", "a finite number > 0",
+                 self.finetune_lr)
+        if self.finetune_optimizer is not None:
+            need(self.finetune_optimizer in INNER_OPTIMIZERS, "finetune-optimizer", "sgd or adam",
+                 self.finetune_optimizer)
+        if self.task_weights is not None:
+            bad = sorted(set(self.task_weights) - set(FAMILIES))
+            need(not bad, "task-weights", f"over {', '.join(FAMILIES)}", bad)
+            need(all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.task_weights.values())
+                 and sum(self.task_weights.values()) > 0,
+                 "task-weights", "non-negative with a positive sum", self.task_weights)
+        need(isinstance(self.loss_hp, dict) and all(isinstance(k, str) for k in self.loss_hp), "loss-hp",
+             "KEY=VALUE settings", self.loss_hp)
+        need(isinstance(self.frozen, (list, tuple)) and all(isinstance(p, str) and p for p in self.frozen),
+             "frozen", "a list of parameter-name prefixes", self.frozen)
+        need(isinstance(self.val_label_noise, (int, float)) and 0.0 <= self.val_label_noise < 1.0,
+             "label-noise", "in [0, 1)", self.val_label_noise)
+        if self.stop_after is not None:
+            need(self.stop_after >= 1, "stop-after", "an integer >= 1", self.stop_after)
+        if self.time_budget_s is not None:
+            need(self.time_budget_s > 0, "time-budget", "> 0 seconds", self.time_budget_s)
+        from croma.model import ModelConfig
+
+        known = {f.name for f in fields(ModelConfig)} - {"num_classes"}
+        unknown = sorted(set(self.model) - known)
+        need(not unknown, "model", f"settings among {', '.join(sorted(known))}", unknown)
+
+
+# ---------------------------------------------------------------------- files and KEY=VALUE flags
+def parse_value(text: str) -> Any:
+    """``"3"`` -> 3, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"none"`` -> None, JSON lists/objects;
+    anything else stays text."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["temperature=0.1", "a=1,b=2"]`` -> ``{"temperature": 0.1, "a": 1, "b": 2}``.
+
+    Raises:
+        ValueError: an item without ``=``, naming ``flag``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for part in [p for p in item.split(",") if p.strip()] if "[" not in item and "{" not in item else [item]:
+            if "=" not in part:
+                raise ValueError(f"{flag} expects KEY=VALUE (got {part!r})")
+            k, v = part.split("=", 1)
+            if not k.strip():
+                raise ValueError(f"{flag} expects KEY=VALUE (got {part!r})")
+            out[k.strip()] = parse_value(v.strip())
+    return out

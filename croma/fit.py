@@ -1,0 +1,291 @@
+"""The fit loop: :class:`CromaTrainer` and :func:`train`.
+
+:class:`CromaTrainer` runs :class:`croma.meta.trainer.MetaLearner`'s pure outer step until
+``cfg.iterations`` (or ``stop_after`` / ``time_budget_s``). Every ``eval_every`` iterations the
+meta-val accuracy (fixed episodes) selects ``best.pt``; meta-test is never used for selection.
+``last.pt`` is written every ``checkpoint_every`` iterations and at the end
+(:class:`croma.checkpoint.Checkpointer`); ``resume=True`` continues from it to bitwise the same
+parameters as an uninterrupted run (CPU): everything a step depends on is
+``(theta, seed, iteration)``. Pass a :class:`croma.distributed.Distributed` as ``dist`` to share
+each meta-batch and the meta-val episodes between ranks; only rank 0 writes checkpoints and
+shows progress.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from croma.checkpoint import Checkpointer
+from croma.config import TrainConfig
+from croma.evaluate import EvalConfig, choose_head_init, evaluate_kshot
+from croma.factory import eval_config_from
+from croma.meta.functional import Params
+from croma.meta.trainer import MetaLearner
+from episodes.data import PreparedBenchmark
+
+__all__ = ["CromaTrainer", "TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        theta: final meta-parameters; best_theta: meta-parameters with the best meta-val accuracy
+        (``theta`` when never validated); iteration: iterations completed; best_val: best meta-val
+        accuracy (percent) or None; best_iteration; head_init: chosen head initialisation;
+        history: list of plain dicts; finished: True when all iterations ran.
+    """
+
+    theta: Params
+    best_theta: Params
+    iteration: int
+    best_val: float | None
+    best_iteration: int | None
+    head_init: str
+    history: list[dict[str, Any]]
+    finished: bool
+    head_scores: dict[str, float] | None = None
+
+
+class CromaTrainer(MetaLearner):
+    """Meta-trains a :class:`croma.model.CrossModalModel` with batched Reptile (or another outer
+    algorithm), with meta-val selection, checkpoints and metrics.
+
+    Args:
+        cfg, bench, model, loss_module, dist: as :class:`~croma.meta.trainer.MetaLearner`.
+        progress: show a tqdm progress bar (rank 0 only).
+        tensorboard: also log metrics.csv's rows to ``<checkpoint_dir>/tensorboard``.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        bench: PreparedBenchmark | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        loss_module: torch.nn.Module | None = None,
+        progress: bool = False,
+        dist: Any = None,
+        tensorboard: bool = False,
+    ) -> None:
+        super().__init__(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist)
+        self.tensorboard = tensorboard
+        self.progress = progress and self.is_writer
+        if dist is not None and cfg.checkpoint_dir:
+            dist.checkpoint = Path(cfg.checkpoint_dir) / "last.pt"  # named in its error messages
+        self.checkpointer = Checkpointer(cfg.checkpoint_dir, cfg, is_writer=self.is_writer)
+        self.best_theta: Params | None = None
+        self.best_val: float | None = None
+        self.best_iteration: int | None = None
+        self.head_init = cfg.head_init
+        self.head_scores: dict[str, float] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._acc: dict[str, list[float]] = {}
+        if cfg.eval_every:  # fail before training when meta-val episodes cannot be drawn
+            from croma.evaluate import _episode_batch
+
+            ecfg = self.eval_config()
+            _episode_batch(self.bench, self.inputs[self.bench.target], ecfg, max(ecfg.shots), 0)
+
+    def _sync_from_rank0(self) -> None:
+        """Make every rank hold rank 0's state (parameters, iteration, selection; rank 0 may be
+        the only one that could read ``last.pt`` when machines do not share a file system)."""
+        d = self.dist
+        d.iteration = None
+        meta = d.broadcast_object(
+            {"iteration": self.iteration, "best_val": self.best_val, "best_iteration": self.best_iteration,
+             "head_init": self.head_init, "head_scores": self.head_scores, "history": self.history,
+             "has_best": self.best_theta is not None},
+            "broadcast of the initial state",
+        )
+        self.theta = d.broadcast_params(self.theta, "broadcast of the initial state")
+        self.iteration, self.best_val, self.best_iteration = meta["iteration"], meta["best_val"], meta["best_iteration"]
+        self.head_init, self.head_scores, self.history = meta["head_init"], meta["head_scores"], list(meta["history"])
+        if meta["has_best"]:
+            src = self.best_theta if self.best_theta is not None else self.theta
+            self.best_theta = d.broadcast_params(src, "broadcast of the initial state")
+        else:
+            self.best_theta = None
+
+    # ------------------------------------------------------------------ evaluation / selection
+    def eval_config(self, **overrides: Any) -> EvalConfig:
+        """Meta-val :class:`EvalConfig` of this run (``overrides`` replace fields)."""
+        return eval_config_from(self.cfg, **overrides)
+
+    def validate(self, theta: Mapping[str, torch.Tensor] | None = None) -> float:
+        """Meta-val accuracy (percent, mean over ``eval_shots``) of ``theta`` (default: current)."""
+        theta = self.theta if theta is None else theta
+        res = evaluate_kshot(self.model, self.bench, self.eval_config(), params=theta, inputs=self.inputs, dist=self.dist)
+        return sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def progress_state(self) -> dict[str, Any]:
+        """What a checkpoint stores besides parameters and configuration."""
+        return {"iteration": self.iteration, "epsilon_next": self.epsilon(self.iteration), "best_val": self.best_val,
+                "best_iteration": self.best_iteration, "head_init": self.head_init, "head_scores": self.head_scores,
+                "history": self.history}
+
+    def state(self, kind: str, theta: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The checkpoint payload (see :mod:`croma.checkpoint`)."""
+        return self.checkpointer.state(kind, theta, self.progress_state())
+
+    def _path(self, name: str) -> Path | None:
+        return self.checkpointer.path(name)
+
+    def checkpoint_hint(self) -> str:
+        return self.checkpointer.last_good()
+
+    def save(self) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when no meta-val has produced one) atomically."""
+        if self.cfg.eval_every == 0:  # nothing selects: best is the latest
+            self.checkpointer.save("best", self.theta, self.progress_state())
+        self.checkpointer.save("last", self.theta, self.progress_state())
+
+    def resume(self) -> bool:
+        """Continue from ``<checkpoint_dir>/last.pt`` when it exists; True when resumed.
+
+        Raises:
+            CromaError: the checkpoint was made with different training settings.
+        """
+        got = self.checkpointer.load_resume(self.theta, self.device)
+        if got is None:
+            return False
+        self.theta, self.iteration = got["theta"], got["iteration"]
+        self.best_val, self.best_iteration = got["best_val"], got["best_iteration"]
+        self.head_init, self.head_scores, self.history = got["head_init"], got["head_scores"], got["history"]
+        self.best_theta = got["best_theta"]
+        best = self._path("best.pt")
+        if best is not None and self.cfg.eval_every == 0 and not best.is_file():
+            self.checkpointer.save("best", self.theta, self.progress_state())  # nothing selects: best is the latest
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, *, resume: bool = False, on_iteration: Callable[["CromaTrainer", dict], None] | None = None) -> TrainResult:
+        """Train until ``cfg.iterations`` (or ``stop_after`` / ``time_budget_s``), with meta-val,
+        checkpoints and (``head_init="auto"``) the final head choice.
+
+        Args:
+            resume: continue from ``last.pt`` in ``cfg.checkpoint_dir`` when present.
+            on_iteration: called after each iteration with ``(trainer, record)``; ``record`` is the
+                row written to ``<checkpoint_dir>/metrics.csv`` (:mod:`croma.runlog`: iteration,
+                family losses, epsilon, val_acc or None, seconds, optimizer_steps).
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        if self.dist is not None:
+            self._sync_from_rank0()
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, desc="croma train", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        last_val: float | None = self.history[-1].get("val_acc") if self.history else None
+        runlog = None
+        if self.is_writer and cfg.checkpoint_dir:
+            from croma.runlog import RunLog, metric_columns
+
+            runlog = RunLog(cfg.checkpoint_dir, metric_columns([f for f, _ in self.plan]),
+                            start_iteration=self.iteration, tensorboard=self.tensorboard)
+        seconds0, steps_per_iteration = (runlog.seconds_offset if runlog else 0.0), self.meta_batch * cfg.inner_steps
+        try:
+            while self.iteration < cfg.iterations:
+                if self.dist is not None:
+                    self.dist.iteration = self.iteration + 1
+                    if cfg.task_chunk > 0:  # whole chunks per rank: bitwise the same for any world size
+                        rec = self.outer_step(chunk_ids=self.dist.shard(len(self.chunks)), all_reduce=self.dist.reduce_chunks)
+                    else:
+                        rec = self.outer_step(self.dist.shard(self.meta_batch), self.dist.reduce_deltas([f for f, _ in self.plan]))
+                else:
+                    rec = self.outer_step()
+                for k, v in rec.items():
+                    self._acc.setdefault(k, []).append(v)
+                it = self.iteration
+                done = it == cfg.iterations
+                log_now = False
+                if cfg.eval_every and (it % cfg.eval_every == 0 or done):
+                    last_val = self.validate()
+                    log_now = True
+                    if self.best_val is None or last_val > self.best_val:
+                        self.best_val, self.best_iteration = last_val, it
+                        self.best_theta = {k: v.clone() for k, v in self.theta.items()}
+                        if self._path("best.pt") is not None and self.is_writer:
+                            self.checkpointer.save("best", self.theta, self.progress_state())
+                ckpt_now = bool(cfg.checkpoint_every and it % cfg.checkpoint_every == 0) or done
+                stop = (cfg.stop_after is not None and it >= cfg.stop_after) or (
+                    cfg.time_budget_s is not None and time.perf_counter() - t0 >= cfg.time_budget_s
+                )
+                if self.dist is not None and cfg.time_budget_s is not None:  # clocks differ: stop together
+                    stop = self.dist.any(stop, "all_reduce")
+                if log_now or ckpt_now or stop:
+                    entry: dict[str, Any] = {"iteration": it}
+                    entry.update({k: sum(v) / len(v) for k, v in self._acc.items()})
+                    if log_now:
+                        entry["val_acc"] = last_val
+                    self.history.append(entry)
+                    self._acc = {}
+                row = {"iteration": it, **rec, "val_acc": last_val if log_now else None,
+                       "seconds": round(seconds0 + time.perf_counter() - t0, 3), "optimizer_steps": it * steps_per_iteration}
+                if runlog is not None:
+                    runlog.write(row)
+                if ckpt_now or stop:
+                    self.save()
+                bar.update(1)
+                if self.progress:
+                    post = {k.replace("_loss", ""): f"{v:.3f}" for k, v in rec.items() if k.endswith("_loss")}
+                    if last_val is not None:
+                        post["val"] = f"{last_val:.1f}%"
+                    bar.set_postfix(post, refresh=False)
+                if on_iteration is not None:
+                    on_iteration(self, row)
+                if stop and not done:
+                    break
+        finally:
+            bar.close()
+            if runlog is not None:
+                runlog.close()
+        finished = self.iteration >= cfg.iterations
+        if self.best_theta is None:
+            self.best_theta = {k: v.clone() for k, v in self.theta.items()}
+        if finished and cfg.head_init == "auto" and self.head_scores is None:
+            self.head_init, self.head_scores = choose_head_init(
+                self.model, self.bench, self.eval_config(), params=self.best_theta, inputs=self.inputs, dist=self.dist
+            )
+            self.checkpointer.save("best", self.best_theta, self.progress_state())
+            self.checkpointer.save("last", self.theta, self.progress_state())
+        return TrainResult(
+            theta=self.theta, best_theta=self.best_theta, iteration=self.iteration, best_val=self.best_val,
+            best_iteration=self.best_iteration, head_init=self.head_init, history=self.history,
+            finished=finished, head_scores=self.head_scores,
+        )
+
+
+def train(
+    cfg: TrainConfig,
+    bench: PreparedBenchmark | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    model: torch.nn.Module | None = None,
+    loss_module: torch.nn.Module | None = None,
+    dist: Any = None,
+    callback: Callable[[dict], Any] | None = None,
+    tensorboard: bool = False,
+) -> TrainResult:
+    """Meta-train with CROMA (see :class:`CromaTrainer`); the one-call entry point.
+
+    ``dist``: a :class:`croma.distributed.Distributed` when this process is one rank of several.
+    ``callback``: called after every outer iteration with that iteration's ``metrics.csv`` row
+    (a dict: ``iteration``, ``<family>_loss``, ``val_acc`` or None, ``seconds``,
+    ``optimizer_steps``...), also when no ``checkpoint_dir`` is set.
+    ``tensorboard``: also log the rows to ``<checkpoint_dir>/tensorboard`` (extra ``[tensorboard]``).
+    """
+    trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist,
+                           tensorboard=tensorboard)
+    on_iteration = None if callback is None else (lambda _trainer, row: callback(dict(row)))
+    return trainer.fit(resume=resume, on_iteration=on_iteration)

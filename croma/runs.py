@@ -1,0 +1,128 @@
+"""A trained run, reloaded and meta-tested: :func:`load_run`, :func:`evaluate_run` (``croma evaluate``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from croma.checkpoint import check_parameters, checkpoint_path, load_checkpoint, train_config
+from croma.errors import CromaError
+from croma.evaluate import EvalConfig, choose_head_init, evaluate_kshot
+from croma.factory import bench_to, build_from_config, eval_config_from, load_bench, resolve_device
+from croma.meta.functional import load_parameters, meta_parameters
+
+__all__ = ["load_run", "evaluate_run"]
+
+
+def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_root: str | None = None,
+             cache_dir: str | None = None, manifest: str | None = None):
+    """Rebuild model, benchmark and meta-parameters from a run directory (or a ``.pt`` file).
+
+    ``which="best"`` falls back to ``last.pt`` only when no meta-val has selected a best
+    checkpoint yet (``last.pt`` records none); a deleted ``best.pt`` is an error.
+
+    Paths to data come from the caller, never from the checkpoint (a shared checkpoint must not
+    choose what this machine reads or writes): ``data_root`` (None: ``$CROMA_DATA``),
+    ``cache_dir`` (None: ``$CROMA_CACHE`` or ``~/.cache/croma``) and, for a run trained on a
+    JSONL manifest, ``manifest`` (required then).
+
+    Returns:
+        ``(model, bench, theta, ckpt, train_cfg)``: model on the device with ``theta`` loaded,
+        the benchmark with features on the device, the checkpoint dict, the
+        :class:`croma.config.TrainConfig`.
+
+    Raises:
+        CromaError: missing / malformed checkpoint (types, non-finite values, shapes against the
+            model), a deleted ``best.pt``, a manifest run without ``manifest``.
+    """
+    path = checkpoint_path(run_dir, which)
+    if which == "best" and not path.is_file() and Path(run_dir).is_dir():
+        last = checkpoint_path(run_dir, "last")
+        if last.is_file() and load_checkpoint(last).get("best_val") is not None:
+            raise CromaError(
+                f"{path} is missing although meta-val selected a best checkpoint (see {last}); restore it, or "
+                f"pass --checkpoint last to evaluate the last parameters"
+            )
+        path = last
+    ckpt = load_checkpoint(path)
+    cfg = train_config(ckpt, path)
+    cfg.data_root, cfg.cache_dir = data_root, cache_dir
+    if cfg.benchmark == "manifest":
+        if manifest is None:
+            raise CromaError(f"{path} was trained on a JSONL manifest: pass --manifest PATH (the path stored in "
+                             f"the checkpoint is not used)")
+        cfg.manifest = manifest
+    else:
+        cfg.manifest = None
+    dev = resolve_device(device)
+    bench = load_bench(cfg)
+    model = build_from_config(cfg, bench)
+    check_parameters(ckpt["model"], meta_parameters(model), path)
+    try:
+        load_parameters(model, ckpt["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CromaError(f"{path}: parameters do not match the model its config describes ({exc})") from exc
+    model = model.to(dev).eval()
+    theta = {k: v.to(dev) for k, v in ckpt["model"].items()}
+    return model, bench_to(bench, dev), theta, ckpt, cfg
+
+
+_EVAL_OVERRIDES = ("shots", "repeats", "tasks", "ways", "queries", "head_init", "finetune", "finetune_steps",
+                   "finetune_lr", "finetune_optimizer", "label_noise", "split", "seed", "nearest_centroid", "retrieval")
+
+
+def evaluate_run(
+    run_dir: str,
+    eval_cfg: EvalConfig | None = None,
+    *,
+    which: str = "best",
+    device: str = "auto",
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    manifest: str | None = None,
+    dist: Any = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Meta-test a trained run (what ``croma evaluate DIR`` does).
+
+    The episodes and fine-tuning come from ``eval_cfg`` when given; otherwise from the run's
+    training settings (:func:`croma.factory.eval_config_from`) on ``meta_test`` with 1/5/10
+    shots, 5 repeats of 8 tasks, nearest centroid and retrieval. ``overrides`` set
+    :class:`~croma.evaluate.EvalConfig` fields by name (``shots``, ``repeats``, ``tasks``,
+    ``ways``, ``queries``, ``head_init``, ``finetune``, ``finetune_steps``, ``finetune_lr``,
+    ``label_noise``, ``split``, ``seed``, ...; ``None`` keeps the default). ``head_init`` unset
+    uses the initialisation recorded in the checkpoint (chosen on meta-val when trained with
+    ``auto``); ``"auto"`` chooses now, on meta-val. Returns :func:`evaluate_kshot`'s dict plus
+    ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``. ``dist``: split the episodes across
+    the ranks of a :class:`croma.distributed.Distributed` (all ranks call; all get the result).
+
+    Raises:
+        TypeError: an override that is not an EvalConfig field.
+    """
+    bad = sorted(set(overrides) - set(_EVAL_OVERRIDES))
+    if bad:
+        raise TypeError(f"evaluate_run() got unknown setting(s) {', '.join(bad)} (EvalConfig fields: "
+                        f"{', '.join(_EVAL_OVERRIDES)})")
+    model, bench, theta, ckpt, tcfg = load_run(run_dir, which=which, device=device, data_root=data_root,
+                                             cache_dir=cache_dir, manifest=manifest)
+    if eval_cfg is not None:
+        cfg = replace(eval_cfg)
+    else:
+        cfg = eval_config_from(tcfg, shots=[1, 5, 10], repeats=5, tasks=8, queries=5, split="meta_test",
+                               label_noise=0.0, nearest_centroid=True, retrieval=True)
+    head_init = overrides.pop("head_init", None)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, list(v) if k == "shots" else v)
+    cfg.validate()
+    head_scores = ckpt.get("head_scores")
+    chosen = head_init or (eval_cfg.head_init if eval_cfg is not None else None) or ckpt.get("head_init") or "meta"
+    if chosen == "auto":
+        chosen, head_scores = choose_head_init(model, bench, cfg, params=theta, dist=dist)
+    cfg.head_init = chosen
+    result = evaluate_kshot(model, bench, cfg, params=theta, dist=dist)
+    result["iteration"] = int(ckpt["iteration"])
+    result["checkpoint"] = ckpt.get("kind", which)
+    result["head_scores"] = head_scores
+    return result
