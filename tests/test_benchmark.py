@@ -11,8 +11,6 @@ from croma.cli import main
 from croma.report import format_table
 from episodes.datasets.synthetic import make_synthetic_benchmark
 
-torch.set_num_threads(1)
-
 ALL = [
     "pretrain", "align-classify", "align-meta-classify", "croma", "oracle", "unsup-meta",
     "shared", "shared-align", "shared-confusion", "shared-target-labels",
@@ -38,6 +36,7 @@ def test_every_paper_method_is_registered_and_applies_to_vector_benchmarks():
         get_method("nope")
 
 
+@pytest.mark.slow
 def test_benchmark_writes_schema_and_files(tmp_path):
     cfg = _cfg(tmp_path, methods=["pretrain", "croma", "oracle"])
     res = run_benchmark(cfg, bench=_bench())
@@ -74,11 +73,13 @@ def test_benchmark_writes_schema_and_files(tmp_path):
     assert "1-shot" in table and "croma" in table and "#target samples(labels)" in table
 
 
+@pytest.mark.slow
 def test_domain_adaptation_family_runs(tmp_path):
     res = run_benchmark(_cfg(tmp_path, methods=["shared", "shared-confusion", "shared-target-labels"], shots=[1]), bench=_bench())
     assert [r["method"] for r in res["rows"]] == ["shared", "shared-confusion", "shared-target-labels"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_accuracies_bitwise_for_trained_methods(tmp_path):
     """Step budgets: a result is a function of the seed, not of how busy the machine was."""
     methods = ["pretrain", "align-classify", "croma"]

@@ -16,8 +16,6 @@ from croma.meta.functional import meta_parameters
 from croma.stats import Z95, mean_ci95, paired_comparison, seed_std
 from episodes.datasets.synthetic import make_synthetic_benchmark
 
-torch.set_num_threads(1)
-
 
 # ----------------------------------------------------------------------------- statistics
 def test_mean_ci95_by_hand():

@@ -12,8 +12,6 @@ from episodes.cache import FeatureCache
 from episodes.cache_admin import cache_groups, clear_cache
 from episodes.errors import DataError
 
-torch.set_num_threads(1)
-
 
 def _files_size(folder):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)

@@ -6,8 +6,6 @@ import torch
 from croma.cli import main
 from croma.perf.losses import LossBenchConfig, LossBenchRow, format_loss_bench, run_loss_bench
 
-torch.set_num_threads(1)
-
 NAMES = ["clip", "cmcr", "cwcl", "nce", "pcmc", "pcmr"]
 
 

@@ -141,6 +141,7 @@ def runs(tmp_path_factory):
     return root, two
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(runs):
     root, two = runs
     assert "trained 6/6 iterations on 2 processes (gloo)" in two.stdout
@@ -158,6 +159,7 @@ def test_two_gloo_processes_match_one_process(runs):
     assert ba["best_iteration"] == bb["best_iteration"]
 
 
+@pytest.mark.slow
 def test_dead_rank_stops_the_run_cleanly_and_torchrun_resume_equals_uninterrupted(runs):
     root, _ = runs
     run = root / "killed"

@@ -12,12 +12,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from croma.cli import main
 from croma.distributed import TEST_EXIT_ENV
-
-torch.set_num_threads(1)
 
 TIMEOUT = 50  # seconds any one subprocess may take before the test fails
 
@@ -70,6 +67,7 @@ def _same(a: dict, b: dict) -> None:
     assert a == b  # everything else too (retrieval, config, head init, iteration)
 
 
+@pytest.mark.slow
 def test_nproc_2_equals_one_process(run_dir, single):
     table1, res1 = single
     two = subprocess.run([sys.executable, "-m", "croma", "evaluate", str(run_dir), *EVAL, "--nproc", "2",
@@ -89,6 +87,7 @@ def test_nproc_2_equals_one_process(run_dir, single):
     _same(res1, res2)
 
 
+@pytest.mark.slow
 def test_torchrun_2_processes_equals_one_process(run_dir, single):
     _, res1 = single
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

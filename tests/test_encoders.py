@@ -8,8 +8,6 @@ from torch.func import functional_call, grad, vmap
 from croma.encoders import encoder_hyperparameters, get_encoder, list_encoders
 from croma.errors import CromaError
 
-torch.set_num_threads(1)
-
 
 def _bytes(gen, b, length, valid):
     x = torch.randint(1, 257, (b, length), generator=gen)

@@ -7,8 +7,6 @@ from episodes.data import ModalityData
 from episodes.datasets.synthetic import make_synthetic_benchmark
 from episodes.features import audio_bow_features, audio_stat_features, compact_benchmark, text_ngram_features
 
-torch.set_num_threads(1)
-
 
 def test_text_ngrams_match_a_naive_count():
     text = "Ab ab"

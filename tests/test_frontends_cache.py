@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(1)
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fixtures_layouts as F  # noqa: E402
 

@@ -12,22 +12,10 @@ import argparse
 import os
 
 import pytest
-import torch
 
 from croma.cli import NUMERIC_BOUNDS, build_parser, main, numeric_actions
 
-torch.set_num_threads(1)
-
 HUGE = 10**30  # beyond 64 bits and beyond every stated maximum
-
-
-def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        rc = exc.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def _sub(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -80,12 +68,12 @@ def test_every_subcommand_has_numeric_flags_covered():
 
 
 @pytest.mark.parametrize("path, flag", CASES, ids=[" ".join(p) + " " + f for p, f in CASES])
-def test_bad_numeric_flag_exits_2_with_one_line_naming_it(path, flag, tmp_path, capsys, monkeypatch):
+def test_bad_numeric_flag_exits_2_with_one_line_naming_it(run_cli, path, flag, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CROMA_CACHE", str(tmp_path / "cache"))
     action = next(a for p, a in numeric_actions(build_parser()) if p == path and flag in a.option_strings)
     base = _base_argv(path, tmp_path)
     for bad in _bad_values(action):
-        rc, out, err = _run(base + [flag, bad], capsys)
+        rc, out, err = run_cli(base + [flag, bad])
         assert rc == 2, (path, flag, bad, out, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and flag in lines[0], (flag, bad, err)
@@ -104,41 +92,41 @@ def test_help_states_ranges(capsys):
     assert "range [1, 16384]" in out  # --hidden's maximum is stated
 
 
-def test_finetune_lr_inf_names_its_own_flag(tmp_path, capsys):
-    rc, _, err = _run(["evaluate", str(tmp_path), "--finetune-lr", "inf"], capsys)
+def test_finetune_lr_inf_names_its_own_flag(run_cli, tmp_path, capsys):
+    rc, _, err = run_cli(["evaluate", str(tmp_path), "--finetune-lr", "inf"])
     assert rc == 2 and "--finetune-lr" in err and "inner" not in err
 
 
-def test_budget_seconds_nan_and_inf_refused(tmp_path, capsys):
+def test_budget_seconds_nan_and_inf_refused(run_cli, tmp_path, capsys):
     for bad in ("nan", "inf"):
-        rc, _, err = _run(["benchmark", "synthetic", "--out", str(tmp_path / "o"), "--budget-seconds", bad], capsys)
+        rc, _, err = run_cli(["benchmark", "synthetic", "--out", str(tmp_path / "o"), "--budget-seconds", bad])
         assert rc == 2 and "--budget-seconds" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
 
 
-def test_output_paths_checked_before_any_work(tmp_path, capsys):
+def test_output_paths_checked_before_any_work(run_cli, tmp_path, capsys):
     afile = tmp_path / "a-file"
     afile.write_text("x")
-    rc, _, err = _run(["train", "synthetic", "--checkpoint-dir", str(afile), "--quiet"], capsys)
+    rc, _, err = run_cli(["train", "synthetic", "--checkpoint-dir", str(afile), "--quiet"])
     assert rc == 2 and "--checkpoint-dir" in err and str(afile) in err and err.count("\n") == 1
-    rc, _, err = _run(["benchmark", "synthetic", "--out", str(afile), "--quiet"], capsys)
+    rc, _, err = run_cli(["benchmark", "synthetic", "--out", str(afile), "--quiet"])
     assert rc == 2 and "--out" in err and str(afile) in err and err.count("\n") == 1
     assert afile.read_text() == "x"
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
-def test_read_only_checkpoint_dir_is_one_line(tmp_path, capsys):
+def test_read_only_checkpoint_dir_is_one_line(run_cli, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        rc, _, err = _run(["train", "synthetic", "--checkpoint-dir", str(ro / "run"), "--quiet"], capsys)
+        rc, _, err = run_cli(["train", "synthetic", "--checkpoint-dir", str(ro / "run"), "--quiet"])
     finally:
         ro.chmod(0o700)
     assert rc == 2 and "--checkpoint-dir" in err and err.count("\n") == 1
 
 
-def test_os_errors_become_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+def test_os_errors_become_one_line_naming_the_path(run_cli, tmp_path, capsys, monkeypatch):
     """Any OSError reaching the CLI (read-only, full disk, ...) is one line naming the path, exit 2."""
     import croma.cli.losses as losses_cli
 
@@ -146,7 +134,7 @@ def test_os_errors_become_one_line_naming_the_path(tmp_path, capsys, monkeypatch
         raise OSError(28, "No space left on device", str(tmp_path / "full" / "x.pt"))
 
     monkeypatch.setattr(losses_cli, "run", boom)
-    rc, _, err = _run(["losses"], capsys)
+    rc, _, err = run_cli(["losses"])
     assert rc == 2 and err == f"error: {tmp_path / 'full' / 'x.pt'}: No space left on device\n"
     with pytest.raises(OSError):
         main(["--debug", "losses"])

@@ -21,8 +21,6 @@ from croma.losses import (
     register_loss,
 )
 
-torch.set_num_threads(1)
-
 F64 = torch.float64
 NAMES = ["clip", "cmcr", "cwcl", "nce", "pcmc", "pcmr"]
 C = 1 / math.sqrt(2)

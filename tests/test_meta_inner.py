@@ -11,8 +11,6 @@ from croma.meta.functional import FunctionalModel, meta_parameters, split_params
 from croma.meta.inner import InnerConfig, adapt, run_batched, run_sequential
 from croma.meta.reptile import linear_epsilon, reptile_update
 
-torch.set_num_threads(1)
-
 
 class TinyNet(nn.Module):
     def __init__(self):

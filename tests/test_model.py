@@ -11,8 +11,6 @@ from croma.encoders.sequence import Conv1dEncoder
 from croma.model import CrossModalModel, ModelConfig, build_model, input_summary
 from episodes.data import ModalityData, PreparedBenchmark
 
-torch.set_num_threads(1)
-
 SHAPES = {"text": ((24,), torch.long), "audio": ((6, 20), torch.float32)}
 
 

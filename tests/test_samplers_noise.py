@@ -8,8 +8,6 @@ from episodes.errors import DataError
 from episodes.noise import symmetric_label_noise
 from episodes.samplers import AlignmentTaskSampler, ClassificationTaskSampler
 
-torch.set_num_threads(1)
-
 
 def _labels(num_classes=6, per_class=12):
     return torch.arange(num_classes).repeat_interleave(per_class)

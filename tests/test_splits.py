@@ -5,14 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from croma.cli import build_parser, main
 from episodes.errors import DataError
 from episodes.prepare import split_counts
 from episodes.samplers import ClassificationTaskSampler
-
-torch.set_num_threads(1)
 
 
 def test_split_counts_by_hand():

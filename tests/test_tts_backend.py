@@ -9,13 +9,10 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from episodes import tts
 from episodes.datasets import udhr_speech as us
 from episodes.errors import DataError
-
-torch.set_num_threads(1)
 
 
 def _fake_program(tmp_path, version="1.51"):

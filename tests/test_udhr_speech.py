@@ -8,9 +8,6 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-
-torch.set_num_threads(1)
 
 from episodes import tts  # noqa: E402
 from episodes.datasets import udhr_speech as us  # noqa: E402

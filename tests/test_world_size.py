@@ -105,6 +105,7 @@ def _losses(path):
         return [{k: v for k, v in row.items() if k.endswith("_loss") or k.endswith("_loss_last")} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_1_2_4_gloo_processes_give_bitwise_identical_meta_parameters_after_30_iterations(tmp_path):
     """7 tasks in chunks [0,1] [2,3] (align) [4,5] [6] (source): 2 processes take 2 chunks each,
     4 processes one each. Meta-parameters and the logged losses are bitwise equal."""
