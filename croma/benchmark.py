@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
 
 import torch
 
@@ -120,6 +120,22 @@ class BenchmarkConfig:
     audio_model: str | None = None
     skip_bad: bool = False
     split_classes: list[int] | None = None
+    # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
+    loss_hp: dict[str, Any] = field(default_factory=dict)
+    task_weights: dict[str, float] | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
+        """Rebuild from ``asdict`` output (results.json's ``config.benchmark_config``).
+
+        Raises:
+            ValueError: an unknown key (named).
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown benchmark setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(names))})")
+        return cls(**dict(d))
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -146,6 +162,10 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
         tr["loss"] = cfg.loss
     if cfg.model:  # --encoder / --embed-dim / --hidden / weights flags over the preset's model
         tr["model"] = {**tr.get("model", {}), **cfg.model}
+    if cfg.loss_hp:
+        tr["loss_hp"] = {**tr.get("loss_hp", {}), **cfg.loss_hp}
+    if cfg.task_weights:
+        tr["task_weights"] = dict(cfg.task_weights)
     train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device,
                         val_label_noise=cfg.label_noise, **tr)
     train.validate()

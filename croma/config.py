@@ -252,6 +252,18 @@ class TrainConfig:
         flat = {k: v for k, v in d.items() if k in FLAT}
         return cls(**sections, **flat)
 
+    @staticmethod
+    def flat_keys(d: Mapping[str, Any]) -> set[str]:
+        """The flat names of the settings a (nested, flat or mixed) dict names; ``model`` included."""
+        inverse = {v: k for k, v in FLAT.items()}
+        out = set()
+        for k, v in d.items():
+            if k in SECTIONS and isinstance(v, Mapping):
+                out.update(inverse[(k, f)] for f in v if (k, f) in inverse)
+            elif k in FLAT or k == "model":
+                out.add(k)
+        return out
+
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with sections and/or flat settings changed (same as ``dataclasses.replace``)."""
         return TrainConfig(data=self.data, model=self.model, inner=self.inner, outer=self.outer, eval=self.eval,

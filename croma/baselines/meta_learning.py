@@ -16,10 +16,10 @@ from croma.baselines.reptile_runs import budgeted_reptile
 )
 def croma(ctx: MethodContext):
     model = fresh_model(ctx)
-    mix = float(ctx.method_train().task_mix)
-    params, info = budgeted_reptile(
-        ctx, model=model, task_weights={"align": mix, "source_cls": 1.0 - mix}, budget=ctx.budget()
-    )
+    train = ctx.method_train()
+    mix = float(train.task_mix)  # --task-weights (any families) replaces the align / source mix
+    weights = dict(train.task_weights) if train.task_weights else {"align": mix, "source_cls": 1.0 - mix}
+    params, info = budgeted_reptile(ctx, model=model, task_weights=weights, budget=ctx.budget())
     return finish(
         ctx, model, params, train_seconds=info["seconds"], outer_steps=info["outer_steps"],
         optimizer_steps=info["optimizer_steps"], counts=target_pool_counts(ctx.bench, align=True), notes=info,

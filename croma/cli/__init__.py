@@ -122,6 +122,10 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     Messages: ``--FLAG must be >= LO (got V)``, ``--FLAG must be <= HI (got V)``, ``--FLAG must be
     in [LO, HI) (got V)``, ``--FLAG must be a finite number (got nan)``; ``must all be`` for lists.
     """
+    if not hasattr(args, "given"):
+        from croma.cli.config_flags import unwrap_defaults
+
+        unwrap_defaults(args)
     seen: set[str] = set()
     for _, action in numeric_actions(parser):
         if action.dest in seen or not hasattr(args, action.dest):
@@ -182,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from croma.cli.config_flags import unwrap_defaults
+
+    unwrap_defaults(args)  # which flags were given (for --config) and the plain defaults
     try:
         check_numbers(parser, args)
         return int(args.func(args) or 0)

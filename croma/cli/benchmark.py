@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
         description="Reproduce the CROMA paper's Table 1 shape on a benchmark: meta-train each method "
         "under the same budget, meta-test on unseen target classes.",
     )
-    p.add_argument("name", choices=benchmark_names(), metavar="NAME", help=f"one of {', '.join(benchmark_names())}")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME",
+                   help=f"one of {', '.join(benchmark_names())} (may come from --config)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of: {', '.join(list_methods())}, or 'all' (default: the preset's methods that apply)")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="k-shot settings (default 1 5 10)")
@@ -73,64 +74,87 @@ def add_parser(sub) -> None:
     add_frontend_flags(p)
     p.add_argument("--oracle-warm-start", action="store_true", help="supervised warm start for the oracle")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from croma.cli.config_flags import add_config_flags, mark_defaults
+
+    add_config_flags(p, what="benchmark")
+    mark_defaults(p)
     p.set_defaults(func=run)
 
 
-def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
-    """Check the parsed flags and build the :class:`croma.benchmark.BenchmarkConfig` they describe."""
-    from croma.benchmark import BenchmarkConfig
+# flags that set the BenchmarkConfig field of the same name
+_DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
+           "train_seeds", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
+           "oracle_warm_start", "audio_model", "skip_bad", "split_classes")
+# settings a results file must not choose on this machine (paths, where to write)
+_LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
 
-    if not 0.0 <= args.label_noise < 1.0:
-        raise ValueError(f"--label-noise must be in [0, 1) (got {args.label_noise})")
-    if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):
-        raise ValueError(f"--noise-sweep rates must be in [0, 1) (got {args.noise_sweep})")
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1 (got {args.repeats})")
-    if args.ways < 2:
-        raise ValueError(f"--ways must be >= 2 (got {args.ways})")
-    if args.eval_tasks is not None and not 1 <= args.eval_tasks <= 100000:
-        raise ValueError(f"--eval-tasks must be an integer in [1, 100000] (got {args.eval_tasks})")
-    if args.budget_steps is not None and not 1 <= args.budget_steps <= 10**9:
-        raise ValueError(f"--budget-steps must be an integer in [1, 1000000000] (got {args.budget_steps})")
-    if not 1 <= args.train_seeds <= 100:
-        raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {args.train_seeds})")
-    if any(k < 1 for k in args.shots):
-        raise ValueError(f"--shots must all be >= 1 (got {args.shots})")
+
+def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
+    """Check the parsed flags and build the :class:`croma.benchmark.BenchmarkConfig` they describe:
+    the defaults, ``--config FILE`` (a settings file, or a results.json to rerun), then the flags
+    given on the command line."""
+    from croma.benchmark import BenchmarkConfig
+    from croma.cli.config_flags import given, loss_hp, read_config, task_weights, unwrap_defaults
+
+    if not hasattr(args, "given"):
+        unwrap_defaults(args)
+    file, kind = read_config(getattr(args, "config", None))
+    if kind == "checkpoint":
+        raise ValueError(f"--config {args.config}: a training checkpoint; rerun it with 'croma train --config "
+                         f"{args.config}' (croma benchmark reads settings files and results.json)")
+    if kind == "results":
+        file = {k: v for k, v in dict(file.get("benchmark_config") or {}).items() if k not in _LOCAL}
+    try:
+        base = BenchmarkConfig.from_dict(file)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--config {args.config}: {exc}") from None
+    settings = {k: getattr(base, k) for k in file} if file else {}
+    for dest in _DIRECT:
+        if given(args, dest):
+            settings[dest] = list(getattr(args, dest)) if dest == "shots" else getattr(args, dest)
+    if args.name is not None:
+        settings["benchmark"] = args.name
+    elif "benchmark" not in settings:
+        raise ValueError("NAME is required (or --config FILE naming a benchmark)")
+    if settings["benchmark"] not in benchmark_names():
+        raise ValueError(f"NAME must be one of {', '.join(benchmark_names())} (got {settings['benchmark']!r})")
+    if given(args, "methods"):
+        settings["methods"] = _methods(args.methods)
+    if given(args, "quiet"):
+        settings["progress"] = not args.quiet
     from croma.cli.frontend_flags import frontend_settings
 
     front = frontend_settings(args)
+    if front["backbones"]:
+        settings["backbones"] = front["backbones"]
+    if front["model"]:
+        settings["model"] = {**settings.get("model", {}), **front["model"]}
+    hp = loss_hp(args)
+    if hp is not None:
+        settings["loss_hp"] = {**settings.get("loss_hp", {}), **hp}
+    tw = task_weights(args)
+    if tw is not None:
+        settings["task_weights"] = tw
+    cfg = BenchmarkConfig(**settings)
+    if not 0.0 <= cfg.label_noise < 1.0:
+        raise ValueError(f"--label-noise must be in [0, 1) (got {cfg.label_noise})")
+    if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):
+        raise ValueError(f"--noise-sweep rates must be in [0, 1) (got {args.noise_sweep})")
+    if cfg.repeats is not None and cfg.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1 (got {cfg.repeats})")
+    if cfg.ways < 2:
+        raise ValueError(f"--ways must be >= 2 (got {cfg.ways})")
+    if cfg.eval_tasks is not None and not 1 <= cfg.eval_tasks <= 100000:
+        raise ValueError(f"--eval-tasks must be an integer in [1, 100000] (got {cfg.eval_tasks})")
+    if cfg.budget_steps is not None and not 1 <= cfg.budget_steps <= 10**9:
+        raise ValueError(f"--budget-steps must be an integer in [1, 1000000000] (got {cfg.budget_steps})")
+    if not 1 <= cfg.train_seeds <= 100:
+        raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {cfg.train_seeds})")
+    if any(k < 1 for k in cfg.shots):
+        raise ValueError(f"--shots must all be >= 1 (got {cfg.shots})")
     for flag in ("embed_dim", "hidden"):
-        if front["model"].get(flag, 1) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {front['model'][flag]})")
-    cfg = BenchmarkConfig(
-        benchmark=args.name,
-        methods=_methods(args.methods),
-        shots=list(args.shots),
-        repeats=args.repeats,
-        ways=args.ways,
-        eval_tasks=args.eval_tasks,
-        loss=args.loss,
-        label_noise=args.label_noise,
-        preset=args.preset,
-        budget_seconds=args.budget_seconds,
-        budget_steps=args.budget_steps,
-        train_seeds=args.train_seeds,
-        device=args.device,
-        seed=args.seed,
-        out=args.out,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        manifest=args.manifest,
-        source=args.source,
-        target=args.target,
-        oracle_warm_start=args.oracle_warm_start,
-        backbones=front["backbones"],
-        model=front["model"],
-        audio_model=front["audio_model"],
-        skip_bad=front["skip_bad"],
-        split_classes=front["split_classes"],
-        progress=not args.quiet,
-    )
+        if cfg.model.get(flag, 1) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {cfg.model[flag]})")
     return cfg
 
 
@@ -144,10 +168,10 @@ def run(args) -> int:
         for res in results:
             print(format_table(res))
             print()
-        print(f"wrote {args.out}/noise_sweep.json and noise_sweep_<k>shot.png")
+        print(f"wrote {cfg.out}/noise_sweep.json and noise_sweep_<k>shot.png")
         return 0
     result = run_benchmark(cfg)
     print(format_table(result))
-    print(f"wall time {result['wall_seconds']:.0f} s; wrote {args.out}/results.json, results.csv, results.png")
+    print(f"wall time {result['wall_seconds']:.0f} s; wrote {cfg.out}/results.json, results.csv, results.png")
     sys.stdout.flush()
     return 0

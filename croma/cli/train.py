@@ -25,99 +25,163 @@ def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_parser(sub) -> None:
-    from croma.losses import list_losses
+# CLI-level defaults that differ from the library's (croma.config): the command line picks CUDA
+# when present; the library stays on the CPU unless asked.
+CLI_DEFAULTS = {"device": "auto", "model": {"embed_dim": 128, "hidden": 128}}
 
+
+def add_parser(sub) -> None:
+    from croma.config import TrainConfig
+    from croma.losses import list_losses
+    from croma.meta.inner import INNER_LOOPS, INNER_OPTIMIZERS
+    from croma.meta.outer import OUTER_ALGORITHMS
+
+    d = TrainConfig()  # every default below is the library's (croma.config), except CLI_DEFAULTS
     p = sub.add_parser(
         "train",
         help="meta-train CROMA (batched Reptile) on a benchmark",
         description="Meta-train encoders, alignment layer and shared classifier with CROMA "
         "(alignment tasks + source classification tasks, Reptile outer loop). Writes DIR/last.pt "
-        "and DIR/best.pt (best meta-val accuracy).",
+        "and DIR/best.pt (best meta-val accuracy). With --config FILE the settings come from FILE "
+        "and the flags given override them.",
     )
-    p.add_argument("bench", metavar="BENCH", help=f"benchmark: {', '.join(benchmark_names())}")
-    p.add_argument("--loss", choices=list_losses(), default="cwcl", help="alignment objective (default cwcl)")
-    p.add_argument("--features", choices=("sequence", "compact"), default="sequence",
+    p.add_argument("bench", metavar="BENCH", nargs="?", default=None,
+                   help=f"benchmark: {', '.join(benchmark_names())} (may come from --config)")
+    p.add_argument("--loss", choices=list_losses(), default=d.loss, help=f"alignment objective (default {d.loss})")
+    p.add_argument("--features", choices=("sequence", "compact"), default=d.features,
                    help="sequence: byte ids / log-mel frames / images (cnn1d, lstm, cnn2d encoders); compact: "
-                   "n-gram and audio-statistics vectors for MLP encoders, as `croma benchmark --preset quick` (default sequence)")
-    p.add_argument("--iterations", type=int, default=1000, help="outer iterations (default 1000)")
-    p.add_argument("--checkpoint-dir", required=True, metavar="DIR", help="run directory for last.pt / best.pt")
+                   "n-gram and audio-statistics vectors for MLP encoders, as `croma benchmark --preset quick` "
+                   f"(default {d.features})")
+    p.add_argument("--iterations", type=int, default=d.iterations, help=f"outer iterations (default {d.iterations})")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="run directory for last.pt / best.pt (required)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt (same settings required)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=CLI_DEFAULTS["device"], choices=("auto", "cpu", "cuda"),
+                   help="default auto (CUDA when available)")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log DIR/metrics.csv's rows as TensorBoard scalars in DIR/tensorboard "
                    "(needs the extra: pip install 'croma-meta[tensorboard]')")
-    p.add_argument("--meta-batch", type=int, default=8, help="tasks per outer iteration (default 8)")
-    p.add_argument("--task-mix", type=float, default=0.5, help="fraction of alignment tasks in a meta-batch, in [0, 1] (default 0.5)")
-    p.add_argument("--inner-steps", type=int, default=5, help="inner-loop steps S (default 5)")
-    p.add_argument("--inner-lr", type=float, default=1e-3, help="inner-loop learning rate (default 1e-3)")
-    p.add_argument("--inner-optimizer", choices=("sgd", "adam"), default="adam")
-    p.add_argument("--inner-loop", choices=("batched", "sequential", "higher"), default="batched",
+    p.add_argument("--outer", dest="algorithm", choices=OUTER_ALGORITHMS.names(), default=d.algorithm,
+                   help="outer algorithm: reptile (theta += eps * mean(phi - theta)) or fomaml (first-order MAML, "
+                   f"theta -= eps * mean grad L(phi); use a small --meta-lr such as 1e-3) (default {d.algorithm})")
+    p.add_argument("--meta-batch", type=int, default=d.meta_batch, help=f"tasks per outer iteration (default {d.meta_batch})")
+    p.add_argument("--task-mix", type=float, default=d.task_mix,
+                   help=f"fraction of alignment tasks in a meta-batch, in [0, 1] (default {d.task_mix})")
+    p.add_argument("--inner-steps", type=int, default=d.inner_steps, help=f"inner-loop steps S (default {d.inner_steps})")
+    p.add_argument("--inner-lr", type=float, default=d.inner_lr, help=f"inner-loop learning rate (default {d.inner_lr:g})")
+    p.add_argument("--inner-optimizer", choices=INNER_OPTIMIZERS, default=d.inner_optimizer)
+    p.add_argument("--inner-loop", choices=INNER_LOOPS, default=d.inner_loop,
                    help="vmap over tasks (default), a Python loop, or the optional 'higher' package's optimisers")
-    p.add_argument("--task-chunk", type=int, default=32,
+    p.add_argument("--task-chunk", type=int, default=d.task_chunk,
                    help="tasks per batched inner-loop chunk; chunks are summed in a fixed order and shared whole "
                    "between processes, so results do not depend on --nproc (more chunks than processes keep them "
-                   "all busy; smaller chunks cost speed per process; 0: one chunk per task family; default 32)")
+                   f"all busy; smaller chunks cost speed per process; 0: one chunk per task family; default {d.task_chunk})")
     p.add_argument("--compile-inner", action="store_true",
                    help="run the batched inner step through torch.compile (faster per step after a one-off compile "
                    "of each chunk shape: tens of seconds on CPU; see 'croma bench meta --compile')")
-    p.add_argument("--meta-lr", type=float, default=1.0, help="Reptile step size at the start (default 1.0)")
-    p.add_argument("--meta-lr-final", type=float, default=0.0, help="Reptile step size at the end (linear; default 0)")
-    p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
-    p.add_argument("--shots", type=int, default=5, help="K-shot of source classification tasks (default 5)")
-    p.add_argument("--queries", type=int, default=5, help="extra items per class in classification tasks (default 5)")
-    p.add_argument("--align-batch", type=int, default=32, help="pairs per alignment task (default 32)")
-    p.add_argument("--eval-every", type=int, default=100, help="meta-val every N iterations; 0 = never (default 100)")
-    p.add_argument("--eval-tasks", type=int, default=8, help="meta-val episodes (default 8)")
-    p.add_argument("--eval-shots", type=int, nargs="+", default=[5], help="meta-val k (default 5)")
-    p.add_argument("--finetune", choices=("all", "head"), default="all", help="parameters fine-tuned at meta-val/test")
-    p.add_argument("--finetune-steps", type=int, default=10, help="fine-tuning steps at meta-val/test (default 10)")
-    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning lr (default: --inner-lr)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="write last.pt every N iterations (default 100)")
-    p.add_argument("--head-init", choices=("meta", "zero", "prototype", "auto"), default="meta",
+    p.add_argument("--meta-lr", type=float, default=d.meta_lr, help=f"outer step size at the start (default {d.meta_lr:g})")
+    p.add_argument("--meta-lr-final", type=float, default=d.meta_lr_final,
+                   help=f"outer step size at the end (linear; default {d.meta_lr_final:g})")
+    p.add_argument("--ways", type=int, default=d.ways, help=f"N-way (default {d.ways})")
+    p.add_argument("--shots", type=int, default=d.shots, help=f"K-shot of source classification tasks (default {d.shots})")
+    p.add_argument("--queries", type=int, default=d.queries,
+                   help=f"extra items per class in classification tasks (default {d.queries})")
+    p.add_argument("--align-batch", type=int, default=d.align_batch, help=f"pairs per alignment task (default {d.align_batch})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"meta-val every N iterations; 0 = never (default {d.eval_every})")
+    p.add_argument("--eval-tasks", type=int, default=d.eval_tasks, help=f"meta-val episodes (default {d.eval_tasks})")
+    p.add_argument("--eval-shots", type=int, nargs="+", default=list(d.eval_shots),
+                   help=f"meta-val k (default {' '.join(map(str, d.eval_shots))})")
+    p.add_argument("--finetune", choices=("all", "head"), default=d.finetune, help="parameters fine-tuned at meta-val/test")
+    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
+                   help=f"fine-tuning steps at meta-val/test (default {d.finetune_steps})")
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="fine-tuning lr (default: --inner-lr)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=f"write last.pt every N iterations (default {d.checkpoint_every})")
+    p.add_argument("--head-init", choices=("meta", "zero", "prototype", "auto"), default=d.head_init,
                    help="meta-test head initialisation; auto = choose on meta-val at the end")
+    from croma.cli.config_flags import add_config_flags, mark_defaults
     from croma.cli.frontend_flags import add_frontend_flags
 
     add_frontend_flags(p)
+    add_config_flags(p, what="training")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split each meta-batch across N local processes (torch.distributed; gloo on CPU, "
                    "nccl on CUDA, one thread / GPU each); under torchrun leave this at 1")
     p.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
                    help="seconds a distributed collective may wait for a peer before the run stops "
                    "with an error (default 120)")
+    mark_defaults(p)
     p.set_defaults(func=run)
 
 
+# flags that set a TrainConfig setting of the same flat name (croma.config.FLAT); the others are
+# mapped in config_from_args
+_DIRECT = ("loss", "features", "iterations", "checkpoint_dir", "device", "seed", "algorithm", "meta_batch", "task_mix",
+           "inner_steps", "inner_lr", "inner_optimizer", "inner_loop", "task_chunk", "compile_inner", "meta_lr",
+           "meta_lr_final", "ways", "shots", "queries", "align_batch", "eval_every", "eval_tasks", "eval_shots",
+           "finetune", "finetune_steps", "finetune_lr", "checkpoint_every", "head_init", "data_root", "cache_dir",
+           "manifest", "source", "target", "audio_model", "skip_bad", "split_classes")
+# settings a checkpoint or results file must not choose on this machine (paths, where to write)
+_LOCAL = ("data_root", "cache_dir", "manifest", "checkpoint_dir", "stop_after", "time_budget_s")
+
+
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
-    """Build and validate a :class:`croma.config.TrainConfig` from parsed flags."""
+    """Build and validate a :class:`croma.config.TrainConfig`: the library defaults, the CLI's
+    (:data:`CLI_DEFAULTS`), ``--config FILE``, then the flags given on the command line."""
+    from croma.cli.config_flags import given, loss_hp, read_config, task_weights, unwrap_defaults
+    from croma.cli.frontend_flags import frontend_settings
     from croma.config import TrainConfig
 
-    if args.bench not in benchmark_names():
-        raise ValueError(f"BENCH must be one of {', '.join(benchmark_names())} (got {args.bench!r})")
-    from croma.cli.frontend_flags import frontend_settings
-
+    if not hasattr(args, "given"):
+        unwrap_defaults(args)
+    file, kind = read_config(getattr(args, "config", None))
+    if kind == "results":
+        raise ValueError(f"--config {args.config}: a croma benchmark results file; rerun it with "
+                         f"'croma benchmark --config {args.config}' (croma train reads settings files and checkpoints)")
+    try:
+        flat = TrainConfig.from_dict(file).flat() if file else {}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--config {args.config}: {exc}") from None
+    if file:  # only the settings the file names
+        named = TrainConfig.flat_keys(file)
+        flat = {k: v for k, v in flat.items() if k in named}
+        if kind == "checkpoint":
+            flat = {k: v for k, v in flat.items() if k not in _LOCAL}
+    settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
+    settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
+    for dest in _DIRECT:  # not given: the file's value, else the default (the parser's equal the library's)
+        if given(args, dest):
+            settings[dest] = list(getattr(args, dest)) if dest == "eval_shots" else getattr(args, dest)
+    if args.bench is not None:
+        settings["benchmark"] = args.bench
+    elif "benchmark" not in flat:
+        raise ValueError("BENCH is required (or --config FILE naming a benchmark)")
+    if settings["benchmark"] not in benchmark_names():
+        raise ValueError(f"BENCH must be one of {', '.join(benchmark_names())} (got {settings['benchmark']!r})")
+    if not settings.get("checkpoint_dir"):
+        raise ValueError("--checkpoint-dir DIR is required (where last.pt and best.pt go)")
     front = frontend_settings(args)
-    model: dict = {"embed_dim": 128, "hidden": 128, **front["model"]}
+    if front["backbones"]:
+        settings["backbones"] = front["backbones"]
+    settings["model"].update(front["model"])
     for flag in ("embed_dim", "hidden"):
-        if model[flag] < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {model[flag]})")
-    cfg = TrainConfig(
-        benchmark=args.bench, features=args.features, data_root=args.data_root, cache_dir=args.cache_dir, manifest=args.manifest,
-        source=args.source, target=args.target, loss=args.loss, iterations=args.iterations,
-        meta_batch=args.meta_batch, task_mix=args.task_mix, inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-        inner_optimizer=args.inner_optimizer, inner_loop=args.inner_loop, task_chunk=args.task_chunk,
-        compile_inner=args.compile_inner, meta_lr=args.meta_lr,
-        meta_lr_final=args.meta_lr_final, ways=args.ways, shots=args.shots, queries=args.queries,
-        align_batch=args.align_batch, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
-        eval_shots=list(args.eval_shots), finetune=args.finetune, finetune_steps=args.finetune_steps,
-        finetune_lr=args.finetune_lr, head_init=args.head_init, checkpoint_every=args.checkpoint_every,
-        checkpoint_dir=args.checkpoint_dir, seed=args.seed, device=args.device, model=model,
-        backbones=front["backbones"], audio_model=front["audio_model"], skip_bad=front["skip_bad"],
-        split_classes=front["split_classes"],
-    )
+        if settings["model"].get(flag, 1) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {settings['model'][flag]})")
+    hp = loss_hp(args)
+    if hp is not None:
+        settings["loss_hp"] = {**settings.get("loss_hp", {}), **hp}
+    tw = task_weights(args)
+    if tw is not None:
+        settings["task_weights"] = tw
+    cfg = TrainConfig(**settings)
     cfg.validate()
+    if cfg.loss_hp:
+        from croma.factory import build_objective
+
+        build_objective(cfg)  # an unknown --loss-hp key: fail now, naming it
     return cfg
 
 

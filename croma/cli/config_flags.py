@@ -1,0 +1,122 @@
+"""``--config FILE`` with flags on top, ``--loss-hp KEY=VALUE``, ``--task-weights FAMILY=W``.
+
+A flag overrides the file only when it was given on the command line. To know which were, the
+subcommands that accept ``--config`` wrap their option defaults in :class:`Default` (see
+:func:`mark_defaults`); :func:`croma.cli.main` unwraps them after parsing and records the given
+destinations in ``args.given`` (:func:`unwrap_defaults`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["Default", "mark_defaults", "unwrap_defaults", "add_config_flags", "given", "read_config"]
+
+
+class Default:
+    """A parser default, marked so that it can be told apart from the same value given as a flag."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Default) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(("croma-default", repr(self.value)))
+
+
+def mark_defaults(p: argparse.ArgumentParser) -> None:
+    """Wrap every option default of ``p`` in :class:`Default` (``None`` defaults and repeatable
+    flags stay as they are: ``None`` or an empty list means "not given")."""
+    for action in p._actions:
+        if not action.option_strings or action.dest in ("help", "config"):
+            continue
+        if action.default is None or action.default is argparse.SUPPRESS or isinstance(action.default, Default):
+            continue
+        if isinstance(action, argparse._AppendAction):
+            continue
+        action.default = Default(action.default)
+
+
+def unwrap_defaults(args: argparse.Namespace) -> None:
+    """Replace :class:`Default` values by their value; ``args.given``: the destinations the
+    command line set (values not ``None``, not ``[]``, not defaults)."""
+    seen = set()
+    for k, v in list(vars(args).items()):
+        if isinstance(v, Default):
+            setattr(args, k, v.value)
+        elif v is not None and v != []:
+            seen.add(k)
+    args.given = frozenset(seen)
+
+
+def given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether ``--dest`` was given on the command line."""
+    return dest in getattr(args, "given", frozenset(vars(args)))
+
+
+def add_config_flags(p: argparse.ArgumentParser, *, what: str) -> None:
+    """``--config``, ``--loss-hp`` and ``--task-weights`` (``what``: the file's kind, for help)."""
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help=f"read {what} settings from FILE: JSON or TOML (nested sections or flat names as the flags), "
+                   "a results.json or a checkpoint (its stored settings); flags given on the command line override it")
+    p.add_argument("--loss-hp", action="append", default=None, metavar="KEY=VALUE",
+                   help="hyper-parameter of the alignment objective (repeatable or comma-separated), e.g. "
+                   "--loss-hp temperature=0.05; 'croma losses' lists each objective's settings")
+    p.add_argument("--task-weights", action="append", default=None, metavar="FAMILY=W",
+                   help="meta-batch mix over task families (repeatable or comma-separated; replaces --task-mix), e.g. "
+                   "--task-weights align=0.5,source_cls=0.25,target_recon=0.25")
+
+
+def task_weights(args: argparse.Namespace) -> dict[str, float] | None:
+    """``--task-weights`` as ``{family: weight}`` (None when not given).
+
+    Raises:
+        ValueError: a weight that is not a finite number >= 0, naming the flag.
+    """
+    from croma.config import parse_key_values
+
+    if not args.task_weights:
+        return None
+    raw = parse_key_values(args.task_weights, "--task-weights")
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+            raise ValueError(f"--task-weights {k}: the weight must be a finite number >= 0 (got {v!r})")
+        out[k] = float(v)
+    return out
+
+
+def loss_hp(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--loss-hp`` as a dict (None when not given)."""
+    from croma.config import parse_key_values
+
+    return parse_key_values(args.loss_hp, "--loss-hp") if args.loss_hp else None
+
+
+def read_config(path: str | None) -> tuple[dict[str, Any], str]:
+    """``(settings, kind)`` of ``--config`` (``({}, "")`` without it). ``kind``: ``results`` for a
+    results.json, ``checkpoint`` for a ``.pt``, ``file`` otherwise."""
+    if not path:
+        return {}, ""
+    import json
+    from pathlib import Path
+
+    from croma.factory import load_config_file
+
+    kind = "checkpoint" if Path(path).suffix.lower() == ".pt" else "file"
+    if kind == "file" and Path(path).suffix.lower() == ".json":
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            if isinstance(raw, dict) and "rows" in raw and isinstance(raw.get("config"), dict):
+                kind = "results"
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass  # load_config_file names the problem
+    return load_config_file(path), kind
