@@ -14,8 +14,7 @@ from episodes.datasets.synthetic import make_synthetic_benchmark
 
 
 @pytest.fixture(scope="module")
-def setup():
-    bench = make_synthetic_benchmark(num_classes=30, per_class=16, source_dim=12, target_dim=10, latent_dim=4, seed=0)
+def setup(bench):
     model = build_from_config(TrainConfig(ways=5, model={"embed_dim": 8, "hidden": 16}), bench).eval()
     return bench, model
 
