@@ -1,3 +1,55 @@
-"""croma: cross-modal few-shot generalization by meta-alignment (CROMA) in PyTorch."""
+"""croma: cross-modal few-shot generalization by meta-alignment (CROMA) in PyTorch.
+
+The Python API (the command line ``croma`` calls the same functions)::
+
+    import croma
+
+    bench = croma.load_benchmark("synthetic")                  # or croma.prepare_benchmark(dataset)
+    cfg = croma.TrainConfig(benchmark="synthetic", iterations=50, ways=3, eval_every=0)
+    result = croma.train(cfg, bench)                            # meta-train (Reptile by default)
+    table = croma.evaluate(model, bench, croma.EvalConfig(shots=[1, 5]), params=result.best_theta)
+
+* configs: :class:`TrainConfig` (sections ``data``, ``model``, ``inner``, ``outer``, ``eval``,
+  ``run``), :class:`EvalConfig`, :class:`BenchmarkConfig`;
+* training: :func:`train`, :class:`CromaTrainer`, :class:`MetaLearner`; meta-test:
+  :func:`evaluate` (:func:`croma.evaluate.evaluate_kshot`), :func:`evaluate_run` (a run directory),
+  :func:`load_run`; benchmarks: :func:`run_benchmark`;
+* data: :func:`load_benchmark`, :func:`records_to_dataset` (dicts -> :class:`CrossModalDataset`),
+  :func:`prepare_benchmark` (dataset -> tensors, splits); :func:`build_model`;
+* registries (:mod:`croma.registry`): :data:`LOSSES`, :data:`ENCODERS`, :data:`METHODS`,
+  :data:`DATASETS`, :data:`FAMILIES`, :data:`OUTER_ALGORITHMS`, :data:`BACKBONE_REGISTRIES`, with
+  ``register_loss``, ``register_encoder``, ``register_method``, ``register_dataset``,
+  ``register_family``, ``register_outer``, ``register_backbone``.
+"""
 
 __version__ = "0.1.0"
+
+from croma.backbones import BACKBONE_REGISTRIES, register_backbone
+from croma.baselines import METHODS, register_method
+from croma.benchmark import BenchmarkConfig, run_benchmark
+from croma.config import TrainConfig
+from croma.encoders import ENCODERS, register_encoder
+from croma.evaluate import EvalConfig, evaluate_kshot, format_results
+from croma.factory import build_model, load_bench
+from croma.fit import CromaTrainer, TrainResult, train
+from croma.losses import get_loss, list_losses
+from croma.losses.registry import LOSSES, register_loss
+from croma.meta.outer import OUTER_ALGORITHMS, register_outer
+from croma.meta.tasks import FAMILIES, register_family
+from croma.meta.trainer import MetaLearner
+from croma.runs import evaluate_run, load_run
+from episodes.data import CrossModalDataset, Item, PreparedBenchmark
+from episodes.datasets import DATASETS, load_benchmark, register_dataset
+from episodes.datasets.manifest import records_to_dataset
+from episodes.prepare import prepare_benchmark
+
+evaluate = evaluate_kshot
+
+__all__ = [
+    "__version__", "TrainConfig", "EvalConfig", "BenchmarkConfig", "train", "CromaTrainer", "MetaLearner",
+    "TrainResult", "evaluate", "evaluate_kshot", "evaluate_run", "load_run", "format_results", "run_benchmark",
+    "load_benchmark", "load_bench", "records_to_dataset", "prepare_benchmark", "build_model", "CrossModalDataset",
+    "Item", "PreparedBenchmark", "get_loss", "list_losses", "LOSSES", "ENCODERS", "METHODS", "DATASETS", "FAMILIES",
+    "OUTER_ALGORITHMS", "BACKBONE_REGISTRIES", "register_loss", "register_encoder", "register_method",
+    "register_dataset", "register_family", "register_outer", "register_backbone",
+]

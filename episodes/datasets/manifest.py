@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from episodes.data import CrossModalDataset, Item, canonical_modality
 from episodes.errors import DataError
 
-__all__ = ["load_manifest"]
+__all__ = ["load_manifest", "records_to_dataset"]
 
 _FORMAT = 'one JSON object per line: {"id": ..., "label": ..., "cluster": optional, "<modality>": value}'
 
@@ -38,6 +39,85 @@ def _name(value: object, key: str, where: str) -> str:
         return str(value)
     raise DataError(f"{where}: {key} must be a non-empty string or an integer (got {type(value).__name__} "
                     f"{json.dumps(value)[:40] if not isinstance(value, str) else repr(value)})")
+
+
+def _item(rec: object, where: str, base: Path | None, src: str, tgt: str, seen: set[str], skip_bad: bool) -> Item | None:
+    """One record -> an :class:`Item` holding its ``src`` / ``tgt`` values (empty modalities when it
+    holds neither); None when ``skip_bad`` leaves it out (a missing file)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
+    for key in ("id", "label"):
+        if key not in rec or rec[key] is None or str(rec[key]) == "":
+            raise DataError(f"{where}: missing {key!r} ({_FORMAT})")
+    item_id, label = _name(rec["id"], "id", where), _name(rec["label"], "label", where)
+    if item_id in seen:
+        raise DataError(f"{where}: duplicate id {item_id!r}")
+    seen.add(item_id)
+    cluster = rec.get("cluster")
+    mods: dict[str, Any] = {}
+    for key, value in rec.items():
+        if key in ("id", "label", "cluster"):
+            continue
+        try:
+            mod = canonical_modality(key)
+        except DataError:
+            raise DataError(f"{where}: unknown key {key!r}; modalities are text, image, audio (or speech)") from None
+        if mod != "text" and base is None and not isinstance(value, str):  # in-memory records: decoded arrays
+            mods[mod] = value
+            continue
+        if not isinstance(value, str) or value == "":
+            raise DataError(f"{where}: {key} value must be a non-empty string")
+        if mod == "text":
+            mods[mod] = value
+            continue
+        fp = Path(value) if os.path.isabs(value) or base is None else base / value
+        if not fp.is_file():
+            if skip_bad:
+                return None
+            raise DataError(f"{fp}: {key} file of item {item_id!r} ({where}) not found; paths are relative to "
+                            "the manifest's folder (use --skip-bad to leave it out)")
+        mods[mod] = str(fp)
+    mods = {m: v for m, v in mods.items() if m in (src, tgt)}
+    return Item(id=item_id, label=label, modalities=mods,
+                cluster=None if cluster in (None, "") else _name(cluster, "cluster", where))
+
+
+def _finish(name: str, items: list[Item], src: str, tgt: str, where: str, meta: dict[str, Any]) -> CrossModalDataset:
+    for mod, flag in ((src, "--source"), (tgt, "--target")):
+        if not any(mod in it.modalities for it in items):
+            raise DataError(f"{where}: no item holds the {flag} modality {mod!r}")
+    has_pairs = any(src in it.modalities and tgt in it.modalities for it in items)
+    return CrossModalDataset(name=name, source=src, target=tgt, items=items,
+                             meta={**meta, "align_mode": "strong" if has_pairs else "weak"})
+
+
+def records_to_dataset(records: Iterable[Mapping[str, Any]], *, source: str, target: str, name: str = "records",
+                       base_dir: str | os.PathLike | None = None, skip_bad: bool = False) -> CrossModalDataset:
+    """Records (dicts shaped like manifest lines) -> a :class:`CrossModalDataset`.
+
+    Each record has ``id``, ``label``, optional ``cluster`` and a value per modality: text as a
+    string; image / audio as a file path (relative to ``base_dir`` when given) or, without
+    ``base_dir``, an already-decoded array (an image ``uint8 [H, W, 3]``, a waveform). Checks as
+    :func:`load_manifest` does (names the record number).
+
+    Raises:
+        DataError: a malformed record, a duplicate id, a missing file, no item of a modality.
+    """
+    src, tgt = canonical_modality(source), canonical_modality(target)
+    if src == tgt:
+        raise DataError(f"{name}: source and target must differ (both {src})")
+    base = Path(base_dir).expanduser() if base_dir is not None else None
+    items: list[Item] = []
+    seen: set[str] = set()
+    skipped = 0
+    for n, rec in enumerate(records):
+        item = _item(dict(rec) if isinstance(rec, Mapping) else rec, f"{name}: record {n}", base, src, tgt, seen,
+                     skip_bad)
+        if item is None:
+            skipped += 1
+        elif item.modalities:
+            items.append(item)
+    return _finish(name, items, src, tgt, name, {"skipped": skipped})
 
 
 def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, target: str | None,
@@ -88,51 +168,9 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
             raise DataError(f"{where}: not JSON (nested too deeply)") from None
         except ValueError as exc:  # NaN / Infinity
             raise DataError(f"{where}: not JSON ({exc})") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
-        for key in ("id", "label"):
-            if key not in rec or rec[key] is None or str(rec[key]) == "":
-                raise DataError(f"{where}: missing {key!r} ({_FORMAT})")
-        item_id, label = _name(rec["id"], "id", where), _name(rec["label"], "label", where)
-        if item_id in seen:
-            raise DataError(f"{where}: duplicate id {item_id!r}")
-        seen.add(item_id)
-        cluster = rec.get("cluster")
-        mods: dict[str, str] = {}
-        bad = False
-        for key, value in rec.items():
-            if key in ("id", "label", "cluster"):
-                continue
-            try:
-                mod = canonical_modality(key)
-            except DataError:
-                raise DataError(f"{where}: unknown key {key!r}; modalities are text, image, audio (or speech)") from None
-            if not isinstance(value, str) or value == "":
-                raise DataError(f"{where}: {key} value must be a non-empty string")
-            if mod == "text":
-                mods[mod] = value
-                continue
-            fp = Path(value) if os.path.isabs(value) else base / value
-            if not fp.is_file():
-                if skip_bad:
-                    bad = True
-                    break
-                raise DataError(f"{fp}: {key} file of item {item_id!r} ({where}) not found; paths are relative to "
-                                "the manifest's folder (use --skip-bad to leave it out)")
-            mods[mod] = str(fp)
-        if bad:
+        item = _item(rec, where, base, src, tgt, seen, skip_bad)
+        if item is None:
             skipped += 1
-            continue
-        mods = {m: v for m, v in mods.items() if m in (src, tgt)}
-        if not mods:
-            continue
-        items.append(Item(id=item_id, label=label, modalities=mods,
-                          cluster=None if cluster in (None, "") else _name(cluster, "cluster", where)))
-    for mod, flag in ((src, "--source"), (tgt, "--target")):
-        if not any(mod in it.modalities for it in items):
-            raise DataError(f"{path}: no item holds the {flag} modality {mod!r}")
-    has_pairs = any(src in it.modalities and tgt in it.modalities for it in items)
-    return CrossModalDataset(
-        name="manifest", source=src, target=tgt, items=items,
-        meta={"skipped": skipped, "manifest": str(path), "align_mode": "strong" if has_pairs else "weak"},
-    )
+        elif item.modalities:
+            items.append(item)
+    return _finish("manifest", items, src, tgt, str(path), {"skipped": skipped, "manifest": str(path)})
