@@ -10,132 +10,21 @@ episodes carry the run's symmetric label noise; query labels are clean.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from dataclasses import asdict, replace
+from typing import Any
 
 import torch
 
 from croma.baselines import get_method, methods_for
 from croma.baselines.common import MethodContext
+from croma.benchmark_config import PRESETS, QUICK_METHODS, BenchmarkConfig  # noqa: F401  (re-exported)
 from croma.config import TrainConfig
 from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.factory import bench_to, resolve_device
 from croma.report import write_noise_sweep, write_results
 from croma.stats import mean_ci95, mean_std, paired_comparison, seed_std
-
-# Presets. Budgets are optimiser steps per trained method (see croma.baselines.common), the same
-# for every method; nothing depends on timing. ``quick`` is the main job (make demo): 600 meta-test
-# episodes per (method, k), the same episodes for every method. ``paper`` uses sequence encoders
-# and paper-scale budgets (hours on a CPU). ``method_hp``: each method's own hyper-parameters,
-# chosen on meta-val with the same number of trials per method by
-# ``experiments/tools/tune_methods.py`` (its command and output: experiments/results/tuning_quick.json).
-QUICK_METHODS = ["pretrain", "align-classify", "align-meta-classify", "croma", "oracle", "unsup-meta"]
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "frontend": "compact",
-        "budget_steps": 3000,
-        "repeats": 3,
-        "eval_tasks": 200,
-        "methods": QUICK_METHODS,
-        "train": dict(
-            loss="cwcl", meta_batch=8, task_mix=0.5, inner_steps=5, inner_lr=3e-3, inner_optimizer="adam",
-            meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=32, eval_tasks=30, eval_shots=[1, 5],
-            eval_queries=5, finetune="all", finetune_steps=10, finetune_lr=1e-3,
-            model=dict(embed_dim=128, hidden=256),
-        ),
-        "knobs": dict(val_episodes=100, val_checks=6, finetune_grid=[0, 25], finetune_lr_grid=[1e-3],
-                      finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
-        # chosen on udhr-speech meta-val, 4 trials per method, by
-        #   python experiments/tools/tune_methods.py --preset quick \
-        #       --methods croma,oracle,unsup-meta,align-classify,align-meta-classify --out experiments/results/tuning_quick_main.json
-        #   python experiments/tools/tune_methods.py --preset quick \
-        #       --methods shared,shared-align,shared-confusion,shared-target-labels --out experiments/results/tuning_quick_shared.json
-        "method_hp": {
-            "croma": {"inner_lr": 3e-3, "task_mix": 0.75},
-            "oracle": {"inner_lr": 3e-3, "meta_lr": 1.0},
-            "unsup-meta": {"inner_lr": 3e-3, "meta_lr": 1.0},
-            "align-classify": {"align_weight": 1.0, "ordinary_lr": 1e-3},
-            "align-meta-classify": {"inner_lr": 1e-3, "ordinary_lr": 1e-3},
-            "shared": {"ordinary_lr": 3e-4},
-            "shared-align": {"align_weight": 1.0, "ordinary_lr": 1e-3},
-            "shared-confusion": {"confusion_weight": 0.01, "ordinary_lr": 1e-3},
-            "shared-target-labels": {"ordinary_lr": 3e-4},
-        },
-    },
-    "paper": {
-        "frontend": "sequence",
-        "budget_steps": 100000,
-        "repeats": 3,
-        "eval_tasks": 200,
-        "methods": None,
-        "train": dict(
-            loss="cwcl", meta_batch=16, task_mix=0.5, inner_steps=5, inner_lr=1e-3, inner_optimizer="adam",
-            meta_lr=1.0, meta_lr_final=0.0, shots=5, queries=5, align_batch=64, eval_tasks=30, eval_shots=[1, 5],
-            eval_queries=5, finetune="all", finetune_steps=20, finetune_lr=1e-3,
-            model=dict(embed_dim=128, hidden=256),
-        ),
-        "knobs": dict(val_episodes=100, val_checks=20, finetune_grid=[0, 10, 25, 50], finetune_lr_grid=[1e-3, 3e-3],
-                      finetune_mode_grid=["all", "head"], ordinary_lr=1e-3, ordinary_batch=64),
-        "method_hp": {},
-    },
-}
-
-
-@dataclass
-class BenchmarkConfig:
-    """A `croma benchmark` run (field names follow the CLI flags; ``None``: the preset's value)."""
-
-    benchmark: str = "udhr-speech"
-    methods: list[str] | None = None
-    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
-    repeats: int | None = None
-    ways: int = 5
-    eval_tasks: int | None = None
-    queries: int = 5
-    loss: str | None = None
-    label_noise: float = 0.0
-    preset: str = "quick"
-    budget_steps: int | None = None
-    budget_seconds: float | None = None
-    train_seeds: int = 1
-    device: str = "auto"
-    seed: int = 0
-    out: str | None = "runs/benchmark"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    manifest: str | None = None
-    source: str | None = None
-    target: str | None = None
-    oracle_warm_start: bool = False
-    progress: bool = True
-    method_hp: dict[str, dict[str, Any]] | None = None
-    # front-ends and model (the flags croma train shares): {modality: backbone}; ModelConfig
-    # overrides merged over the preset's (encoders, embed_dim, hidden, image_weights, text_model)
-    backbones: dict[str, str] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    audio_model: str | None = None
-    skip_bad: bool = False
-    split_classes: list[int] | None = None
-    # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
-    loss_hp: dict[str, Any] = field(default_factory=dict)
-    task_weights: dict[str, float] | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
-        """Rebuild from ``asdict`` output (results.json's ``config.benchmark_config``).
-
-        Raises:
-            ValueError: an unknown key (named).
-        """
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown benchmark setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(names))})")
-        return cls(**dict(d))
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -190,12 +79,8 @@ def _method_hp(cfg: BenchmarkConfig, preset: dict[str, Any], name: str) -> dict[
 def _budget(cfg: BenchmarkConfig, preset: dict[str, Any]) -> tuple[int | None, float | None]:
     """(steps, seconds): ``--budget-steps`` wins, then ``--budget-seconds``, then the preset's steps."""
     if cfg.budget_steps is not None:
-        if isinstance(cfg.budget_steps, bool) or not isinstance(cfg.budget_steps, int) or cfg.budget_steps < 1:
-            raise ValueError(f"--budget-steps must be an integer >= 1 (got {cfg.budget_steps})")
         return int(cfg.budget_steps), None
     if cfg.budget_seconds is not None:
-        if not (math.isfinite(cfg.budget_seconds) and 0 < cfg.budget_seconds <= 7 * 86400):
-            raise ValueError(f"--budget-seconds must be a finite number in (0, 604800] (got {cfg.budget_seconds})")
         return None, float(cfg.budget_seconds)
     return int(preset["budget_steps"]), None
 
@@ -216,12 +101,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     Raises:
         ValueError / CromaError: unknown method or preset, a method that does not apply, a bad budget.
     """
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {cfg.preset!r})")
-    if not 0.0 <= cfg.label_noise < 1.0:
-        raise ValueError(f"--label-noise must be in [0, 1) (got {cfg.label_noise})")
-    if isinstance(cfg.train_seeds, bool) or not isinstance(cfg.train_seeds, int) or not 1 <= cfg.train_seeds <= 100:
-        raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {cfg.train_seeds})")
+    cfg.validate()
     if cfg.out:  # a file, read-only or full disk: fail now, not after every method's budget
         from croma.checkpoint import ensure_output_dir
 

@@ -88,22 +88,27 @@ class EvalConfig:
     inner_loop: str = "batched"
 
     def validate(self) -> None:
-        """Raise ValueError naming the field when a value is out of range."""
+        """Raise ValueError naming the setting as its ``croma evaluate`` flag when out of range
+        (the one place these ranges are checked; the CLI calls this before any work)."""
         if not self.shots or any(int(k) < 1 for k in self.shots):
-            raise ValueError(f"shots must be integers >= 1 (got {self.shots})")
-        for name, lo in (("ways", 2), ("tasks", 1), ("queries", 1), ("repeats", 1), ("finetune_steps", 0), ("retrieval_gallery", 2)):
+            raise ValueError(f"--shots must all be >= 1 (got {self.shots})")
+        for name, flag, lo in (("ways", "ways", 2), ("tasks", "eval-tasks", 1), ("queries", "queries", 1),
+                               ("repeats", "repeats", 1), ("finetune_steps", "finetune-steps", 0),
+                               ("retrieval_gallery", "retrieval-gallery", 2)):
             if int(getattr(self, name)) < lo:
-                raise ValueError(f"{name} must be >= {lo} (got {getattr(self, name)})")
+                raise ValueError(f"--{flag} must be >= {lo} (got {getattr(self, name)})")
         if self.split not in ("meta_test", "meta_val"):
-            raise ValueError(f"split must be meta_test or meta_val (got {self.split!r})")
+            raise ValueError(f"--split must be meta_test or meta_val (got {self.split!r})")
         if self.head_init not in HEAD_INITS:
-            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)} (got {self.head_init!r})")
+            raise ValueError(f"--head-init must be one of {', '.join(HEAD_INITS)} (got {self.head_init!r})")
         if self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"finetune must be 'all' or 'head' (got {self.finetune!r})")
+            raise ValueError(f"--finetune must be 'all' or 'head' (got {self.finetune!r})")
+        if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
+            raise ValueError(f"--finetune-lr must be > 0 (got {self.finetune_lr})")
         if not 0.0 <= self.label_noise < 1.0:
-            raise ValueError(f"label_noise must be in [0, 1) (got {self.label_noise})")
+            raise ValueError(f"--label-noise must be in [0, 1) (got {self.label_noise})")
         if self.inner_loop not in ("batched", "sequential"):
-            raise ValueError(f"inner_loop must be batched or sequential (got {self.inner_loop!r})")
+            raise ValueError(f"--inner-loop must be batched or sequential (got {self.inner_loop!r})")
         InnerConfig(steps=self.finetune_steps, lr=self.finetune_lr, optimizer=self.finetune_optimizer)
 
 

@@ -136,25 +136,9 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     if tw is not None:
         settings["task_weights"] = tw
     cfg = BenchmarkConfig(**settings)
-    if not 0.0 <= cfg.label_noise < 1.0:
-        raise ValueError(f"--label-noise must be in [0, 1) (got {cfg.label_noise})")
+    cfg.validate()
     if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):
         raise ValueError(f"--noise-sweep rates must be in [0, 1) (got {args.noise_sweep})")
-    if cfg.repeats is not None and cfg.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1 (got {cfg.repeats})")
-    if cfg.ways < 2:
-        raise ValueError(f"--ways must be >= 2 (got {cfg.ways})")
-    if cfg.eval_tasks is not None and not 1 <= cfg.eval_tasks <= 100000:
-        raise ValueError(f"--eval-tasks must be an integer in [1, 100000] (got {cfg.eval_tasks})")
-    if cfg.budget_steps is not None and not 1 <= cfg.budget_steps <= 10**9:
-        raise ValueError(f"--budget-steps must be an integer in [1, 1000000000] (got {cfg.budget_steps})")
-    if not 1 <= cfg.train_seeds <= 100:
-        raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {cfg.train_seeds})")
-    if any(k < 1 for k in cfg.shots):
-        raise ValueError(f"--shots must all be >= 1 (got {cfg.shots})")
-    for flag in ("embed_dim", "hidden"):
-        if cfg.model.get(flag, 1) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {cfg.model[flag]})")
     return cfg
 
 

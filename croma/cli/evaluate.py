@@ -61,19 +61,14 @@ _FIELDS = ("run_dir", "shots", "repeats", "eval_tasks", "ways", "queries", "head
 
 
 def _validate(args) -> None:
-    for flag, lo in (("repeats", 1), ("eval_tasks", 1), ("queries", 1)):
-        if getattr(args, flag) < lo:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= {lo} (got {getattr(args, flag)})")
-    if any(k < 1 for k in args.shots):
-        raise ValueError(f"--shots must all be >= 1 (got {args.shots})")
-    if args.ways is not None and args.ways < 2:
-        raise ValueError(f"--ways must be >= 2 (got {args.ways})")
-    if args.finetune_steps is not None and args.finetune_steps < 0:
-        raise ValueError(f"--finetune-steps must be >= 0 (got {args.finetune_steps})")
-    if args.finetune_lr is not None and not args.finetune_lr > 0:
-        raise ValueError(f"--finetune-lr must be > 0 (got {args.finetune_lr})")
-    if not 0.0 <= args.label_noise < 1.0:
-        raise ValueError(f"--label-noise must be in [0, 1) (got {args.label_noise})")
+    """Check the flags before any work: the meta-test settings through
+    :meth:`croma.evaluate.EvalConfig.validate` (the one place their ranges live), then the launcher's."""
+    from croma.evaluate import EvalConfig
+
+    given = {"shots": list(args.shots), "tasks": args.eval_tasks, "queries": args.queries, "repeats": args.repeats,
+             "label_noise": args.label_noise, "ways": args.ways, "finetune_steps": args.finetune_steps,
+             "finetune_lr": args.finetune_lr, "split": args.split}
+    EvalConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     if args.nproc < 1:
         raise ValueError(f"--nproc must be an integer >= 1 (got {args.nproc})")
     if not args.dist_timeout > 0:
