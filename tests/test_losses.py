@@ -477,7 +477,7 @@ def test_registry_lists_six_sorted_names():
         info = loss_info(name)
         assert info.paper and info.formula and info.name == name
         assert dict(get_loss(name).hparams) == dict(info.hyper)
-    assert loss_info("cwcl").hyper == {"temperature": 0.07}
+    assert loss_info("cwcl").hyper == {"temperature": 0.07, "weights": "auto"}
     assert loss_info("pcmr").hyper == {"rho": 1.0, "threshold": 0.99}
 
 

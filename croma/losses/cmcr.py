@@ -7,11 +7,28 @@ refuses random operations by default; inside ``vmap`` either pass ``noise_std=0`
 ``vmap(..., randomness="different")`` (each mapped task gets its own noise; a ``generator`` works
 there too). The registered module owns a seeded generator (hyper-parameter ``seed``) so that its
 noise never touches the global RNG.
+
+Memory (hyper-parameter ``memory``). In C-MCR (sec. 3.2, "Inter-modality Semantic Consistency"
+and sec. 4.1 "Audio/Image Memory") the memory is *not* a running queue: it is a fixed set of
+unimodal embeddings produced once by the frozen pretrained encoders (all 1.3M ImageNet training
+images through CLIP, all 1.8M AudioSet clips through CLAP), unpaired and unlabelled, from which
+eq. 2 softly retrieves. ``memory=K > 0`` reproduces that within a meta-learning run: croma's
+alignment tasks (:class:`croma.meta.tasks.AlignFamily`) draw, once and seeded when the run is
+built, K source and K target items from the benchmark's meta-train alignment rows (the rows the
+alignment tasks already use; no labels are read) and pass them, run through the current encoders,
+as ``memory_a`` / ``memory_b``. With ``--backbone MOD=NAME`` the bank's inputs are exactly the
+frozen pretrained embeddings C-MCR's memory holds. Because this objective's adaptation aggregates
+in the encoders' output space (where ``z_a``, ``z_b`` live), the bank is embedded by the encoder
+of the current inner step; no gradient flows into it, and nothing is mutated between steps (so
+``vmap`` / ``grad`` see a constant bank: a FIFO queue updated per step would not be vmap-safe,
+and the paper has none). ``memory=0`` keeps the earlier behaviour: the current (detached,
+normalised) batch is the memory.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -128,8 +145,10 @@ def _check_noise(fn: str, noise_std: Any) -> None:
         "memory_temperature": 0.01,
         "intra_weight": 0.1,
         "seed": 0,
+        "memory": 0,
     },
-    formula="ã = norm(â+ε), p = softmax(ã m̂ᵃᵀ/τ_mem) m̂ᵃ (b̃, q alike);  clip(ã,b̃) + clip(p,q) + λ·½·mean(‖ã−p‖ + ‖b̃−q‖)",
+    formula="ã = norm(â+ε), p = softmax(ã m̂ᵃᵀ/τ_mem) m̂ᵃ (b̃, q alike; memory m = the batch, or with memory=K a "
+    "fixed seeded bank of K meta-train items);  clip(ã,b̃) + clip(p,q) + λ·½·mean(‖ã−p‖ + ‖b̃−q‖)",
 )
 class CMCRLoss(LossModule):
     """``cmcr_loss(z_a=z_source, z_b=z_target, ...)``.
@@ -138,6 +157,12 @@ class CMCRLoss(LossModule):
     context the module draws noise from its own generator seeded with ``seed`` (one per device,
     created on first use), never from the global RNG. Inside ``torch.func.vmap`` use
     ``noise_std=0`` or ``vmap(..., randomness="different")``.
+
+    Hyper-parameter ``memory`` (int >= 0): the size K of the memory bank the alignment tasks
+    build and pass as ``memory_a`` / ``memory_b`` (see the module docstring: C-MCR's fixed memory
+    of frozen-encoder embeddings); 0 (default) = the current batch is the memory. Memories given in
+    the context are always used. ``memory > 0`` without them (a caller that builds no bank, e.g.
+    the ordinary-training baselines) falls back to the batch with a one-time warning.
     """
 
     context_keys = ("memory_a", "memory_b", "generator")
@@ -145,6 +170,12 @@ class CMCRLoss(LossModule):
     def __init__(self, **hp: Any) -> None:
         super().__init__(**hp)
         self._generators: dict[str, torch.Generator] = {}
+        self._warned = False
+
+    @property
+    def memory_size(self) -> int:
+        """K of ``memory=K``: how many items the caller's memory bank should hold (0: the batch)."""
+        return int(self.hparams["memory"])
 
     def check_hyper(self, hp: Mapping[str, Any]) -> None:
         _check_positive("cmcr", "temperature", hp["temperature"])
@@ -152,6 +183,10 @@ class CMCRLoss(LossModule):
         _check_noise("cmcr", hp["noise_std"])
         if isinstance(hp["seed"], bool) or not isinstance(hp["seed"], int):
             raise ValueError(f"cmcr: seed must be an integer (got {hp['seed']!r})")
+        mem = hp["memory"]
+        if isinstance(mem, bool) or not isinstance(mem, numbers.Integral) or mem < 0:
+            raise ValueError(f"cmcr: memory must be an integer >= 0 (the memory bank size K; 0 = the batch) "
+                             f"(got {mem!r})")
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
@@ -161,7 +196,11 @@ class CMCRLoss(LossModule):
 
     def forward(self, z_source: torch.Tensor, z_target: torch.Tensor, **context: Any) -> torch.Tensor:
         self._check_context(context)
-        hp = {k: v for k, v in self.hparams.items() if k != "seed"}
+        hp = {k: v for k, v in self.hparams.items() if k not in ("seed", "memory")}
+        if self.memory_size > 0 and context.get("memory_a") is None and not self._warned:
+            self._warned = True
+            warnings.warn(f"cmcr memory={self.memory_size}: the caller gave no memory_a / memory_b; "
+                          "using the current batch as the memory", RuntimeWarning, stacklevel=2)
         generator = context.get("generator")
         if generator is None and hp["noise_std"] != 0 and isinstance(z_source, torch.Tensor):
             generator = self._generator(z_source.device)

@@ -10,6 +10,7 @@ diagonal as targets, averaged over rows.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from croma.losses.registry import LossModule, register_loss
 
-__all__ = ["clip_loss", "cwcl_loss", "nce_loss"]
+__all__ = ["CWCL_WEIGHTS", "clip_loss", "cwcl_loss", "nce_loss"]
 
 Temperature = float | torch.Tensor
 
@@ -195,24 +196,72 @@ class CLIPLoss(LossModule):
         return clip_loss(z_source, z_target, **self.hparams)
 
 
+CWCL_WEIGHTS = ("auto", "frozen_source", "encoder")
+"""Choices of the ``cwcl`` hyper-parameter ``weights`` (where the intra-modal weights W come from)."""
+
+
 @register_loss(
     "cwcl",
     paper="Srinivasa et al., CWCL, eqs. 3-4",
-    hyper={"temperature": 0.07},
-    formula="S = û v̂ᵀ/τ, W = ŵŵᵀ/2+½ (no grad);  -1/N Σ_i Σ_j W_ij log softmax_j(S_i·) / Σ_j W_ij + CE(Sᵀ, diag)",
+    hyper={"temperature": 0.07, "weights": "auto"},
+    formula="S = û v̂ᵀ/τ, W = ŵŵᵀ/2+½ (no grad; w = frozen source features or source embeddings, see weights=);  "
+    "-1/N Σ_i Σ_j W_ij log softmax_j(S_i·) / Σ_j W_ij + CE(Sᵀ, diag)",
 )
 class CWCLLoss(LossModule):
     """``cwcl_loss(z_u=z_target, z_v=z_source, temperature, weights_from)``.
 
     The target modality is the one being taught (U), the source supervises (V). Context:
-    ``weights_from [N, D']`` (optional; default the source embeddings).
+    ``weights_from [N, D']`` (optional): the embeddings defining the intra-modal weights W.
+
+    Hyper-parameter ``weights`` says where W comes from:
+
+    * ``"frozen_source"`` — CWCL's setting (Srinivasa et al., sec. 2.3: "similarity weights being
+      computed only in the frozen modality initialized with a pre-trained model"): W is computed
+      from the source items' *frozen* features, which the caller passes as ``weights_from``
+      (``croma``'s alignment tasks pass the batch's raw source features: with
+      ``--backbone SOURCE=NAME`` these are the frozen pretrained embeddings the adapter reads).
+      Training the encoder never changes W.
+    * ``"encoder"`` — W from the source embeddings of the encoder being trained (detached);
+      ``weights_from`` is ignored. Before this option existed this was the only behaviour of the
+      alignment tasks.
+    * ``"auto"`` (default) — the alignment tasks resolve it per benchmark: ``frozen_source`` when
+      the source modality's features come from a frozen pretrained backbone
+      (``bench.info["backbones"]``), ``encoder`` otherwise (see :meth:`resolve_weights`). Called
+      directly, the module uses ``weights_from`` when given, else the source embeddings.
+
+    ``"frozen_source"`` without ``weights_from`` (a caller that has no frozen features, e.g. the
+    ordinary-training baselines) falls back to the source embeddings with a one-time warning.
     """
 
     context_keys = ("weights_from",)
 
+    def __init__(self, **hp: Any) -> None:
+        super().__init__(**hp)
+        self._warned = False
+
     def check_hyper(self, hp: Mapping[str, Any]) -> None:
         _check_temperature("cwcl", hp)
+        if hp["weights"] not in CWCL_WEIGHTS:
+            raise ValueError(f"cwcl: weights must be one of {', '.join(CWCL_WEIGHTS)} (got {hp['weights']!r})")
+
+    def resolve_weights(self, source_frozen: bool) -> str:
+        """``"frozen_source"`` or ``"encoder"``: ``weights`` with ``"auto"`` resolved.
+
+        Args:
+            source_frozen: whether the source features are frozen pretrained embeddings.
+        """
+        mode = str(self.hparams["weights"])
+        if mode == "auto":
+            return "frozen_source" if source_frozen else "encoder"
+        return mode
 
     def forward(self, z_source: torch.Tensor, z_target: torch.Tensor, **context: Any) -> torch.Tensor:
         self._check_context(context)
-        return cwcl_loss(z_target, z_source, weights_from=context.get("weights_from"), **self.hparams)
+        hp = {k: v for k, v in self.hparams.items() if k != "weights"}
+        mode = self.hparams["weights"]
+        weights_from = None if mode == "encoder" else context.get("weights_from")
+        if mode == "frozen_source" and weights_from is None and not self._warned:
+            self._warned = True
+            warnings.warn("cwcl weights=frozen_source: the caller gave no weights_from (frozen source features); "
+                          "using the source embeddings instead", RuntimeWarning, stacklevel=2)
+        return cwcl_loss(z_target, z_source, weights_from=weights_from, **hp)

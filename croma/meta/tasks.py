@@ -110,9 +110,30 @@ class TaskFamily:
 
 
 class AlignFamily(TaskFamily):
-    """Alignment tasks: ``loss_module(embed(source, xs), embed(target, xt))``.
+    """Alignment tasks: ``loss_module(embed(source, xs), embed(target, xt), **context)``.
 
     Batch: ``xs [T, B, *source_shape]``, ``xt [T, B, *target_shape]``.
+
+    Context the objective asks for (its ``context_keys``), built here so that the objectives keep
+    the settings their papers assume:
+
+    * ``generator`` — a generator seeded per call by :meth:`begin` (``cmcr``'s noise).
+    * ``weights_from`` — when the objective's ``resolve_weights(source_frozen)`` (``cwcl``'s
+      ``weights`` hyper-parameter, ``auto`` resolved with ``source_frozen`` = the source modality
+      has a frozen pretrained backbone in ``bench.info["backbones"]``) says ``frozen_source``: the
+      batch's raw source features ``xs`` as ``[B, D]`` vectors (``[B, T, F]`` sequences: the mean
+      over time; images and other shapes: flattened), so that CWCL's intra-modal weights come from
+      the frozen features, not from the encoder being trained.
+    * ``memory_a`` / ``memory_b`` — when the objective has ``memory_size = K > 0`` (``cmcr``'s
+      ``memory=K``): a fixed bank of K source and K target items drawn once, seeded by
+      ``(seed, "align", "memory")``, from the benchmark's meta-train alignment rows
+      (``align_source_rows`` / ``align_target_rows``; fewer if there are fewer rows), embedded by
+      the current encoders at each step (the objective detaches them). Constant across steps and
+      tasks, hence vmap-safe.
+
+    Attributes:
+        objective_settings: the resolved choices, e.g. ``{"weights": "frozen_source"}`` or
+            ``{"memory": 16}`` (empty for objectives without such options), for logs and records.
     """
 
     name = "align"
@@ -132,8 +153,43 @@ class AlignFamily(TaskFamily):
         )
         self.loss_module = loss_module
         self._filter = _prefix_filter((f"encoders.{self.source}.", f"encoders.{self.target}.", "align."))
-        self._wants_generator = "generator" in tuple(getattr(loss_module, "context_keys", ()) or ())
+        keys = tuple(getattr(loss_module, "context_keys", ()) or ())
+        self._wants_generator = "generator" in keys
         self.generator: torch.Generator | None = None
+        self.objective_settings: dict[str, object] = {}
+        # cwcl: where the intra-modal weights come from
+        self._weights_from_xs = False
+        resolve = getattr(loss_module, "resolve_weights", None)
+        if "weights_from" in keys and callable(resolve):
+            frozen = self.source in dict(bench.info.get("backbones") or {})
+            mode = resolve(frozen)
+            self.objective_settings["weights"] = mode
+            if mode == "frozen_source":
+                x = self.inputs[self.source]
+                if not x.is_floating_point() or x.dim() < 2:
+                    raise CromaError(
+                        f"--loss-hp weights=frozen_source: the {self.source} features are {x.dtype} of shape "
+                        f"{tuple(x.shape[1:])} per item, not vectors the weights can be computed from; use "
+                        f"--backbone {self.source}=NAME (a frozen pretrained backbone) or --loss-hp weights=encoder"
+                    )
+                self._weights_from_xs = True
+        # cmcr: a fixed memory bank drawn once from the meta-train alignment rows
+        self.bank_source: torch.Tensor | None = None
+        self.bank_target: torch.Tensor | None = None
+        k = int(getattr(loss_module, "memory_size", 0) or 0)
+        if k > 0 and "memory_a" in keys and "memory_b" in keys:
+            rows = {}
+            for key, mod, pool in (("source", self.source, bench.align_source_rows),
+                                   ("target", self.target, bench.align_target_rows)):
+                pool = torch.as_tensor(pool, dtype=torch.long).cpu()
+                if pool.numel() == 0:
+                    raise CromaError(f"--loss-hp memory={k}: the benchmark has no {mod} alignment rows to fill "
+                                     f"the memory bank from")
+                gen = episode_generator(derive_seed(seed, "align", "memory"), 0, key)
+                rows[key] = pool[torch.randperm(pool.numel(), generator=gen)[:k]].sort().values
+            self.bank_source = self._rows(self.source, rows["source"])
+            self.bank_target = self._rows(self.target, rows["target"])
+            self.objective_settings["memory"] = int(min(rows["source"].numel(), rows["target"].numel()))
 
     def begin(self, seed: int) -> None:
         """Objectives that draw noise (``cmcr``) get a generator seeded per call, so a run stays a
@@ -149,12 +205,28 @@ class AlignFamily(TaskFamily):
         tgt = torch.stack([t.target_rows for t in tasks])
         return {"xs": self._rows(self.source, src), "xt": self._rows(self.target, tgt)}
 
+    @staticmethod
+    def _vectors(x: torch.Tensor) -> torch.Tensor:
+        """Frozen features of one task's batch as vectors: ``[B, D]`` as is, ``[B, T, F]`` mean over
+        time, other shapes flattened -> ``[B, D']``."""
+        if x.dim() == 2:
+            return x
+        if x.dim() == 3:
+            return x.mean(dim=1)
+        return x.flatten(1)
+
     def loss(self, model, batch):
         zs = model.embed(self.source, batch["xs"])
         zt = model.embed(self.target, batch["xt"])
+        context: dict[str, object] = {}
         if self.generator is not None:
-            return self.loss_module(zs, zt, generator=self.generator)
-        return self.loss_module(zs, zt)
+            context["generator"] = self.generator
+        if self._weights_from_xs:
+            context["weights_from"] = self._vectors(batch["xs"])
+        if self.bank_source is not None:
+            context["memory_a"] = model.embed(self.source, self.bank_source)
+            context["memory_b"] = model.embed(self.target, self.bank_target)
+        return self.loss_module(zs, zt, **context)
 
     def trainable(self, name):
         return self._filter(name)
