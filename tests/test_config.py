@@ -256,3 +256,31 @@ def test_no_file_in_croma_over_400_lines():
     long = {str(f.relative_to(ROOT)): n for f in (ROOT / "croma").rglob("*.py")
             if (n := len(f.read_text(encoding="utf-8").splitlines())) > 400}
     assert not long, long
+
+
+# ---------------------------------------------------------------- plugins: one file, no edit to croma
+PLUGIN = '''
+import torch
+from croma.losses.registry import LossModule, register_loss
+
+
+@register_loss("plugin-cos", paper="a test plugin", hyper={"scale": 1.0}, formula="-scale * mean cos(u, v)")
+class PluginCos(LossModule):
+    def forward(self, z_source, z_target, **context):
+        return -self.hparams["scale"] * torch.nn.functional.cosine_similarity(z_source, z_target, dim=-1).mean()
+'''
+
+
+def test_a_plugin_file_reaches_the_cli(tmp_path):
+    (tmp_path / "myplugin.py").write_text(PLUGIN)
+    env = {"CROMA_PLUGINS": "myplugin", "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    run = [sys.executable, "-m", "croma", "train", "synthetic", *TRAIN, "--loss", "plugin-cos", "--loss-hp", "scale=2",
+           "--eval-every", "0", "--checkpoint-dir", str(tmp_path / "r")]
+    proc = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cfg = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["config"]
+    assert cfg["outer"]["loss"] == "plugin-cos" and cfg["outer"]["loss_hp"] == {"scale": 2}
+    env["CROMA_PLUGINS"] = "no_such_plugin"
+    proc = subprocess.run([sys.executable, "-m", "croma", "losses"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_plugin" in proc.stderr, proc.stderr

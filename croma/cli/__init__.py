@@ -73,7 +73,29 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def load_plugins() -> list[str]:
+    """Import the modules named in ``$CROMA_PLUGINS`` (comma-separated, e.g. ``mylab.objectives``),
+    so that what they register (objectives, encoders, data sets, methods, task families, outer
+    algorithms, backbones) appears in every choice list of the command line.
+
+    Raises:
+        CromaError: a module that cannot be imported (named, with the reason).
+    """
+    import os
+
+    from croma.errors import CromaError
+
+    names = [n.strip() for n in os.environ.get("CROMA_PLUGINS", "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's module: one line naming it
+            raise CromaError(f"CROMA_PLUGINS: cannot import {name!r} ({type(exc).__name__}: {exc})") from exc
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
+    load_plugins()
     parser = OneLineParser(
         prog="croma",
         description="Cross-modal few-shot generalization by meta-alignment (CROMA).",
@@ -181,7 +203,11 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except _user_errors() as exc:  # a CROMA_PLUGINS module that does not import
+        sys.stderr.write(f"error: {error_line(exc)}\n")
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
