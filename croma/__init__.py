@@ -32,11 +32,11 @@ from croma.encoders import ENCODERS, register_encoder
 from croma.evaluate import EvalConfig, evaluate_kshot, format_results
 from croma.factory import build_model, load_bench
 from croma.fit import CromaTrainer, TrainResult, train
+from croma.learner import MetaLearner
 from croma.losses import get_loss, list_losses
 from croma.losses.registry import LOSSES, register_loss
 from croma.meta.outer import OUTER_ALGORITHMS, register_outer
 from croma.meta.tasks import FAMILIES, register_family
-from croma.meta.trainer import MetaLearner
 from croma.runs import evaluate_run, load_run
 from episodes.data import CrossModalDataset, Item, PreparedBenchmark
 from episodes.datasets import DATASETS, load_benchmark, register_dataset

@@ -233,7 +233,7 @@ class Distributed:
             self._call(op, dist.barrier)
 
     def reduce_deltas(self, families: Sequence[str]) -> Callable[[Params, int, dict[str, torch.Tensor]], tuple[Params, int, dict[str, torch.Tensor]]]:
-        """The ``reduce`` for :meth:`croma.meta.trainer.CromaTrainer.outer_step`.
+        """The ``reduce`` for :meth:`croma.learner.CromaTrainer.outer_step`.
 
         One ``all_reduce`` of ``[deltas (flattened, theta order), n_tasks, (sum of first-step
         losses, sum of last-step losses, tasks) per family]``. Returns the summed deltas, the total
@@ -274,7 +274,7 @@ class Distributed:
         return reduce
 
     def reduce_chunks(self, buf: torch.Tensor) -> torch.Tensor:
-        """The ``all_reduce`` for :meth:`croma.meta.trainer.CromaTrainer.outer_step`'s chunk path.
+        """The ``all_reduce`` for :meth:`croma.learner.CromaTrainer.outer_step`'s chunk path.
 
         ``buf`` is the ``[chunks, L]`` buffer of :func:`croma.meta.reptile.pack_chunks`, holding
         this rank's chunks (other rows zero); after the sum every row is exactly one chunk's

@@ -10,7 +10,7 @@
 * :func:`resolve_device`, :func:`load_config_file` (a settings file, a results.json or a
   checkpoint's stored configuration).
 
-Dependencies point down from here: the trainer and fit loop (:mod:`croma.meta.trainer`,
+Dependencies point down from here: the trainer and fit loop (:mod:`croma.learner`,
 :mod:`croma.fit`), the baselines and the benchmark ask this module; it never imports them.
 """
 

@@ -1,6 +1,6 @@
 """The fit loop: :class:`CromaTrainer` and :func:`train`.
 
-:class:`CromaTrainer` runs :class:`croma.meta.trainer.MetaLearner`'s pure outer step until
+:class:`CromaTrainer` runs :class:`croma.learner.MetaLearner`'s pure outer step until
 ``cfg.iterations`` (or ``stop_after`` / ``time_budget_s``). Every ``eval_every`` iterations the
 meta-val accuracy (fixed episodes) selects ``best.pt``; meta-test is never used for selection.
 ``last.pt`` is written every ``checkpoint_every`` iterations and at the end
@@ -24,8 +24,8 @@ from croma.checkpoint import Checkpointer
 from croma.config import TrainConfig
 from croma.evaluate import EvalConfig, choose_head_init, evaluate_kshot
 from croma.factory import eval_config_from
+from croma.learner import MetaLearner
 from croma.meta.functional import Params
-from croma.meta.trainer import MetaLearner
 from episodes.data import PreparedBenchmark
 
 __all__ = ["CromaTrainer", "TrainResult", "train"]
@@ -58,7 +58,7 @@ class CromaTrainer(MetaLearner):
     algorithm), with meta-val selection, checkpoints and metrics.
 
     Args:
-        cfg, bench, model, loss_module, dist: as :class:`~croma.meta.trainer.MetaLearner`.
+        cfg, bench, model, loss_module, dist: as :class:`~croma.learner.MetaLearner`.
         progress: show a tqdm progress bar (rank 0 only).
         tensorboard: also log metrics.csv's rows to ``<checkpoint_dir>/tensorboard``.
     """

@@ -1,7 +1,7 @@
-"""CROMA meta-learning: functional parameters, batched inner loops, Reptile, the trainer.
+"""CROMA meta-learning mechanisms: functional parameters, batched inner loops, task families, outer steps.
 
-Public entry points: :class:`~croma.meta.trainer.MetaLearner` (the pure outer step;
-``task_deltas`` for distributed splits), :data:`~croma.meta.outer.OUTER_ALGORITHMS`,
+The mechanisms the learner (:class:`croma.learner.MetaLearner`, the pure outer step) is built
+from: :data:`~croma.meta.outer.OUTER_ALGORITHMS`, task families (:mod:`croma.meta.tasks`),
 :func:`~croma.meta.reptile.reptile_update`, :func:`~croma.meta.inner.run_batched` /
 :func:`~croma.meta.inner.run_sequential`.
 """

@@ -2,7 +2,7 @@
 
 ``theta <- theta + eps_t * mean_i(phi_i - theta)``, where the mean runs over *all* tasks of the
 meta-batch. The trainer computes ``sum_i(phi_i - theta)`` over any subset of the tasks
-(:meth:`croma.meta.trainer.CromaTrainer.task_deltas`), so a meta-batch can be split across
+(:meth:`croma.learner.CromaTrainer.task_deltas`), so a meta-batch can be split across
 processes and the sums all-reduced before :func:`reptile_update`.
 
 World-size-invariant sums: the tasks of a meta-batch are cut into fixed chunks

@@ -39,9 +39,9 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 
 def _workload(inner_loop: str, *, repeats: int, meta_batch: int, device: str, inner_steps: int, inner_optimizer: str,
               ways: int, shots: int, queries: int, feature_dim: int, hidden: int, embed_dim: int, seed: int,
               task_chunk: int | None = None, compile_inner: bool = False):
-    """The benchmark's :class:`~croma.meta.trainer.MetaLearner` (synthetic features, 2-layer MLP encoders, cls tasks)."""
+    """The benchmark's :class:`~croma.learner.MetaLearner` (synthetic features, 2-layer MLP encoders, cls tasks)."""
     from croma.config import TrainConfig
-    from croma.meta.trainer import MetaLearner
+    from croma.learner import MetaLearner
     from episodes.datasets.synthetic import make_synthetic_benchmark
 
     per_class = 2 * (shots + queries) + 2  # half of each class's source rows serve classification

@@ -32,7 +32,7 @@ from torch.func import grad, vmap
 
 from croma.config import TrainConfig
 from croma.errors import NonFiniteLossError
-from croma.factory import bench_to, build_components, build_from_config, eval_config_from, load_bench, resolve_device
+from croma.factory import build_components
 from croma.meta.functional import FunctionalModel, Params, meta_parameters, split_params, tree_all_finite
 from croma.meta.inner import InnerConfig, import_higher, run_inner
 from croma.meta.outer import OUTER_ALGORITHMS, task_plan
@@ -40,9 +40,7 @@ from croma.meta.reptile import chunk_layout, linear_epsilon, pack_chunks, reptil
 from croma.meta.tasks import TaskFamily, build_family, derive_seed, model_inputs
 from episodes.data import PreparedBenchmark
 
-# re-exported for code written before the composition layer (croma.config, croma.factory, croma.fit)
-__all__ = ["MetaLearner", "task_plan", "TrainConfig", "resolve_device", "load_bench", "bench_to", "build_from_config",
-           "eval_config_from"]
+__all__ = ["MetaLearner"]
 
 
 class MetaLearner:
