@@ -61,6 +61,9 @@ class CrossModalDataset:
 
     Strong pairs are the items that hold both the source and the target modality. Weak pairs
     come from ``cluster``: any source item and any target item of the same cluster.
+
+    ``extra`` names further modalities the items may hold (e.g. ``("image",)`` for a text ->
+    audio task whose manifest rows also carry images); they only feed alignment tasks.
     """
 
     name: str
@@ -68,6 +71,12 @@ class CrossModalDataset:
     target: str
     items: list[Item]
     meta: dict[str, Any] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """``(source, target, *extra)``."""
+        return (self.source, self.target, *self.extra)
 
     def items_with(self, modality: str) -> list[Item]:
         return [it for it in self.items if modality in it.modalities]
@@ -108,7 +117,8 @@ class PreparedBenchmark:
         class_names: all class names; labels of both modalities index into it (a class
             present in both modalities, e.g. a language, has one id).
         cluster_names: concept-cluster names (may be empty).
-        data: ``{modality: ModalityData}`` for the source and target modalities.
+        data: ``{modality: ModalityData}`` for the source and target modalities, plus any
+            *extra* modality the data set carries (alignment only, see :attr:`modalities`).
         pairs: ``long [P, 2]`` strong pairs as (source row, target row) into ``data``;
             shape ``[0, 2]`` when the data set only has weak pairs.
         splits: class ids per split. Keys:
@@ -118,7 +128,8 @@ class PreparedBenchmark:
             (never contains a meta-val or meta-test class).
         align_source_rows / align_target_rows: ``long`` rows usable by alignment tasks in
             meta-training (disjoint from ``classify_source_rows``; never of a meta-val or
-            meta-test class).
+            meta-test class). With extra modalities, :meth:`alignment_tuples` gives the
+            multi-way rows (derived from item ids, so every copy of the benchmark keeps them).
         classify_source_rows: ``long`` source rows usable by source classification tasks.
         align_mode: ``"strong"`` or ``"weak"``.
         info: free-form provenance (data root, front-end settings, counts).
@@ -137,6 +148,47 @@ class PreparedBenchmark:
     classify_source_rows: torch.Tensor
     align_mode: str = "strong"
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """``(source, target, *extra)``: the extra modalities of ``data`` in ``text, image,
+        audio`` order; the column order of :meth:`alignment_tuples`."""
+        rest = [m for m in MODALITIES if m in self.data and m not in (self.source, self.target)]
+        rest += sorted(m for m in self.data if m not in MODALITIES and m not in (self.source, self.target))
+        return (self.source, self.target, *rest)
+
+    def alignment_tuples(self) -> torch.Tensor:
+        """Multi-way alignment rows: ``long [P, M]`` over :attr:`modalities`, ``-1`` = absent.
+
+        Two modalities: the strong pairs whose source row is an alignment row (``[P, 2]``,
+        ``[0, 2]`` for weak data). More: one row per item (matched by id across modalities)
+        of a **meta-train** class holding at least two modalities, where a source entry is
+        kept only when it is an alignment source row (so it never serves classification).
+        Rows follow the order of first appearance (source rows, then target, then extras).
+
+        Raises:
+            DataError: one id carries different labels in two modalities.
+        """
+        mods = self.modalities
+        if len(mods) <= 2:
+            if self.pairs.numel() == 0:
+                return torch.zeros(0, 2, dtype=torch.long)
+            return self.pairs[torch.isin(self.pairs[:, 0], self.align_source_rows.to(self.pairs.device))].cpu()
+        train = set(int(c) for c in self.splits.get("meta_train", []))
+        align_src = set(self.align_source_rows.tolist())
+        table: dict[str, list[int]] = {}
+        label_of: dict[str, int] = {}
+        for col, mod in enumerate(mods):
+            d = self.data[mod]
+            for row, (iid, lab) in enumerate(zip(d.ids, d.labels.tolist())):
+                if label_of.setdefault(iid, lab) != lab:
+                    raise DataError(f"{self.name}: item {iid!r} has label {self.class_names[label_of[iid]]!r} in one "
+                                    f"modality and {self.class_names[lab]!r} in {mod}")
+                if lab not in train or (mod == self.source and row not in align_src):
+                    continue
+                table.setdefault(iid, [-1] * len(mods))[col] = row
+        rows = [r for r in table.values() if sum(v >= 0 for v in r) >= 2]
+        return torch.tensor(rows, dtype=torch.long).reshape(-1, len(mods))
 
     def rows_of_classes(self, modality: str, classes: list[int]) -> torch.Tensor:
         """Rows of ``modality`` whose label is in ``classes`` (``long [m]``, ascending)."""
@@ -159,3 +211,12 @@ class PreparedBenchmark:
             inter = set(self.align_source_rows.tolist()) & set(self.classify_source_rows.tolist())
             if inter:
                 raise DataError(f"{self.name}: {len(inter)} source rows used for both alignment and classification")
+        mods = self.modalities
+        if len(mods) > 2:
+            tuples = self.alignment_tuples()
+            for col, mod in enumerate(mods):
+                rows = tuples[:, col][tuples[:, col] >= 0]
+                if rows.numel() and set(self.data[mod].labels[rows].tolist()) - tr:
+                    raise DataError(f"{self.name}: alignment tuples of {mod} include a class outside meta-train")
+                if mod == self.source and set(rows.tolist()) & set(self.classify_source_rows.tolist()):
+                    raise DataError(f"{self.name}: source rows used for both multi-way alignment and classification")

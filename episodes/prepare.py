@@ -2,7 +2,7 @@
 
 :func:`prepare_benchmark` does, in order:
 
-1. **Front-ends** per modality (source and target only): text -> :func:`text_to_bytes`;
+1. **Front-ends** per modality (source, target and the data set's ``extra`` modalities): text -> :func:`text_to_bytes`;
    audio -> :func:`load_audio` + :class:`LogMel`; image -> decoded ``uint8`` (from arrays, or
    from files via :func:`load_image_uint8`) then ImageNet normalisation. Audio and image
    *files* are expensive, so their whole-modality output (``features`` + an ``ok`` mask) is
@@ -13,7 +13,8 @@
    ``info["skipped_bad"]``.
 3. **Labels / clusters / pairs**: ``class_names`` = sorted union of both modalities' labels
    (a class present in both, e.g. a language, has one id); ``cluster_names`` sorted; strong
-   pairs are the items holding both modalities.
+   pairs are the items holding both modalities. Items of an extra modality whose class is
+   neither a source nor a target class are left out (counted in ``info["extra_dropped"]``).
 4. **Class split** (:func:`make_class_split`) over **target** classes: an explicit
    ``class_split``, else ``dataset.meta["class_split"]`` (the loader's documented split), else
    a seeded split by ``split_fractions`` (``n < 3`` classes: all meta-train).
@@ -25,7 +26,9 @@
    alignment; all other source rows of ``source_train`` classes go to classification. Target
    alignment rows: (strong) the partners of the alignment source rows; (weak) target rows of
    meta-train classes in a usable cluster.
-6. :meth:`PreparedBenchmark.validate`.
+6. Extra modalities join ``data`` (front-ended like the others); their alignment rows are
+   :meth:`PreparedBenchmark.alignment_tuples` (items of meta-train classes, matched by id).
+7. :meth:`PreparedBenchmark.validate`.
 """
 
 from __future__ import annotations
@@ -357,7 +360,8 @@ def prepare_benchmark(
     if frontend is None:
         frontend = replace(FrontendSettings(), **dict(dataset.meta.get("frontend", {})))
     cache = FeatureCache(cache_dir) if use_cache else None
-    mods = (src, tgt)
+    extras = tuple(m for m in getattr(dataset, "extra", ()) if m not in (src, tgt))
+    mods = (src, tgt, *extras)
     embedders = dict(embedders or {})
     extra = sorted(set(embedders) - set(mods))
     if extra:
@@ -366,7 +370,8 @@ def prepare_benchmark(
     per_mod_items = {m: dataset.items_with(m) for m in mods}
     for m in mods:
         if not per_mod_items[m]:
-            raise DataError(f"{dataset.name}: no item holds the {'source' if m == src else 'target'} modality {m!r}")
+            role = {src: "source", tgt: "target"}.get(m, "extra")
+            raise DataError(f"{dataset.name}: no item holds the {role} modality {m!r}")
     feats: dict[str, torch.Tensor] = {}
     oks: dict[str, torch.Tensor] = {}
     status: dict[str, str] = {}
@@ -385,8 +390,15 @@ def prepare_benchmark(
         if len(keep[m]) != len(per_mod_items[m]):
             feats[m] = feats[m][torch.tensor(keep[m], dtype=torch.long)]
 
-    class_names = sorted({it.label for m in mods for it in items[m]})
-    cluster_names = sorted({it.cluster for m in mods for it in items[m] if it.cluster is not None})
+    class_names = sorted({it.label for m in (src, tgt) for it in items[m]})
+    cluster_names = sorted({it.cluster for m in (src, tgt) for it in items[m] if it.cluster is not None})
+    extra_dropped = 0
+    for m in extras:  # an extra modality's items of classes neither side has cannot be aligned
+        known = [i for i, it in enumerate(items[m]) if it.label in class_names]
+        if len(known) != len(items[m]):
+            extra_dropped += len(items[m]) - len(known)
+            items[m] = [items[m][i] for i in known]
+            feats[m] = feats[m][torch.tensor(known, dtype=torch.long)]
     cid = {c: i for i, c in enumerate(class_names)}
     kid = {k: i for i, k in enumerate(cluster_names)}
     data: dict[str, ModalityData] = {}
@@ -394,7 +406,7 @@ def prepare_benchmark(
         data[m] = ModalityData(
             features=feats[m],
             labels=torch.tensor([cid[it.label] for it in items[m]], dtype=torch.long),
-            clusters=torch.tensor([kid[it.cluster] if it.cluster is not None else -1 for it in items[m]],
+            clusters=torch.tensor([kid.get(it.cluster, -1) if it.cluster is not None else -1 for it in items[m]],
                                   dtype=torch.long),
             ids=[it.id for it in items[m]],
         )
@@ -462,6 +474,9 @@ def prepare_benchmark(
         "seed": seed,
         "dataset_meta": {k: v for k, v in dataset.meta.items() if k not in ("class_split", "clusters")},
     }
+    if extras:
+        info["extra_modalities"] = list(extras)
+        info["extra_dropped"] = extra_dropped
     bench = PreparedBenchmark(
         name=dataset.name, source=src, target=tgt, class_names=class_names, cluster_names=cluster_names,
         data=data, pairs=pairs, splits=splits,

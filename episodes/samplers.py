@@ -21,6 +21,8 @@ __all__ = [
     "AlignmentTask",
     "ClassificationTaskSampler",
     "AlignmentTaskSampler",
+    "TupleTask",
+    "TupleTaskSampler",
     "episode_generator",
 ]
 
@@ -235,3 +237,83 @@ class AlignmentTaskSampler:
     def sample_many(self, start: int, count: int) -> AlignmentTask:
         """Tasks ``start .. start+count-1`` stacked along a leading task dimension."""
         return _stack([self.sample(start + k) for k in range(count)], AlignmentTask)
+
+
+@dataclass
+class TupleTask:
+    """A batch of multi-way alignment rows: row ``b`` is one item seen in every modality.
+
+    Attributes (``[T, ...]`` when stacked):
+        rows: ``long [B, M]`` rows into each modality's features; absent entries hold row 0 (a
+            placeholder: use ``present``).
+        present: ``bool [B, M]`` whether item ``b`` has modality ``m``.
+    """
+
+    rows: torch.Tensor
+    present: torch.Tensor
+
+
+class TupleTaskSampler:
+    """Batches of multi-way alignment rows (items holding two or more of M modalities).
+
+    Args:
+        tuples: ``long [P, M]`` rows per item into each modality, ``-1`` = absent
+            (:meth:`episodes.data.PreparedBenchmark.alignment_tuples`).
+        batch_size: B, capped at P (and, per pair, at that pair's row count).
+        seed: base seed.
+
+    Two kinds of task, each a pure function of ``(seed, i)``:
+
+    * :meth:`sample`: B distinct tuples (any modalities present) -- for objectives that align
+      all modalities at once with a presence mask.
+    * :meth:`sample_pairs`: for every modality pair ``(a, b)`` in :attr:`pair_list` (the pairs
+      with >= 2 tuples holding both), ``min(B, n_ab)`` distinct tuples holding both -- fixed
+      sizes per pair, so tasks stack.
+
+    Raises:
+        DataError: fewer than 2 tuples, or no modality pair with 2 tuples.
+    """
+
+    def __init__(self, tuples: torch.Tensor, *, batch_size: int, seed: int) -> None:
+        if batch_size < 2:
+            raise ValueError(f"alignment batch size must be >= 2 (got {batch_size})")
+        t = torch.as_tensor(tuples, dtype=torch.long).cpu()
+        if t.dim() != 2 or t.shape[1] < 2:
+            raise DataError(f"multi-way alignment needs tuples [P, M >= 2] (got shape {tuple(t.shape)})")
+        if t.shape[0] < 2:
+            raise DataError(f"multi-way alignment needs >= 2 items holding two modalities; {t.shape[0]} available")
+        self.tuples, self.seed = t, int(seed)
+        self.present = t >= 0
+        self.batch_size = min(int(batch_size), t.shape[0])
+        m = t.shape[1]
+        self.pair_list: list[tuple[int, int]] = []
+        self._pair_rows: list[torch.Tensor] = []
+        for a in range(m):
+            for b in range(a + 1, m):
+                idx = torch.nonzero(self.present[:, a] & self.present[:, b], as_tuple=False).flatten()
+                if idx.numel() >= 2:
+                    self.pair_list.append((a, b))
+                    self._pair_rows.append(idx)
+        if not self.pair_list:
+            raise DataError("multi-way alignment needs a modality pair held by >= 2 items; none found")
+        self.pair_sizes = [min(self.batch_size, int(idx.numel())) for idx in self._pair_rows]
+
+    def sample(self, i: int) -> TupleTask:
+        """Task ``i``: B distinct tuples with their presence mask."""
+        g = episode_generator(self.seed, i, "align-tuples")
+        pick = torch.randperm(self.tuples.shape[0], generator=g)[: self.batch_size]
+        rows = self.tuples[pick]
+        return TupleTask(rows=rows.clamp(min=0), present=rows >= 0)
+
+    def sample_pairs(self, i: int) -> list[torch.Tensor]:
+        """Task ``i``: per pair of :attr:`pair_list`, ``long [B_ab, 2]`` rows into modalities a and b."""
+        out = []
+        for k, ((a, b), idx) in enumerate(zip(self.pair_list, self._pair_rows)):
+            g = episode_generator(self.seed, i, f"align-pair-{a}-{b}")
+            pick = idx[torch.randperm(idx.numel(), generator=g)[: self.pair_sizes[k]]]
+            out.append(self.tuples[pick][:, [a, b]].clone())
+        return out
+
+    def sample_many(self, start: int, count: int) -> TupleTask:
+        """Tasks ``start .. start+count-1`` (:meth:`sample`) stacked along a leading task dimension."""
+        return _stack([self.sample(start + k) for k in range(count)], TupleTask)

@@ -10,6 +10,11 @@ string; an image / audio value is a path relative to the manifest's folder (or a
 Items holding both the source and the target modality are strong pairs; ``cluster`` gives weak
 pairs (used when there are no strong pairs). Blank lines and lines starting with ``#`` are
 ignored.
+
+A row may carry a third modality (text, image and audio, any of them absent): the modalities
+besides ``--source`` / ``--target`` are kept as *extra* modalities (``extra=``; by default every
+one the manifest holds), which alignment tasks use (every modality pair present) and
+classification never does.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from episodes.data import CrossModalDataset, Item, canonical_modality
+from episodes.data import MODALITIES, CrossModalDataset, Item, canonical_modality
 from episodes.errors import DataError
 
 __all__ = ["load_manifest", "records_to_dataset"]
@@ -41,9 +46,9 @@ def _name(value: object, key: str, where: str) -> str:
                     f"{json.dumps(value)[:40] if not isinstance(value, str) else repr(value)})")
 
 
-def _item(rec: object, where: str, base: Path | None, src: str, tgt: str, seen: set[str], skip_bad: bool) -> Item | None:
-    """One record -> an :class:`Item` holding its ``src`` / ``tgt`` values (empty modalities when it
-    holds neither); None when ``skip_bad`` leaves it out (a missing file)."""
+def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: bool) -> Item | None:
+    """One record -> an :class:`Item` holding all its modality values (:func:`_finish` keeps the
+    chosen ones); None when ``skip_bad`` leaves it out (a missing file)."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
     for key in ("id", "label"):
@@ -77,28 +82,55 @@ def _item(rec: object, where: str, base: Path | None, src: str, tgt: str, seen: 
             raise DataError(f"{fp}: {key} file of item {item_id!r} ({where}) not found; paths are relative to "
                             "the manifest's folder (use --skip-bad to leave it out)")
         mods[mod] = str(fp)
-    mods = {m: v for m, v in mods.items() if m in (src, tgt)}
     return Item(id=item_id, label=label, modalities=mods,
                 cluster=None if cluster in (None, "") else _name(cluster, "cluster", where))
 
 
-def _finish(name: str, items: list[Item], src: str, tgt: str, where: str, meta: dict[str, Any]) -> CrossModalDataset:
+def _extra(extra: Sequence[str] | str | None, items: list[Item], src: str, tgt: str, where: str) -> tuple[str, ...]:
+    """The extra modalities: ``None`` -> every one the items hold besides ``src`` / ``tgt``."""
+    present = {m for it in items for m in it.modalities}
+    if extra is None:
+        return tuple(m for m in MODALITIES if m in present and m not in (src, tgt))
+    names = [extra] if isinstance(extra, str) else list(extra)
+    out: list[str] = []
+    for name in names:
+        mod = canonical_modality(name)
+        if mod in (src, tgt):
+            raise DataError(f"{where}: extra modality {mod!r} is already the source or the target")
+        if mod not in present:
+            raise DataError(f"{where}: no item holds the extra modality {mod!r}")
+        if mod not in out:
+            out.append(mod)
+    return tuple(m for m in MODALITIES if m in out)
+
+
+def _finish(name: str, raw: list[Item], src: str, tgt: str, where: str, meta: dict[str, Any],
+            extra: Sequence[str] | str | None) -> CrossModalDataset:
+    """Keep each item's source / target / extra values; drop items left with none."""
+    extras = _extra(extra, raw, src, tgt, where)
+    keep = (src, tgt, *extras)
+    items = []
+    for it in raw:
+        it.modalities = {m: v for m, v in it.modalities.items() if m in keep}
+        if it.modalities:
+            items.append(it)
     for mod, flag in ((src, "--source"), (tgt, "--target")):
         if not any(mod in it.modalities for it in items):
             raise DataError(f"{where}: no item holds the {flag} modality {mod!r}")
     has_pairs = any(src in it.modalities and tgt in it.modalities for it in items)
     return CrossModalDataset(name=name, source=src, target=tgt, items=items,
-                             meta={**meta, "align_mode": "strong" if has_pairs else "weak"})
+                             meta={**meta, "align_mode": "strong" if has_pairs else "weak"}, extra=extras)
 
 
 def records_to_dataset(records: Iterable[Mapping[str, Any]], *, source: str, target: str, name: str = "records",
-                       base_dir: str | os.PathLike | None = None, skip_bad: bool = False) -> CrossModalDataset:
+                       base_dir: str | os.PathLike | None = None, skip_bad: bool = False,
+                       extra: Sequence[str] | str | None = None) -> CrossModalDataset:
     """Records (dicts shaped like manifest lines) -> a :class:`CrossModalDataset`.
 
     Each record has ``id``, ``label``, optional ``cluster`` and a value per modality: text as a
     string; image / audio as a file path (relative to ``base_dir`` when given) or, without
     ``base_dir``, an already-decoded array (an image ``uint8 [H, W, 3]``, a waveform). Checks as
-    :func:`load_manifest` does (names the record number).
+    :func:`load_manifest` does (names the record number). ``extra``: as :func:`load_manifest`.
 
     Raises:
         DataError: a malformed record, a duplicate id, a missing file, no item of a modality.
@@ -111,27 +143,30 @@ def records_to_dataset(records: Iterable[Mapping[str, Any]], *, source: str, tar
     seen: set[str] = set()
     skipped = 0
     for n, rec in enumerate(records):
-        item = _item(dict(rec) if isinstance(rec, Mapping) else rec, f"{name}: record {n}", base, src, tgt, seen,
-                     skip_bad)
+        item = _item(dict(rec) if isinstance(rec, Mapping) else rec, f"{name}: record {n}", base, seen, skip_bad)
         if item is None:
             skipped += 1
-        elif item.modalities:
+        else:
             items.append(item)
-    return _finish(name, items, src, tgt, name, {"skipped": skipped})
+    return _finish(name, items, src, tgt, name, {"skipped": skipped}, extra)
 
 
 def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, target: str | None,
-                  skip_bad: bool = False, progress: bool = False, **_: object) -> CrossModalDataset:
+                  skip_bad: bool = False, progress: bool = False, extra: Sequence[str] | str | None = None,
+                  **_: object) -> CrossModalDataset:
     """Read a JSONL manifest.
 
     Args:
         manifest: the ``.jsonl`` file (``--manifest PATH``).
         source, target: modality names (``--source M --target M``), different.
         skip_bad: leave out items whose image / audio file is missing (counted in ``meta["skipped"]``).
+        extra: further modalities to keep for alignment (``None``: every modality the manifest
+            holds besides source and target; ``()``: none).
 
     Returns:
         :class:`CrossModalDataset` named ``manifest``; ``meta["align_mode"]`` is ``"strong"`` when
-        some item holds both modalities, else ``"weak"`` when clusters exist on both sides.
+        some item holds both modalities, else ``"weak"`` when clusters exist on both sides;
+        ``extra`` the extra modalities kept (``text, image, audio`` order).
 
     Raises:
         DataError: missing flag / file, malformed line (names file and line), duplicate id,
@@ -168,9 +203,9 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
             raise DataError(f"{where}: not JSON (nested too deeply)") from None
         except ValueError as exc:  # NaN / Infinity
             raise DataError(f"{where}: not JSON ({exc})") from None
-        item = _item(rec, where, base, src, tgt, seen, skip_bad)
+        item = _item(rec, where, base, seen, skip_bad)
         if item is None:
             skipped += 1
-        elif item.modalities:
+        else:
             items.append(item)
-    return _finish("manifest", items, src, tgt, str(path), {"skipped": skipped, "manifest": str(path)})
+    return _finish("manifest", items, src, tgt, str(path), {"skipped": skipped, "manifest": str(path)}, extra)
