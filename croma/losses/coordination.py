@@ -4,6 +4,11 @@ Both take a sequence of ``M >= 2`` embedding tensors ``[N, D]`` (row p of every 
 same sample seen in another modality) and an optional ``present [N, M]`` bool mask saying which
 modality each sample has. They are vmap/grad-safe: masks act through ``masked_fill`` / ``where``
 on derived tensors and weighted means (no boolean indexing, no ``.item()``).
+
+Their registered modules also have :meth:`forward_multi` (``multimodal = True``), which the
+``align_multi`` task family (:mod:`croma.meta.multimodal`) calls to align every modality of a
+benchmark at once, as the paper intends; with two modalities and no absent item ``pcmc`` is
+exactly ``clip``.
 """
 
 from __future__ import annotations
@@ -164,14 +169,22 @@ def _check_rho(fn: str, rho: Any) -> None:
 
 @register_loss(
     "pcmc",
-    paper="Sánchez & Laguna, Cross-Modal Coordination (PCMC), eqs. 3-5, 8",
+    paper="Sánchez & Laguna, Cross-Modal Coordination (PCMC), eqs. 3-5, 8; all modalities at once (2: = clip)",
     hyper={"temperature": 0.07},
-    formula="Σ_{i<j} ½(CE(S⁽ⁱʲ⁾, diag) + CE(S⁽ⁱʲ⁾ᵀ, diag)), S⁽ⁱʲ⁾ = x̂⁽ⁱ⁾x̂⁽ʲ⁾ᵀ/τ, absent items masked",
+    formula="Σ_{i<j} ½(CE(S⁽ⁱʲ⁾, diag) + CE(S⁽ⁱʲ⁾ᵀ, diag)), S⁽ⁱʲ⁾ = x̂⁽ⁱ⁾x̂⁽ʲ⁾ᵀ/τ, over all M modalities, "
+            "absent items masked; M = 2, none absent: = clip",
 )
 class PCMCLoss(LossModule):
-    """``pcmc_loss([z_source, z_target], temperature, present)``; context: ``present [N, 2]``."""
+    """``pcmc_loss([z_source, z_target], temperature, present)``; context: ``present [N, 2]``.
+
+    :meth:`forward_multi` aligns M >= 2 modalities at once (``align_multi`` tasks)."""
 
     context_keys = ("present",)
+    multimodal = True
+
+    def forward_multi(self, embeddings: Sequence[torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        """``pcmc_loss(embeddings, temperature, present)``: M tensors ``[N, D]``, ``present [N, M]``."""
+        return pcmc_loss(list(embeddings), present=present, **self.hparams)
 
     def check_hyper(self, hp: Mapping[str, Any]) -> None:
         _check_positive("pcmc", "temperature", hp["temperature"])
@@ -183,14 +196,22 @@ class PCMCLoss(LossModule):
 
 @register_loss(
     "pcmr",
-    paper="Sánchez & Laguna, Cross-Modal Coordination (PCMR), eqs. 6, 7, 9",
+    paper="Sánchez & Laguna, Cross-Modal Coordination (PCMR), eqs. 6, 7, 9; all modalities at once",
     hyper={"rho": 1.0, "threshold": 0.99},
-    formula="Σ_{i<j} ‖H ⊙ (x̂⁽ⁱ⁾x̂⁽ʲ⁾ᵀ − T)‖_F^(2+ρ), T_pq = [p=q or max_m cos(x_p⁽ᵐ⁾,x_q⁽ᵐ⁾) > t]",
+    formula="Σ_{i<j} ‖H ⊙ (x̂⁽ⁱ⁾x̂⁽ʲ⁾ᵀ − T)‖_F^(2+ρ), T_pq = [p=q or max_m cos(x_p⁽ᵐ⁾,x_q⁽ᵐ⁾) > t], "
+            "over all M modalities, H masks absent items",
 )
 class PCMRLoss(LossModule):
-    """``pcmr_loss([z_source, z_target], rho, threshold, present)``; context: ``present [N, 2]``."""
+    """``pcmr_loss([z_source, z_target], rho, threshold, present)``; context: ``present [N, 2]``.
+
+    :meth:`forward_multi` aligns M >= 2 modalities at once (``align_multi`` tasks)."""
 
     context_keys = ("present",)
+    multimodal = True
+
+    def forward_multi(self, embeddings: Sequence[torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        """``pcmr_loss(embeddings, rho, threshold, present)``: M tensors ``[N, D]``, ``present [N, M]``."""
+        return pcmr_loss(list(embeddings), present=present, **self.hparams)
 
     def check_hyper(self, hp: Mapping[str, Any]) -> None:
         _check_rho("pcmr", hp["rho"])
