@@ -15,6 +15,7 @@ keyword to reach ``embed`` and ``reconstruction_loss`` functionally::
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -252,7 +253,9 @@ def build_model(
     Args:
         cfg: the configuration.
         bench_or_shapes: a ``PreparedBenchmark`` (feature shapes/dtypes and source/target taken
-            from it) or ``{modality: (shape, dtype)}`` (source/target from the keywords, else
+            from it; its extra modalities, used by alignment tasks only, get encoders too, each
+            initialised from its own seed so the other parameters are those of the two-modality
+            model) or ``{modality: (shape, dtype)}`` (source/target from the keywords, else
             the dict's first and second keys).
         seed: initialisation seed; the global RNG state is left as it was.
     Raises:
@@ -262,7 +265,8 @@ def build_model(
     if hasattr(bench_or_shapes, "data") and hasattr(bench_or_shapes, "source"):
         bench = bench_or_shapes
         src, tgt = source or bench.source, target or bench.target
-        specs = {m: (tuple(bench.data[m].features.shape[1:]), bench.data[m].features.dtype) for m in (src, tgt)}
+        mods = (src, tgt) + tuple(m for m in getattr(bench, "modalities", ()) if m not in (src, tgt))
+        specs = {m: (tuple(bench.data[m].features.shape[1:]), bench.data[m].features.dtype) for m in mods}
     elif isinstance(bench_or_shapes, Mapping):
         keys = list(bench_or_shapes)
         if len(keys) < 2 and (source is None or target is None):
@@ -294,4 +298,16 @@ def build_model(
         model = CrossModalModel(
             encoders, source=src, target=tgt, embed_dim=cfg.embed_dim, num_classes=cfg.num_classes, recon=recon
         )
+    for mod in specs:  # extra modalities: own seeds, after the rest, so the rest is unchanged
+        if mod in (src, tgt):
+            continue
+        shape, dtype = specs[mod]
+        name = (cfg.encoders or {}).get(mod) or default_encoder_name(mod, shape, dtype, cfg)
+        digest = hashlib.blake2b(f"{int(seed)}:encoder:{mod}".encode(), digest_size=8).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+            enc = get_encoder(name, shape, cfg.embed_dim, **_encoder_hp(name, mod, cfg))
+        if getattr(enc, "out_dim", cfg.embed_dim) != cfg.embed_dim:
+            raise ValueError(f"build_model: encoder {mod!r} outputs {enc.out_dim}, expected embed_dim {cfg.embed_dim}")
+        model.encoders[mod] = enc
     return model

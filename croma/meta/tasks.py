@@ -12,6 +12,8 @@ Families (registry ``FAMILIES``):
   source classification rows); loss = cross-entropy through the shared classifier.
 * ``target_cls`` — an N-way episode in the target modality over meta-train classes (uses
   target labels: the oracle baseline's hook).
+* ``align_multi`` — alignment over every modality pair of a benchmark with three or more
+  modalities (:mod:`croma.meta.multimodal`); ``build_family("align", ...)`` picks it itself.
 * ``target_recon`` — a batch of unlabeled target items of meta-train classes; loss =
   ``model.reconstruction_loss(x)`` (unsupervised baseline's hook; needs
   ``ModelConfig.reconstruction``).
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from croma.errors import CromaError
+from croma.meta.multimodal import AlignMultiFamily, uses_multi_alignment
 from episodes.data import PreparedBenchmark
 from episodes.registry import Registry
 from episodes.samplers import AlignmentTaskSampler, ClassificationTaskSampler, episode_generator
@@ -327,7 +330,7 @@ def register_family(name: str, cls: type[TaskFamily] | None = None):
 
 
 for _name, _cls in (("align", AlignFamily), ("source_cls", SourceClsFamily), ("target_cls", TargetClsFamily),
-                    ("target_recon", TargetReconFamily)):
+                    ("target_recon", TargetReconFamily), ("align_multi", AlignMultiFamily)):
     register_family(_name, _cls)
 del _name, _cls
 
@@ -338,9 +341,14 @@ def build_family(name: str, bench: PreparedBenchmark, inputs: Mapping[str, torch
     Keyword args (each family takes what it needs): ``loss_module``, ``batch_size`` (alignment /
     reconstruction batch), ``ways``, ``shots``, ``queries``, ``seed``, ``model``.
 
+    ``align`` on a benchmark with more than two modalities holding alignment rows builds
+    ``align_multi`` (:mod:`croma.meta.multimodal`): every modality pair present is aligned.
+
     Raises:
         ValueError: unknown family. DataError: the benchmark cannot supply such tasks.
     """
     if name not in FAMILIES:
         raise ValueError(f"unknown task family {name!r}; expected one of {', '.join(FAMILIES)}")
+    if name == "align" and uses_multi_alignment(bench):
+        name = "align_multi"
     return FAMILIES.get(name)(bench, inputs, **kw)
