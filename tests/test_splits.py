@@ -100,3 +100,13 @@ def test_fixed_splits_refuse_split_classes(tmp_path):
     assert make_class_split(ds, ways=5)["meta_val"] == ["c2", "c3"]  # a documented split is kept as is
     with pytest.raises(DataError, match="fixed, documented class split"):
         make_class_split(ds, split_classes=(2, 2, 2))
+
+
+def test_data_inspect_shows_the_split_train_and_benchmark_make(tmp_path, capsys):
+    man = _manifest(tmp_path / "d", per_class=2)
+    base = ["data", "inspect", "manifest", "--manifest", str(man), "--source", "text", "--target", "image", "--json"]
+    for extra, sizes in (([], [12, 5, 5]), (["--ways", "3"], [14, 4, 4]), (["--split-classes", "10,6,6"], [10, 6, 6])):
+        assert main([*base, *extra]) == 0
+        s = json.loads(capsys.readouterr().out)["splits"]
+        assert [s["meta_train"], s["meta_val"], s["meta_test"]] == sizes, extra
+        assert s["source_train"] == sizes[0]  # the source classes that are not held out

@@ -48,6 +48,14 @@ def add_parser(sub) -> None:
     pi = dsub.add_parser("inspect", help="counts of items, classes, pairs, clusters and splits")
     _common(pi)
     pi.add_argument("--json", action="store_true", help="print one JSON object")
+    from croma.cli.frontend_flags import split_counts
+
+    pi.add_argument("--ways", type=int, default=5,
+                    help="N-way tasks the split must serve: meta-val and meta-test get at least N classes when there "
+                    "are 3 x N, as croma train / benchmark split (default 5; with fewer classes the 60/20/20 %% "
+                    "split is shown, with a note)")
+    pi.add_argument("--split-classes", type=split_counts, default=None, metavar="TRAIN,VAL,TEST",
+                    help="class counts of the split (as croma train / benchmark --split-classes)")
     pi.set_defaults(func=run_inspect)
     pp = dsub.add_parser("prepare", help="apply the front-ends and build the feature caches (progress bar)")
     _common(pp)
@@ -76,12 +84,25 @@ def run_inspect(args) -> int:
 
     ds = load_dataset(args.name, progress=sys.stderr.isatty(), **_loader_kwargs(args))
     summary = dataset_summary(ds, seed=args.seed)
+    # the split croma train / benchmark make for --ways-way tasks (or --split-classes)
+    from episodes.errors import DataError
+
+    try:
+        split = make_class_split(ds, seed=args.seed, ways=args.ways, split_classes=args.split_classes)
+    except DataError as exc:  # too few classes for --ways-way tasks: show the fraction split, say why
+        if args.split_classes is not None:
+            raise
+        split = make_class_split(ds, seed=args.seed)
+        sys.stderr.write(f"note: {str(exc).splitlines()[0]}; showing the 60/20/20 % split\n")
+    held_out = set(split["meta_val"]) | set(split["meta_test"])
+    source_classes = {it.label for it in ds.items if ds.source in it.modalities}
+    summary["splits"] = {**{k: len(split[k]) for k in ("meta_train", "meta_val", "meta_test")},
+                         "source_train": len(source_classes - held_out)}
     if args.skip_bad:
         _report_skipped(int(ds.meta.get("skipped", 0) or 0))
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")
         return 0
-    split = make_class_split(ds, seed=args.seed)
     out = [f"{summary['name']}: {summary['source']} -> {summary['target']}"]
     for m, n in summary["items"].items():
         out.append(f"  {m:6s} {n:7d} items, {summary['classes'][m]:5d} classes")
