@@ -40,6 +40,7 @@ def load_for_benchmark(cfg: BenchmarkConfig):
         audio_model=cfg.audio_model, ways=cfg.ways, split_classes=cfg.split_classes,
         device=str(resolve_device(cfg.device)), data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source,
         target=cfg.target, seed=cfg.seed, cache_dir=cfg.cache_dir, progress=cfg.progress, skip_bad=cfg.skip_bad,
+        **({} if cfg.extra_modalities or cfg.benchmark != "manifest" else {"extra": ()}),
     )
 
 

@@ -103,6 +103,7 @@ class BenchmarkConfig:
     audio_model: str | None = None
     skip_bad: bool = False
     split_classes: list[int] | None = None
+    extra_modalities: bool = True
     # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
     loss_hp: dict[str, Any] = field(default_factory=dict)
     task_weights: dict[str, float] | None = None

@@ -53,6 +53,7 @@ class DataConfig:
     audio_model: str | None = None
     skip_bad: bool = False
     split_classes: list[int] | None = None
+    extra_modalities: bool = True  # a manifest's modalities besides source/target join alignment
 
 
 @dataclass

@@ -70,6 +70,7 @@ def load_bench(cfg: TrainConfig, *, progress: bool = False) -> PreparedBenchmark
         device=str(resolve_device(cfg.device)) if cfg.device != "cpu" else "cpu",
         data_root=d.data_root, manifest=d.manifest, source=d.source, target=d.target,
         seed=cfg.seed, cache_dir=d.cache_dir, progress=progress, skip_bad=d.skip_bad,
+        **({} if d.extra_modalities or d.benchmark != "manifest" else {"extra": ()}),
     )
 
 
@@ -136,7 +137,7 @@ def build_components(cfg: TrainConfig, bench: PreparedBenchmark | None = None, *
     device = resolve_device(cfg.device)
     bench = bench if bench is not None else load_bench(cfg, progress=progress)
     model = model if model is not None else build_model(cfg, bench)
-    if loss_module is None and any(f == "align" for f, _ in task_plan(cfg)):
+    if loss_module is None and any(f in ("align", "align_multi") for f, _ in task_plan(cfg)):
         loss_module = build_objective(cfg)
     if loss_module is not None:
         loss_module = loss_module.to(device)

@@ -274,3 +274,17 @@ def test_pairwise_objectives_with_context(run):
     with pytest.raises(CromaError, match="memory"):
         build_family("align", bench, inputs, loss_module=get_loss("cmcr", memory=4), batch_size=4, seed=0,
                      model=model)
+
+
+def test_no_extra_modalities_flag_keeps_source_and_target(run, tmp_path):
+    from croma.checkpoint import load_checkpoint
+
+    argv = ["train", "manifest", "--manifest", str(run["manifest"]), "--source", "text", "--target", "audio",
+            "--checkpoint-dir", str(tmp_path / "r"), "--cache-dir", str(run["cache"]), "--iterations", "1",
+            "--ways", "2", "--shots", "1", "--queries", "1", "--align-batch", "4", "--meta-batch", "2",
+            "--inner-steps", "1", "--eval-every", "0", "--embed-dim", "8", "--hidden", "8", "--device", "cpu",
+            "--quiet", "--seed", "3", "--no-extra-modalities"]
+    assert main(argv) == 0
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert ckpt["config"]["data"]["extra_modalities"] is False
+    assert not any(k.startswith("encoders.image.") for k in ckpt["model"])

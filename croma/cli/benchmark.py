@@ -84,7 +84,7 @@ def add_parser(sub) -> None:
 # flags that set the BenchmarkConfig field of the same name
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
-           "oracle_warm_start", "audio_model", "skip_bad", "split_classes")
+           "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities")
 # settings a results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
 

@@ -45,6 +45,9 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=None, help="source modality (BENCH=manifest)")
     p.add_argument("--target", default=None, help="target modality (BENCH=manifest)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable image / audio files and report how many")
+    p.add_argument("--no-extra-modalities", dest="extra_modalities", action="store_false",
+                   help="BENCH=manifest: use only --source and --target (default: every other modality the manifest "
+                   "holds joins the alignment tasks)")
     p.add_argument("--split-classes", type=split_counts, default=None, metavar="TRAIN,VAL,TEST",
                    help="class counts of the seeded meta-train/val/test split (default: 60/20/20 %%, with at least "
                    "--ways classes in meta-val and meta-test when there are 3 x ways classes)")
@@ -92,4 +95,4 @@ def frontend_settings(args: argparse.Namespace) -> dict:
     if args.text_model:
         model["text_model"] = args.text_model
     return {"backbones": backbones, "model": model, "audio_model": args.audio_model, "skip_bad": bool(args.skip_bad),
-            "split_classes": args.split_classes}
+            "split_classes": args.split_classes, "extra_modalities": bool(args.extra_modalities)}

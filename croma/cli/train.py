@@ -123,7 +123,7 @@ _DIRECT = ("loss", "features", "iterations", "checkpoint_dir", "device", "seed",
            "inner_steps", "inner_lr", "inner_optimizer", "inner_loop", "task_chunk", "compile_inner", "meta_lr",
            "meta_lr_final", "ways", "shots", "queries", "align_batch", "eval_every", "eval_tasks", "eval_shots",
            "finetune", "finetune_steps", "finetune_lr", "checkpoint_every", "head_init", "data_root", "cache_dir",
-           "manifest", "source", "target", "audio_model", "skip_bad", "split_classes")
+           "manifest", "source", "target", "audio_model", "skip_bad", "split_classes", "extra_modalities")
 # settings a checkpoint or results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "checkpoint_dir", "stop_after", "time_budget_s")
 
