@@ -39,7 +39,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CromaError("--device cuda requested but no CUDA device is available (use --device cpu or auto)")
+        raise CromaError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
 
 

@@ -3,7 +3,9 @@
 * one torch thread for the whole run (the figures the tests compare are computed single-threaded,
   and the CI machines have few cores);
 * ``bench``: the tiny synthetic benchmark most training tests use (one per module);
-* ``run_cli``: run ``croma ...`` in-process, returning ``(exit code, stdout, stderr)``.
+* ``run_cli``: run ``croma ...`` in-process, returning ``(exit code, stdout, stderr)``;
+* :func:`clean_env`: the environment for a ``croma`` subprocess (one thread, no inherited
+  torch.distributed variables).
 
 Tests over ~5 s carry ``@pytest.mark.slow``; ``make test`` runs everything, ``pytest -m "not slow"``
 is the fast loop.
@@ -37,3 +39,16 @@ def run_cli(capsys):
         return rc, cap.out, cap.err
 
     return run
+
+
+def clean_env(*drop: str, **extra: str) -> dict:
+    """``os.environ`` with ``OMP_NUM_THREADS=1`` and ``extra``, without the torch.distributed
+    variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and
+    ``drop`` unless ``extra`` sets them."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", *drop):
+        if k not in extra:
+            env.pop(k, None)
+    return env

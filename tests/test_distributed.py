@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import clean_env
 from torch import nn
 
 from croma.checkpoint import load_checkpoint
@@ -119,11 +120,7 @@ FLAGS = [
 
 
 def _env(**extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", TEST_EXIT_ENV):
-        if k not in extra:
-            env.pop(k, None)
-    return env
+    return clean_env(TEST_EXIT_ENV, **extra)
 
 
 def _croma(args, **env):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import clean_env
 
 from croma.cli import main
 from croma.distributed import TEST_EXIT_ENV
@@ -30,10 +31,7 @@ EVAL = ["--shots", "1", "2", "--repeats", "2", "--eval-tasks", "5", "--queries",
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", TEST_EXIT_ENV):
-        env.pop(k, None)
-    return env
+    return clean_env(TEST_EXIT_ENV)
 
 
 def _split(out: str) -> tuple[str, dict]:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from croma.errors import CromaError
+from croma.factory import resolve_device  # noqa: F401  (one device rule; re-exported)
 from croma.losses import get_loss, list_losses
 from croma.perf.flops import sync
 
@@ -78,15 +78,6 @@ class LossBenchRow:
     median_ms: float
     min_ms: float
     repeats: int
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without CUDA -> CromaError naming --device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CromaError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def run_loss_bench(cfg: LossBenchConfig) -> list[LossBenchRow]:
