@@ -3,7 +3,10 @@
 Applies when both modalities are fixed-size vectors (the compact front-ends, e.g. text n-grams
 and speech statistics of ``udhr-speech``): each modality gets its own input layer
 ``Linear(D_m, hidden)``; the body (the ``mlp`` encoder) is the *same module* for both, so its
-parameters are tied. Methods (ordinary training, same budget as the others):
+parameters are tied. Also applies when both are sequences (byte ids / frames, the ``paper``
+preset): each modality keeps its own ``cnn1d`` stem (byte embedding or frames -> first conv),
+and the remaining conv layers, the pooling and the projection are one shared module (see
+:mod:`croma.baselines.shared_sequence`). Methods (ordinary training, same budget as the others):
 
 * ``shared``: source labels only;
 * ``shared-align``: + the alignment objective on cross-modal pairs;
@@ -20,6 +23,7 @@ from torch import nn
 from croma.baselines import register_method
 from croma.baselines.common import MethodContext, finish, noisy_target_bench, target_pool_counts
 from croma.baselines.ordinary import ordinary_train
+from croma.baselines.shared_sequence import is_sequence, shared_sequence_encoders
 from croma.encoders import get_encoder
 from croma.meta.tasks import derive_seed
 from croma.model import CrossModalModel
@@ -38,9 +42,18 @@ class SharedBodyEncoder(nn.Module):
         return self.body(torch.nn.functional.gelu(self.input(x)))
 
 
-def applies(bench) -> bool:
-    """Both modalities have float vector features."""
+def _vectors(bench) -> bool:
     return all(bench.data[m].features.dim() == 2 and bench.data[m].features.dtype.is_floating_point for m in (bench.source, bench.target))
+
+
+def _sequences(bench) -> bool:
+    return all(is_sequence(bench.data[m].features) for m in (bench.source, bench.target))
+
+
+def applies(bench) -> bool:
+    """Both modalities have float vector features, or both have sequence features (byte ids
+    ``long [N, L]`` / frames ``float [N, C, T]``)."""
+    return _vectors(bench) or _sequences(bench)
 
 
 def shared_model(ctx: MethodContext) -> CrossModalModel:
@@ -51,8 +64,11 @@ def shared_model(ctx: MethodContext) -> CrossModalModel:
     device = bench.data[bench.source].features.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "shared-body"))
-        body = get_encoder("mlp", (hidden,), embed, hidden=hidden)
-        encoders = {m: SharedBodyEncoder(bench.data[m].features.shape[1], hidden, body) for m in (bench.source, bench.target)}
+        if _vectors(bench):
+            body = get_encoder("mlp", (hidden,), embed, hidden=hidden)
+            encoders = {m: SharedBodyEncoder(bench.data[m].features.shape[1], hidden, body) for m in (bench.source, bench.target)}
+        else:  # sequences: own stem per modality, shared conv body (croma.baselines.shared_sequence)
+            encoders = shared_sequence_encoders(bench, dict(cfg.model), embed)
         model = CrossModalModel(encoders, source=bench.source, target=bench.target, embed_dim=embed, num_classes=cfg.ways)
     return model.to(device)
 
