@@ -274,6 +274,16 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
     return feats, ok, status
 
 
+def embedding_cache_key(name: str, modality: str, items: list[Item], values: list[Any], embedder: Embedder) -> str:
+    """The feature-cache key of a backbone's embeddings: data set, modality, the backbone's own
+    key (weights hash, settings), the device type it runs on (CPU and GPU kernels round
+    differently: embeddings made on one never stand in for the other's, so a CPU run stays
+    reproducible) and the inputs' digest."""
+    device = getattr(getattr(embedder, "device", None), "type", "cpu")
+    return hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality, "backbone": embedder.cache_key(),
+                     "device": str(device), "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
+
+
 def _embedded_features(name: str, modality: str, items: list[Item], values: list[Any], embedder: Embedder, *,
                        cache: FeatureCache | None, skip_bad: bool,
                        progress: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -287,9 +297,7 @@ def _embedded_features(name: str, modality: str, items: list[Item], values: list
         out, status = build(), "uncached"
     else:
         namespace = f"{name}/{modality}/{embedder.name}"
-        key = hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality,
-                        "backbone": embedder.cache_key(),
-                        "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
+        key = embedding_cache_key(name, modality, items, values, embedder)
         out, status = cache.get_or_build(namespace, key, build)
         if out["features"].shape != (len(items), int(embedder.dim)) or out["ok"].shape[0] != len(items):
             out = build()

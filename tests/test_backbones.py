@@ -343,3 +343,24 @@ def test_transparent_pixels_are_white_whatever_they_store(tmp_path):
     assert img[:, 3].tolist() == [[10] * 4, [200] * 4, [30] * 4]
     Image.fromarray(arr[..., 3], "L").save(tmp_path / "gray.png")  # no alpha: converted as before
     assert load_image_uint8(tmp_path / "gray.png", 4)[:, 0].eq(0).all()
+
+
+def test_embedding_cache_key_names_the_device_type():
+    from episodes.data import Item
+    from episodes.embedding import Embedder
+    from episodes.prepare import embedding_cache_key
+
+    class Fake(Embedder):
+        name, dim = "fake", 2
+
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def cache_key(self):
+            return {"backbone": "fake"}
+
+    items = [Item(id="a", label="x", modalities={"text": "hi"})]
+    cpu = embedding_cache_key("d", "text", items, ["hi"], Fake("cpu"))
+    assert cpu == embedding_cache_key("d", "text", items, ["hi"], Fake("cpu"))
+    assert cpu != embedding_cache_key("d", "text", items, ["hi"], Fake("cuda"))
+    assert cpu != embedding_cache_key("d", "text", items, ["ho"], Fake("cpu"))
