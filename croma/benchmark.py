@@ -56,6 +56,8 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
         tr["loss_hp"] = {**tr.get("loss_hp", {}), **cfg.loss_hp}
     if cfg.task_weights:
         tr["task_weights"] = dict(cfg.task_weights)
+    if cfg.finetune_modes and "all" not in cfg.finetune_modes:
+        tr["finetune"] = "head"  # meta-val checks during training fine-tune as meta-test may
     train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device,
                         val_label_noise=cfg.label_noise, **tr)
     train.validate()
@@ -68,6 +70,13 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
     )
     ev.validate()
     return train, ev, repeats
+
+
+def _knobs(cfg: BenchmarkConfig, preset: dict[str, Any]) -> dict[str, Any]:
+    knobs = dict(preset["knobs"])
+    if cfg.finetune_modes:
+        knobs["finetune_mode_grid"] = list(cfg.finetune_modes)
+    return knobs
 
 
 def _method_hp(cfg: BenchmarkConfig, preset: dict[str, Any], name: str) -> dict[str, Any]:
@@ -138,7 +147,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             ctx = MethodContext(
                 bench=bench, train=replace(train, seed=cfg.seed + s), eval=ev, budget_seconds=seconds,
                 budget_steps=steps, label_noise=cfg.label_noise, progress=cfg.progress,
-                oracle_warm_start=cfg.oracle_warm_start, knobs=dict(preset["knobs"]), hp=hp,
+                oracle_warm_start=cfg.oracle_warm_start, knobs=_knobs(cfg, preset), hp=hp,
             )
             if cfg.progress:
                 seed_note = f", training seed {cfg.seed + s}" if cfg.train_seeds > 1 else ""

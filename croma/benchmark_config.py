@@ -104,6 +104,9 @@ class BenchmarkConfig:
     skip_bad: bool = False
     split_classes: list[int] | None = None
     extra_modalities: bool = True
+    # fine-tuning modes meta-val may choose for meta-test (None: the preset's; ["head"]: never the
+    # whole encoder, which is what makes --preset paper's evaluation slow on a CPU)
+    finetune_modes: list[str] | None = None
     # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
     loss_hp: dict[str, Any] = field(default_factory=dict)
     task_weights: dict[str, float] | None = None
@@ -136,6 +139,9 @@ class BenchmarkConfig:
             raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {self.train_seeds})")
         if not self.shots or any(not count(k, 1, 1000) for k in self.shots):
             raise ValueError(f"--shots must all be >= 1 (got {self.shots})")
+        if self.finetune_modes is not None and (not self.finetune_modes
+                                                or any(m not in ("all", "head") for m in self.finetune_modes)):
+            raise ValueError(f"--finetune-modes must be all, head or all,head (got {self.finetune_modes})")
         for flag in ("embed_dim", "hidden"):
             if not count(self.model.get(flag, 1), 1, 16384):
                 raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {self.model[flag]})")

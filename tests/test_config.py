@@ -284,3 +284,14 @@ def test_a_plugin_file_reaches_the_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "croma", "losses"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no_such_plugin" in proc.stderr, proc.stderr
+
+
+def test_finetune_modes_reach_the_meta_val_choice_and_are_checked(run_cli, tmp_path):
+    from croma.benchmark import PRESETS, BenchmarkConfig, _contexts, _knobs
+
+    cfg = BenchmarkConfig(benchmark="synthetic", preset="paper", finetune_modes=["head"])
+    train, ev, _ = _contexts(cfg, None, PRESETS["paper"])
+    assert train.finetune == ev.finetune == "head" and _knobs(cfg, PRESETS["paper"])["finetune_mode_grid"] == ["head"]
+    assert _knobs(BenchmarkConfig(), PRESETS["quick"])["finetune_mode_grid"] == ["all", "head"]
+    rc, _, err = run_cli(["benchmark", "synthetic", "--finetune-modes", "all,everything", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--finetune-modes" in err and not (tmp_path / "o").exists()

@@ -73,6 +73,10 @@ def add_parser(sub) -> None:
 
     add_frontend_flags(p)
     p.add_argument("--oracle-warm-start", action="store_true", help="supervised warm start for the oracle")
+    p.add_argument("--finetune-modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=None,
+                   metavar="all,head",
+                   help="what meta-val may choose to fine-tune at meta-test (default: the preset's, all,head); 'head' "
+                   "never fine-tunes whole encoders, which makes --preset paper's evaluation ~10x cheaper on a CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     from croma.cli.config_flags import add_config_flags, mark_defaults
 
@@ -84,7 +88,7 @@ def add_parser(sub) -> None:
 # flags that set the BenchmarkConfig field of the same name
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
-           "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities")
+           "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes")
 # settings a results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
 
