@@ -100,5 +100,8 @@ def budgeted_reptile(
         "task_weights": dict(task_weights),
         "inner_lr": cfg.inner_lr,
         "task_mix": cfg.task_mix,
+        # how each family resolved its objective's automatic settings (e.g. cwcl weights=auto)
+        "objective_settings": {f: dict(getattr(fam, "objective_settings", {}) or {})
+                               for f, fam in trainer.families.items() if getattr(fam, "objective_settings", None)},
     }
     return {k: v.detach() for k, v in result.best_theta.items()}, info
