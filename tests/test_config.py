@@ -295,3 +295,23 @@ def test_finetune_modes_reach_the_meta_val_choice_and_are_checked(run_cli, tmp_p
     assert _knobs(BenchmarkConfig(), PRESETS["quick"])["finetune_mode_grid"] == ["all", "head"]
     rc, _, err = run_cli(["benchmark", "synthetic", "--finetune-modes", "all,everything", "--out", str(tmp_path / "o")])
     assert rc == 2 and "--finetune-modes" in err and not (tmp_path / "o").exists()
+
+
+def test_a_methods_own_objective_reaches_ordinary_training(bench, monkeypatch):
+    """method_hp {"loss": ..., "loss_hp": ...} of an ordinary-training method is the objective it trains with."""
+    import croma.losses as L
+    from croma.baselines.common import MethodContext
+    from croma.baselines.ordinary import ordinary_train
+    from croma.evaluate import EvalConfig
+    from croma.factory import build_model
+
+    seen = []
+    real = L.get_loss
+    monkeypatch.setattr(L, "get_loss", lambda name, **hp: seen.append((name, hp)) or real(name, **hp))
+    train = TrainConfig(benchmark="synthetic", ways=3, shots=2, queries=2, align_batch=8, device="cpu",
+                        model={"embed_dim": 16, "hidden": 16})
+    ctx = MethodContext(bench=bench, train=train, eval=EvalConfig(ways=3), budget_seconds=None, budget_steps=2,
+                        label_noise=0.0, progress=False, oracle_warm_start=False,
+                        knobs={"val_checks": 0, "ordinary_batch": 8}, hp={"loss": "clip", "loss_hp": {"temperature": 0.2}})
+    ordinary_train(ctx, build_model(train, bench), align_weight=1.0, source_cls=True, budget=ctx.budget())
+    assert seen and seen[0] == ("clip", {"temperature": 0.2})

@@ -103,7 +103,7 @@ def ordinary_train(
         NonFiniteLossError: a loss became NaN/inf (names the step).
     """
     bench = bench if bench is not None else ctx.bench
-    cfg = ctx.train
+    cfg = ctx.method_train()  # this method's own objective (loss, loss_hp) when tuned
     device = next(model.parameters()).device
     inputs = model_inputs(model, bench, device)
     src, tgt = bench.source, bench.target
