@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
                    "(torch.distributed, one thread each) in one run; prints 'scaling: X.XX' last")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--task-chunk", type=int, default=None,
-                   help="tasks per batched chunk, as in croma train (default: croma train's default; 0: one chunk "
-                   "per task family)")
+                   help="tasks per batched chunk, as in croma train (default: croma train's default; with --nproc N: "
+                   "meta-batch / N, so that every process has a chunk; 0: one chunk per task family)")
     p.add_argument("--no-higher", action="store_true", help="do not time the 'higher' path even when it is installed")
     p.add_argument("--compile", action="store_true",
                    help="also time the batched path through torch.compile (its compile time is printed separately)")

@@ -79,6 +79,9 @@ def run_scaling_bench(
 
     if resolve_device(device).type == "cuda" and nproc > torch.cuda.device_count():
         raise CromaError(f"--nproc {nproc} needs one CUDA device per process ({torch.cuda.device_count()} visible)")
+    if task_chunk is None:  # every process gets work: the meta-batch's tasks split into nproc whole chunks
+        task_chunk = max(1, -(-meta_batch // nproc))
+        out(f"task chunks of {task_chunk} (meta-batch {meta_batch} / {nproc} processes; --task-chunk to change)")
     load_before = os.getloadavg()
     spec = dict(
         repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
