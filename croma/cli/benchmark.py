@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import sys
 
-
-def benchmark_names() -> list[str]:
-    """Names ``NAME`` accepts: every registered data set (:func:`episodes.datasets.list_datasets`)."""
-    from episodes.datasets import list_datasets
-
-    return list_datasets()
+from croma.cli.config_flags import benchmark_names  # the names NAME / BENCH accept (re-exported)
 
 
 def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's names, read when asked
@@ -98,7 +93,7 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     the defaults, ``--config FILE`` (a settings file, or a results.json to rerun), then the flags
     given on the command line."""
     from croma.benchmark import BenchmarkConfig
-    from croma.cli.config_flags import given, loss_hp, read_config, task_weights, unwrap_defaults
+    from croma.cli.config_flags import apply_flags, given, read_config, unwrap_defaults
 
     if not hasattr(args, "given"):
         unwrap_defaults(args)
@@ -113,32 +108,11 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     except (TypeError, ValueError) as exc:
         raise ValueError(f"--config {args.config}: {exc}") from None
     settings = {k: getattr(base, k) for k in file} if file else {}
-    for dest in _DIRECT:
-        if given(args, dest):
-            settings[dest] = list(getattr(args, dest)) if dest == "shots" else getattr(args, dest)
-    if args.name is not None:
-        settings["benchmark"] = args.name
-    elif "benchmark" not in settings:
-        raise ValueError("NAME is required (or --config FILE naming a benchmark)")
-    if settings["benchmark"] not in benchmark_names():
-        raise ValueError(f"NAME must be one of {', '.join(benchmark_names())} (got {settings['benchmark']!r})")
+    apply_flags(args, settings, direct=_DIRECT, lists=("shots",), name=args.name, label="NAME")
     if given(args, "methods"):
         settings["methods"] = _methods(args.methods)
     if given(args, "quiet"):
         settings["progress"] = not args.quiet
-    from croma.cli.frontend_flags import frontend_settings
-
-    front = frontend_settings(args)
-    if front["backbones"]:
-        settings["backbones"] = front["backbones"]
-    if front["model"]:
-        settings["model"] = {**settings.get("model", {}), **front["model"]}
-    hp = loss_hp(args)
-    if hp is not None:
-        settings["loss_hp"] = {**settings.get("loss_hp", {}), **hp}
-    tw = task_weights(args)
-    if tw is not None:
-        settings["task_weights"] = tw
     cfg = BenchmarkConfig(**settings)
     cfg.validate()
     if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):

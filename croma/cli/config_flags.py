@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["Default", "mark_defaults", "unwrap_defaults", "add_config_flags", "given", "read_config"]
+__all__ = ["Default", "mark_defaults", "unwrap_defaults", "add_config_flags", "given", "read_config", "benchmark_names",
+           "apply_flags"]
+
+
+def benchmark_names() -> list[str]:
+    """Names a data-set argument accepts: every registered data set (:func:`episodes.datasets.list_datasets`)."""
+    from episodes.datasets import list_datasets
+
+    return list_datasets()
 
 
 class Default:
@@ -120,3 +128,40 @@ def read_config(path: str | None) -> tuple[dict[str, Any], str]:
         except (OSError, ValueError, UnicodeDecodeError):
             pass  # load_config_file names the problem
     return load_config_file(path), kind
+
+
+def apply_flags(args: argparse.Namespace, settings: dict[str, Any], *, direct: tuple[str, ...], lists: tuple[str, ...],
+                name: str | None, label: str) -> dict[str, Any]:
+    """Put the flags given on the command line over ``settings`` (defaults and ``--config``), the
+    same way for ``croma train`` and ``croma benchmark``.
+
+    ``direct``: destinations that set the setting of the same name (``lists``: those copied as
+    lists); ``name``: the data-set argument (``label`` names it in errors); then the front-end
+    flags (backbones, model), ``--loss-hp`` (merged over the file's) and ``--task-weights``.
+
+    Raises:
+        ValueError: no data set named, or one that is not registered.
+    """
+    from croma.cli.frontend_flags import frontend_settings
+
+    for dest in direct:  # not given: the file's value, else the default
+        if given(args, dest):
+            settings[dest] = list(getattr(args, dest)) if dest in lists else getattr(args, dest)
+    if name is not None:
+        settings["benchmark"] = name
+    elif "benchmark" not in settings:
+        raise ValueError(f"{label} is required (or --config FILE naming a benchmark)")
+    if settings["benchmark"] not in benchmark_names():
+        raise ValueError(f"{label} must be one of {', '.join(benchmark_names())} (got {settings['benchmark']!r})")
+    front = frontend_settings(args)
+    if front["backbones"]:
+        settings["backbones"] = front["backbones"]
+    if front["model"]:
+        settings["model"] = {**settings.get("model", {}), **front["model"]}
+    hp = loss_hp(args)
+    if hp is not None:
+        settings["loss_hp"] = {**settings.get("loss_hp", {}), **hp}
+    tw = task_weights(args)
+    if tw is not None:
+        settings["task_weights"] = tw
+    return settings

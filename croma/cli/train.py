@@ -11,12 +11,7 @@ import os
 import sys
 import tempfile
 
-
-def benchmark_names() -> list[str]:
-    """Names ``BENCH`` accepts: every registered data set (:func:`episodes.datasets.list_datasets`)."""
-    from episodes.datasets import list_datasets
-
-    return list_datasets()
+from croma.cli.config_flags import benchmark_names  # the names NAME / BENCH accept (re-exported)
 
 
 def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's names, read when asked
@@ -131,8 +126,7 @@ _LOCAL = ("data_root", "cache_dir", "manifest", "checkpoint_dir", "stop_after", 
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
     """Build and validate a :class:`croma.config.TrainConfig`: the library defaults, the CLI's
     (:data:`CLI_DEFAULTS`), ``--config FILE``, then the flags given on the command line."""
-    from croma.cli.config_flags import given, loss_hp, read_config, task_weights, unwrap_defaults
-    from croma.cli.frontend_flags import frontend_settings
+    from croma.cli.config_flags import apply_flags, read_config, unwrap_defaults
     from croma.config import TrainConfig
 
     if not hasattr(args, "given"):
@@ -152,30 +146,12 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
             flat = {k: v for k, v in flat.items() if k not in _LOCAL}
     settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
     settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
-    for dest in _DIRECT:  # not given: the file's value, else the default (the parser's equal the library's)
-        if given(args, dest):
-            settings[dest] = list(getattr(args, dest)) if dest == "eval_shots" else getattr(args, dest)
-    if args.bench is not None:
-        settings["benchmark"] = args.bench
-    elif "benchmark" not in flat:
-        raise ValueError("BENCH is required (or --config FILE naming a benchmark)")
-    if settings["benchmark"] not in benchmark_names():
-        raise ValueError(f"BENCH must be one of {', '.join(benchmark_names())} (got {settings['benchmark']!r})")
+    apply_flags(args, settings, direct=_DIRECT, lists=("eval_shots",), name=args.bench, label="BENCH")
     if not settings.get("checkpoint_dir"):
         raise ValueError("--checkpoint-dir DIR is required (where last.pt and best.pt go)")
-    front = frontend_settings(args)
-    if front["backbones"]:
-        settings["backbones"] = front["backbones"]
-    settings["model"].update(front["model"])
     for flag in ("embed_dim", "hidden"):
         if settings["model"].get(flag, 1) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {settings['model'][flag]})")
-    hp = loss_hp(args)
-    if hp is not None:
-        settings["loss_hp"] = {**settings.get("loss_hp", {}), **hp}
-    tw = task_weights(args)
-    if tw is not None:
-        settings["task_weights"] = tw
     cfg = TrainConfig(**settings)
     cfg.validate()
     if cfg.loss_hp:
