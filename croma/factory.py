@@ -30,7 +30,7 @@ from episodes.data import ModalityData, PreparedBenchmark
 
 __all__ = [
     "resolve_device", "bench_to", "load_bench", "build_model", "build_from_config", "build_objective",
-    "eval_config_from", "build_components", "Components", "load_config_file",
+    "eval_config_from", "build_components", "Components", "load_config_file", "read_settings",
 ]
 
 
@@ -151,11 +151,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         CromaError: the file is missing, unreadable, or none of these (named in the message).
     """
+    return read_settings(path)[0]
+
+
+def read_settings(path: str | Path) -> tuple[dict[str, Any], str]:
+    """:func:`load_config_file` and what the file was: ``checkpoint`` (a ``.pt``), ``results``
+    (a results.json) or ``file`` (a settings file), from one read of the file."""
     p = Path(path)
     if not p.is_file():
         raise CromaError(f"--config {p}: no such file (expected a JSON or TOML settings file, a results.json, "
                          f"or a croma checkpoint)")
     suffix = p.suffix.lower()
+    kind = "checkpoint" if suffix == ".pt" else "file"
     try:
         if suffix == ".pt":
             from croma.checkpoint import load_checkpoint
@@ -173,7 +180,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise CromaError(f"--config {p}: cannot read it ({type(exc).__name__}: {exc})") from exc
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and ("rows" in data or "format" in data):
+        kind = "results" if "rows" in data else kind
         data = data["config"]  # a results.json
     if not isinstance(data, dict):
         raise CromaError(f"--config {p}: expected a table of settings (got {type(data).__name__})")
-    return data
+    return data, kind

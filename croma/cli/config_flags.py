@@ -110,24 +110,13 @@ def loss_hp(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def read_config(path: str | None) -> tuple[dict[str, Any], str]:
-    """``(settings, kind)`` of ``--config`` (``({}, "")`` without it). ``kind``: ``results`` for a
-    results.json, ``checkpoint`` for a ``.pt``, ``file`` otherwise."""
+    """``(settings, kind)`` of ``--config`` (``({}, "")`` without it; :func:`croma.factory.read_settings`).
+    ``kind``: ``results`` for a results.json, ``checkpoint`` for a ``.pt``, ``file`` otherwise."""
     if not path:
         return {}, ""
-    import json
-    from pathlib import Path
+    from croma.factory import read_settings
 
-    from croma.factory import load_config_file
-
-    kind = "checkpoint" if Path(path).suffix.lower() == ".pt" else "file"
-    if kind == "file" and Path(path).suffix.lower() == ".json":
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-            if isinstance(raw, dict) and "rows" in raw and isinstance(raw.get("config"), dict):
-                kind = "results"
-        except (OSError, ValueError, UnicodeDecodeError):
-            pass  # load_config_file names the problem
-    return load_config_file(path), kind
+    return read_settings(path)
 
 
 def apply_flags(args: argparse.Namespace, settings: dict[str, Any], *, direct: tuple[str, ...], lists: tuple[str, ...],
