@@ -357,6 +357,9 @@ class TrainConfig:
         known = {f.name for f in fields(ModelConfig)} - {"num_classes"}
         unknown = sorted(set(self.model) - known)
         need(not unknown, "model", f"settings among {', '.join(sorted(known))}", unknown)
+        for flag in ("embed_dim", "hidden"):
+            v = self.model.get(flag, 1)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, flag.replace("_", "-"), "an integer >= 1", v)
 
 
 # ---------------------------------------------------------------------- files and KEY=VALUE flags

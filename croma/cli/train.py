@@ -149,9 +149,6 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     apply_flags(args, settings, direct=_DIRECT, lists=("eval_shots",), name=args.bench, label="BENCH")
     if not settings.get("checkpoint_dir"):
         raise ValueError("--checkpoint-dir DIR is required (where last.pt and best.pt go)")
-    for flag in ("embed_dim", "hidden"):
-        if settings["model"].get(flag, 1) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {settings['model'][flag]})")
     cfg = TrainConfig(**settings)
     cfg.validate()
     if cfg.loss_hp:
