@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-__all__ = ["PRESETS", "QUICK_METHODS", "BenchmarkConfig"]
+__all__ = ["PRESETS", "QUICK_METHODS", "METHOD_HP_KEYS", "BenchmarkConfig"]
 
 # Presets. Budgets are optimiser steps per trained method (see croma.baselines.common), the same
 # for every method; nothing depends on timing. ``quick`` is the main job (make demo): 600 meta-test
@@ -67,6 +67,70 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The settings each built-in method reads from its ``method_hp`` (``MethodContext.hp``: the Reptile
+# settings through ``method_train``, the ordinary-training ones through ``knob``; see
+# croma/baselines). ``--method-hp`` refuses other keys for these methods, since they would change
+# nothing; a method registered elsewhere (a plugin) takes any key.
+_REPTILE = ("inner_lr", "meta_lr")
+_ORDINARY = ("ordinary_lr", "ordinary_batch")
+_OBJECTIVE = ("loss", "loss_hp")
+METHOD_HP_KEYS: dict[str, tuple[str, ...]] = {
+    "pretrain": (),
+    "croma": (*_REPTILE, "task_mix", *_OBJECTIVE),
+    "oracle": (*_REPTILE, *_ORDINARY),  # ordinary_*: the --oracle-warm-start phase
+    "unsup-meta": _REPTILE,
+    "align-classify": ("align_weight", *_ORDINARY, *_OBJECTIVE),
+    "align-meta-classify": (*_REPTILE, *_ORDINARY, *_OBJECTIVE),
+    "shared": _ORDINARY,
+    "shared-align": ("align_weight", *_ORDINARY, *_OBJECTIVE),
+    "shared-confusion": ("confusion_weight", *_ORDINARY),
+    "shared-target-labels": _ORDINARY,
+}
+
+
+def _check_method_hp(cfg: "BenchmarkConfig") -> None:
+    """Raise ValueError naming ``--method-hp`` when ``cfg.method_hp`` names an unknown method, a
+    setting the method does not read, or a value out of range."""
+    from croma.baselines import list_methods
+    from croma.losses import get_loss, list_losses
+
+    hp = cfg.method_hp
+    if not isinstance(hp, dict) or not all(isinstance(m, str) and isinstance(v, dict) for m, v in hp.items()):
+        raise ValueError(f"--method-hp must be {{method: {{setting: value}}}} (got {hp!r})")
+    known = list_methods()
+    for method, settings in hp.items():
+        if method not in known:
+            raise ValueError(f"--method-hp: unknown method {method!r} (known: {', '.join(known)})")
+        allowed = METHOD_HP_KEYS.get(method)
+        for key, v in settings.items():
+            flag = f"--method-hp {method}.{key}"
+            if not isinstance(key, str) or (allowed is not None and key not in allowed):
+                takes = ", ".join(sorted(allowed or ())) or "no settings"
+                raise ValueError(f"--method-hp: {method} has no setting {key!r} (it takes {takes})")
+            number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if key in ("inner_lr", "meta_lr", "ordinary_lr") and not (number and v > 0):
+                raise ValueError(f"{flag} must be a finite number > 0 (got {v!r})")
+            if key in ("align_weight", "confusion_weight") and not (number and v >= 0):
+                raise ValueError(f"{flag} must be a finite number >= 0 (got {v!r})")
+            if key == "task_mix" and not (number and 0 <= v <= 1):
+                raise ValueError(f"{flag} must be in [0, 1] (got {v!r})")
+            if key == "ordinary_batch" and not (isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 10**6):
+                raise ValueError(f"{flag} must be an integer in [2, 1000000] (got {v!r})")
+            if key == "loss" and v not in list_losses():
+                raise ValueError(f"{flag} must be one of {', '.join(list_losses())} (got {v!r})")
+            if key == "loss_hp" and not (isinstance(v, dict) and all(isinstance(k, str) for k in v)):
+                raise ValueError(f"{flag} must be an object of KEY: VALUE settings (got {v!r})")
+        if "loss" in settings or "loss_hp" in settings:  # the objective this method will build
+            preset = PRESETS[cfg.preset]
+            tuned = preset.get("method_hp", {}).get(method, {})
+            loss = settings.get("loss", tuned.get("loss", cfg.loss or preset["train"]["loss"]))
+            loss_hp = {**preset["train"].get("loss_hp", {}), **(cfg.loss_hp or {}),
+                       **settings.get("loss_hp", tuned.get("loss_hp", {}))}
+            try:
+                get_loss(loss, **loss_hp)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"--method-hp {method}: {exc}") from None
+
 
 @dataclass
 class BenchmarkConfig:
@@ -95,6 +159,8 @@ class BenchmarkConfig:
     target: str | None = None
     oracle_warm_start: bool = False
     progress: bool = True
+    # per-method hyper-parameters ({method: {setting: value}}, --method-hp), merged key by key over
+    # the preset's method_hp for that method (croma.benchmark._method_hp); METHOD_HP_KEYS: the keys
     method_hp: dict[str, dict[str, Any]] | None = None
     # front-ends and model (the flags croma train shares): {modality: backbone}; ModelConfig
     # overrides merged over the preset's (encoders, embed_dim, hidden, image_weights, text_model)
@@ -145,6 +211,8 @@ class BenchmarkConfig:
         for flag in ("embed_dim", "hidden"):
             if not count(self.model.get(flag, 1), 1, 16384):
                 raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {self.model[flag]})")
+        if self.method_hp is not None:
+            _check_method_hp(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":

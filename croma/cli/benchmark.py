@@ -73,9 +73,10 @@ def add_parser(sub) -> None:
                    help="what meta-val may choose to fine-tune at meta-test (default: the preset's, all,head); 'head' "
                    "never fine-tunes whole encoders, which makes --preset paper's evaluation ~10x cheaper on a CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    from croma.cli.config_flags import add_config_flags, mark_defaults
+    from croma.cli.config_flags import add_config_flags, add_method_hp_flag, mark_defaults
 
     add_config_flags(p, what="benchmark")
+    add_method_hp_flag(p)
     mark_defaults(p)
     p.set_defaults(func=run)
 
@@ -91,9 +92,9 @@ _LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
 def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     """Check the parsed flags and build the :class:`croma.benchmark.BenchmarkConfig` they describe:
     the defaults, ``--config FILE`` (a settings file, or a results.json to rerun), then the flags
-    given on the command line."""
+    given on the command line (``--method-hp`` merged over the file's ``method_hp``)."""
     from croma.benchmark import BenchmarkConfig
-    from croma.cli.config_flags import apply_flags, given, read_config, unwrap_defaults
+    from croma.cli.config_flags import apply_flags, given, merge_method_hp, method_hp, read_config, unwrap_defaults
 
     if not hasattr(args, "given"):
         unwrap_defaults(args)
@@ -113,6 +114,9 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
         settings["methods"] = _methods(args.methods)
     if given(args, "quiet"):
         settings["progress"] = not args.quiet
+    hp = method_hp(args)
+    if hp is not None:  # merged over the file's, method by method and key by key
+        settings["method_hp"] = merge_method_hp(settings.get("method_hp"), hp)
     cfg = BenchmarkConfig(**settings)
     cfg.validate()
     if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):

@@ -1,4 +1,5 @@
-"""``--config FILE`` with flags on top, ``--loss-hp KEY=VALUE``, ``--task-weights FAMILY=W``.
+"""``--config FILE`` with flags on top, ``--loss-hp KEY=VALUE``, ``--task-weights FAMILY=W``, and
+``croma benchmark``'s ``--method-hp METHOD.KEY=VALUE``.
 
 A flag overrides the file only when it was given on the command line. To know which were, the
 subcommands that accept ``--config`` wrap their option defaults in :class:`Default` (see
@@ -12,7 +13,7 @@ import argparse
 from typing import Any
 
 __all__ = ["Default", "mark_defaults", "unwrap_defaults", "add_config_flags", "given", "read_config", "benchmark_names",
-           "apply_flags"]
+           "apply_flags", "add_method_hp_flag", "parse_method_hp", "merge_method_hp", "method_hp"]
 
 
 def benchmark_names() -> list[str]:
@@ -107,6 +108,70 @@ def loss_hp(args: argparse.Namespace) -> dict[str, Any] | None:
     from croma.config import parse_key_values
 
     return parse_key_values(args.loss_hp, "--loss-hp") if args.loss_hp else None
+
+
+def add_method_hp_flag(p: argparse.ArgumentParser) -> None:
+    """``--method-hp`` (``croma benchmark``: per-method hyper-parameters, :func:`parse_method_hp`)."""
+    p.add_argument("--method-hp", action="append", default=None, metavar="METHOD.KEY=VALUE",
+                   help="a method's own hyper-parameter, merged over the preset's tuned ones for that method "
+                   "(repeatable or comma-separated; VALUE as in --loss-hp; dotted keys nest), e.g. "
+                   "--method-hp croma.inner_lr=0.001 --method-hp croma.loss_hp.memory=256, or a JSON object "
+                   "--method-hp '{\"croma\": {\"inner_lr\": 0.001}}'; merged over --config's method_hp")
+
+
+def merge_method_hp(base: dict[str, Any] | None, over: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``over`` merged in key by key, nested objects (``loss_hp``) too."""
+    import copy
+
+    out = copy.deepcopy(dict(base or {}))
+    for k, v in over.items():
+        out[k] = merge_method_hp(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def parse_method_hp(items: list[str] | None, flag: str = "--method-hp") -> dict[str, dict[str, Any]]:
+    """``--method-hp`` items as ``{method: {key: value}}``, merged in order (later wins, nested
+    objects merged key by key).
+
+    An item is either ``METHOD.KEY=VALUE`` (comma-separated items allowed; VALUE parsed as
+    ``--loss-hp`` values: JSON when it parses, else text; ``METHOD.A.B=V`` sets ``{"A": {"B": V}}``;
+    ``METHOD={...}`` a JSON object of the method's settings) or a JSON object ``{"METHOD": {"KEY": VALUE}}``. Method names and keys are checked later
+    (:meth:`croma.benchmark_config.BenchmarkConfig.validate`).
+
+    Raises:
+        ValueError: an item of neither form, naming ``flag``.
+    """
+    import json
+
+    from croma.config import parse_key_values
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        text = item.strip()
+        if text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"{flag}: not a JSON object ({exc}) (got {text!r})") from None
+            if not all(isinstance(v, dict) for v in data.values()):
+                raise ValueError(f'{flag} expects a JSON object {{"METHOD": {{"KEY": VALUE}}}} (got {text!r})')
+            out = merge_method_hp(out, data)
+            continue
+        for key, value in parse_key_values([item], flag).items():
+            path = key.split(".")
+            if not all(path) or (len(path) < 2 and not isinstance(value, dict)):
+                raise ValueError(f"{flag} expects METHOD.KEY=VALUE, e.g. croma.inner_lr=0.001 (got {key!r})")
+            node: Any = value
+            for part in reversed(path):
+                node = {part: node}
+            out = merge_method_hp(out, node)
+    return out
+
+
+def method_hp(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+    """``--method-hp`` as ``{method: {key: value}}`` (None when not given)."""
+    items = getattr(args, "method_hp", None)
+    return parse_method_hp(items) if items else None
 
 
 def read_config(path: str | None) -> tuple[dict[str, Any], str]:
