@@ -2,7 +2,8 @@
 
 :func:`prepare_benchmark` does, in order:
 
-1. **Front-ends** per modality (source, target and the data set's ``extra`` modalities): text -> :func:`text_to_bytes`;
+1. **Front-ends** per modality (source, target and the data set's ``extra`` modalities;
+   :func:`~episodes.modality_features.compute_features`): text -> :func:`text_to_bytes`;
    audio -> :func:`load_audio` + :class:`LogMel`; image -> decoded ``uint8`` (from arrays, or
    from files via :func:`load_image_uint8`) then ImageNet normalisation. Audio and image
    *files* are expensive, so their whole-modality output (``features`` + an ``ok`` mask) is
@@ -15,7 +16,7 @@
    (a class present in both, e.g. a language, has one id); ``cluster_names`` sorted; strong
    pairs are the items holding both modalities. Items of an extra modality whose class is
    neither a source nor a target class are left out (counted in ``info["extra_dropped"]``).
-4. **Class split** (:func:`make_class_split`) over **target** classes: an explicit
+4. **Class split** (:func:`~episodes.class_split.make_class_split`) over **target** classes: an explicit
    ``class_split``, else ``dataset.meta["class_split"]`` (the loader's documented split), else
    a seeded split by ``split_fractions`` (``n < 3`` classes: all meta-train).
    ``source_train`` = source classes not in meta-val / meta-test.
@@ -36,281 +37,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from episodes.cache import FeatureCache, hash_key, inputs_digest
-from episodes.data import SPLITS, CrossModalDataset, Item, ModalityData, PreparedBenchmark
+from episodes.cache import FeatureCache
+from episodes.class_split import make_class_split, split_counts  # noqa: F401 - split_counts re-exported
+from episodes.data import SPLITS, CrossModalDataset, ModalityData, PreparedBenchmark
 from episodes.embedding import Embedder
 from episodes.errors import DataError
-from episodes.frontends import (
-    IMAGE_ALPHA,
-    FrontendSettings,
-    LogMel,
-    images_from_arrays,
-    load_audio,
-    load_image_uint8,
-    normalize_images,
-    text_to_bytes,
-)
+from episodes.frontends import FrontendSettings
+from episodes.modality_features import CACHE_FORMAT, compute_features, embedding_cache_key  # noqa: F401 - re-exported
 from episodes.samplers import episode_generator
 
 __all__ = ["CACHE_FORMAT", "make_class_split", "compute_features", "prepare_benchmark", "dataset_summary"]
-
-CACHE_FORMAT = 1
-
-
-def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: int | None = None,
-                 counts: Sequence[int] | None = None, name: str = "data set") -> tuple[int, int, int]:
-    """How many of ``n`` target classes go to meta-train / meta-val / meta-test.
-
-    ``counts`` (``--split-classes TRAIN,VAL,TEST``) is used as given (it must sum to ``n``).
-    Otherwise ``fractions`` decide (at least one class each for a non-zero fraction; ``n < 3``:
-    all meta-train), and when ``ways`` is given and ``n >= 3 * ways`` meta-val and meta-test are
-    raised to at least ``ways`` classes each (taken from meta-train), so ``ways``-way episodes
-    exist in every split (22 classes, 5-way: 12 / 5 / 5).
-
-    Raises:
-        DataError: ``counts`` that do not sum to ``n`` or leave a split empty, or (with ``ways``)
-            a split with fewer than ``ways`` classes; the message names the numbers.
-    """
-    if counts is not None:
-        counts = tuple(int(c) for c in counts)
-        if len(counts) != 3 or min(counts) < 1:
-            raise DataError(f"--split-classes needs three positive counts TRAIN,VAL,TEST (got {','.join(map(str, counts))})")
-        if sum(counts) != n:
-            raise DataError(f"--split-classes {','.join(map(str, counts))} sums to {sum(counts)}, but {name} has {n} "
-                            f"target classes")
-        if ways is not None and min(counts) < ways:
-            part = ("meta-train", "meta-val", "meta-test")[counts.index(min(counts))]
-            raise DataError(f"--split-classes {','.join(map(str, counts))}: {part} has {min(counts)} classes; "
-                            f"{ways}-way tasks need {ways} in each split (lower --ways)")
-        return counts
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"split_fractions must be three non-negative numbers, got {tuple(fractions)}")
-    if n < 3:
-        return n, 0, 0
-    total = float(sum(fractions))
-    n_val = max(1, round(fractions[1] / total * n)) if fractions[1] > 0 else 0
-    n_test = max(1, round(fractions[2] / total * n)) if fractions[2] > 0 else 0
-    if ways is not None and n >= 3 * ways:
-        n_val, n_test = max(n_val, ways), max(n_test, ways)
-    if n - n_val - n_test < 1:
-        raise ValueError(f"split_fractions {tuple(fractions)} leave no meta-train class out of {n}")
-    if ways is not None and min(n - n_val - n_test, n_val, n_test) < ways:
-        raise DataError(
-            f"{name}: {n} target classes split {n - n_val - n_test}/{n_val}/{n_test} (meta-train/val/test) cannot give "
-            f"{ways}-way tasks in every split, which needs 3 x {ways} = {3 * ways} classes: lower --ways (at most "
-            f"{max(2, n // 3)}) or choose the counts with --split-classes TRAIN,VAL,TEST")
-    return n - n_val - n_test, n_val, n_test
-
-
-def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float], *, ways: int | None = None,
-                  counts: Sequence[int] | None = None, name: str = "data set") -> dict[str, list[str]]:
-    n = len(classes)
-    _, n_val, n_test = split_counts(n, fractions=fractions, ways=ways, counts=counts, name=name)
-    if n_val == 0 and n_test == 0:
-        return {"meta_train": list(classes), "meta_val": [], "meta_test": []}
-    perm = torch.randperm(n, generator=episode_generator(seed, 0, "class-split")).tolist()
-    shuffled = [classes[i] for i in perm]
-    return {
-        "meta_train": sorted(shuffled[n_val + n_test:]),
-        "meta_val": sorted(shuffled[:n_val]),
-        "meta_test": sorted(shuffled[n_val:n_val + n_test]),
-    }
-
-
-def make_class_split(dataset: CrossModalDataset, *, seed: int = 0, split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                     class_split: dict[str, Sequence[str]] | None = None, ways: int | None = None,
-                     split_classes: Sequence[int] | None = None) -> dict[str, list[str]]:
-    """Split the **target** classes (label names) into meta-train / meta-val / meta-test.
-
-    Uses ``class_split`` if given, else ``dataset.meta["class_split"]`` (the loader's documented
-    split; ``split_classes`` then does not apply), else a seeded split whose sizes
-    :func:`split_counts` gives (``split_fractions``, raised to ``ways`` classes per split when
-    there are ``3 x ways`` classes, or exactly ``split_classes``). Classes not present among
-    the target items are dropped from an explicit split.
-
-    Returns:
-        ``{"meta_train", "meta_val", "meta_test"}`` -> sorted label names, pairwise disjoint.
-
-    Raises:
-        DataError: an explicit split whose parts overlap; ``split_classes`` for a data set with
-        a fixed split; sizes that cannot hold ``ways``-way tasks (names the numbers).
-    """
-    targets = sorted({it.label for it in dataset.items if dataset.target in it.modalities})
-    explicit = class_split if class_split is not None else dataset.meta.get("class_split")
-    if explicit is None:
-        return _seeded_split(targets, seed, split_fractions, ways=ways, counts=split_classes, name=dataset.name)
-    if split_classes is not None:
-        raise DataError(f"--split-classes: {dataset.name} has a fixed, documented class split; the counts apply only "
-                        "to data sets split by seed (manifest, ...)")
-    present = set(targets)
-    out = {k: sorted(set(explicit.get(k, [])) & present) for k in SPLITS}
-    a, b, c = (set(out[k]) for k in SPLITS)
-    if a & b or a & c or b & c:
-        raise DataError(f"{dataset.name}: class split parts overlap")
-    return out
-
-
-def _per_item(items: list[Item], modality: str, fn: Callable[[Any], torch.Tensor], shape: tuple[int, ...],
-              dtype: torch.dtype, skip_bad: bool, progress: bool, desc: str) -> dict[str, torch.Tensor]:
-    feats = torch.zeros((len(items), *shape), dtype=dtype)
-    ok = torch.ones(len(items), dtype=torch.bool)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc=desc, unit="item")
-    threads = torch.get_num_threads()
-    # Per-item front-end ops are tiny: intra-op threads only add synchronisation, and on a busy
-    # machine they made this loop 10x slower (50 s vs 4.6 s for 1,760 clips on 2 cores).
-    torch.set_num_threads(1)
-    try:
-        for i, it in enumerate(items):
-            try:
-                feats[i] = fn(it.modalities[modality])
-            except DataError:
-                if not skip_bad:
-                    raise
-                ok[i] = False
-            if bar is not None:
-                bar.update(1)
-    finally:
-        torch.set_num_threads(threads)
-        if bar is not None:
-            bar.close()
-    return {"features": feats, "ok": ok}
-
-
-def compute_features(name: str, modality: str, items: list[Item], settings: FrontendSettings, *,
-                     cache: FeatureCache | None, skip_bad: bool = False,
-                     progress: bool = False, embedder: Embedder | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Front-end output of one modality of ``items``.
-
-    Args:
-        name: data set name (cache namespace).
-        modality: ``text`` / ``audio`` / ``image``.
-        items: the items holding ``modality``.
-        settings: front-end settings.
-        cache: feature cache, or ``None`` to compute without caching.
-        skip_bad: mark unreadable items in ``ok`` instead of raising.
-        embedder: a frozen pretrained backbone (:class:`~episodes.embedding.Embedder`): its
-            ``float [n, D]`` embeddings replace the front-end, cached under
-            ``<name>/<modality>/<embedder.name>`` keyed by :meth:`~episodes.embedding.Embedder.cache_key`.
-
-    Returns:
-        ``(features [n, *shape], ok bool [n], cache status)``; text: ``long [n, L]``; audio:
-        ``float [n, n_mels, T]``; image: ``float [n, 3, S, S]`` normalised. Status is
-        ``hit`` / ``built`` / ``rebuilt`` / ``uncached``.
-
-    Raises:
-        DataError: an unreadable file (names it) without ``skip_bad``.
-    """
-    values = [it.modalities[modality] for it in items]
-    if embedder is not None:
-        return _embedded_features(name, modality, items, values, embedder, cache=cache, skip_bad=skip_bad,
-                                  progress=progress)
-    if modality == "text":
-        return text_to_bytes(values, settings.text_max_len), torch.ones(len(items), dtype=torch.bool), "uncached"
-    desc = f"{name}: {modality}"
-    if modality == "image" and all(isinstance(v, np.ndarray) for v in values):
-        if not values:
-            return torch.zeros(0, 3, settings.image_size, settings.image_size), torch.ones(0, dtype=torch.bool), "uncached"
-        shapes = {v.shape for v in values}
-        if len(shapes) == 1 and len(next(iter(shapes))) == 3 and next(iter(shapes))[-1] == 3:
-            # stack the CHW views (contiguous for CIFAR rows): one memcpy per image, no transpose pass
-            chw = torch.from_numpy(np.stack([v.transpose(2, 0, 1) for v in values]).astype(np.uint8, copy=False))
-            s = settings.image_size
-            if chw.shape[-1] != s or chw.shape[-2] != s:
-                chw = images_from_arrays(chw.permute(0, 2, 3, 1).numpy(), s)
-            return normalize_images(chw), torch.ones(len(items), dtype=torch.bool), "uncached"
-    if modality == "audio":
-        logmel = LogMel(settings.sample_rate, settings.n_mels, settings.n_fft, settings.hop_length, settings.max_frames)
-
-        # read only what the kept frames need (+1 s margin so resampling and STFT edges are unchanged)
-        need_s = (settings.max_frames * settings.hop_length + settings.n_fft) / settings.sample_rate + 1.0
-
-        def one(v):
-            return logmel(load_audio(v, settings.sample_rate, max_seconds=need_s))
-
-        def build() -> dict[str, torch.Tensor]:
-            return _per_item(items, modality, one, (settings.n_mels, settings.max_frames), torch.float32,
-                             skip_bad, progress, desc)
-    elif modality == "image":
-        s = settings.image_size
-
-        def one(v):
-            if isinstance(v, np.ndarray):
-                return images_from_arrays(v[None], s)[0]
-            return load_image_uint8(v, s)
-
-        def build() -> dict[str, torch.Tensor]:
-            return _per_item(items, modality, one, (3, s, s), torch.uint8, skip_bad, progress, desc)
-    else:
-        raise DataError(f"unknown modality {modality!r}")
-    if cache is None:
-        out, status = build(), "uncached"
-    else:
-        key = hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality,
-                        "settings": settings.for_modality(modality),
-                        **({"alpha": IMAGE_ALPHA} if modality == "image" else {}),
-                        "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
-        out, status = cache.get_or_build(f"{name}/{modality}", key, build)
-        if out["features"].shape[0] != len(items) or out["ok"].shape[0] != len(items):
-            out = build()
-            cache.save(f"{name}/{modality}", key, out)
-            status = "rebuilt"
-    feats, ok = out["features"], out["ok"].bool()
-    if not skip_bad and not bool(ok.all()):  # cached with skip_bad earlier: retry, raising on the bad file
-        feats, ok = feats.clone(), ok.clone()
-        for i in torch.nonzero(~ok).flatten().tolist():
-            feats[i] = one(values[i])
-            ok[i] = True
-    if modality == "image":
-        feats = normalize_images(feats)
-    return feats, ok, status
-
-
-def embedding_cache_key(name: str, modality: str, items: list[Item], values: list[Any], embedder: Embedder) -> str:
-    """The feature-cache key of a backbone's embeddings: data set, modality, the backbone's own
-    key (weights hash, settings), the device type it runs on (CPU and GPU kernels round
-    differently: embeddings made on one never stand in for the other's, so a CPU run stays
-    reproducible) and the inputs' digest."""
-    device = getattr(getattr(embedder, "device", None), "type", "cpu")
-    return hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality, "backbone": embedder.cache_key(),
-                     "device": str(device), "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
-
-
-def _embedded_features(name: str, modality: str, items: list[Item], values: list[Any], embedder: Embedder, *,
-                       cache: FeatureCache | None, skip_bad: bool,
-                       progress: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """:func:`compute_features` through a pretrained backbone (embeddings cached as they are)."""
-    desc = f"{name}: {modality} ({embedder.name})"
-
-    def build() -> dict[str, torch.Tensor]:
-        return embedder.embed(values, skip_bad=skip_bad, progress=progress, desc=desc)
-
-    if cache is None:
-        out, status = build(), "uncached"
-    else:
-        namespace = f"{name}/{modality}/{embedder.name}"
-        key = embedding_cache_key(name, modality, items, values, embedder)
-        out, status = cache.get_or_build(namespace, key, build)
-        if out["features"].shape != (len(items), int(embedder.dim)) or out["ok"].shape[0] != len(items):
-            out = build()
-            cache.save(namespace, key, out)
-            status = "rebuilt"
-    feats, ok = out["features"].float(), out["ok"].bool()
-    if not skip_bad and not bool(ok.all()):  # cached with skip_bad earlier: retry, raising on the bad file
-        bad = torch.nonzero(~ok).flatten().tolist()
-        redo = embedder.embed([values[i] for i in bad], skip_bad=False)
-        feats, ok = feats.clone(), ok.clone()
-        feats[torch.tensor(bad)] = redo["features"]
-        ok[torch.tensor(bad)] = True
-    return feats, ok, status
 
 
 def _label_rows(labels: torch.Tensor, classes: set[int]) -> torch.Tensor:
