@@ -258,6 +258,12 @@ def test_no_file_in_croma_over_400_lines():
     assert not long, long
 
 
+def test_no_file_in_episodes_over_400_lines():
+    long = {str(f.relative_to(ROOT)): n for f in (ROOT / "episodes").rglob("*.py")
+            if (n := len(f.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
+
+
 # ---------------------------------------------------------------- plugins: one file, no edit to croma
 PLUGIN = '''
 import torch
