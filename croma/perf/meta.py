@@ -33,12 +33,12 @@ from croma.errors import CromaError
 from croma.perf.flops import count_flops, matmul_peak
 from croma.perf.flops import sync as _sync
 from croma.perf.scaling import run_scaling_bench
-from croma.perf.workload import _workload, higher_available, naive_task_deltas, tune_allocator
+from croma.perf.workload import Workload, _workload, as_workload, higher_available, naive_task_deltas, tune_allocator
 
 # the helpers live in croma.perf.flops / .workload / .scaling; re-exported here for the CLI and tests
 __all__ = [
     "run_meta_bench", "run_scaling_bench", "tune_allocator", "naive_task_deltas", "matmul_peak", "count_flops",
-    "higher_available", "_workload",
+    "higher_available", "_workload", "Workload",
 ]
 
 
@@ -52,26 +52,17 @@ PATH_NOTES = {
 
 
 def run_meta_bench(
+    workload: Workload | None = None,
     *,
     repeats: int = 5,
-    meta_batch: int = 16,
     device: str = "cpu",
     nproc: int = 1,
-    inner_steps: int = 5,
-    inner_optimizer: str = "adam",
-    ways: int = 5,
-    shots: int = 5,
-    queries: int = 5,
-    feature_dim: int = 256,
-    hidden: int = 128,
-    embed_dim: int = 64,
     threads: int = 1,
-    seed: int = 0,
     allocator: str = "default",
-    task_chunk: int | None = None,
     higher: bool | None = None,
     compile: bool = False,
     out: Callable[[str], None] | None = None,
+    **sizes: Any,
 ) -> dict[str, Any]:
     """Time the inner-loop paths on the same meta-batches and relate them to a matmul peak.
 
@@ -84,13 +75,12 @@ def run_meta_bench(
 
     Args:
         repeats: timed meta-batches per path (after one warm-up each).
-        meta_batch, inner_steps, inner_optimizer, ways, shots, queries: the workload.
-        feature_dim, hidden, embed_dim: synthetic features and MLP sizes.
+        workload: the tasks and model (:class:`~croma.perf.workload.Workload`; default its defaults);
+            keyword ``sizes`` (``meta_batch=32``, ``hidden=64``, ``task_chunk=8``, ...) replace fields of it.
         device: ``cpu`` | ``cuda`` | ``auto``.
         nproc: processes; > 1 runs :func:`run_scaling_bench` instead.
         threads: ``torch.set_num_threads`` for the run (restored afterwards).
         allocator: a note on the allocator settings, printed in the header (see :func:`tune_allocator`).
-        task_chunk: ``TrainConfig.task_chunk`` (None: its default).
         higher: time the ``higher`` path (None: when installed).
         compile: also time ``compiled`` (the batched path through ``torch.compile``); its
             compile time (first meta-batch minus a later one) is reported separately, and its
@@ -109,18 +99,13 @@ def run_meta_bench(
     from croma.factory import resolve_device
 
     out = out or (lambda s: (print(s), sys.stdout.flush()))
+    wl = as_workload(workload, **sizes)
     if nproc < 1:
         raise CromaError(f"--nproc must be >= 1 (got {nproc})")
     if nproc > 1:
-        return run_scaling_bench(
-            nproc=nproc, repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps,
-            inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
-            hidden=hidden, embed_dim=embed_dim, threads=threads, seed=seed, allocator=allocator, task_chunk=task_chunk,
-            out=out,
-        )
-    for name, v, lo in (("repeats", repeats, 1), ("meta-batch", meta_batch, 1), ("inner-steps", inner_steps, 1)):
-        if v < lo:
-            raise CromaError(f"--{name} must be >= {lo} (got {v})")
+        return run_scaling_bench(wl, nproc=nproc, repeats=repeats, device=device, threads=threads, allocator=allocator, out=out)
+    if repeats < 1:
+        raise CromaError(f"--repeats must be >= 1 (got {repeats})")
     if higher is None:
         higher = higher_available()
     elif higher:
@@ -129,17 +114,13 @@ def run_meta_bench(
         import_higher()
     dev = resolve_device(device)
     paths = ["batched", "sequential", "naive"] + (["higher"] if higher else []) + (["compiled"] if compile else [])
+    meta_batch = wl.meta_batch
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        kw = dict(
-            repeats=repeats, meta_batch=meta_batch, device=str(dev), inner_steps=inner_steps,
-            inner_optimizer=inner_optimizer, ways=ways, shots=shots, queries=queries, feature_dim=feature_dim,
-            hidden=hidden, embed_dim=embed_dim, seed=seed, task_chunk=task_chunk,
-        )
-        trainers = {mode: _workload(mode, **kw) for mode in paths if mode not in ("naive", "compiled")}
+        trainers = {mode: wl.trainer(mode, device=str(dev), repeats=repeats) for mode in paths if mode not in ("naive", "compiled")}
         if compile:
-            trainers["compiled"] = _workload("batched", compile_inner=True, **kw)
+            trainers["compiled"] = wl.trainer("batched", device=str(dev), repeats=repeats, compile_inner=True)
         trainers["naive"] = trainers["sequential"]
         theta = trainers["batched"].theta
 
@@ -199,8 +180,7 @@ def run_meta_bench(
     res["speedup_vs_naive"] = med["naive"] / med["batched"]
     res["peak_fraction"] = res["batched_gflops"] / peak_gflops
     out(
-        f"croma bench meta: {meta_batch} tasks/meta-batch ({ways}-way {shots}-shot + {queries} queries), "
-        f"{inner_steps} inner steps ({inner_optimizer}), 2-layer MLP encoders {feature_dim}->{hidden}->{embed_dim}, "
+        f"croma bench meta: {wl.describe()}, "
         f"task chunks of {res['task_chunk'] or 'a whole family'}, device {dev}, {threads} thread(s), {repeats} repeats, "
         f"allocator {allocator}"
     )

@@ -12,13 +12,14 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 
 from croma.errors import CromaError
 from croma.perf.flops import sync
-from croma.perf.workload import _workload, tune_allocator
+from croma.perf.workload import Workload, as_workload, tune_allocator
 
 __all__ = ["run_scaling_bench"]
 
@@ -27,25 +28,16 @@ _SCALING_WORKER = "import sys; from croma.perf.scaling import _scaling_worker; s
 
 
 def run_scaling_bench(
+    workload: Workload | None = None,
     *,
     nproc: int = 2,
     repeats: int = 5,
-    meta_batch: int = 16,
     device: str = "cpu",
-    inner_steps: int = 5,
-    inner_optimizer: str = "adam",
-    ways: int = 5,
-    shots: int = 5,
-    queries: int = 5,
-    feature_dim: int = 256,
-    hidden: int = 128,
-    embed_dim: int = 64,
     threads: int = 1,
-    seed: int = 0,
     allocator: str = "default",
     timeout_s: float = 120.0,
-    task_chunk: int | None = None,
     out: Callable[[str], None] | None = None,
+    **sizes: Any,
 ) -> dict[str, Any]:
     """Tasks/s of batched meta-batches with 1 process and with ``nproc`` processes, in one run.
 
@@ -57,6 +49,9 @@ def run_scaling_bench(
     between barriers). Prints the load average before and after (other processes on the machine
     distort the figures) and, last, ``scaling: X.XX`` (median 1-process time / median
     ``nproc``-process time).
+
+    ``workload`` (default :class:`~croma.perf.workload.Workload`'s defaults) with keyword ``sizes``
+    replacing its fields; without a ``task_chunk`` the meta-batch is cut into ``nproc`` whole chunks.
 
     Returns:
         ``{"tasks_per_s_1", "tasks_per_s_n", "ms_1", "ms_n", "scaling", "max_abs_diff", "nproc",
@@ -72,21 +67,22 @@ def run_scaling_bench(
     from croma.distributed import launch_local, python_cmd
 
     out = out or (lambda s: (print(s), sys.stdout.flush()))
-    for name, v, lo in (("repeats", repeats, 1), ("meta-batch", meta_batch, 1), ("inner-steps", inner_steps, 1), ("nproc", nproc, 2)):
+    wl = as_workload(workload, **sizes)
+    for name, v, lo in (("repeats", repeats, 1), ("nproc", nproc, 2)):
         if v < lo:
             raise CromaError(f"--{name} must be >= {lo} (got {v})")
     from croma.factory import resolve_device
 
     if resolve_device(device).type == "cuda" and nproc > torch.cuda.device_count():
         raise CromaError(f"--nproc {nproc} needs one CUDA device per process ({torch.cuda.device_count()} visible)")
-    if task_chunk is None:  # every process gets work: the meta-batch's tasks split into nproc whole chunks
-        task_chunk = max(1, -(-meta_batch // nproc))
-        out(f"task chunks of {task_chunk} (meta-batch {meta_batch} / {nproc} processes; --task-chunk to change)")
+    meta_batch = wl.meta_batch
+    if wl.task_chunk is None:  # every process gets work: the meta-batch's tasks split into nproc whole chunks
+        wl = replace(wl, task_chunk=max(1, -(-meta_batch // nproc)))
+        out(f"task chunks of {wl.task_chunk} (meta-batch {meta_batch} / {nproc} processes; --task-chunk to change)")
     load_before = os.getloadavg()
     spec = dict(
-        repeats=repeats, meta_batch=meta_batch, device=device, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
-        ways=ways, shots=shots, queries=queries, feature_dim=feature_dim, hidden=hidden, embed_dim=embed_dim,
-        seed=seed, threads=threads, timeout_s=timeout_s, tune_allocator=allocator != "default", task_chunk=task_chunk,
+        workload=wl.to_dict(), repeats=repeats, device=device, threads=threads, timeout_s=timeout_s,
+        tune_allocator=allocator != "default",
     )
     with tempfile.TemporaryDirectory(prefix="croma-bench-") as tmp:
         spec["result"] = os.path.join(tmp, "result.json")
@@ -107,10 +103,8 @@ def run_scaling_bench(
         "loadavg_before": load_before, "loadavg_after": load_after, "allocator": allocator, "cpus": os.cpu_count(),
     }
     out(
-        f"croma bench meta --nproc {nproc}: {meta_batch} tasks/meta-batch (<= {-(-meta_batch // nproc)} per process; "
-        f"{ways}-way {shots}-shot + {queries} queries), "
-        f"{inner_steps} inner steps ({inner_optimizer}), batched, 2-layer MLP encoders {feature_dim}->{hidden}->{embed_dim}, "
-        f"device {r['device']} ({r['backend']}), {threads} thread(s) per process, {repeats} repeats, allocator {allocator}"
+        f"croma bench meta --nproc {nproc}: {wl.describe()} (<= {-(-meta_batch // nproc)} tasks per process), "
+        f"batched, device {r['device']} ({r['backend']}), {threads} thread(s) per process, {repeats} repeats, allocator {allocator}"
     )
     out(f"machine: {os.cpu_count()} CPU(s); load average before {_fmt_load(load_before)}, after {_fmt_load(load_after)}")
     out(f"1 process   : {res['tasks_per_s_1']:8.1f} tasks/s  (median {res['ms_1']:.1f} ms per meta-batch)")
@@ -141,12 +135,8 @@ def _scaling_worker(spec_path: str) -> int:
     if dev.type == "cuda":
         dev = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(dev)
-    trainer = _workload(
-        "batched", repeats=spec["repeats"], meta_batch=spec["meta_batch"], device=str(dev), inner_steps=spec["inner_steps"],
-        inner_optimizer=spec["inner_optimizer"], ways=spec["ways"], shots=spec["shots"], queries=spec["queries"],
-        feature_dim=spec["feature_dim"], hidden=spec["hidden"], embed_dim=spec["embed_dim"], seed=spec["seed"],
-        task_chunk=spec.get("task_chunk"),
-    )
+    wl = Workload(**spec["workload"])
+    trainer = wl.trainer("batched", device=str(dev), repeats=spec["repeats"])
     dist = Distributed(env, dev, timeout_s=spec["timeout_s"])
     try:
         theta = trainer.theta
@@ -159,7 +149,7 @@ def _scaling_worker(spec_path: str) -> int:
             def shared(it: int):
                 return trainer.chunked_deltas(theta, it, mine, dist.reduce_chunks)
         else:
-            ids = dist.shard(spec["meta_batch"])
+            ids = dist.shard(wl.meta_batch)
             reduce = dist.reduce_deltas([f for f, _ in trainer.plan])
 
             def whole_batch(it: int):
