@@ -117,3 +117,53 @@ def test_the_setting_reaches_the_method_is_stored_and_reruns_from_results_json(r
     assert res2["config"]["methods"]["croma"]["hp"] == croma["hp"]
     assert res2["config"]["methods"]["croma"]["eval_scores_meta_val"] == croma["eval_scores_meta_val"]
     assert [r["accuracy_mean"] for r in res2["rows"]] == [r["accuracy_mean"] for r in res["rows"]]
+
+
+def _tune_methods():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "tools" / "tune_methods.py"
+    spec = importlib.util.spec_from_file_location("tune_methods", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tune_methods_equal_effort_grids_and_its_errors(tmp_path):
+    tm = _tune_methods()
+    for name, space in tm.SPACES.items():  # the equal-effort grid: TRIALS points of settings the method reads
+        assert len(tm.trials(space)) == tm.TRIALS and set(space) <= set(METHOD_HP_KEYS[name]), name
+    with pytest.raises(SystemExit, match="no search space for nope"):
+        tm.main(["--benchmark", "synthetic", "--methods", "nope", "--budget-steps", "1"])
+    with pytest.raises(SystemExit, match="--method-hp"):
+        tm.main(["--benchmark", "synthetic", "--method-hp", "croma.bogus=1"])
+    # tune_manifest.py's options (now tune_methods.py's) parse; --manifest makes the benchmark manifest
+    args = tm.parser().parse_args(["--manifest", "m.jsonl", "--source", "image", "--target", "text", "--backbone",
+                                   "image=efficientnet-lite0", "--cache-dir", "c", "--shots", "1", "5", "--ways", "5",
+                                   "--budget-steps", "300", "--loss", "cmcr", "--loss-hp", "memory=256",
+                                   "--task-weights", "align=0.5,source_cls=0.5", "--space", "{}"])
+    assert args.manifest == "m.jsonl" and args.backbone == ["image=efficientnet-lite0"] and args.budget_steps == 300
+
+
+@pytest.mark.slow
+def test_tune_methods_design_check_starts_from_the_tuned_and_given_settings(tmp_path, capsys):
+    """A --space trial: the preset's method_hp, then --method-hp, then the trial's values; scored on
+    meta-val with the selection trace (what tune_manifest.py recorded)."""
+    out = tmp_path / "t.json"
+    rc = _tune_methods().main(["--benchmark", "synthetic", "--methods", "croma", "--shots", "1", "--ways", "3",
+                               "--budget-steps", "40", "--space", '{"croma": {"inner_lr": [0.001, 0.03]}}',
+                               "--method-hp", "croma.task_mix=0.25", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["budget_steps"] == 40 and rep["benchmark"] == "synthetic" and rep["split"] == "meta_val"
+    rows = rep["methods"]["croma"]
+    assert [r["hp"] for r in rows] == [{"inner_lr": 0.001}, {"inner_lr": 0.03}]
+    for r, lr in zip(rows, (0.001, 0.03)):
+        assert r["notes"]["inner_lr"] == lr and r["notes"]["task_mix"] == 0.25 and r["notes"]["optimizer_steps"] == 40
+        assert len(r["val_trace"]) >= 2 and set(r["meta_val"]) == set(r["eval_choice"]) == {"1"}
+    assert rep["chosen"]["croma"] == max(rows, key=lambda r: r["score"])["hp"]
+    import croma.baselines.common as common
+    import croma.baselines.reptile_runs as reptile_runs
+
+    assert reptile_runs.meta_val_score is common.meta_val_score  # the trace hook is removed afterwards
