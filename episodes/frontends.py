@@ -151,6 +151,16 @@ def _wav_truncation(p: Path) -> str | None:
     return None
 
 
+def _refuse_empty(p: Path, what: str) -> None:
+    """A 0-byte file (an interrupted copy or download) gets its own message, not a decoder's."""
+    try:
+        empty = p.stat().st_size == 0
+    except OSError:
+        return
+    if empty:
+        raise DataError(f"{p}: {what} file is empty (0 bytes)")
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
     """Read an audio file with soundfile, mix to mono and resample, with bounded memory and time.
 
@@ -174,6 +184,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: audio file not found")
+    _refuse_empty(p, "audio")
     trunc = _wav_truncation(p)
     if trunc is not None:
         raise DataError(f"{p}: truncated audio file ({trunc})")
@@ -258,11 +269,20 @@ def _pil_open(path: Path):
 IMAGE_ALPHA = "white"  # transparent pixels are composited over white (part of image cache keys)
 
 
+_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _to_rgb(im):
     """A PIL image -> RGB; images with transparency (RGBA, LA, palette with a transparent colour)
-    are composited over white, so what a transparent pixel happens to store does not leak in."""
+    are composited over white, so what a transparent pixel happens to store does not leak in.
+    16-bit greyscale (``I;16``, or ``I`` holding values beyond 0..255) is scaled to 8 bits."""
     from PIL import Image
 
+    if im.mode in _DEEP_MODES:  # 16-bit grey: scale 0..65535 to 0..255 (PIL's convert clips at 255: all white)
+        a = np.asarray(im)
+        if im.mode != "I" or int(a.max(initial=0)) > 255 or int(a.min(initial=0)) < 0:
+            a = (np.clip(a.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+            return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -284,6 +304,7 @@ def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
+    _refuse_empty(p, "image")
     try:
         from PIL import Image
 

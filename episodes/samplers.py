@@ -201,7 +201,9 @@ class AlignmentTaskSampler:
             if target_rows is not None:
                 p = p[torch.isin(p[:, 1], torch.as_tensor(target_rows).cpu())]
             if p.shape[0] < batch_size:
-                raise DataError(f"alignment batch of {batch_size} pairs needs >= {batch_size} pairs; {p.shape[0]} available")
+                raise DataError(f"alignment batch of {batch_size} pairs needs >= {batch_size} pairs; {p.shape[0]} available "
+                                f"(lower --align-batch to at most {max(2, int(p.shape[0]))}, or give more items holding "
+                                "both modalities)")
             self.pairs = p
             self.batch_size = batch_size
         else:
@@ -216,7 +218,9 @@ class AlignmentTaskSampler:
             for k in both:
                 self._members.append((srows[sc[srows] == k], trows[tc[trows] == k]))
             if len(self._members) < 2:
-                raise DataError(f"weak alignment needs >= 2 concept clusters with items on both sides; {len(self._members)} found")
+                raise DataError(f"weak alignment needs >= 2 concept clusters with items on both sides; {len(self._members)} "
+                                "found (a manifest needs items holding both the source and the target modality, or "
+                                "a 'cluster' shared by source and target items)")
             self.batch_size = min(batch_size, len(self._members))
 
     def sample(self, i: int) -> AlignmentTask:

@@ -36,10 +36,45 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a valid value")
 
 
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a JSON object naming one key twice is ambiguous (which value wins?)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r} in one object")
+        out[key] = value
+    return out
+
+
+def _encodable(value: str, key: str, where: str) -> str:
+    """``value`` when it encodes as UTF-8; a lone surrogate (JSON ``"\\ud800"``) is refused here,
+    naming the line, rather than failing later in a front-end or when printing."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: {key} holds an unpaired UTF-16 surrogate escape (e.g. \\ud800), "
+                        "which is not text") from None
+    return value
+
+
+def _missing_file_reason(fp: Path) -> str:
+    """Why ``fp`` (not a regular file) cannot be read: a folder, a broken / looping link, not a file."""
+    try:
+        if fp.is_dir():
+            return "is a folder, not a file"
+        if fp.is_symlink():
+            return "is a broken or looping symbolic link"
+        if fp.exists():
+            return "is not a regular file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    return "not found"
+
+
 def _name(value: object, key: str, where: str) -> str:
     """A manifest ``id`` / ``label`` / ``cluster``: a non-empty string or an integer, as text."""
     if isinstance(value, str) and value.strip():
-        return value
+        return _encodable(value, key, where)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise DataError(f"{where}: {key} must be a non-empty string or an integer (got {type(value).__name__} "
@@ -72,6 +107,7 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
             continue
         if not isinstance(value, str) or value == "":
             raise DataError(f"{where}: {key} value must be a non-empty string")
+        _encodable(value, key, where)
         if mod == "text":
             mods[mod] = value
             continue
@@ -79,8 +115,8 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
         if not fp.is_file():
             if skip_bad:
                 return None
-            raise DataError(f"{fp}: {key} file of item {item_id!r} ({where}) not found; paths are relative to "
-                            "the manifest's folder (use --skip-bad to leave it out)")
+            raise DataError(f"{fp}: {key} file of item {item_id!r} ({where}) {_missing_file_reason(fp)}; paths are "
+                            "relative to the manifest's folder (use --skip-bad to leave it out)")
         mods[mod] = str(fp)
     return Item(id=item_id, label=label, modalities=mods,
                 cluster=None if cluster in (None, "") else _name(cluster, "cluster", where))
@@ -114,6 +150,10 @@ def _finish(name: str, raw: list[Item], src: str, tgt: str, where: str, meta: di
         it.modalities = {m: v for m, v in it.modalities.items() if m in keep}
         if it.modalities:
             items.append(it)
+    if not raw:
+        skipped = int(meta.get("skipped", 0) or 0)
+        why = f"all {skipped} left out by --skip-bad (missing files)" if skipped else _FORMAT
+        raise DataError(f"{where}: holds no items ({why})")
     for mod, flag in ((src, "--source"), (tgt, "--target")):
         if not any(mod in it.modalities for it in items):
             raise DataError(f"{where}: no item holds the {flag} modality {mod!r}")
@@ -151,6 +191,38 @@ def records_to_dataset(records: Iterable[Mapping[str, Any]], *, source: str, tar
     return _finish(name, items, src, tgt, name, {"skipped": skipped}, extra)
 
 
+def _flag_modality(name: str, flag: str) -> str:
+    try:
+        return canonical_modality(name)
+    except DataError as exc:
+        raise DataError(f"{flag}: {exc}") from None
+
+
+def _manifest_lines(path: Path) -> list[str]:
+    """The manifest's lines: UTF-8 (a leading byte-order mark is dropped), split at ``\\n`` only
+    (``\\r\\n`` too), so that characters such as U+2028 or form feeds inside a JSON string stay in
+    their line. Non-UTF-8 bytes: one line naming the file and line number."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc.strerror or exc})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: manifest is UTF-16 text; save it as UTF-8 (one JSON object per line)")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the manifest "
+                        "as UTF-8") from None
+    return text.split("\n")
+
+
+def _looks_tabular(path: Path, line: str) -> bool:
+    return path.suffix.lower() in (".csv", ".tsv", ".txt") or (not line.startswith(("{", "[")) and ("," in line or "\t" in line))
+
+
 def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, target: str | None,
                   skip_bad: bool = False, progress: bool = False, extra: Sequence[str] | str | None = None,
                   **_: object) -> CrossModalDataset:
@@ -176,7 +248,7 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
         raise DataError("manifest: --manifest PATH is required (a JSONL file, " + _FORMAT + ")")
     if source is None or target is None:
         raise DataError("manifest: --source MOD and --target MOD are required (text, image or audio)")
-    src, tgt = canonical_modality(source), canonical_modality(target)
+    src, tgt = _flag_modality(source, "--source"), _flag_modality(target, "--target")
     if src == tgt:
         raise DataError(f"manifest: --source and --target must differ (both {src})")
     path = Path(manifest).expanduser()
@@ -186,23 +258,24 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
     items: list[Item] = []
     seen: set[str] = set()
     skipped = 0
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    lines = _manifest_lines(path)
+    first = True
     for n, line in enumerate(lines, start=1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
         where = f"{path}: line {n}"
         try:
-            rec = json.loads(s, parse_constant=_refuse_constant)
+            rec = json.loads(s, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not JSON ({exc.msg})") from None
+            hint = ("; a manifest is JSONL, one JSON object per line (CSV / TSV files are not read)"
+                    if first and _looks_tabular(path, s) else "")
+            raise DataError(f"{where}: not JSON ({exc.msg}){hint}") from None
         except RecursionError:
             raise DataError(f"{where}: not JSON (nested too deeply)") from None
         except ValueError as exc:  # NaN / Infinity
             raise DataError(f"{where}: not JSON ({exc})") from None
+        first = False
         item = _item(rec, where, base, seen, skip_bad)
         if item is None:
             skipped += 1

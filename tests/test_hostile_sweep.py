@@ -1,0 +1,204 @@
+"""Hostile-input sweep: messy manifests and media files a real user brings.
+
+Each input is generated in ``tmp_path`` (a few hundred bytes); each case asserts one line
+``error: ...`` naming the file (or flag), exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixtures_layouts as F  # noqa: E402
+
+from episodes.datasets import load_dataset  # noqa: E402
+from episodes.errors import DataError  # noqa: E402
+from episodes.frontends import load_audio, load_image_uint8  # noqa: E402
+from episodes.samplers import AlignmentTaskSampler  # noqa: E402
+
+
+def _rows(folder: Path, classes: int = 3, per: int = 2) -> list[dict]:
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(classes):
+        for i in range(per):
+            F.write_jpeg(folder / "img" / f"c{c}_{i}.jpg", seed=c * 10 + i, size=(6, 5))
+            rows.append({"id": f"c{c}_{i}", "label": f"L{c}", "text": f"class {c} item {i}",
+                         "image": f"img/c{c}_{i}.jpg"})
+    return rows
+
+
+def _body(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _load(path: Path, **kw):
+    return load_dataset("manifest", manifest=str(path), source="text", target="image", **kw)
+
+
+def _inspect(run_cli, path: Path, *extra: str):
+    return run_cli(["data", "inspect", "manifest", "--manifest", str(path), "--source", "text", "--target", "image",
+                    "--ways", "2", *extra])
+
+
+def _one_line(rc, err, *needles):
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+# ---------------------------------------------------------------- encodings and line endings
+def test_bom_crlf_and_blank_lines_read_like_the_plain_file(tmp_path):
+    rows = _rows(tmp_path)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(_body(rows))
+    messy = tmp_path / "messy.jsonl"
+    messy.write_bytes(b"\xef\xbb\xbf" + ("\r\n\r\n" + _body(rows).replace("\n", "\r\n\r\n")).encode())
+    a, b = _load(plain), _load(messy)
+    assert [(i.id, i.label, i.modalities) for i in a.items] == [(i.id, i.label, i.modalities) for i in b.items]
+
+
+def test_line_separator_inside_a_json_string_stays_in_its_line(tmp_path):
+    rows = _rows(tmp_path)
+    rows[0]["text"] = "a\u2028b\x85c"
+    man = tmp_path / "m.jsonl"
+    man.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    ds = _load(man)
+    assert ds.items[0].modalities["text"] == "a\u2028b\x85c" and len(ds.items) == len(rows)
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("latin1", ["line 2", "not UTF-8", "0xe9"]),
+    ("utf16", ["UTF-16", "save it as UTF-8"]),
+])
+def test_non_utf8_manifest_names_file_and_line(run_cli, tmp_path, case, needles):
+    rows = _rows(tmp_path)
+    rows[1]["text"] = "caf\u00e9"
+    man = tmp_path / "m.jsonl"
+    man.write_bytes(_body(rows).replace("\\u00e9", "\u00e9").encode("latin-1" if case == "latin1" else "utf-16"))
+    rc, out, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.jsonl", *needles)
+    assert out == ""
+
+
+def test_duplicate_key_in_a_line_is_refused(run_cli, tmp_path):
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(_rows(tmp_path)).replace('"id": "c0_1"', '"id": "c0_1", "id": "other"', 1))
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.jsonl: line 2", "duplicate key 'id'")
+
+
+def test_csv_manifest_gets_a_jsonl_hint(run_cli, tmp_path):
+    rows = _rows(tmp_path)
+    man = tmp_path / "m.csv"
+    man.write_text("id,label,text,image\n" + "".join(f"{r['id']},{r['label']},{r['text']},{r['image']}\n" for r in rows))
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.csv: line 1", "JSONL", "CSV")
+
+
+def test_empty_manifest_says_it_holds_no_items(run_cli, tmp_path):
+    man = tmp_path / "m.jsonl"
+    man.write_text("# only a comment\n\n")
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.jsonl", "holds no items")
+    rows = _rows(tmp_path)
+    rows = [{**r, "image": "gone/" + r["image"]} for r in rows]
+    man.write_text(_body(rows))
+    rc, _, err = _inspect(run_cli, man, "--skip-bad")
+    _one_line(rc, err, "m.jsonl", "holds no items", "--skip-bad")
+
+
+@pytest.mark.parametrize("where", ["text", "label", "id", "image"])
+def test_lone_surrogate_escape_is_refused_naming_the_line(run_cli, tmp_path, where):
+    rows = _rows(tmp_path)
+    man = tmp_path / "m.jsonl"
+    body = _body(rows)
+    old = {"text": '"class 0 item 1"', "label": '"L0"', "id": '"c0_1"', "image": '"img/c0_1.jpg"'}[where]
+    man.write_text(body.replace(old, old[:-1] + '\\ud800"'))
+    rc, out, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.jsonl: line", "surrogate")
+    assert out == ""
+
+
+def test_unknown_modality_names_its_flag(run_cli, tmp_path):
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(_rows(tmp_path)))
+    rc, _, err = run_cli(["data", "inspect", "manifest", "--manifest", str(man), "--source", "video", "--target",
+                          "image"])
+    _one_line(rc, err, "--source", "'video'")
+
+
+# ---------------------------------------------------------------- paths that are not files
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs")
+@pytest.mark.parametrize("kind, reason", [("folder", "is a folder, not a file"),
+                                          ("loop", "broken or looping symbolic link"),
+                                          ("fifo", "is not a regular file"),
+                                          ("missing", "not found")])
+def test_media_path_that_is_not_a_file_says_why(run_cli, tmp_path, kind, reason):
+    rows = _rows(tmp_path)
+    target = tmp_path / "odd.jpg"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "loop":
+        os.symlink(target, target)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    rows[0]["image"] = "odd.jpg"
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "odd.jpg", "line 1", reason)
+    assert len(_load(man, skip_bad=True).items) == len(rows) - 1  # --skip-bad still leaves it out
+
+
+def test_unicode_and_space_file_names_resolve_against_the_manifest_folder(tmp_path):
+    folder = tmp_path / "my data é"
+    rows = _rows(folder)
+    (folder / "img ü").mkdir()
+    for r in rows:
+        new = "img ü/ф " + Path(r["image"]).name
+        (folder / r["image"]).rename(folder / new)
+        r["image"] = new
+    man = folder / "m.jsonl"
+    man.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    ds = _load(man)
+    assert all(Path(it.modalities["image"]).is_file() for it in ds.items)
+
+
+# ---------------------------------------------------------------- media files
+def test_zero_byte_media_files_say_empty(tmp_path):
+    for name, fn in (("a.wav", lambda p: load_audio(p, 16000)), ("a.png", lambda p: load_image_uint8(p, 4))):
+        p = tmp_path / name
+        p.write_bytes(b"")
+        with pytest.raises(DataError, match=rf"{name}: (audio|image) file is empty \(0 bytes\)"):
+            fn(p)
+
+
+def test_16_bit_greyscale_png_is_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "g16.png"
+    Image.fromarray(np.array([[0, 1000, 30000, 65535]], dtype=np.uint16)).save(p)
+    assert Image.open(p).mode.startswith("I")
+    row = load_image_uint8(p, 4)[0, 0].tolist()
+    assert row == [0, 4, 117, 255]  # round(v * 255 / 65535); was [0, 255, 255, 255]
+    p8 = tmp_path / "g8.png"
+    Image.fromarray(np.array([[0, 10, 200, 255]], dtype=np.uint8)).save(p8)
+    assert load_image_uint8(p8, 4)[0, 0].tolist() == [0, 10, 200, 255]  # 8-bit unchanged
+
+
+# ---------------------------------------------------------------- samplers name the flag
+def test_too_few_pairs_for_align_batch_names_the_flag():
+    pairs = torch.tensor([[0, 0], [1, 1], [2, 2]])
+    with pytest.raises(DataError, match=r"3 available \(lower --align-batch to at most 3"):
+        AlignmentTaskSampler("strong", pairs=pairs, batch_size=32, seed=0)
+    with pytest.raises(DataError, match="cluster"):
+        AlignmentTaskSampler("weak", batch_size=4, seed=0, source_clusters=torch.tensor([0, 1]),
+                             target_clusters=torch.tensor([2, 3]))
