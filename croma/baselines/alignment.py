@@ -1,4 +1,11 @@
-"""Alignment-then-classify baselines: ``pretrain``, ``align-classify``, ``align-meta-classify``."""
+"""Alignment-then-classify baselines: ``pretrain``, ``align-classify``, ``align-meta-classify``.
+
+On a benchmark with more than two modalities (a manifest's extra modalities, unless
+``--no-extra-modalities``) the ordinary alignment of ``align-classify`` and of phase 1 of
+``align-meta-classify`` covers every modality, as ``croma``'s ``align_multi`` tasks do (see
+:mod:`croma.baselines.ordinary`); the extra modalities' encoders train with it. Classification
+(source labels) and meta-test stay in source and target.
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,16 @@ and the remaining conv layers, the pooling and the projection are one shared mod
 * ``shared-confusion``: + domain confusion (gradient reversal against a modality discriminator,
   on unlabeled target items);
 * ``shared-target-labels``: + target labels of meta-train classes.
+
+More than two modalities (a manifest's extra modalities, unless ``--no-extra-modalities``):
+``shared-align`` aligns every modality as the other alignment methods do (one ``align_multi``
+task per step, :class:`croma.baselines.ordinary.MultiAlignTerm`). An extra modality joins the
+shared body through its own input layer / stem when its features are of the body's kind
+(vectors for the MLP body, sequences for the ``cnn1d`` body); otherwise (e.g. image pixels next
+to vector text and audio) it keeps the encoder every other method builds for it, mapping into
+the same joint space. ``shared``, ``shared-confusion`` and ``shared-target-labels`` stay between
+source and target: they have no alignment term, and domain confusion is a two-domain
+(source vs. target) discriminator, as its paper defines it; their models have no extra encoders.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from torch import nn
 from croma.baselines import register_method
 from croma.baselines.common import MethodContext, finish, noisy_target_bench, target_pool_counts
 from croma.baselines.ordinary import ordinary_train
-from croma.baselines.shared_sequence import is_sequence, shared_sequence_encoders
+from croma.baselines.shared_sequence import extra_sequence_encoder, is_sequence, shared_sequence_encoders
 from croma.encoders import get_encoder
+from croma.factory import build_from_config
+from croma.meta.multimodal import uses_multi_alignment
 from croma.meta.tasks import derive_seed
 from croma.model import CrossModalModel
 
@@ -56,8 +68,17 @@ def applies(bench) -> bool:
     return _vectors(bench) or _sequences(bench)
 
 
-def shared_model(ctx: MethodContext) -> CrossModalModel:
-    """A CrossModalModel whose two encoders share one body (seeded, global RNG untouched)."""
+def _extras(bench) -> tuple[str, ...]:
+    mods = tuple(getattr(bench, "modalities", (bench.source, bench.target)))
+    return tuple(m for m in mods if m not in (bench.source, bench.target)) if uses_multi_alignment(bench) else ()
+
+
+def shared_model(ctx: MethodContext, *, extras: bool = False) -> CrossModalModel:
+    """A CrossModalModel whose source and target encoders share one body (seeded, global RNG
+    untouched). ``extras``: the benchmark's extra modalities (when it aligns more than two) get
+    encoders too, built after the two others (which stay as without them): their own input layer /
+    stem into the shared body when their features are of the body's kind, else the encoder the
+    other methods build for them."""
     bench, cfg = ctx.bench, ctx.train
     hidden = int(cfg.model.get("hidden", 128))
     embed = int(cfg.model.get("embed_dim", 128))
@@ -69,12 +90,22 @@ def shared_model(ctx: MethodContext) -> CrossModalModel:
             encoders = {m: SharedBodyEncoder(bench.data[m].features.shape[1], hidden, body) for m in (bench.source, bench.target)}
         else:  # sequences: own stem per modality, shared conv body (croma.baselines.shared_sequence)
             encoders = shared_sequence_encoders(bench, dict(cfg.model), embed)
+        others = None
+        for m in _extras(bench) if extras else ():
+            feats = bench.data[m].features
+            if _vectors(bench) and feats.dim() == 2 and feats.dtype.is_floating_point:
+                encoders[m] = SharedBodyEncoder(feats.shape[1], hidden, body)
+            elif not _vectors(bench) and is_sequence(feats):
+                encoders[m] = extra_sequence_encoder(bench, dict(cfg.model), m, encoders[bench.source].body)
+            else:
+                others = others if others is not None else build_from_config(cfg, bench)  # seeded by itself
+                encoders[m] = others.encoders[m]
         model = CrossModalModel(encoders, source=bench.source, target=bench.target, embed_dim=embed, num_classes=cfg.ways)
     return model.to(device)
 
 
 def _run(ctx: MethodContext, *, align: float = 0.0, confusion: float = 0.0, target_labels: bool = False):
-    model = shared_model(ctx)
+    model = shared_model(ctx, extras=align > 0)
     bench = noisy_target_bench(ctx.bench, ctx.label_noise, seed=ctx.train.seed) if target_labels else ctx.bench
     train_filter = None
     if confusion > 0 and not (align > 0 or target_labels):
@@ -87,7 +118,7 @@ def _run(ctx: MethodContext, *, align: float = 0.0, confusion: float = 0.0, targ
         train_filter = lambda name: not name.startswith(frozen)  # noqa: E731
     info = ordinary_train(
         ctx, model, budget=ctx.budget(), align_weight=align, source_cls=True, target_cls=target_labels,
-        confusion_weight=confusion, bench=bench, train_filter=train_filter,
+        confusion_weight=confusion, bench=bench, train_filter=train_filter, all_modalities=align > 0,
     )
     counts = target_pool_counts(ctx.bench, align=align > 0, unlabelled=confusion > 0, labelled=target_labels)
     return finish(

@@ -3,6 +3,12 @@
 One loop, several optional terms, each a mini-batch per step:
 
 * ``align_weight * objective(e_s(x_s), e_t(x_t))`` on alignment pairs (the chosen objective);
+  on a benchmark with more than two modalities holding alignment rows (a manifest's extra
+  modalities, kept unless ``--no-extra-modalities``), one ``align_multi`` task per step instead
+  (:class:`croma.meta.multimodal.AlignMultiFamily`, the Reptile families' own code: the same
+  tuples, ``pcmc`` / ``pcmr`` over all modalities at once with absent items masked, any other
+  objective averaged over the modality pairs, each on items holding both), so the extra
+  modalities' encoders train too; with two modalities the pairs above, exactly as before;
 * cross-entropy of a **source** classifier over all ``source_train`` classes on
   classification rows (a separate head: the shared N-way classifier is for episodes);
 * cross-entropy of a **target** classifier over meta-train target classes (methods that
@@ -29,6 +35,7 @@ from torch import nn
 
 from croma.baselines.common import Budget, MethodContext, meta_val_score
 from croma.errors import NonFiniteLossError
+from croma.meta.multimodal import AlignMultiFamily, uses_multi_alignment
 from croma.meta.tasks import derive_seed, model_inputs
 from episodes.samplers import AlignmentTaskSampler, episode_generator
 
@@ -70,6 +77,33 @@ class _RowBatches:
         return self.rows[pick], (None if self.labels is None else self.labels[pick])
 
 
+class MultiAlignTerm:
+    """The alignment term over every modality (more than two): task ``step`` of an
+    :class:`~croma.meta.multimodal.AlignMultiFamily` per optimiser step.
+
+    Args:
+        bench, inputs, objective, model: as for the family (``inputs`` of source and target;
+            the extra modalities' come from ``bench`` and ``model.preprocess``).
+        batch_size: tuples per step (``align_batch``). seed: the term's seed.
+    """
+
+    def __init__(self, bench, inputs, objective: nn.Module, *, batch_size: int, seed: int, model: nn.Module) -> None:
+        self.family = AlignMultiFamily(bench, inputs, loss_module=objective, batch_size=batch_size, seed=seed, model=model)
+        self.seed = int(seed)
+        fam, sampler = self.family, self.family.sampler
+        # items one step passes through encoders (placeholder rows of absent items included)
+        self.items = sampler.batch_size * len(fam.modalities) if fam.joint else 2 * sum(sampler.pair_sizes)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """Task ``step``: ``x_<modality> [B, *shape]`` + ``present [B, M]``, or ``p<k>_a/b [B_k, *shape]``."""
+        return {k: v[0] for k, v in self.family.sample([step]).items()}
+
+    def loss(self, model: nn.Module, step: int) -> torch.Tensor:
+        """Scalar objective of task ``step`` (``cmcr`` noise seeded by ``(seed, step)``)."""
+        self.family.begin(derive_seed(self.seed, "begin", step))
+        return self.family.loss(model, self.batch(step))
+
+
 def ordinary_train(
     ctx: MethodContext,
     model: nn.Module,
@@ -81,6 +115,7 @@ def ordinary_train(
     confusion_weight: float = 0.0,
     bench=None,
     train_filter=None,
+    all_modalities: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` in place within ``budget`` (optimiser steps, or seconds for exploration).
 
@@ -94,6 +129,9 @@ def ordinary_train(
         confusion_weight: weight of the domain-confusion term (0 disables it).
         bench: benchmark (default ``ctx.bench``; a noisy-label copy for target labels).
         train_filter: optional ``name -> bool`` selecting which parameters train.
+        all_modalities: align every modality when the benchmark has more than two holding
+            alignment rows (:class:`MultiAlignTerm`; ``model`` needs their encoders); False:
+            source and target only.
 
     Returns:
         ``{"optimizer_steps", "examples", "seconds", "losses": {term: last running mean},
@@ -113,14 +151,18 @@ def ordinary_train(
     if align_weight > 0:
         from croma.losses import get_loss
 
-        terms["align"] = (
-            AlignmentTaskSampler(
-                bench.align_mode, batch_size=cfg.align_batch, seed=derive_seed(seed, "align"), pairs=bench.pairs,
-                source_rows=bench.align_source_rows, target_rows=bench.align_target_rows,
-                source_clusters=bench.data[src].clusters, target_clusters=bench.data[tgt].clusters,
-            ),
-            get_loss(cfg.loss, **dict(cfg.loss_hp)).to(device),
-        )
+        if all_modalities and uses_multi_alignment(bench):
+            terms["align"] = MultiAlignTerm(bench, inputs, get_loss(cfg.loss, **dict(cfg.loss_hp)).to(device),
+                                            batch_size=cfg.align_batch, seed=derive_seed(seed, "align"), model=model)
+        else:
+            terms["align"] = (
+                AlignmentTaskSampler(
+                    bench.align_mode, batch_size=cfg.align_batch, seed=derive_seed(seed, "align"), pairs=bench.pairs,
+                    source_rows=bench.align_source_rows, target_rows=bench.align_target_rows,
+                    source_clusters=bench.data[src].clusters, target_clusters=bench.data[tgt].clusters,
+                ),
+                get_loss(cfg.loss, **dict(cfg.loss_hp)).to(device),
+            )
     heads = nn.ModuleDict()
     if source_cls:
         rows = bench.classify_source_rows
@@ -178,7 +220,9 @@ def ordinary_train(
     while more():
         total = torch.zeros((), device=device)
         parts: dict[str, torch.Tensor] = {}
-        if "align" in terms:
+        if isinstance(terms.get("align"), MultiAlignTerm):
+            parts["align"] = align_weight * terms["align"].loss(model, step)
+        elif "align" in terms:
             sampler, objective = terms["align"]
             t = sampler.sample(step)
             zs = model.embed(src, inputs[src][t.source_rows.to(device)])
@@ -230,7 +274,9 @@ def ordinary_train(
 def _term_sizes(terms: dict[str, Any], align_batch: int):
     """Items one step passes through encoders, per term."""
     for name, t in terms.items():
-        if name == "align":
+        if isinstance(t, MultiAlignTerm):
+            yield t.items
+        elif name == "align":
             yield 2 * align_batch
         elif name == "confusion":
             yield t[0].batch + t[1].batch

@@ -136,3 +136,12 @@ def shared_sequence_encoders(bench, model_cfg: dict[str, Any], embed: int) -> di
         stem = SequenceStem(tuple(bench.data[m].features.shape[1:]), embed_dim=emb, **stem_kw)
         encoders[m] = SharedSequenceEncoder(stem, body)
     return encoders
+
+
+def extra_sequence_encoder(bench, model_cfg: dict[str, Any], modality: str, body: SequenceBody) -> SharedSequenceEncoder:
+    """The encoder of an extra modality (a benchmark with more than two): its own stem (the source's
+    ``cnn1d`` settings, as the target's stem; its own byte-embedding width) on the shared ``body``."""
+    hp = sequence_hp(model_cfg, bench.source)
+    stem_kw = {k: hp[k] for k in BODY_HP if k != "layers"}
+    emb = int(sequence_hp(model_cfg, modality)["embed_dim"])
+    return SharedSequenceEncoder(SequenceStem(tuple(bench.data[modality].features.shape[1:]), embed_dim=emb, **stem_kw), body)
