@@ -202,3 +202,43 @@ def test_too_few_pairs_for_align_batch_names_the_flag():
     with pytest.raises(DataError, match="cluster"):
         AlignmentTaskSampler("weak", batch_size=4, seed=0, source_clusters=torch.tensor([0, 1]),
                              target_clusters=torch.tensor([2, 3]))
+
+
+# ---------------------------------------------------------------- nothing left behind
+def test_train_refused_on_its_data_leaves_no_empty_checkpoint_folder(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROMA_CACHE", str(tmp_path / "cache"))
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(_rows(tmp_path)))
+    out = tmp_path / "new" / "run"
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for folder in (out, kept):
+        rc, _, err = run_cli(["train", "manifest", "--manifest", str(man), "--source", "text", "--target", "image",
+                              "--split-classes", "5,5,5", "--checkpoint-dir", str(folder), "--quiet", "--device", "cpu"])
+        _one_line(rc, err, "--split-classes")
+    assert not (tmp_path / "new").exists()  # made by the run, empty: removed
+    assert kept.is_dir()  # the user's own folder stays
+
+
+# ---------------------------------------------------------------- weights files never unpickled
+def test_weights_file_problems_are_short_and_never_suggest_unpickling(tmp_path):
+    import collections
+    import io
+    import pickle
+
+    from croma.backbones.efficientnet_lite import load_efficientnet_lite0
+    from croma.errors import CromaError
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(3)}, buf)
+    cases = {"text": (b"hello world", "not a PyTorch file"),
+             "empty": (b"", "empty or truncated"),
+             "object": (pickle.dumps(collections.Counter("ab")), "never unpickles"),
+             "cut": (buf.getvalue()[:100], "truncated / corrupt")}
+    for name, (raw, needle) in cases.items():
+        p = tmp_path / f"{name}.pt"
+        p.write_bytes(raw)
+        with pytest.raises(CromaError) as info:
+            load_efficientnet_lite0(p)
+        msg = str(info.value)
+        assert needle in msg and f"{name}.pt" in msg and "weights_only" not in msg and "\n" not in msg, msg

