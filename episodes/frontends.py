@@ -161,11 +161,24 @@ def _refuse_empty(p: Path, what: str) -> None:
         raise DataError(f"{p}: {what} file is empty (0 bytes)")
 
 
+def _waveform(value: np.ndarray | torch.Tensor, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+    """An in-memory waveform (taken to be at ``sample_rate`` already): checked, float32, cropped."""
+    a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    if a.ndim != 1 or a.dtype.kind != "f" or a.size == 0:
+        raise DataError(f"audio array of shape {tuple(a.shape)} and dtype {a.dtype}: expected a non-empty 1-D float "
+                        "waveform")
+    if not np.isfinite(a).all():
+        raise DataError("audio array holds non-finite samples")
+    limit = MAX_AUDIO_SECONDS if max_seconds is None else min(float(max_seconds), MAX_AUDIO_SECONDS)
+    return np.ascontiguousarray(a[: max(1, int(math.ceil(limit * sample_rate)))], dtype=np.float32)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
     """Read an audio file with soundfile, mix to mono and resample, with bounded memory and time.
 
     Args:
-        path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...).
+        path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...), or an already-decoded
+            1-D float waveform (numpy / torch), taken to be at ``sample_rate`` already.
         sample_rate: output rate in Hz.
         max_seconds: read at most this many seconds from the start (default and ceiling
             :data:`MAX_AUDIO_SECONDS`); the front-end passes what its frames need.
@@ -181,6 +194,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float 
     """
     import soundfile as sf
 
+    if isinstance(path, (np.ndarray, torch.Tensor)):  # an already-decoded waveform (records_to_dataset)
+        return _waveform(path, sample_rate, max_seconds)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: audio file not found")

@@ -242,3 +242,49 @@ def test_weights_file_problems_are_short_and_never_suggest_unpickling(tmp_path):
             load_efficientnet_lite0(p)
         msg = str(info.value)
         assert needle in msg and f"{name}.pt" in msg and "weights_only" not in msg and "\n" not in msg, msg
+
+
+# ---------------------------------------------------------------- in-memory records (Python API)
+def _records(value, mod="image"):
+    return [{"id": f"{c}-{i}", "label": f"c{c}", "text": f"t {c} {i}", mod: value} for c in range(2) for i in range(2)]
+
+
+@pytest.mark.parametrize("value, needle", [
+    (np.full((4, 4, 3), np.nan), "NaN"),
+    (np.random.default_rng(0).random((4, 4, 3)), "floats in [0, 1]"),
+    (np.full((4, 4, 3), 1000, np.int64), "span [1000, 1000]"),
+    (np.zeros((4, 4), np.uint8), "shape (4, 4)"),
+    (np.zeros((4, 4, 4), np.uint8), "shape (4, 4, 4)"),
+    (np.array([{"a": 1}], dtype=object), "dtype object"),
+    (np.zeros((0, 0, 3), np.uint8), "empty"),
+    ([[1, 2, 3]], "got list"),
+    (None, "got NoneType"),
+])
+def test_bad_image_arrays_are_refused_naming_the_record(value, needle):
+    from episodes.datasets.manifest import records_to_dataset
+
+    with pytest.raises(DataError, match="record 0: image") as info:
+        records_to_dataset(_records(value), source="text", target="image")
+    assert needle in str(info.value)
+
+
+def test_good_arrays_pass_unchanged_and_waveforms_work():
+    import croma
+    from episodes.datasets.manifest import records_to_dataset
+
+    img = np.full((4, 4, 3), 7, np.uint8)
+    ds = records_to_dataset(_records(img), source="text", target="image")
+    assert all(it.modalities["image"] is img for it in ds.items)  # the caller's array, not a copy
+    ds = records_to_dataset(_records(torch.full((4, 4, 3), 7, dtype=torch.uint8)), source="text", target="image")
+    assert np.array_equal(ds.items[0].modalities["image"], img)
+    wave = np.sin(np.arange(800, dtype=np.float32) / 5.0)
+    recs = [{"id": f"{c}-{i}", "label": f"c{c}", "text": f"t {c} {i}", "audio": wave * (c + 1)}
+            for c in range(6) for i in range(4)]
+    bench = croma.prepare_benchmark(records_to_dataset(recs, source="text", target="audio"), seed=0, ways=2,
+                                    use_cache=False)
+    assert bench.data["audio"].features.isfinite().all()  # was: TypeError from os.fspath(ndarray)
+    for bad, needle in ((np.zeros(8, np.int16), "dtype int16"), (np.full(8, np.inf), "NaN or infinite")):
+        with pytest.raises(DataError, match="record 0: audio"):
+            records_to_dataset(_records(bad, "audio"), source="text", target="audio")
+        with pytest.raises(DataError):
+            load_audio(bad, 16000)

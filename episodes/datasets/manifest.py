@@ -71,6 +71,42 @@ def _missing_file_reason(fp: Path) -> str:
     return "not found"
 
 
+def _decoded_array(value: object, mod: str, where: str):
+    """An in-memory image / audio value, checked: an image ``[H, W, 3]`` of 0-255 values (``uint8``
+    as documented; other numeric dtypes holding such values pass unchanged); audio a 1-D float
+    waveform. Torch tensors become numpy arrays. Anything else is refused naming the record,
+    instead of failing later in a front-end (or silently wrapping / truncating to ``uint8``)."""
+    import numpy as np
+
+    shape_doc = "uint8 [H, W, 3] with values 0-255" if mod == "image" else "a 1-D float waveform"
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise DataError(f"{where}: {mod} value must be a file path or a numpy array ({shape_doc}); "
+                        f"got {type(value).__name__}")
+    a = value
+    if a.dtype.kind not in ("u", "i", "f"):
+        raise DataError(f"{where}: {mod} array has dtype {a.dtype}; expected {shape_doc}")
+    if a.size == 0:
+        raise DataError(f"{where}: {mod} array is empty (shape {tuple(a.shape)})")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise DataError(f"{where}: {mod} array holds NaN or infinite values")
+    if mod == "image":
+        if a.ndim != 3 or a.shape[-1] != 3:
+            raise DataError(f"{where}: image array has shape {tuple(a.shape)}; expected {shape_doc} "
+                            "(convert greyscale / RGBA to RGB first)")
+        lo, hi = a.min(), a.max()
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: image array values span [{lo}, {hi}]; expected {shape_doc}")
+        if a.dtype.kind == "f" and hi <= 1.0 and not np.array_equal(a, np.floor(a)):
+            raise DataError(f"{where}: image array holds floats in [0, 1]; expected {shape_doc} "
+                            "(multiply by 255 and convert to uint8)")
+    elif a.ndim != 1 or a.dtype.kind != "f":
+        raise DataError(f"{where}: {mod} array has shape {tuple(a.shape)} and dtype {a.dtype}; expected {shape_doc} "
+                        "in [-1, 1] at the front-end's sample rate (16 kHz by default)")
+    return value
+
+
 def _name(value: object, key: str, where: str) -> str:
     """A manifest ``id`` / ``label`` / ``cluster``: a non-empty string or an integer, as text."""
     if isinstance(value, str) and value.strip():
@@ -103,7 +139,7 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
         except DataError:
             raise DataError(f"{where}: unknown key {key!r}; modalities are text, image, audio (or speech)") from None
         if mod != "text" and base is None and not isinstance(value, str):  # in-memory records: decoded arrays
-            mods[mod] = value
+            mods[mod] = _decoded_array(value, mod, where)
             continue
         if not isinstance(value, str) or value == "":
             raise DataError(f"{where}: {key} value must be a non-empty string")
