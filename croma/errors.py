@@ -25,13 +25,15 @@ def torch_load_problem(exc: BaseException) -> str:
     if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
         import re
 
-        m = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", text)
+        m = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if m is None and "Unsupported operand" in text:
+            return "not a PyTorch file (torch.save output), or a corrupt one"
         what = f" ({m.group(1)})" if m else ""
         return (f"it holds Python objects other than tensors{what}, which croma never unpickles: save a state dict "
                 "of tensors instead")
     if isinstance(exc, EOFError):
         return "the file is empty or truncated"
-    if isinstance(exc, RuntimeError) and ("zip archive" in text or "PytorchStreamReader" in text):
+    if isinstance(exc, RuntimeError) and any(k in text for k in ("zip archive", "PytorchStreamReader", "magic number")):
         return "not a PyTorch file, or a truncated / corrupt one"
     if isinstance(exc, (KeyError, pickle.UnpicklingError, UnicodeDecodeError)):
         return "not a PyTorch file (torch.save output)"

@@ -222,18 +222,20 @@ def test_train_refused_on_its_data_leaves_no_empty_checkpoint_folder(run_cli, tm
 
 # ---------------------------------------------------------------- weights files never unpickled
 def test_weights_file_problems_are_short_and_never_suggest_unpickling(tmp_path):
-    import collections
     import io
     import pickle
 
     from croma.backbones.efficientnet_lite import load_efficientnet_lite0
     from croma.errors import CromaError
 
-    buf = io.BytesIO()
+    buf, obj = io.BytesIO(), io.BytesIO()
     torch.save({"w": torch.ones(3)}, buf)
+    torch.save({"f": os.getcwd}, obj)  # a reference to a function: unpickling it would import and bind it
     cases = {"text": (b"hello world", "not a PyTorch file"),
+             "garbage": (b"garbage", "not a PyTorch file"),
+             "pickle": (pickle.dumps([1, 2], protocol=4), "not a PyTorch file"),
              "empty": (b"", "empty or truncated"),
-             "object": (pickle.dumps(collections.Counter("ab")), "never unpickles"),
+             "object": (obj.getvalue(), "other than tensors (" + os.getcwd.__module__ + ".getcwd), which croma never unpickles"),
              "cut": (buf.getvalue()[:100], "truncated / corrupt")}
     for name, (raw, needle) in cases.items():
         p = tmp_path / f"{name}.pt"
