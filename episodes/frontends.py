@@ -151,8 +151,15 @@ def _wav_truncation(p: Path) -> str | None:
     return None
 
 
+_ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".pkl", ".pickle", ".safetensors")
+
+
 def _refuse_empty(p: Path, what: str) -> None:
-    """A 0-byte file (an interrupted copy or download) gets its own message, not a decoder's."""
+    """A 0-byte file (an interrupted copy or download) gets its own message, not a decoder's; an
+    array / pickle file (``.npy``, ``.pt``, ...) is named as such and never opened (nothing unpickled)."""
+    if p.suffix.lower() in _ARRAY_SUFFIXES:
+        raise DataError(f"{p}: a {p.suffix} file is not an {what} file; a manifest names {what} files (decoded arrays "
+                        "go through croma.records_to_dataset in Python; array files are never loaded)")
     try:
         empty = p.stat().st_size == 0
     except OSError:

@@ -290,3 +290,30 @@ def test_good_arrays_pass_unchanged_and_waveforms_work():
             records_to_dataset(_records(bad, "audio"), source="text", target="audio")
         with pytest.raises(DataError):
             load_audio(bad, 16000)
+
+
+def test_array_and_pickle_files_named_as_media_are_refused_unopened(run_cli, tmp_path, monkeypatch):
+    import builtins
+
+    evil = tmp_path / "x.npy"
+    np.save(evil, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    for fn, what in ((lambda p: load_image_uint8(p, 4), "image"), (lambda p: load_audio(p, 16000), "audio")):
+        with pytest.raises(DataError, match=rf"x\.npy: a \.npy file is not an {what} file"):
+            fn(evil)
+    assert str(evil) not in opened
+    monkeypatch.setattr(builtins, "open", real_open)
+    rows = _rows(tmp_path)
+    rows[0]["image"] = "x.npy"
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    rc, _, err = run_cli(["data", "prepare", "manifest", "--manifest", str(man), "--source", "text", "--target", "image",
+                          "--cache-dir", str(tmp_path / "c")])
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "x.npy" in err and "Traceback" not in err
+
+
+def test_manifest_path_that_is_a_folder_says_so(run_cli, tmp_path):
+    rc, _, err = _inspect(run_cli, tmp_path)
+    _one_line(rc, err, str(tmp_path), "is a folder, not a file")

@@ -289,7 +289,7 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
         raise DataError(f"manifest: --source and --target must differ (both {src})")
     path = Path(manifest).expanduser()
     if not path.is_file():
-        raise DataError(f"{path}: manifest file not found (expected {_FORMAT})")
+        raise DataError(f"{path}: manifest file {_missing_file_reason(path)} (expected {_FORMAT})")
     base = path.parent
     items: list[Item] = []
     seen: set[str] = set()
