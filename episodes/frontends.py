@@ -328,11 +328,18 @@ def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
         raise DataError(f"{p}: image file not found")
     _refuse_empty(p, "image")
     try:
+        import warnings
+
         from PIL import Image
 
-        with _pil_open(p) as im:
-            im = _to_rgb(im).resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        # PIL's warnings (a header claiming ~100 MP, corrupt EXIF, ...) would print lines between the
+        # progress bar and the one error line; what matters is whether the image decodes
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _pil_open(p) as im:
+                im = _to_rgb(im).resize((size, size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # PIL raises UnidentifiedImageError / OSError on bad data
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{p}: unreadable or truncated image file ({msg})") from None

@@ -317,3 +317,29 @@ def test_array_and_pickle_files_named_as_media_are_refused_unopened(run_cli, tmp
 def test_manifest_path_that_is_a_folder_says_so(run_cli, tmp_path):
     rc, _, err = _inspect(run_cli, tmp_path)
     _one_line(rc, err, str(tmp_path), "is a folder, not a file")
+
+
+def test_huge_pixel_claim_is_one_error_without_warning_lines(tmp_path, monkeypatch):
+    import struct
+    import warnings
+    import zlib
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the same path as a ~100 MP claim, cheaply
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    p = tmp_path / "claims.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 30, 8, 2, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning escaping load_image_uint8 fails the test
+        with pytest.raises(DataError, match="claims.png: unreadable or truncated image file"):
+            load_image_uint8(p, 4)
+    ok = tmp_path / "ok.png"
+    Image.fromarray(np.full((30, 40, 3), 9, np.uint8)).save(ok)  # 1200 px: decodes, no warning line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image_uint8(ok, 4).unique().tolist() == [9]
