@@ -109,15 +109,17 @@ class ClassificationTaskSampler:
         need = shots + queries
         self._rows_by_class: list[torch.Tensor] = []
         kept: list[int] = []
+        largest = 0
         for c in sorted(set(int(c) for c in classes)):
             r = allowed[labels[allowed] == c]
+            largest = max(largest, int(r.numel()))
             if r.numel() >= need:
                 kept.append(c)
                 self._rows_by_class.append(r.sort().values)
         if len(kept) < ways:
             raise DataError(
                 f"{ways}-way tasks need {ways} classes with >= {need} items (shots {shots} + queries "
-                f"{queries}); only {len(kept)} of {len(set(classes))} classes qualify"
+                f"{queries}); only {len(kept)} of {len(set(classes))} classes qualify (the largest has {largest} items)"
             )
         self.classes = torch.tensor(kept, dtype=torch.long)
         self.ways, self.shots, self.queries = ways, shots, queries

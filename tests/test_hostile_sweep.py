@@ -343,3 +343,11 @@ def test_huge_pixel_claim_is_one_error_without_warning_lines(tmp_path, monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_image_uint8(ok, 4).unique().tolist() == [9]
+
+
+def test_too_few_items_per_class_says_how_many_the_largest_has():
+    from episodes.samplers import ClassificationTaskSampler
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    with pytest.raises(DataError, match=r"only 0 of 3 classes qualify \(the largest has 3 items\)"):
+        ClassificationTaskSampler(labels, [0, 1, 2], ways=2, shots=5, queries=5, seed=0)
