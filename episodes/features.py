@@ -117,7 +117,9 @@ def audio_bow_features(
     frames, valid = _frames(logmel.float())
     fit = frames[fit_rows][valid[fit_rows]]
     if fit.shape[0] < words:
-        raise ValueError(f"audio bag-of-words: {fit.shape[0]} training frames for {words} words")
+        raise ValueError(f"audio bag-of-words: {fit.shape[0]} training frames for {words} words (the meta-train "
+                         "audio clips are too few or too short for the codebook: add longer or more clips, or use "
+                         "--preset paper or --backbone audio=hf)")
     mu, sd = fit.mean(0), fit.std(0).clamp_min(1e-5)
     g = torch.Generator().manual_seed(int(seed))
     sub = (fit[torch.randperm(fit.shape[0], generator=g)[:sample_frames]] - mu) / sd
@@ -141,8 +143,16 @@ def audio_bow_features(
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Standardise columns with the mean/std of ``train`` rows (no statistics from other rows)."""
     mean = train.mean(dim=0, keepdim=True)
-    std = train.std(dim=0, keepdim=True).clamp_min(1e-6)
+    std = _column_std(train)
     return tuple((t - mean) / std for t in (train, *others))
+
+
+def _column_std(rows: torch.Tensor) -> torch.Tensor:
+    """Per-column std of ``rows`` (``[1, D]``), floored at 1e-6; 1 when there is a single row (an
+    unbiased std of one row is NaN, which would turn every feature of the modality into NaN)."""
+    if rows.shape[0] < 2:
+        return torch.ones((1, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    return rows.std(dim=0, keepdim=True).clamp_min(1e-6)
 
 
 def compact_benchmark(
@@ -189,7 +199,7 @@ def compact_benchmark(
             fit_rows[mod] = torch.nonzero(train_rows).flatten().tolist()
             ref = feats[train_rows]
             mean = ref.mean(dim=0, keepdim=True)
-            std = ref.std(dim=0, keepdim=True).clamp_min(1e-6)
+            std = _column_std(ref)
             feats = (feats - mean) / std
         data[mod] = ModalityData(features=feats, labels=md.labels, clusters=md.clusters, ids=md.ids)
     info = dict(bench.info)

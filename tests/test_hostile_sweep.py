@@ -351,3 +351,26 @@ def test_too_few_items_per_class_says_how_many_the_largest_has():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     with pytest.raises(DataError, match=r"only 0 of 3 classes qualify \(the largest has 3 items\)"):
         ClassificationTaskSampler(labels, [0, 1, 2], ways=2, shots=5, queries=5, seed=0)
+
+
+# ---------------------------------------------------------------- statistics of a single row
+def test_single_training_row_does_not_turn_features_into_nan():
+    import croma
+    from episodes.datasets.manifest import records_to_dataset
+    from episodes.features import audio_bow_features, compact_benchmark, standardize
+
+    a, b = standardize(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 5.0]]))
+    assert a.tolist() == [[0.0, 0.0]] and b.tolist() == [[2.0, 3.0]]  # centred, not divided by a NaN std
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    assert torch.equal(standardize(x)[0], (x - x.mean(0)) / x.std(0))  # two rows: as before
+    rng = np.random.default_rng(0)
+    recs = [{"id": f"{c}-{i}", "label": f"c{c}", "text": f"t {c} {i}",
+             "image": rng.integers(0, 255, (4, 4, 3)).astype(np.uint8)} for c in range(6) for i in range(4)]
+    recs[0]["audio"] = np.sin(np.arange(4000, dtype=np.float32) / 7)  # one clip of an extra modality
+    bench = croma.prepare_benchmark(records_to_dataset(recs, source="text", target="image"), seed=0, ways=2,
+                                    use_cache=False)
+    assert bench.data["audio"].labels.tolist() == [0]
+    out = compact_benchmark(bench, audio_words=4)
+    assert out.data["audio"].features.isfinite().all()
+    with pytest.raises(ValueError, match="too few or too short"):
+        audio_bow_features(bench.data["audio"].features, torch.tensor([0]), words=1000)
