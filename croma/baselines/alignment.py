@@ -48,10 +48,11 @@ def align_classify(ctx: MethodContext):
     uses_target_samples=True,
 )
 def align_meta_classify(ctx: MethodContext):
-    """Phase 1 aligns the two encoders (the objective only); phase 2 meta-learns the classifier on
-    the aligned space with Reptile over source classification tasks. The encoders stay frozen in
-    phase 2: training the source encoder on source labels alone would move source embeddings
-    away from the target encoder's, undoing the alignment that the target side relies on."""
+    """Phase 1 aligns the encoders (the objective only; every modality when the benchmark has
+    more than two); phase 2 meta-learns the classifier on the aligned space with Reptile over
+    source classification tasks. The encoders stay frozen in phase 2: training the source encoder
+    on source labels alone would move source embeddings away from the target encoder's, undoing
+    the alignment that the target side relies on."""
     model = fresh_model(ctx)
     info_a = ordinary_train(ctx, model, budget=ctx.budget(0.5), align_weight=1.0, source_cls=False)
     params, info_r = budgeted_reptile(
