@@ -374,3 +374,12 @@ def test_single_training_row_does_not_turn_features_into_nan():
     assert out.data["audio"].features.isfinite().all()
     with pytest.raises(ValueError, match="too few or too short"):
         audio_bow_features(bench.data["audio"].features, torch.tensor([0]), words=1000)
+
+
+def test_two_keys_for_one_modality_are_refused(run_cli, tmp_path):
+    rows = _rows(tmp_path)
+    rows[1]["img"] = rows[0]["image"]  # "img" is an alias of "image": which file is meant?
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.jsonl: line 2", "'image' and 'img' both give the image modality")

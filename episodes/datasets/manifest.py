@@ -131,6 +131,7 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
     seen.add(item_id)
     cluster = rec.get("cluster")
     mods: dict[str, Any] = {}
+    names: dict[str, str] = {}  # modality -> the key that gave it ("speech" and "audio" are one modality)
     for key, value in rec.items():
         if key in ("id", "label", "cluster"):
             continue
@@ -138,6 +139,9 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
             mod = canonical_modality(key)
         except DataError:
             raise DataError(f"{where}: unknown key {key!r}; modalities are text, image, audio (or speech)") from None
+        if mod in mods or mod in names:
+            raise DataError(f"{where}: {names.get(mod, mod)!r} and {key!r} both give the {mod} modality; keep one")
+        names[mod] = key
         if mod != "text" and base is None and not isinstance(value, str):  # in-memory records: decoded arrays
             mods[mod] = _decoded_array(value, mod, where)
             continue
