@@ -39,7 +39,8 @@ def _ctx(bench, loss="pcmc", steps=4):
     cfg = BenchmarkConfig(benchmark="manifest", ways=2, shots=[1], device="cpu", progress=False, out=None, seed=3,
                           loss=loss, model={"embed_dim": 8, "hidden": 8})
     train, ev, _ = _contexts(cfg, bench, PRESETS["quick"])
-    train = replace(train, align_batch=4)  # 5 text-audio pairs
+    # 5 text-audio pairs; 6-8 items a class
+    train = replace(train, align_batch=4, shots=1, queries=1, eval_shots=[1], eval_queries=1)
     knobs = {**PRESETS["quick"]["knobs"], "select": False, "ordinary_batch": 8}
     return MethodContext(bench=bench, train=train, eval=ev, budget_steps=steps, knobs=knobs)
 
@@ -215,3 +216,24 @@ def test_an_extra_modality_of_the_body_kind_joins_the_shared_body(benches, kind)
     ordinary_train(ctx, model, budget=Budget(steps=3))
     own = [k for k in before if k.startswith("encoders.image.input.")]
     assert own and any(not torch.equal(before[k], model.state_dict()[k]) for k in own)
+
+
+@pytest.mark.parametrize("loss", ["pcmc", "clip"])
+def test_examples_count_every_modality_for_reptile_and_ordinary_alike(benches, loss):
+    """An align_multi task passes ``B x 3`` items (joint) or ``2 x sum_pairs min(B, n_pair)``."""
+    from croma.baselines.reptile_runs import budgeted_reptile
+
+    bench = benches["three"]
+    ctx = _ctx(bench, loss)
+    model = fresh_model(ctx)
+    tuples = bench.alignment_tuples()
+    have = tuples >= 0
+    if loss == "pcmc":
+        want = min(4, tuples.shape[0]) * 3
+    else:
+        want = 2 * sum(min(4, int((have[:, a] & have[:, b]).sum())) for a, b in ((0, 1), (0, 2), (1, 2)))
+    term = MultiAlignTerm(bench, model_inputs(model, bench, "cpu"), get_loss(loss), batch_size=4, seed=0, model=model)
+    assert term.items == want
+    _, info = budgeted_reptile(ctx, model=model, task_weights={"align": 1.0}, budget=Budget(steps=8),
+                               overrides={"meta_batch": 2, "inner_steps": 1, "eval_tasks": 2})
+    assert info["examples"] == info["outer_steps"] * 2 * want

@@ -90,9 +90,7 @@ class MultiAlignTerm:
     def __init__(self, bench, inputs, objective: nn.Module, *, batch_size: int, seed: int, model: nn.Module) -> None:
         self.family = AlignMultiFamily(bench, inputs, loss_module=objective, batch_size=batch_size, seed=seed, model=model)
         self.seed = int(seed)
-        fam, sampler = self.family, self.family.sampler
-        # items one step passes through encoders (placeholder rows of absent items included)
-        self.items = sampler.batch_size * len(fam.modalities) if fam.joint else 2 * sum(sampler.pair_sizes)
+        self.items = self.family.items_per_task()  # items one step passes through encoders
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """Task ``step``: ``x_<modality> [B, *shape]`` + ``present [B, M]``, or ``p<k>_a/b [B_k, *shape]``."""

@@ -25,13 +25,18 @@ from torch import nn
 from croma.baselines.common import Budget, MethodContext, meta_val_score
 from croma.config import TrainConfig
 from croma.fit import CromaTrainer
+from croma.meta.multimodal import AlignMultiFamily
 from croma.meta.outer import task_plan
 
 
-def task_examples(cfg: TrainConfig) -> int:
-    """Items one outer iteration passes through encoders (all tasks, all inner steps)."""
+def task_examples(cfg: TrainConfig, align_items: int | None = None) -> int:
+    """Items one outer iteration passes through encoders (all tasks, all inner steps).
+
+    ``align_items``: items of one alignment task when it is not ``2 x align_batch`` (an
+    ``align_multi`` task over more than two modalities: its ``items_per_task()``).
+    """
     per_task = {
-        "align": 2 * cfg.align_batch,
+        "align": 2 * cfg.align_batch if align_items is None else int(align_items),
         "source_cls": cfg.ways * (cfg.shots + cfg.queries),
         "target_cls": cfg.ways * (cfg.shots + cfg.queries),
         "target_recon": cfg.align_batch,
@@ -89,10 +94,12 @@ def budgeted_reptile(
     trainer.best_theta = {k: v.clone() for k, v in trainer.theta.items()}
     result = trainer.fit()
     steps = result.iteration
+    align = trainer.families.get("align")
+    align_items = align.items_per_task() if isinstance(align, AlignMultiFamily) else None
     info = {
         "outer_steps": steps,
         "optimizer_steps": steps * per_iteration,
-        "examples": steps * task_examples(cfg),
+        "examples": steps * task_examples(cfg, align_items),
         "seconds": time.perf_counter() - t0,
         "start_val": start_val,
         "best_val": result.best_val,

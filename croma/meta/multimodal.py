@@ -163,6 +163,12 @@ class AlignMultiFamily:
             total = term if total is None else total + term
         return total / len(self.pairs)
 
+    def items_per_task(self) -> int:
+        """Items one task passes through encoders (``examples`` in results): ``B x M`` for a joint
+        objective (placeholder rows of absent items included), ``2 x sum_k B_k`` for the pairwise mean."""
+        s = self.sampler
+        return s.batch_size * len(self.modalities) if self.joint else 2 * sum(s.pair_sizes)
+
     def trainable(self, name: str) -> bool:
         """Encoders of the modalities aligned, and the target-side ``align`` layer."""
         return name.startswith(self._prefixes)
