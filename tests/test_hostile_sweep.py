@@ -383,3 +383,20 @@ def test_two_keys_for_one_modality_are_refused(run_cli, tmp_path):
     man.write_text(_body(rows))
     rc, _, err = _inspect(run_cli, man)
     _one_line(rc, err, "m.jsonl: line 2", "'image' and 'img' both give the image modality")
+
+
+def test_train_skip_bad_reports_how_many_it_left_out(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROMA_CACHE", str(tmp_path / "cache"))
+    rows = _rows(tmp_path, classes=6, per=8)
+    rows.append({"id": "gone", "label": "L0", "text": "x", "image": "img/gone.jpg"})
+    cut = tmp_path / rows[3]["image"]
+    cut.write_bytes(cut.read_bytes()[:40])  # a truncated JPEG
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    rc, out, err = run_cli(["train", "manifest", "--manifest", str(man), "--source", "text", "--target", "image",
+                            "--skip-bad", "--quiet", "--device", "cpu", "--shots", "1", "--ways", "2", "--queries", "1",
+                            "--eval-tasks", "2", "--iterations", "1", "--meta-batch", "2", "--align-batch", "4",
+                            "--eval-shots", "1", "--embed-dim", "8", "--hidden", "8",
+                            "--checkpoint-dir", str(tmp_path / "run")])
+    assert rc == 0, err
+    assert "skipped 2 missing or unreadable item(s) (--skip-bad)" in err and "trained 1/1" in out

@@ -264,6 +264,12 @@ def run_rank(payload: dict) -> int:
             torch.cuda.set_device(dev)
             cfg.device = str(dev)
         dist = Distributed(env, dev, timeout_s=payload.get("dist_timeout", 120.0))
+    elif cfg.data.skip_bad:  # the same load train() would do, here so that the skipped count is reported
+        bench = load_bench(cfg, progress=payload["progress"])
+    if bench is not None and cfg.data.skip_bad and (env is None or env.rank == 0):
+        skipped = int(bench.info.get("skipped_total", 0) or 0)
+        if skipped:
+            sys.stderr.write(f"skipped {skipped} missing or unreadable item(s) (--skip-bad)\n")
     try:
         result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,
                        tensorboard=payload.get("tensorboard", False))
