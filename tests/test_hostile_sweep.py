@@ -400,3 +400,17 @@ def test_train_skip_bad_reports_how_many_it_left_out(run_cli, tmp_path, monkeypa
                             "--checkpoint-dir", str(tmp_path / "run")])
     assert rc == 0, err
     assert "skipped 2 missing or unreadable item(s) (--skip-bad)" in err and "trained 1/1" in out
+
+
+@pytest.mark.skipif(os.sep == "\\", reason="backslash is the separator there")
+def test_windows_separators_and_tilde_get_a_hint(run_cli, tmp_path):
+    rows = _rows(tmp_path)
+    rows[0]["image"] = rows[0]["image"].replace("/", "\\")
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "line 1", "not found", "write paths with /")
+    rows[0]["image"] = "~/img/c0_0.jpg"
+    man.write_text(_body(rows))
+    rc, _, err = _inspect(run_cli, man)
+    _one_line(rc, err, "line 1", "~ is not expanded")

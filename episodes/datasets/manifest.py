@@ -155,8 +155,13 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
         if not fp.is_file():
             if skip_bad:
                 return None
+            hint = ""
+            if "\\" in value and os.sep != "\\":
+                hint = "; write paths with / (this one has \\ separators, as on Windows)"
+            elif value.startswith("~"):
+                hint = "; ~ is not expanded in a manifest: give the path relative to the manifest or absolute"
             raise DataError(f"{fp}: {key} file of item {item_id!r} ({where}) {_missing_file_reason(fp)}; paths are "
-                            "relative to the manifest's folder (use --skip-bad to leave it out)")
+                            f"relative to the manifest's folder (use --skip-bad to leave it out){hint}")
         mods[mod] = str(fp)
     return Item(id=item_id, label=label, modalities=mods,
                 cluster=None if cluster in (None, "") else _name(cluster, "cluster", where))
