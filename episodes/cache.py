@@ -185,6 +185,9 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
+        if root is not None and not str(root).strip():  # Path("") is the current folder: features/ would land there
+            raise DataError("--cache-dir is empty: give a folder, or leave the flag out for $CROMA_CACHE or "
+                            "~/.cache/croma")
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.stats = {"hit": 0, "built": 0, "rebuilt": 0}
 

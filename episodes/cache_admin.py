@@ -55,6 +55,9 @@ class CacheGroup:
 
 
 def _root(root: str | os.PathLike | None) -> Path:
+    if root is not None and not str(root).strip():  # Path("") is the current folder: never clear that
+        raise DataError("--cache-dir is empty: give the cache folder, or leave the flag out for $CROMA_CACHE or "
+                        "~/.cache/croma")
     return Path(root).expanduser() if root is not None else default_cache_dir()
 
 

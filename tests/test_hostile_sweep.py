@@ -414,3 +414,37 @@ def test_windows_separators_and_tilde_get_a_hint(run_cli, tmp_path):
     man.write_text(_body(rows))
     rc, _, err = _inspect(run_cli, man)
     _one_line(rc, err, "line 1", "~ is not expanded")
+
+
+# ---------------------------------------------------------------- an empty --cache-dir is not "."
+def test_empty_cache_dir_is_refused_and_never_clears_the_current_folder(run_cli, tmp_path, monkeypatch):
+    mine = tmp_path / "features" / "mine" / "x.pt"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own file")
+    monkeypatch.chdir(tmp_path)
+    for argv in (["cache", "clear", "--all", "--cache-dir", ""], ["cache", "info", "--cache-dir", ""]):
+        rc, _, err = run_cli(argv)
+        _one_line(rc, err, "--cache-dir is empty")
+    from episodes.cache import FeatureCache
+    from episodes.cache_admin import clear_cache
+
+    for fn in (lambda: clear_cache(""), lambda: FeatureCache("")):  # the library refuses it too
+        with pytest.raises(DataError, match="--cache-dir is empty"):
+            fn()
+    assert mine.read_bytes() == b"the user's own file"
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(_rows(tmp_path)))
+    rc, _, err = run_cli(["data", "prepare", "manifest", "--manifest", str(man), "--source", "text", "--target", "image",
+                          "--cache-dir", ""])
+    _one_line(rc, err, "--cache-dir is empty")
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["mine"]
+    rc, _, err = run_cli(["data", "inspect", "manifest", "--manifest", "", "--source", "text", "--target", "image"])
+    _one_line(rc, err, "--manifest is empty")  # was: ".: manifest file is a folder"
+    from episodes.datasets.manifest import load_manifest
+
+    with pytest.raises(DataError, match="--manifest PATH is required"):
+        load_manifest("", source="text", target="image")
+    for argv in (["benchmark", "synthetic", "--out", " "], ["train", "synthetic", "--config", ""],
+                 ["data", "inspect", "cifar-esc50", "--data-root", ""]):
+        rc, _, err = run_cli(argv)
+        _one_line(rc, err, f"{argv[-2]} is empty")

@@ -175,6 +175,26 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 raise ValueError(f"{flag} must {each}be {what} (got {v})")
 
 
+# path flags whose empty value ("" from an unset shell variable) would silently mean the current
+# folder (Path("") is "."): `croma cache clear --all --cache-dir "$UNSET"` must not clear ./features
+PATH_DESTS = ("cache_dir", "data_root", "manifest", "out", "config", "image_weights", "text_model", "audio_model")
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raise ValueError naming the flag when a path flag of :data:`PATH_DESTS` was given as an empty string."""
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.option_strings and action.dest in PATH_DESTS:
+                value = getattr(args, action.dest, None)
+                if isinstance(value, str) and not value.strip():
+                    flag = max(action.option_strings, key=len)
+                    raise ValueError(f"{flag} is empty: give a path, or leave the flag out")
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an ``OSError``: the path(s) it names and what went wrong."""
     what = exc.strerror or type(exc).__name__
@@ -217,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unwrap_defaults(args)  # which flags were given (for --config) and the plain defaults
     try:
         check_numbers(parser, args)
+        check_paths(parser, args)
         return int(args.func(args) or 0)
     except _user_errors() as exc:
         if args.debug:

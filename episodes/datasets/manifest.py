@@ -289,7 +289,7 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
         DataError: missing flag / file, malformed line (names file and line), duplicate id,
             unknown modality, no item of the source or target modality.
     """
-    if manifest is None:
+    if manifest is None or not str(manifest).strip():
         raise DataError("manifest: --manifest PATH is required (a JSONL file, " + _FORMAT + ")")
     if source is None or target is None:
         raise DataError("manifest: --source MOD and --target MOD are required (text, image or audio)")
