@@ -448,3 +448,14 @@ def test_empty_cache_dir_is_refused_and_never_clears_the_current_folder(run_cli,
                  ["data", "inspect", "cifar-esc50", "--data-root", ""]):
         rc, _, err = run_cli(argv)
         _one_line(rc, err, f"{argv[-2]} is empty")
+
+
+@pytest.mark.parametrize("key", ["id", "label", "cluster"])
+def test_control_characters_in_names_are_refused(run_cli, tmp_path, key):
+    rows = _rows(tmp_path)
+    rows[2][key] = "two\nlines"
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    rc, out, err = _inspect(run_cli, man)
+    _one_line(rc, err, "m.jsonl: line 3", f"{key} holds a control character ('\\n')")
+    assert out == ""

@@ -110,6 +110,9 @@ def _decoded_array(value: object, mod: str, where: str):
 def _name(value: object, key: str, where: str) -> str:
     """A manifest ``id`` / ``label`` / ``cluster``: a non-empty string or an integer, as text."""
     if isinstance(value, str) and value.strip():
+        bad = next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)
+        if bad is not None:  # a newline or tab in a class name breaks every table and log line it appears in
+            raise DataError(f"{where}: {key} holds a control character ({bad!r})")
         return _encodable(value, key, where)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
