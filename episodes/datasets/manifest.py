@@ -9,7 +9,9 @@ name (``text``, ``image``, ``audio``; ``speech`` is an alias of ``audio``). A te
 string; an image / audio value is a path relative to the manifest's folder (or absolute).
 Items holding both the source and the target modality are strong pairs; ``cluster`` gives weak
 pairs (used when there are no strong pairs). Blank lines and lines starting with ``#`` are
-ignored.
+ignored. The file is UTF-8 (a byte-order mark and ``\\r\\n`` line ends are fine); a key given twice
+in one line, two keys for one modality (``audio`` and ``speech``), control characters in an id /
+label / cluster and unpaired surrogate escapes are refused with the file and line.
 
 A row may carry a third modality (text, image and audio, any of them absent): the modalities
 besides ``--source`` / ``--target`` are kept as *extra* modalities (``extra=``; by default every
@@ -268,7 +270,7 @@ def _manifest_lines(path: Path) -> list[str]:
 
 
 def _looks_tabular(path: Path, line: str) -> bool:
-    return path.suffix.lower() in (".csv", ".tsv", ".txt") or (not line.startswith(("{", "[")) and ("," in line or "\t" in line))
+    return path.suffix.lower() in (".csv", ".tsv") or (not line.startswith(("{", "[")) and ("," in line or "\t" in line))
 
 
 def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, target: str | None,
