@@ -237,3 +237,15 @@ def test_examples_count_every_modality_for_reptile_and_ordinary_alike(benches, l
     _, info = budgeted_reptile(ctx, model=model, task_weights={"align": 1.0}, budget=Budget(steps=8),
                                overrides={"meta_batch": 2, "inner_steps": 1, "eval_tasks": 2})
     assert info["examples"] == info["outer_steps"] * 2 * want
+
+
+def test_target_samples_count_target_items_of_every_alignment_tuple(benches):
+    from croma.baselines.common import target_pool_counts
+
+    three, two = benches["three"], benches["two"]
+    tuples = three.alignment_tuples()
+    col = tuples[:, three.modalities.index("audio")]
+    fit = set((three.info.get("frontend_fit_rows") or {}).get("audio", []))
+    want = fit | set(three.align_target_rows.tolist()) | set(col[col >= 0].tolist())
+    assert target_pool_counts(three, align=True) == (len(want), 0)
+    assert target_pool_counts(two, align=True) == (len(fit | set(two.align_target_rows.tolist())), 0)

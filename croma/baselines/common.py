@@ -23,6 +23,7 @@ from croma.config import TrainConfig
 from croma.evaluate import EvalConfig
 from croma.factory import build_from_config
 from croma.meta.functional import meta_parameters
+from croma.meta.multimodal import uses_multi_alignment
 from croma.meta.tasks import model_inputs
 from episodes.data import ModalityData, PreparedBenchmark
 from episodes.noise import symmetric_label_noise
@@ -218,7 +219,9 @@ def noisy_target_bench(bench: PreparedBenchmark, rate: float, seed: int) -> Prep
 def target_pool_counts(bench: PreparedBenchmark, *, align: bool = False, labelled: bool = False, unlabelled: bool = False) -> tuple[int, int]:
     """(#target samples, #target labels) a method's training may draw from.
 
-    ``align``: target rows of alignment pairs (no labels); ``labelled``: target rows of meta-train
+    ``align``: target rows of alignment pairs (no labels; with more than two modalities also those
+    of the multi-way alignment tuples, e.g. target items aligned with an extra modality only);
+    ``labelled``: target rows of meta-train
     classes with their labels; ``unlabelled``: target rows of meta-train classes without labels.
     Target rows that fitted a front-end (``bench.info["frontend_fit_rows"]``, e.g. the bag of
     audio words' codebook) count for every method, since every method sees their effect.
@@ -227,6 +230,9 @@ def target_pool_counts(bench: PreparedBenchmark, *, align: bool = False, labelle
     labels = 0
     if align:
         samples |= set(bench.align_target_rows.tolist())
+        if uses_multi_alignment(bench):
+            col = bench.alignment_tuples()[:, list(bench.modalities).index(bench.target)]
+            samples |= set(col[col >= 0].tolist())
     meta_train_rows = set(bench.rows_of_classes(bench.target, bench.splits["meta_train"]).tolist())
     if labelled:
         samples |= meta_train_rows
