@@ -459,3 +459,15 @@ def test_control_characters_in_names_are_refused(run_cli, tmp_path, key):
     rc, out, err = _inspect(run_cli, man)
     _one_line(rc, err, "m.jsonl: line 3", f"{key} holds a control character ('\\n')")
     assert out == ""
+
+
+def test_unusable_media_paths_name_the_line(run_cli, tmp_path):
+    rows = _rows(tmp_path)
+    man = tmp_path / "m.jsonl"
+    for value, needle in (("img/c0\u0000.jpg", "control character ('\\x00')"), ("x" * 300 + ".jpg", "cannot be used")):
+        rows[0]["image"] = value
+        man.write_text(_body(rows))
+        rc, _, err = _inspect(run_cli, man)
+        _one_line(rc, err, "m.jsonl: line 1", needle)
+        assert "\0" not in err and len(err) < 400
+        assert len(_load(man, skip_bad=True).items) == len(rows) - 1  # --skip-bad leaves it out, as a missing file

@@ -156,8 +156,20 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
         if mod == "text":
             mods[mod] = value
             continue
+        bad = next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)
+        if bad is not None:  # a NUL or newline in a path: never a real file, and it garbles the error line
+            if skip_bad:
+                return None
+            raise DataError(f"{where}: {key} path holds a control character ({bad!r})")
         fp = Path(value) if os.path.isabs(value) or base is None else base / value
-        if not fp.is_file():
+        try:
+            is_file = fp.is_file()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            if skip_bad:
+                return None
+            raise DataError(f"{where}: {key} path of item {item_id!r} cannot be used ({exc.strerror or exc}): "
+                            f"{str(fp)[:120]}{'...' if len(str(fp)) > 120 else ''}") from None
+        if not is_file:
             if skip_bad:
                 return None
             hint = ""
