@@ -297,7 +297,8 @@ _DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 def _to_rgb(im):
     """A PIL image -> RGB; images with transparency (RGBA, LA, palette with a transparent colour)
     are composited over white, so what a transparent pixel happens to store does not leak in.
-    16-bit greyscale (``I;16``, or ``I`` holding values beyond 0..255) is scaled to 8 bits."""
+    16-bit greyscale (``I;16``, or ``I`` holding values beyond 0..255) is scaled to 8 bits; float
+    greyscale (``F``) in [0, 1] is scaled by 255 (other ranges are clipped to 0..255, as before)."""
     from PIL import Image
 
     if im.mode in _DEEP_MODES:  # 16-bit grey: scale 0..65535 to 0..255 (PIL's convert clips at 255: all white)
@@ -305,6 +306,12 @@ def _to_rgb(im):
         if im.mode != "I" or int(a.max(initial=0)) > 255 or int(a.min(initial=0)) < 0:
             a = (np.clip(a.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
             return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":  # 32-bit float grey (TIFF): values in [0, 1] are scaled (PIL's convert makes them black)
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("float image holds NaN or infinite pixels")
+        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -471,3 +471,19 @@ def test_unusable_media_paths_name_the_line(run_cli, tmp_path):
         _one_line(rc, err, "m.jsonl: line 1", needle)
         assert "\0" not in err and len(err) < 400
         assert len(_load(man, skip_bad=True).items) == len(rows) - 1  # --skip-bad leaves it out, as a missing file
+
+
+def test_float_tiff_in_unit_range_is_scaled_and_nan_refused(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "f.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.25]], dtype=np.float32)).save(p)
+    assert Image.open(p).mode == "F"
+    assert load_image_uint8(p, 4)[0, 0].tolist() == [0, 128, 255, 64]  # was [0, 0, 1, 0]: black
+    wide = tmp_path / "w.tif"
+    Image.fromarray(np.array([[0.0, 10.0, 200.0, 255.0]], dtype=np.float32)).save(wide)
+    assert load_image_uint8(wide, 4)[0, 0].tolist() == [0, 10, 200, 255]  # 0-255 floats: as before
+    bad = tmp_path / "n.tif"
+    Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(bad)
+    with pytest.raises(DataError, match="n.tif: unreadable or truncated image file.*NaN"):
+        load_image_uint8(bad, 4)
