@@ -79,6 +79,28 @@ def ensure_output_dir(path: str | os.PathLike, flag: str) -> Path:
     return p
 
 
+def new_folders(*paths: str | os.PathLike) -> list[Path]:
+    """The folders among ``paths`` and their parents that do not exist yet, deepest first (what
+    ``mkdir(parents=True)`` would make): hand them to :func:`remove_if_empty` when the command fails."""
+    out: set[Path] = set()
+    for path in paths:
+        p = Path(path).expanduser()
+        while not p.exists() and p != p.parent:
+            out.add(p)
+            p = p.parent
+    return sorted(out, key=lambda f: (-len(f.parts), str(f)))
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first, from :func:`new_folders`) that is empty: a command
+    refused before it wrote anything leaves no empty folder behind; anything written is kept."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder
+        except OSError:
+            continue
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
@@ -89,10 +111,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CromaError(f"checkpoint {path} not found (train first with 'croma train ... --checkpoint-dir {path.parent}')")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, unsafe content
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CromaError(f"checkpoint {path} could not be read safely: {first}") from exc
+        import warnings
+
+        with warnings.catch_warnings():  # e.g. torch's pickle-protocol notice: the error line says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle errors, truncated files, unsafe content
+        from croma.errors import torch_load_problem
+
+        raise CromaError(f"checkpoint {path} could not be read safely: {torch_load_problem(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CromaError(f"{path} is not a croma checkpoint (expected format {FORMAT!r})")
     validate_checkpoint(ckpt, path)

@@ -14,10 +14,19 @@ def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's
 
 
 def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--noise-sweep expects comma-separated rates like 0,0.2,0.4 (got {text!r})") from None
+    """``--noise-sweep R1,R2,...``: the rates; a bad one is an argparse error naming the flag and the value."""
+    import argparse
+
+    rates = []
+    for x in text.split(","):
+        if not x.strip():
+            continue
+        try:
+            rates.append(float(x))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{x.strip()!r} is not a number (got {text!r}; expects comma-separated rates like 0,0.2,0.4)") from None
+    return rates
 
 
 def _methods(text: str | None) -> list[str] | None:
@@ -125,10 +134,26 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from croma.checkpoint import new_folders, remove_if_empty
+
+    cfg = config_from_args(args)
+    made = []
+    if cfg.out:  # the folders this run makes: refused on its data or methods, it leaves none of them empty
+        subs = [Path(cfg.out) / f"noise_{float(r):g}" for r in args.noise_sweep or ()]
+        made = new_folders(cfg.out, *subs)
+    try:
+        return _run(args, cfg)
+    except BaseException:
+        remove_if_empty(made)
+        raise
+
+
+def _run(args, cfg) -> int:
     from croma.benchmark import run_benchmark, run_noise_sweep
     from croma.report import format_table
 
-    cfg = config_from_args(args)
     if args.noise_sweep:
         results = run_noise_sweep(cfg, args.noise_sweep)
         for res in results:

@@ -187,22 +187,16 @@ def run(args) -> int:
 
 
 def _new_folders(path) -> list:
-    """The folders of ``path`` that do not exist yet, deepest first (what ``mkdir(parents=True)`` makes)."""
-    out = []
-    while not path.exists() and path != path.parent:
-        out.append(path)
-        path = path.parent
-    return out
+    """The folders of ``path`` that do not exist yet, deepest first (:func:`croma.checkpoint.new_folders`)."""
+    from croma.checkpoint import new_folders
+
+    return new_folders(path)
 
 
 def _remove_if_empty(folders) -> None:
-    import os
+    from croma.checkpoint import remove_if_empty
 
-    for folder in folders:
-        try:
-            os.rmdir(folder)  # only an empty folder; anything written in it is kept
-        except OSError:
-            return
+    remove_if_empty(folders)
 
 
 def _run_checked(args, cfg) -> int:

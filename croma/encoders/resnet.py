@@ -35,9 +35,15 @@ def load_resnet18_backbone(weights_path: str | os.PathLike | None) -> nn.Module:
         )
     net = torchvision.models.resnet18(weights=None)
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupted / not a tensor file / unsafe pickle
-        raise CromaError(f"resnet18: cannot load weights file {str(weights_path)!r}: {exc}".splitlines()[0]) from exc
+        import warnings
+
+        with warnings.catch_warnings():  # e.g. torch's pickle-protocol notice: the error line says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupted / not a tensor file / unsafe pickle
+        from croma.errors import torch_load_problem
+
+        raise CromaError(f"resnet18: cannot load weights file {str(weights_path)!r}: {torch_load_problem(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
