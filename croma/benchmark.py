@@ -58,6 +58,8 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
         tr["task_weights"] = dict(cfg.task_weights)
     if cfg.finetune_modes and "all" not in cfg.finetune_modes:
         tr["finetune"] = "head"  # meta-val checks during training fine-tune as meta-test may
+    if cfg.compile_inner:
+        tr["compile_inner"] = True
     train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device,
                         val_label_noise=cfg.label_noise, **tr)
     train.validate()

@@ -176,6 +176,9 @@ class BenchmarkConfig:
     # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
     loss_hp: dict[str, Any] = field(default_factory=dict)
     task_weights: dict[str, float] | None = None
+    # the Reptile methods' batched inner step through torch.compile (TrainConfig.compile_inner):
+    # faster per step after a one-off compile per chunk shape; rounding differs from eager
+    compile_inner: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a setting is out of range (the one place the

@@ -90,3 +90,36 @@ def test_compiled_batched_step_equals_eager(monkeypatch):
     tr = _workload("batched", repeats=1, meta_batch=2, device="cpu", inner_steps=1, inner_optimizer="adam", ways=3, shots=2,
                    queries=1, feature_dim=12, hidden=16, embed_dim=8, seed=0, compile_inner=True)
     assert tr.inner_cfg.compile and not TrainConfig().compile_inner
+
+
+def test_compile_failure_is_one_error_naming_the_flag(monkeypatch):
+    """A backend that cannot build code (inductor without a C++ compiler) ends in a CromaError that
+    names --compile-inner, not PyTorch's traceback."""
+    import pytest
+
+    import croma.meta.inner as inner
+    from croma.errors import CromaError
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(inner, "_COMPILE_BACKEND", broken_backend)
+    torch._dynamo.reset()
+    theta = {"w": torch.ones(3, 2)}
+    batch = {"x": torch.ones(2, 4, 3)}
+
+    def loss_fn(p, b):
+        return (b["x"] @ p["w"]).square().mean()
+
+    with pytest.raises(CromaError, match="--compile-inner") as err:
+        inner.run_batched(loss_fn, theta, {}, batch, inner.InnerConfig(steps=1, compile=True))
+    assert "\n" not in str(err.value) and "C++ compiler" in str(err.value)
+
+
+def test_benchmark_compile_inner_reaches_the_reptile_methods():
+    from croma.benchmark import PRESETS, _contexts
+    from croma.benchmark_config import BenchmarkConfig
+
+    for flag in (False, True):
+        train, _, _ = _contexts(BenchmarkConfig(benchmark="synthetic", compile_inner=flag), None, PRESETS["quick"])
+        assert train.compile_inner is flag

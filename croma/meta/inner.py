@@ -232,11 +232,33 @@ _COMPILE_BACKEND = "inductor"  # tests use "eager" (graph capture without code g
 
 
 def _compiled(fn):
-    """``torch.compile(fn)`` with static shapes (PyTorch caches the compiled code per shape)."""
+    """``torch.compile(fn)`` with static shapes (PyTorch caches the compiled code per shape).
+
+    A backend that cannot build code (on CPU inductor needs a C++ compiler) raises
+    :class:`croma.errors.CromaError` naming ``--compile-inner`` instead of PyTorch's traceback.
+    """
+    import warnings
+
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # families x chunk shapes
-    return torch.compile(fn, dynamic=False, backend=_COMPILE_BACKEND)
+    # inductor's own use of a deprecated helper (torch 2.14) would print a FutureWarning per compile
+    warnings.filterwarnings("ignore", message=r".*_prims_common\.check.*", category=FutureWarning)
+    compiled = torch.compile(fn, dynamic=False, backend=_COMPILE_BACKEND)
+
+    def run(*args):
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            from croma.errors import CromaError
+
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CromaError(
+                f"--compile-inner: torch.compile could not build the inner step ({first}); on CPU it needs a "
+                "working C++ compiler (g++ or clang); run without --compile-inner"
+            ) from None
+
+    return run
 
 
 def run_sequential(
