@@ -18,6 +18,9 @@ Variants (each timed unit = one meta-batch: sampling, 5 inner steps per task, th
                     for ``[T, ...]`` parameters (batched matmuls with a hand-written backward
                     whose weight gradients come out contiguous) and plain autograd. Only valid
                     for this architecture; it bounds what removing the transforms' overhead buys.
+* ``bf16-matmul``   float32 matrix products computed by oneDNN in bfloat16
+                    (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``; AMX / AVX512-BF16
+                    CPUs): changes the numbers (see the printed delta difference), so not a default.
 * ``compiled``      (``--compile``) the batched step through ``torch.compile`` (``--compile-inner``).
 
 Also printed: the time of sampling the tasks (part of every unit) and each variant's counted GFLOP/s
@@ -32,6 +35,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +57,18 @@ def no_fused_adam():
         yield
     finally:
         torch._fused_adam_ = saved
+
+
+@contextlib.contextmanager
+def bf16_matmul():
+    """float32 matrix products in bfloat16 (oneDNN) while this is active."""
+    mm = torch.backends.mkldnn.matmul
+    saved = mm.fp32_precision
+    mm.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        mm.fp32_precision = saved
 
 
 def ce_gather(model, batch, fam):
@@ -109,16 +125,11 @@ def hand_batched_deltas(trainer, theta, iteration):
     return deltas
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=11)
-    ap.add_argument("--compile", action="store_true", help="also time the compiled batched step")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    tune_allocator()
-    wl, reps = WORKLOAD, args.repeats
-    base = wl.trainer(repeats=reps)
-    eight = replace(wl, task_chunk=8).trainer(repeats=reps)
+def synthetic_units(repeats: int, compile: bool) -> tuple[dict, Any, str]:
+    """The variants on ``croma bench meta``'s workload (see the module docstring)."""
+    wl = WORKLOAD
+    base = wl.trainer(repeats=repeats)
+    eight = replace(wl, task_chunk=8).trainer(repeats=repeats)
     theta = base.theta
 
     def plain(tr):
@@ -128,15 +139,80 @@ def main(argv: list[str] | None = None) -> int:
         with no_fused_adam():
             return base.chunked_deltas(theta, it)[0]
 
-    ce_fam = wl.trainer(repeats=reps)
+    def bf16(it):
+        with bf16_matmul():
+            return base.chunked_deltas(theta, it)[0]
+
+    ce_fam = wl.trainer(repeats=repeats)
     gfam = next(iter(ce_fam.families.values()))
     gfam.loss = lambda model, batch, f=gfam: ce_gather(model, batch, f)
     units = {
         "batched": plain(base), "foreach-adam": foreach, "chunks-of-8": plain(eight), "ce-gather": plain(ce_fam),
-        "hand-batched": lambda it: hand_batched_deltas(base, theta, it),
+        "hand-batched": lambda it: hand_batched_deltas(base, theta, it), "bf16-matmul": bf16,
     }
-    if args.compile:
-        units["compiled"] = plain(wl.trainer(repeats=reps, compile_inner=True))
+    if compile:
+        units["compiled"] = plain(wl.trainer(repeats=repeats, compile_inner=True))
+    return units, base, wl.describe()
+
+
+@contextlib.contextmanager
+def native_conv1d():
+    """``cnn1d`` encoders run ``F.conv1d`` (vmap's grouped-convolution rule) instead of k strided matmuls."""
+    from croma.encoders import sequence
+
+    def conv(h, weight, bias, stride):
+        return F.conv1d(h.transpose(1, 2), weight, bias, stride=stride, padding=weight.shape[-1] // 2).transpose(1, 2)
+
+    saved = sequence.conv1d_taps
+    sequence.conv1d_taps = conv
+    try:
+        yield
+    finally:
+        sequence.conv1d_taps = saved
+
+
+def benchmark_units(name: str, repeats: int, compile: bool) -> tuple[dict, Any, str]:
+    """``croma train NAME``'s default meta-batch (its data, encoders, task mix) through the inner-loop paths."""
+    from croma.config import TrainConfig
+    from croma.factory import load_bench
+    from croma.learner import MetaLearner
+
+    cfg = TrainConfig(benchmark=name, iterations=2 * repeats + 2, eval_every=0)
+    bench = load_bench(cfg)
+    trainers = {m: MetaLearner(replace(cfg, inner_loop=m), bench) for m in ("batched", "sequential")}
+    base = trainers["batched"]
+    theta = base.theta
+
+    def native(it):
+        with native_conv1d():
+            return base.chunked_deltas(theta, it)[0]
+
+    units = {m: (lambda it, tr=tr: tr.chunked_deltas(theta, it)[0]) for m, tr in trainers.items()}
+    units["native-conv1d"] = native
+    if compile:
+        units["compiled"] = (lambda it, tr=MetaLearner(replace(cfg, compile_inner=True), bench):
+                             tr.chunked_deltas(theta, it)[0])
+    plan = ", ".join(f"{n} {f}" for f, n in base.plan)
+    return units, base, (f"croma train {name} defaults: meta-batch {cfg.meta_batch} ({plan}), {cfg.inner_steps} inner "
+                         f"steps ({cfg.inner_optimizer}), encoders "
+                         f"{', '.join(f'{m} {type(e).__name__}' for m, e in base.model.encoders.items())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--compile", action="store_true", help="also time the compiled batched step")
+    ap.add_argument("--benchmark", default=None,
+                    help="instead: croma train BENCHMARK's default meta-batch (e.g. udhr-speech) through the batched, "
+                    "sequential, native-conv1d and (--compile) compiled paths")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    tune_allocator()
+    reps = args.repeats
+    if args.benchmark:
+        units, base, what = benchmark_units(args.benchmark, reps, args.compile)
+    else:
+        units, base, what = synthetic_units(reps, args.compile)
     first_s, ref = {}, None
     diffs = {}
     for name, unit in units.items():
@@ -151,20 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     sample_s: list[float] = []
     peak = matmul_peak(reps=2)
     order = list(units)
-    for r in range(args.repeats):
+    for r in range(reps):
         for name in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             units[name](r + 1)
             times[name].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        (fname, idx), = base.locate(r + 1, range(base.meta_batch))
-        base.families[fname].sample(idx)
-        base.families[fname].begin(derive_seed(0, "noise", r + 1, fname, *idx))
+        for fname, idx in base.locate(r + 1, range(base.meta_batch)):
+            base.families[fname].sample(idx)
+            base.families[fname].begin(derive_seed(0, "noise", r + 1, fname, *idx))
         sample_s.append(time.perf_counter() - t0)
         peak += matmul_peak(reps=2)
     peak_gflops = 2 * 1024**3 / statistics.median(peak) / 1e9
     med = {m: statistics.median(v) for m, v in times.items()}
-    print(f"bench_levers: {wl.describe()}, 1 thread, {reps} alternating repeats; "
+    print(f"bench_levers: {what}, 1 thread, {reps} alternating repeats; "
           f"{flops / 1e9:.3f} GFLOP per meta-batch (matrix products)")
     print(f"matmul peak: {peak_gflops:.1f} GFLOP/s (1024x1024 float32, median of {len(peak)})")
     print(f"sampling the tasks (in every unit): median {1000 * statistics.median(sample_s):.2f} ms")
