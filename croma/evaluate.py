@@ -141,9 +141,12 @@ def _episode_batch(bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, s
             label_noise=cfg.label_noise,
         )
     except DataError as exc:
-        raise DataError(
-            f"{bench.name} {cfg.split} episodes ({target}, {shots}-shot): {exc}; use fewer --ways, --shots or --queries"
-        ) from exc
+        from croma.errors import hint
+
+        # the flags controlling these sizes depend on the command running (croma.errors.error_hints)
+        advice = hint(f"{cfg.split}_episodes", "use fewer --ways, --shots or --queries", ways=cfg.ways, shots=shots,
+                      queries=cfg.queries)
+        raise DataError(f"{bench.name} {cfg.split} episodes ({target}, {shots}-shot): {exc}; {advice}") from exc
     t = sampler.sample_many(0, cfg.tasks)
     dev = x.device
     rs, rq = t.support_rows.to(dev), t.query_rows.to(dev)

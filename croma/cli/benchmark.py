@@ -137,6 +137,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from croma.checkpoint import new_folders, remove_if_empty
+    from croma.errors import error_hints
 
     cfg = config_from_args(args)
     made = []
@@ -144,10 +145,30 @@ def run(args) -> int:
         subs = [Path(cfg.out) / f"noise_{float(r):g}" for r in args.noise_sweep or ()]
         made = new_folders(cfg.out, *subs)
     try:
-        return _run(args, cfg)
+        with error_hints(**_hints(cfg)):
+            return _run(args, cfg)
     except BaseException:
         remove_if_empty(made)
         raise
+
+
+def _hints(cfg) -> dict:
+    """What controls the task sizes the library checks, in croma benchmark's terms (the --preset fixes
+    the meta-training tasks and meta-val's shots; see croma.errors.error_hints)."""
+    from croma.benchmark_config import PRESETS
+
+    tr = PRESETS.get(cfg.preset, {}).get("train", {})
+    val = "/".join(str(k) for k in tr.get("eval_shots", ()))
+    more = "or more items per class"
+    return {
+        "meta_test_episodes": f"use fewer --ways or --shots, {more} (meta-test draws {{queries}} queries per class)",
+        "meta_val_episodes": f"use fewer --ways or --shots, {more} (meta-val draws --shots and the --preset {cfg.preset} "
+        f"{val}-shot tasks, {{queries}} queries per class)",
+        "source_cls_tasks": f"use fewer --ways, {more} (--preset {cfg.preset} meta-trains on {{shots}}-shot tasks "
+        "with {queries} queries per class)",
+        "target_cls_tasks": f"use fewer --ways, {more} (--preset {cfg.preset} meta-trains on {{shots}}-shot tasks "
+        "with {queries} queries per class)",
+    }
 
 
 def _run(args, cfg) -> int:

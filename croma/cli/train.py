@@ -119,6 +119,13 @@ _DIRECT = ("loss", "features", "iterations", "checkpoint_dir", "device", "seed",
            "meta_lr_final", "ways", "shots", "queries", "align_batch", "eval_every", "eval_tasks", "eval_shots",
            "finetune", "finetune_steps", "finetune_lr", "checkpoint_every", "head_init", "data_root", "cache_dir",
            "manifest", "source", "target", "audio_model", "skip_bad", "split_classes", "extra_modalities")
+# what controls the task sizes the library checks, in croma train's terms (croma.errors.error_hints)
+TRAIN_HINTS = {
+    "meta_val_episodes": "use fewer --ways or --eval-shots, or a smaller eval_queries setting in --config "
+    "(meta-val draws {queries} queries per class)",
+    "source_cls_tasks": "use fewer --ways, --shots or --queries",
+    "target_cls_tasks": "use fewer --ways, --shots or --queries",
+}
 # settings a checkpoint or results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "checkpoint_dir", "stop_after", "time_budget_s")
 
@@ -230,6 +237,7 @@ def run_rank(payload: dict) -> int:
     """
     from croma.config import TrainConfig
     from croma.distributed import Distributed, env_world
+    from croma.errors import error_hints
     from croma.factory import load_bench, resolve_device
     from croma.fit import train
     from croma.perf.meta import tune_allocator
@@ -265,8 +273,9 @@ def run_rank(payload: dict) -> int:
         if skipped:
             sys.stderr.write(f"skipped {skipped} missing or unreadable item(s) (--skip-bad)\n")
     try:
-        result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,
-                       tensorboard=payload.get("tensorboard", False))
+        with error_hints(**TRAIN_HINTS):
+            result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,
+                           tensorboard=payload.get("tensorboard", False))
     except BaseException:
         if dist is not None:
             _leave(dist)

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from croma.errors import CromaError
+from croma.errors import CromaError, hint
 from croma.meta.multimodal import AlignMultiFamily, uses_multi_alignment
 from episodes.data import PreparedBenchmark
+from episodes.errors import DataError
 from episodes.registry import Registry
 from episodes.samplers import AlignmentTaskSampler, ClassificationTaskSampler, episode_generator
 
@@ -251,9 +252,16 @@ class _ClsFamily(TaskFamily):
             classes, rows = bench.splits.get("source_train", []), bench.classify_source_rows
         else:
             classes, rows = bench.splits.get("meta_train", []), None
-        self.sampler = ClassificationTaskSampler(
-            data.labels, classes, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, self.name), rows=rows
-        )
+        try:
+            self.sampler = ClassificationTaskSampler(
+                data.labels, classes, ways=ways, shots=shots, queries=queries, seed=derive_seed(seed, self.name), rows=rows
+            )
+        except DataError as exc:
+            which = "source" if self.modality_attr == "source" else "target"
+            advice = hint(f"{self.name}_tasks", "use fewer --ways, --shots or --queries", ways=ways, shots=shots,
+                          queries=queries)
+            raise DataError(f"{bench.name} {which} classification tasks for meta-training ({self.modality}, "
+                            f"{ways}-way {shots}-shot, {queries} queries): {exc}; {advice}") from exc
         self._filter = _prefix_filter(
             (f"encoders.{self.modality}.", "classifier.") + (("align.",) if self.modality == bench.target else ())
         )
