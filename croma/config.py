@@ -20,12 +20,13 @@ JSON or TOML file, the ``config`` of a ``results.json``, or the ``config`` store
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 import torch
+
+from croma.keyvalues import parse_key_values, parse_value  # noqa: F401 - re-exported (KEY=VALUE flags)
 
 __all__ = [
     "DataConfig", "InnerLoopConfig", "OuterConfig", "MetaValConfig", "RunConfig", "TrainConfig",
@@ -145,6 +146,16 @@ FLAT: dict[str, tuple[str, str]] = {
     _RENAMED.get((sec, f.name), f.name): (sec, f.name) for sec, cls in SECTIONS.items() for f in fields(cls)
 }
 
+# the model section's settings by flat name (its ModelConfig fields but num_classes): ``hidden = 16``
+MODEL_FLAT = ("embed_dim", "hidden", "encoders", "encoder_hp", "image_weights", "text_model", "reconstruction")
+# flags whose name differs from their setting's flat name (--outer: a text ``outer`` is ``algorithm``)
+_ALIASES = {"backbone": "backbones", "encoder": "encoders"}
+
+
+def _flat_name(key: str, value: Any = None) -> str:
+    return "algorithm" if key == "outer" and isinstance(value, str) else _ALIASES.get(key, key)
+
+
 # Settings that may differ between an interrupted run and its --resume (they do not change results).
 RUNTIME_FIELDS = frozenset({"device", "checkpoint_dir", "stop_after", "time_budget_s", "data_root", "cache_dir"})
 
@@ -201,26 +212,35 @@ class TrainConfig:
 
     def __init__(self, data: Any = None, model: Mapping[str, Any] | None = None, inner: Any = None,
                  outer: Any = None, eval: Any = None, run: Any = None, **flat: Any) -> None:  # noqa: A002
+        if isinstance(outer, str):  # the --outer flag's name for the outer algorithm
+            flat, outer = {"algorithm": outer, **flat}, None
         for name, value in (("data", data), ("inner", inner), ("outer", outer), ("eval", eval), ("run", run)):
             object.__setattr__(self, name, _section(SECTIONS[name], value, name))
         if model is not None and not isinstance(model, Mapping):
             raise TypeError(f"configuration section 'model' must be a mapping (got {type(model).__name__})")
         object.__setattr__(self, "model", copy.deepcopy(dict(model or {})))
         for key, value in flat.items():
-            if key not in FLAT:
+            if _flat_name(key) not in FLAT and _flat_name(key) not in MODEL_FLAT:
                 raise TypeError(f"TrainConfig got an unknown setting {key!r}")
-            setattr(self, key, value)
+            setattr(self, _flat_name(key), value)
 
     def __getattr__(self, name: str) -> Any:  # only for names that are not attributes: the flat aliases
         if name in FLAT:
             sec, f = FLAT[name]
             return getattr(object.__getattribute__(self, sec), f)
+        if name in MODEL_FLAT:  # the model's setting, else ModelConfig's default
+            from croma.model import ModelConfig
+
+            model = object.__getattribute__(self, "model")
+            return model[name] if name in model else getattr(ModelConfig(), name)
         raise AttributeError(f"'TrainConfig' object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in FLAT:
             sec, f = FLAT[name]
             setattr(getattr(self, sec), f, value)
+        elif name in MODEL_FLAT:
+            self.model[name] = copy.deepcopy(value)
         elif name in ("model",) or name in SECTIONS:
             object.__setattr__(self, name, value)
         else:
@@ -246,11 +266,11 @@ class TrainConfig:
         """
         if not isinstance(d, Mapping):
             raise TypeError(f"a training configuration must be a mapping (got {type(d).__name__})")
-        unknown = sorted(k for k in d if k not in SECTIONS and k != "model" and k not in FLAT)
+        flat = {_flat_name(k, v): v for k, v in d.items() if _flat_name(k, v) in FLAT or _flat_name(k) in MODEL_FLAT}
+        unknown = sorted(k for k in d if k not in SECTIONS and k != "model" and _flat_name(k, d[k]) not in flat)
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} in the training configuration")
-        sections = {k: v for k, v in d.items() if k in SECTIONS or k == "model"}
-        flat = {k: v for k, v in d.items() if k in FLAT}
+        sections = {k: v for k, v in d.items() if (k in SECTIONS or k == "model") and _flat_name(k, v) not in flat}
         return cls(**sections, **flat)
 
     @staticmethod
@@ -259,10 +279,13 @@ class TrainConfig:
         inverse = {v: k for k, v in FLAT.items()}
         out = set()
         for k, v in d.items():
+            k = _flat_name(k, v)
             if k in SECTIONS and isinstance(v, Mapping):
                 out.update(inverse[(k, f)] for f in v if (k, f) in inverse)
             elif k in FLAT or k == "model":
                 out.add(k)
+            elif k in MODEL_FLAT:
+                out.add("model")
         return out
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -360,36 +383,3 @@ class TrainConfig:
         for flag in ("embed_dim", "hidden"):
             v = self.model.get(flag, 1)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, flag.replace("_", "-"), "an integer >= 1", v)
-
-
-# ---------------------------------------------------------------------- files and KEY=VALUE flags
-def parse_value(text: str) -> Any:
-    """``"3"`` -> 3, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"none"`` -> None, JSON lists/objects;
-    anything else stays text."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["temperature=0.1", "a=1,b=2"]`` -> ``{"temperature": 0.1, "a": 1, "b": 2}``.
-
-    Raises:
-        ValueError: an item without ``=``, naming ``flag``.
-    """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        for part in [p for p in item.split(",") if p.strip()] if "[" not in item and "{" not in item else [item]:
-            if "=" not in part:
-                raise ValueError(f"{flag} expects KEY=VALUE (got {part!r})")
-            k, v = part.split("=", 1)
-            if not k.strip():
-                raise ValueError(f"{flag} expects KEY=VALUE (got {part!r})")
-            out[k.strip()] = parse_value(v.strip())
-    return out

@@ -171,10 +171,9 @@ def read_settings(path: str | Path) -> tuple[dict[str, Any], str]:
         elif suffix == ".toml":
             import tomllib
 
-            with p.open("rb") as fh:
-                data = tomllib.load(fh)
+            data = tomllib.loads(p.read_bytes().decode("utf-8-sig"))  # utf-8-sig: a leading BOM (Notepad) is fine
         else:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8-sig"))
     except CromaError:
         raise
     except (OSError, ValueError, UnicodeDecodeError) as exc:

@@ -54,7 +54,11 @@ def _root(args):
 
     from episodes.cache import default_cache_dir
 
-    return default_cache_dir() if args.cache_dir is None else Path(args.cache_dir).expanduser()
+    if args.cache_dir is None:
+        return default_cache_dir()
+    if not str(args.cache_dir).strip():  # Path("") is the current folder: never clear ./features by mistake
+        raise ValueError("--cache-dir is empty: give a path, or leave the flag out")
+    return Path(args.cache_dir).expanduser()
 
 
 def run_info(args) -> int:
