@@ -156,6 +156,17 @@ def _flat_name(key: str, value: Any = None) -> str:
     return "algorithm" if key == "outer" and isinstance(value, str) else _ALIASES.get(key, key)
 
 
+def nest_model_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` with its flat model settings (:data:`MODEL_FLAT`, ``encoder``) moved into ``model`` (over
+    the ones there) and ``backbone`` renamed ``backbones``: a flat settings file for a config class
+    without flat model names (``croma benchmark``'s)."""
+    out = {_ALIASES.get(k, k): v for k, v in d.items() if _ALIASES.get(k, k) not in MODEL_FLAT}
+    flat = {_ALIASES.get(k, k): v for k, v in d.items() if _ALIASES.get(k, k) in MODEL_FLAT}
+    if flat:
+        out["model"] = {**(d.get("model") if isinstance(d.get("model"), Mapping) else {}), **flat}
+    return out
+
+
 # Settings that may differ between an interrupted run and its --resume (they do not change results).
 RUNTIME_FIELDS = frozenset({"device", "checkpoint_dir", "stop_after", "time_budget_s", "data_root", "cache_dir"})
 

@@ -278,6 +278,19 @@ def test_flat_config_file_with_or_without_bom_trains(run_cli, tmp_path, suffix, 
     assert ckpt["config"]["model"]["hidden"] == 16 and ckpt["config"]["model"]["embed_dim"] == 8
 
 
+def test_benchmark_config_file_may_be_flat_too(tmp_path):
+    from croma.cli import build_parser
+    from croma.cli.benchmark import config_from_args
+    from croma.config import nest_model_settings
+
+    conf = tmp_path / "b.toml"
+    conf.write_bytes(b"\xef\xbb\xbfhidden = 16\nencoder = {image = 'mlp'}\nways = 2\n[model]\nembed_dim = 8\nhidden = 4\n")
+    for extra, hidden in (([], 16), (["--hidden", "32"], 32)):
+        cfg = config_from_args(build_parser().parse_args(["benchmark", "synthetic", "--config", str(conf), *extra]))
+        assert cfg.model == {"embed_dim": 8, "hidden": hidden, "encoders": {"image": "mlp"}} and cfg.ways == 2
+    assert nest_model_settings({"backbone": {"image": "pixels"}, "seed": 1}) == {"backbones": {"image": "pixels"}, "seed": 1}
+
+
 @pytest.mark.parametrize("suffix, text", [(".json", '{"iterations": 7}'), (".toml", "iterations = 7\n")])
 def test_read_settings_accepts_a_bom(tmp_path, suffix, text):
     from croma.factory import load_config_file, read_settings

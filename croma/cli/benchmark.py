@@ -113,6 +113,10 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
                          f"{args.config}' (croma benchmark reads settings files and results.json)")
     if kind == "results":
         file = {k: v for k, v in dict(file.get("benchmark_config") or {}).items() if k not in _LOCAL}
+    elif file:  # a settings file may be flat like croma train's: hidden = 16, encoder = {...}
+        from croma.config import nest_model_settings
+
+        file = nest_model_settings(file)
     try:
         base = BenchmarkConfig.from_dict(file)
     except (TypeError, ValueError) as exc:
