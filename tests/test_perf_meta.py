@@ -123,3 +123,13 @@ def test_benchmark_compile_inner_reaches_the_reptile_methods():
     for flag in (False, True):
         train, _, _ = _contexts(BenchmarkConfig(benchmark="synthetic", compile_inner=flag), None, PRESETS["quick"])
         assert train.compile_inner is flag
+
+
+def test_benchmark_flag_compile_inner_sets_the_config():
+    from croma.cli import build_parser
+    from croma.cli.benchmark import config_from_args
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["benchmark", "synthetic", *argv]))
+
+    assert cfg("--compile-inner").compile_inner is True and cfg().compile_inner is False

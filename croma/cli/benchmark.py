@@ -77,6 +77,10 @@ def add_parser(sub) -> None:
 
     add_frontend_flags(p)
     p.add_argument("--oracle-warm-start", action="store_true", help="supervised warm start for the oracle")
+    p.add_argument("--compile-inner", action="store_true",
+                   help="run the Reptile methods' batched inner step through torch.compile (faster per step after a "
+                   "one-off compile per task shape, tens of seconds on CPU; worth it for long runs and sequence "
+                   "features; rounding differs from eager)")
     p.add_argument("--finetune-modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=None,
                    metavar="all,head",
                    help="what meta-val may choose to fine-tune at meta-test (default: the preset's, all,head); 'head' "
@@ -93,7 +97,8 @@ def add_parser(sub) -> None:
 # flags that set the BenchmarkConfig field of the same name
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
-           "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes")
+           "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
+           "compile_inner")
 # settings a results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
 
