@@ -173,3 +173,42 @@ def write_manifest(folder: Path) -> Path:
     path = folder / "manifest.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# ---- a text + image + audio manifest with gaps (tests/test_three_modalities.py, test_baselines_multimodal.py)
+N_CLASSES, PER_CLASS = 6, 8
+
+
+def _absent(k: int) -> dict[str, bool]:
+    """Which modalities row k lacks (every combination of two present occurs)."""
+    return {"text": k % 7 == 3, "image": k % 5 == 1, "audio": k % 8 == 2}
+
+
+def write_three_modality_manifest(folder: Path) -> Path:
+    import soundfile as sf
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    (folder / "wav").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for c in range(N_CLASSES):
+        for i in range(PER_CLASS):
+            k = c * PER_CLASS + i
+            rec = {"id": f"it{k}", "label": f"class{c}"}
+            gone = _absent(k)
+            if not gone["text"]:
+                rec["text"] = f"item of class {c} number {i}"
+            if not gone["image"]:
+                arr = (rng.random((8, 8, 3)) * 255 * (c + 1) / N_CLASSES).astype(np.uint8)
+                Image.fromarray(arr, "RGB").save(folder / "img" / f"{k}.png")
+                rec["image"] = f"img/{k}.png"
+            if not gone["audio"]:
+                t = np.arange(800) / 16000
+                wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * c) * t) + rng.normal(0, 0.01, t.shape)
+                sf.write(str(folder / "wav" / f"{k}.wav"), wave.astype(np.float32), 16000, subtype="PCM_16")
+                rec["audio"] = f"wav/{k}.wav"
+            lines.append(json.dumps(rec))
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

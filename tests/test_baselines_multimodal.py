@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_three_modalities import write_three_modality_manifest
+from fixtures_layouts import write_three_modality_manifest
 
 from croma.baselines.common import Budget, MethodContext, fresh_model
 from croma.baselines.domain_adaptation import SharedBodyEncoder, shared_model

@@ -7,11 +7,10 @@ through the CLI (``croma train manifest --source text --target audio``); the ext
 """
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from fixtures_layouts import write_three_modality_manifest
 
 from croma.cli import main
 from croma.losses import clip_loss, get_loss
@@ -22,43 +21,6 @@ from croma.meta.tasks import AlignFamily, build_family, model_inputs
 from episodes.data import PreparedBenchmark
 from episodes.datasets import load_benchmark, load_dataset
 from episodes.errors import DataError
-
-N_CLASSES, PER_CLASS = 6, 8
-
-
-def _absent(k):
-    """Which modalities row k lacks (every combination of two present occurs)."""
-    return {"text": k % 7 == 3, "image": k % 5 == 1, "audio": k % 8 == 2}
-
-
-def write_three_modality_manifest(folder: Path) -> Path:
-    import soundfile as sf
-    from PIL import Image
-
-    (folder / "img").mkdir(parents=True)
-    (folder / "wav").mkdir()
-    rng = np.random.default_rng(0)
-    lines = []
-    for c in range(N_CLASSES):
-        for i in range(PER_CLASS):
-            k = c * PER_CLASS + i
-            rec = {"id": f"it{k}", "label": f"class{c}"}
-            gone = _absent(k)
-            if not gone["text"]:
-                rec["text"] = f"item of class {c} number {i}"
-            if not gone["image"]:
-                arr = (rng.random((8, 8, 3)) * 255 * (c + 1) / N_CLASSES).astype(np.uint8)
-                Image.fromarray(arr, "RGB").save(folder / "img" / f"{k}.png")
-                rec["image"] = f"img/{k}.png"
-            if not gone["audio"]:
-                t = np.arange(800) / 16000
-                wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * c) * t) + rng.normal(0, 0.01, t.shape)
-                sf.write(str(folder / "wav" / f"{k}.wav"), wave.astype(np.float32), 16000, subtype="PCM_16")
-                rec["audio"] = f"wav/{k}.wav"
-            lines.append(json.dumps(rec))
-    path = folder / "manifest.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
