@@ -212,3 +212,16 @@ def write_three_modality_manifest(folder: Path) -> Path:
     path = folder / "manifest.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def image_text_rows(folder: Path, classes: int = 3, per: int = 2) -> list[dict]:
+    """Manifest rows of ``classes`` x ``per`` items, each a caption and a tiny JPEG written under
+    ``folder/img`` (tests of the manifest loader's hostile inputs)."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(classes):
+        for i in range(per):
+            write_jpeg(folder / "img" / f"c{c}_{i}.jpg", seed=c * 10 + i, size=(6, 5))
+            rows.append({"id": f"c{c}_{i}", "label": f"L{c}", "text": f"class {c} item {i}",
+                         "image": f"img/c{c}_{i}.jpg"})
+    return rows

@@ -135,13 +135,7 @@ def _manifest(folder, classes: int, per: int):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import fixtures_layouts as F
 
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for c in range(classes):
-        for i in range(per):
-            F.write_jpeg(folder / "img" / f"c{c}_{i}.jpg", seed=c * 10 + i, size=(6, 5))
-            rows.append({"id": f"c{c}_{i}", "label": f"L{c}", "text": f"class {c} item {i}",
-                         "image": f"img/c{c}_{i}.jpg"})
+    rows = F.image_text_rows(folder, classes, per)
     man = folder / "m.jsonl"
     man.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return man

@@ -25,14 +25,7 @@ from episodes.samplers import AlignmentTaskSampler  # noqa: E402
 
 
 def _rows(folder: Path, classes: int = 3, per: int = 2) -> list[dict]:
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for c in range(classes):
-        for i in range(per):
-            F.write_jpeg(folder / "img" / f"c{c}_{i}.jpg", seed=c * 10 + i, size=(6, 5))
-            rows.append({"id": f"c{c}_{i}", "label": f"L{c}", "text": f"class {c} item {i}",
-                         "image": f"img/c{c}_{i}.jpg"})
-    return rows
+    return F.image_text_rows(folder, classes, per)
 
 
 def _body(rows: list[dict]) -> str:
