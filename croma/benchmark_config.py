@@ -219,11 +219,16 @@ class BenchmarkConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
-        """Rebuild from ``asdict`` output (results.json's ``config.benchmark_config``).
+        """Rebuild from ``asdict`` output (results.json's ``config.benchmark_config``) or a settings
+        dict, nested or flat like ``croma train``'s (``hidden``, ``encoder``, ``backbone`` ... move
+        into ``model`` / ``backbones``: :func:`croma.config.nest_model_settings`).
 
         Raises:
             ValueError: an unknown key (named).
         """
+        from croma.config import nest_model_settings
+
+        d = nest_model_settings(d)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

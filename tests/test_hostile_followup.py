@@ -301,3 +301,14 @@ def test_cache_root_refuses_an_empty_cache_dir(value):
 
     with pytest.raises(ValueError, match="--cache-dir is empty"):
         _root(argparse.Namespace(cache_dir=value))
+
+
+def test_benchmark_config_from_dict_takes_flat_model_names_as_the_cli_does():
+    from croma.benchmark_config import BenchmarkConfig
+
+    flat = BenchmarkConfig.from_dict({"benchmark": "synthetic", "hidden": 16, "encoder": {"text": "mlp"}})
+    nested = BenchmarkConfig.from_dict({"benchmark": "synthetic", "model": {"hidden": 16, "encoders": {"text": "mlp"}}})
+    assert flat == nested and flat.model == {"hidden": 16, "encoders": {"text": "mlp"}}
+    assert BenchmarkConfig.from_dict({}) == BenchmarkConfig()
+    with pytest.raises(ValueError, match="'hiddn'"):
+        BenchmarkConfig.from_dict({"hiddn": 16})
