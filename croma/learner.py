@@ -85,6 +85,10 @@ class MetaLearner:
         self.inner_cfg = InnerConfig(steps=cfg.inner_steps, lr=cfg.inner_lr, optimizer=cfg.inner_optimizer,
                                      compile=bool(cfg.compile_inner))
         self.theta: Params = meta_parameters(self.model)
+        # the parameters some task family of the plan can change: the only ones chunk buffers carry
+        frozen = tuple(cfg.frozen)
+        self.moving = [k for k in self.theta
+                       if not k.startswith(frozen) and any(f.trainable(k) for f in self.families.values())]
         self.iteration = 0
 
     # ------------------------------------------------------------------ one outer step
@@ -202,10 +206,11 @@ class MetaLearner:
             ``(deltas_sum, n_tasks, {family: [[mean first-step loss, mean last-step loss]]})``.
         """
         families = [f for f, _ in self.plan]
-        buf = pack_chunks(theta, families, len(self.chunks), self.chunk_deltas(theta, iteration, chunk_ids))
+        parts = self.chunk_deltas(theta, iteration, chunk_ids)
+        buf = pack_chunks(theta, families, len(self.chunks), parts, names=self.moving)
         if all_reduce is not None:
             buf = all_reduce(buf)
-        return sum_chunks(buf, theta, families)
+        return sum_chunks(buf, theta, families, names=self.moving)
 
     def epsilon(self, iteration: int) -> float:
         """Outer step size at 0-based ``iteration``."""

@@ -128,3 +128,25 @@ def test_1_2_4_gloo_processes_give_bitwise_identical_meta_parameters_after_30_it
         assert got["iteration"] == 30
         assert tree_equal(ref["model"], got["model"]), n
         assert _losses(tmp_path / f"p{n}" / "metrics.csv") == _losses(tmp_path / "p1" / "metrics.csv")
+
+
+def test_chunk_buffers_carry_only_the_parameters_a_task_can_change():
+    """Rows hold only ``MetaLearner.moving`` (names some family trains, minus frozen prefixes):
+    a smaller all_reduce, the same sums (zeros for the rest), and a delta outside is refused."""
+    from croma.learner import MetaLearner
+
+    tr = MetaLearner(TrainConfig(benchmark="synthetic", iterations=2, eval_every=0, meta_batch=4, task_mix=0.0,
+                                 frozen=["classifier.bias"], seed=2))
+    theta = tr.theta
+    assert tr.moving and all(k.startswith(f"encoders.{tr.bench.source}.") or k == "classifier.weight" for k in tr.moving)
+    assert "classifier.bias" not in tr.moving and len(tr.moving) < len(theta)
+    fams = [f for f, _ in tr.plan]
+    parts = tr.chunk_deltas(theta, 0)
+    full = sum_chunks(pack_chunks(theta, fams, len(tr.chunks), parts), theta, fams)
+    small_buf = pack_chunks(theta, fams, len(tr.chunks), parts, names=tr.moving)
+    small = sum_chunks(small_buf, theta, fams, names=tr.moving)
+    assert small_buf.shape[1] < pack_chunks(theta, fams, len(tr.chunks), parts).shape[1]
+    assert list(small[0]) == list(theta) and all(torch.equal(small[0][k], full[0][k]) for k in theta)
+    assert small[1] == full[1] and all(torch.equal(small[2][f], full[2][f]) for f in full[2])
+    with pytest.raises(ValueError, match="outside the packed names"):
+        pack_chunks(theta, fams, len(tr.chunks), parts, names=tr.moving[:1])

@@ -75,10 +75,12 @@ def chunk_layout(plan: Sequence[tuple[str, int]], chunk: int) -> list[list[int]]
     return out
 
 
-def _row_layout(theta: Mapping[str, torch.Tensor], families: Sequence[str]) -> tuple[int, torch.dtype]:
+def _row_layout(theta: Mapping[str, torch.Tensor], families: Sequence[str],
+                names: Sequence[str] | None = None) -> tuple[list[str], int, torch.dtype]:
     dtypes = {v.dtype for v in theta.values()}
     dt = dtypes.pop() if len(dtypes) == 1 else torch.float64
-    return sum(v.numel() for v in theta.values()) + 1 + 3 * len(families), dt
+    packed = list(theta) if names is None else [k for k in theta if k in set(names)]
+    return packed, sum(theta[k].numel() for k in packed) + 1 + 3 * len(families), dt
 
 
 def pack_chunks(
@@ -86,20 +88,29 @@ def pack_chunks(
     families: Sequence[str],
     num_chunks: int,
     parts: Mapping[int, ChunkPart],
+    names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """The ``[num_chunks, L]`` buffer of :func:`sum_chunks`; rows of chunks not in ``parts`` are zero.
 
-    Row layout: every name of ``theta`` flattened in ``theta``'s order (zeros for names the
-    chunk does not train), the task count, then per family of ``families``: sum of first-step
-    losses, sum of last-step losses, number of tasks.
+    Row layout: every name of ``names`` (default: all of ``theta``; e.g. only the names some task
+    family can train, so that a distributed sum does not carry rows of zeros) flattened in
+    ``theta``'s order (zeros for names the chunk does not train), the task count, then per family
+    of ``families``: sum of first-step losses, sum of last-step losses, number of tasks.
+
+    Raises:
+        ValueError: a chunk has a delta for a name outside ``names``.
     """
-    width, dt = _row_layout(theta, families)
+    packed, width, dt = _row_layout(theta, families, names)
     ref = next(iter(theta.values()))
     buf = torch.zeros(num_chunks, width, dtype=dt, device=ref.device)
     for c, (deltas, n, losses) in parts.items():
+        stray = set(deltas) - set(packed)
+        if stray:
+            raise ValueError(f"chunk {c} changes parameters outside the packed names: {sorted(stray)[:3]}")
         row = buf[c]
         pos = 0
-        for k, v in theta.items():
+        for k in packed:
+            v = theta[k]
             if k in deltas:
                 row[pos: pos + v.numel()] = deltas[k].reshape(-1).to(dt)
             pos += v.numel()
@@ -114,7 +125,7 @@ def pack_chunks(
 
 
 def sum_chunks(
-    buf: torch.Tensor, theta: Mapping[str, torch.Tensor], families: Sequence[str]
+    buf: torch.Tensor, theta: Mapping[str, torch.Tensor], families: Sequence[str], names: Sequence[str] | None = None,
 ) -> tuple[Params, int, dict[str, torch.Tensor]]:
     """Add the rows of a :func:`pack_chunks` buffer in chunk order and unpack the total.
 
@@ -124,17 +135,24 @@ def sum_chunks(
 
     Returns:
         ``(deltas_sum, n_tasks, {family: [[mean first-step loss, mean last-step loss]]})``
-        (families without tasks are left out).
+        (families without tasks are left out); names of ``theta`` outside ``names`` (the
+        :func:`pack_chunks` argument) get zeros.
     """
+    packed, _, _ = _row_layout(theta, families, names)
     rows = buf + 0.0
     acc = rows[0].clone()
     for r in range(1, rows.shape[0]):
         acc.add_(rows[r])
     out: Params = {}
     pos = 0
-    for k, v in theta.items():
+    for k in packed:
+        v = theta[k]
         out[k] = acc[pos: pos + v.numel()].view(v.shape).to(v.dtype)
         pos += v.numel()
+    for k, v in theta.items():
+        if k not in out:
+            out[k] = torch.zeros_like(v)
+    out = {k: out[k] for k in theta}
     total = int(round(float(acc[pos])))
     losses: dict[str, torch.Tensor] = {}
     for i, fam in enumerate(families):
