@@ -79,7 +79,8 @@ def _row_layout(theta: Mapping[str, torch.Tensor], families: Sequence[str],
                 names: Sequence[str] | None = None) -> tuple[list[str], int, torch.dtype]:
     dtypes = {v.dtype for v in theta.values()}
     dt = dtypes.pop() if len(dtypes) == 1 else torch.float64
-    packed = list(theta) if names is None else [k for k in theta if k in set(names)]
+    keep = None if names is None else set(names)
+    packed = [k for k in theta if keep is None or k in keep]
     return packed, sum(theta[k].numel() for k in packed) + 1 + 3 * len(families), dt
 
 
@@ -103,8 +104,9 @@ def pack_chunks(
     packed, width, dt = _row_layout(theta, families, names)
     ref = next(iter(theta.values()))
     buf = torch.zeros(num_chunks, width, dtype=dt, device=ref.device)
+    known = set(packed)
     for c, (deltas, n, losses) in parts.items():
-        stray = set(deltas) - set(packed)
+        stray = set(deltas) - known
         if stray:
             raise ValueError(f"chunk {c} changes parameters outside the packed names: {sorted(stray)[:3]}")
         row = buf[c]
@@ -143,16 +145,15 @@ def sum_chunks(
     acc = rows[0].clone()
     for r in range(1, rows.shape[0]):
         acc.add_(rows[r])
+    known = set(packed)
     out: Params = {}
     pos = 0
-    for k in packed:
-        v = theta[k]
-        out[k] = acc[pos: pos + v.numel()].view(v.shape).to(v.dtype)
-        pos += v.numel()
-    for k, v in theta.items():
-        if k not in out:
+    for k, v in theta.items():  # packed names are in theta's order
+        if k in known:
+            out[k] = acc[pos: pos + v.numel()].view(v.shape).to(v.dtype)
+            pos += v.numel()
+        else:
             out[k] = torch.zeros_like(v)
-    out = {k: out[k] for k in theta}
     total = int(round(float(acc[pos])))
     losses: dict[str, torch.Tensor] = {}
     for i, fam in enumerate(families):
