@@ -13,6 +13,7 @@ shows progress.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,10 @@ class CromaTrainer(MetaLearner):
         if dist is not None and cfg.checkpoint_dir:
             dist.checkpoint = Path(cfg.checkpoint_dir) / "last.pt"  # named in its error messages
         self.checkpointer = Checkpointer(cfg.checkpoint_dir, cfg, is_writer=self.is_writer)
+        if cfg.checkpoint_dir:  # a run folder is a self-contained model (croma.runmodel.load_model)
+            from croma.runmodel import serving_card
+
+            self.checkpointer.serving = serving_card(self.bench)
         self.best_theta: Params | None = None
         self.best_val: float | None = None
         self.best_iteration: int | None = None
@@ -157,6 +162,7 @@ class CromaTrainer(MetaLearner):
         if got is None:
             return False
         self.theta, self.iteration = got["theta"], got["iteration"]
+        self.checkpointer.run_id = got.get("run_id") or self.checkpointer.run_id  # the run continues
         self.best_val, self.best_iteration = got["best_val"], got["best_iteration"]
         self.head_init, self.head_scores, self.history = got["head_init"], got["head_scores"], got["history"]
         self.best_theta = got["best_theta"]
@@ -174,13 +180,40 @@ class CromaTrainer(MetaLearner):
             resume: continue from ``last.pt`` in ``cfg.checkpoint_dir`` when present.
             on_iteration: called after each iteration with ``(trainer, record)``; ``record`` is the
                 row written to ``<checkpoint_dir>/metrics.csv`` (:mod:`croma.runlog`: iteration,
-                family losses, epsilon, val_acc or None, seconds, optimizer_steps).
+                family losses, epsilon, val_acc or None, seconds, optimizer_steps, run_id).
+
+        Raises:
+            croma.runlock.RunFolderInUse: another process writes to ``cfg.checkpoint_dir``.
+            CromaError: on resume, ``last.pt`` / ``best.pt`` / ``metrics.csv`` come from different runs.
         """
+        with self._run_folder(resume):  # one writer per run folder (croma.runlock)
+            return self._fit(resume=resume, on_iteration=on_iteration)
+
+    @contextlib.contextmanager
+    def _run_folder(self, resume: bool):
+        """Hold ``cfg.checkpoint_dir``'s lock (the writer only) and check its files before any write."""
+        folder = self.cfg.checkpoint_dir
+        if not (self.is_writer and folder):
+            yield
+            return
+        from croma.runlock import check_run_files, check_same_run, lock_run_folder
+
+        with lock_run_folder(folder, "checkpoint_dir"):
+            check_run_files(folder, "checkpoint_dir")
+            if resume:
+                check_same_run(folder)
+            yield
+
+    def _fit(self, *, resume: bool, on_iteration: Callable[["CromaTrainer", dict], None] | None) -> TrainResult:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         if resume:
             self.resume()
+        if self.is_writer and cfg.checkpoint_dir and self.checkpointer.run_id is None:
+            from croma.runlock import new_run_id
+
+            self.checkpointer.run_id = new_run_id()  # a new run; a resumed one keeps last.pt's
         if self.dist is not None:
             self._sync_from_rank0()
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, desc="croma train", dynamic_ncols=True)
@@ -191,7 +224,8 @@ class CromaTrainer(MetaLearner):
             from croma.runlog import RunLog, metric_columns
 
             runlog = RunLog(cfg.checkpoint_dir, metric_columns([f for f, _ in self.plan]),
-                            start_iteration=self.iteration, tensorboard=self.tensorboard)
+                            start_iteration=self.iteration, tensorboard=self.tensorboard,
+                            run_id=self.checkpointer.run_id)
         seconds0, steps_per_iteration = (runlog.seconds_offset if runlog else 0.0), self.meta_batch * cfg.inner_steps
         try:
             while self.iteration < cfg.iterations:
@@ -232,6 +266,7 @@ class CromaTrainer(MetaLearner):
                 row = {"iteration": it, **rec, "val_acc": last_val if log_now else None,
                        "seconds": round(seconds0 + time.perf_counter() - t0, 3), "optimizer_steps": it * steps_per_iteration}
                 if runlog is not None:
+                    row["run_id"] = runlog.run_id
                     runlog.write(row)
                 if ckpt_now or stop:
                     self.save()

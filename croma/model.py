@@ -279,6 +279,10 @@ def build_model(
                 raise ValueError(f"build_model: no shape given for modality {m!r}")
             shape, dtype = bench_or_shapes[m]
             specs[m] = (tuple(int(s) for s in shape), dtype)
+        for m in keys:  # further modalities (a run's extra ones, alignment only): encoders too
+            if m not in specs:
+                shape, dtype = bench_or_shapes[m]
+                specs[m] = (tuple(int(s) for s in shape), dtype)
     else:
         raise ValueError("build_model: expected a PreparedBenchmark or {modality: (shape, dtype)}")
     if cfg.embed_dim <= 0 or cfg.num_classes <= 0:

@@ -11,8 +11,38 @@ from croma.errors import CromaError
 from croma.evaluate import EvalConfig, choose_head_init, evaluate_kshot
 from croma.factory import bench_to, build_from_config, eval_config_from, load_bench, resolve_device
 from croma.meta.functional import load_parameters, meta_parameters
+from croma.runmodel import load_model  # noqa: F401 - a run folder as a model (re-exported)
 
-__all__ = ["load_run", "evaluate_run"]
+__all__ = ["load_run", "evaluate_run", "resolve_checkpoint", "load_model"]
+
+
+def resolve_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """The checkpoint file of a run folder (or ``run_dir`` itself when it is a ``.pt`` file):
+    ``which="best"`` falls back to ``last.pt`` only when no meta-val has selected a best
+    checkpoint (``last.pt`` records none).
+
+    Raises:
+        CromaError: a deleted ``best.pt`` that meta-val had selected; neither a folder nor a .pt file.
+    """
+    path = checkpoint_path(run_dir, which)
+    if which == "best" and not path.is_file() and Path(run_dir).is_dir():
+        last = checkpoint_path(run_dir, "last")
+        if last.is_file() and load_checkpoint(last).get("best_val") is not None:
+            raise CromaError(
+                f"{path} is missing although meta-val selected a best checkpoint (see {last}); restore it, or "
+                f"pass --checkpoint last to evaluate the last parameters"
+            )
+        path = last
+    return path
+
+
+def check_one_run(path: Path, ckpt: dict) -> None:
+    """Refuse a checkpoint whose run folder's ``last.pt`` / ``best.pt`` / ``metrics.csv`` come from
+    different runs (their ``run_id``; files without one are accepted): :func:`croma.runlock.check_same_run`."""
+    if path.name in ("last.pt", "best.pt"):
+        from croma.runlock import check_same_run
+
+        check_same_run(path.parent, {path.name: ckpt.get("run_id")})
 
 
 def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_root: str | None = None,
@@ -36,16 +66,9 @@ def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_ro
         CromaError: missing / malformed checkpoint (types, non-finite values, shapes against the
             model), a deleted ``best.pt``, a manifest run without ``manifest``.
     """
-    path = checkpoint_path(run_dir, which)
-    if which == "best" and not path.is_file() and Path(run_dir).is_dir():
-        last = checkpoint_path(run_dir, "last")
-        if last.is_file() and load_checkpoint(last).get("best_val") is not None:
-            raise CromaError(
-                f"{path} is missing although meta-val selected a best checkpoint (see {last}); restore it, or "
-                f"pass --checkpoint last to evaluate the last parameters"
-            )
-        path = last
+    path = resolve_checkpoint(run_dir, which)
     ckpt = load_checkpoint(path)
+    check_one_run(path, ckpt)
     cfg = train_config(ckpt, path)
     cfg.data_root, cfg.cache_dir = data_root, cache_dir
     if cfg.benchmark == "manifest":

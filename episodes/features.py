@@ -29,7 +29,7 @@ import torch
 
 from episodes.data import ModalityData, PreparedBenchmark
 
-__all__ = ["text_ngram_features", "audio_stat_features", "compact_benchmark"]
+__all__ = ["text_ngram_features", "audio_stat_features", "audio_bow_features", "audio_bow_encode", "compact_benchmark"]
 
 
 def text_ngram_features(texts: Sequence[str], *, dim: int = 1024, orders: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
@@ -97,8 +97,8 @@ def _frames(logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def audio_bow_features(
     logmel: torch.Tensor, fit_rows: torch.Tensor, *, words: int = 256, iterations: int = 15,
-    sample_frames: int = 40000, seed: int = 0, chunk: int = 64,
-) -> torch.Tensor:
+    sample_frames: int = 40000, seed: int = 0, chunk: int = 64, return_codebook: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bag-of-audio-words vectors with a k-means codebook fit on ``fit_rows`` only.
 
     Args:
@@ -110,7 +110,8 @@ def audio_bow_features(
         seed: codebook seed (a local generator; the global RNG is untouched).
 
     Returns:
-        ``float32 [n, K]``: ``sqrt`` of the mean soft assignment (unit-variance Gaussian kernel).
+        ``float32 [n, K]``: ``sqrt`` of the mean soft assignment (unit-variance Gaussian kernel);
+        with ``return_codebook`` also the codebook (:func:`audio_bow_encode` replays it).
     """
     if words < 2:
         raise ValueError(f"audio bag-of-words needs >= 2 words (got {words})")
@@ -130,7 +131,23 @@ def audio_bow_features(
         counts = torch.bincount(assign, minlength=words).to(sub.dtype)
         keep = counts > 0
         centers[keep] = sums[keep] / counts[keep, None]
-    out = torch.zeros(frames.shape[0], words)
+    codebook = {"mu": mu, "sd": sd, "centers": centers}
+    out = _bow_encode_frames(frames, valid, codebook, chunk)
+    return (out, codebook) if return_codebook else out
+
+
+def audio_bow_encode(logmel: torch.Tensor, codebook: dict[str, torch.Tensor], *, chunk: int = 64) -> torch.Tensor:
+    """Bag-of-audio-words vectors of ``logmel [n, C, T]`` with a fitted ``codebook`` (``mu``,
+    ``sd``: frame standardisation ``[2C]``; ``centers``: ``[K, 2C]``), as
+    :func:`audio_bow_features` computes them: ``float32 [n, K]``."""
+    frames, valid = _frames(logmel.float())
+    return _bow_encode_frames(frames, valid, codebook, chunk)
+
+
+def _bow_encode_frames(frames: torch.Tensor, valid: torch.Tensor, codebook: dict[str, torch.Tensor],
+                       chunk: int) -> torch.Tensor:
+    mu, sd, centers = codebook["mu"], codebook["sd"], codebook["centers"]
+    out = torch.zeros(frames.shape[0], centers.shape[0])
     for start in range(0, frames.shape[0], chunk):
         f = (frames[start : start + chunk] - mu) / sd  # [c, T, 2C]
         v = valid[start : start + chunk].float()  # [c, T]
@@ -178,6 +195,8 @@ def compact_benchmark(
     """
     data = {}
     fit_rows: dict[str, list[int]] = {}
+    transform = {m: {"frontend": st.get("frontend", {}), "steps": list(st.get("steps", []))}
+                 for m, st in (bench.info.get("transform") or {}).items()}
     train_classes = set(bench.splits.get("meta_train", [])) | set(bench.splits.get("source_train", []))
     for mod, md in bench.data.items():
         feats = md.features
@@ -187,25 +206,35 @@ def compact_benchmark(
         if mod == "text" and not feats.dtype.is_floating_point:
             strings = list(texts) if texts is not None else _bytes_to_text(feats)
             feats = text_ngram_features(strings, dim=text_dim)
+            if mod in transform:
+                transform[mod]["steps"].append({"op": "ngrams", "dim": int(text_dim), "orders": [1, 2, 3],
+                                                "from": "text" if texts is not None else "bytes"})
         elif mod == "audio" and feats.dim() == 3:
             train_rows = torch.tensor([int(c) in train_classes for c in md.labels.tolist()])
             if not train_rows.any():
                 train_rows = torch.ones_like(train_rows)
             parts = [audio_stat_features(feats)]
+            codebook = None
             if audio_words:
                 fit = torch.nonzero(train_rows).flatten()
-                parts.append(audio_bow_features(feats, fit, words=audio_words, seed=seed))
+                bow, codebook = audio_bow_features(feats, fit, words=audio_words, seed=seed, return_codebook=True)
+                parts.append(bow)
             feats = torch.cat(parts, dim=1)
             fit_rows[mod] = torch.nonzero(train_rows).flatten().tolist()
             ref = feats[train_rows]
             mean = ref.mean(dim=0, keepdim=True)
             std = _column_std(ref)
             feats = (feats - mean) / std
+            if mod in transform:
+                transform[mod]["steps"] += [{"op": "audio-compact", "words": int(audio_words), "codebook": codebook},
+                                            {"op": "standardize", "mean": mean, "std": std}]
         data[mod] = ModalityData(features=feats, labels=md.labels, clusters=md.clusters, ids=md.ids)
     info = dict(bench.info)
     # rows whose features fitted a front-end (codebook, standardisation): methods that are said to
     # use no target items still see these through the front-end, and the tables count them
     info["frontend_fit_rows"] = fit_rows
+    if transform:
+        info["transform"] = transform
     info["features"] = (
         f"compact (text: {text_dim} hashed char 1-3-grams; audio: log-mel+delta mean/std and a "
         f"{audio_words}-word bag of audio words fit on meta-train classes)"

@@ -49,6 +49,7 @@ from episodes.errors import DataError
 from episodes.frontends import FrontendSettings
 from episodes.modality_features import CACHE_FORMAT, compute_features, embedding_cache_key  # noqa: F401 - re-exported
 from episodes.samplers import episode_generator
+from episodes.transform import initial_state
 
 __all__ = ["CACHE_FORMAT", "make_class_split", "compute_features", "prepare_benchmark", "dataset_summary"]
 
@@ -170,6 +171,7 @@ def prepare_benchmark(
     src_classes = sorted(set(data[src].labels.tolist()))
     splits["source_train"] = [c for c in src_classes if c not in held_out]
     train_t, src_ok = set(splits["meta_train"]), set(splits["source_train"])
+    transform = {m: initial_state(frontend, embedder=embedders.get(m)) for m in mods}
     for m in embedders:  # standardise embeddings with statistics of training classes only
         ref = _label_rows(data[m].labels, train_t | src_ok)
         if ref.numel() >= 2:
@@ -177,6 +179,7 @@ def prepare_benchmark(
             mean = f[ref].mean(dim=0, keepdim=True)
             std = f[ref].std(dim=0, keepdim=True).clamp_min(1e-6)
             data[m].features = (f - mean) / std
+            transform[m]["steps"].append({"op": "standardize", "mean": mean, "std": std})
 
     align_mode = dataset.meta.get("align_mode") or ("strong" if pairs.shape[0] else "weak")
     if align_mode not in ("strong", "weak"):
@@ -221,6 +224,7 @@ def prepare_benchmark(
         "backbones": {m: e.name for m, e in embedders.items()},
         "seed": seed,
         "dataset_meta": {k: v for k, v in dataset.meta.items() if k not in ("class_split", "clusters")},
+        "transform": transform,  # the fitted front-end, replayable on new items (episodes.transform)
     }
     if extras:
         info["extra_modalities"] = list(extras)

@@ -1,0 +1,443 @@
+"""A run folder as a self-contained model: :func:`load_model` -> embed / adapt / predict.
+
+Every checkpoint a run writes carries a ``serving`` section (:func:`serving_card`): the modalities
+and their input shapes, the class names and the class split, a data identity, the fitted
+front-end of every modality (:mod:`episodes.transform`: n-gram settings, codebook,
+standardisation statistics, image size, backbone name and weights digest) and the task sizes the
+run used. With the checkpoint's configuration, meta-parameters and meta-val's choice of
+fine-tuning, that is enough to use the run on new items without its training data::
+
+    model = croma.load_model("runs/mine")              # best.pt of a run folder
+    z = model.embed("image", ["a.png", "b.png"])       # [2, E] embeddings
+    clf = model.adapt(support_values, support_labels)  # fine-tuned as meta-val chose for that k
+    labels, scores = clf.predict(query_values)         # predicted labels, [n, N] probabilities
+
+Nothing here reads the training manifest or the feature cache; pretrained backbone weights are
+still read from where they were installed (the same files the run recorded a digest of).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Hashable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from croma.errors import CromaError
+from episodes.data import SPLITS, PreparedBenchmark, canonical_modality
+from episodes.errors import DataError
+
+__all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "finetune_choice", "load_model", "RunModel",
+           "AdaptedModel", "Prediction", "split_changes"]
+
+SERVING_FORMAT = "croma-serving/1"
+
+
+def data_identity(bench: PreparedBenchmark) -> dict[str, Any]:
+    """What data a benchmark was made of: ``{"name", "digest", "items": {modality: n}}``.
+
+    ``digest``: BLAKE2b of every ``(modality, id, label)`` row, sorted, so the same items with
+    the same labels give the same digest whatever their order, and a relabelled, added or
+    removed item changes it."""
+    h = hashlib.blake2b(digest_size=16)
+    counts = {}
+    for m in sorted(bench.data):
+        d = bench.data[m]
+        rows = sorted(f"{m}\t{i}\t{bench.class_names[int(c)]}" for i, c in zip(d.ids, d.labels.tolist()))
+        counts[m] = len(rows)
+        for r in rows:
+            h.update(r.encode("utf-8", "surrogatepass"))
+            h.update(b"\n")
+    return {"name": bench.name, "digest": h.hexdigest(), "items": counts}
+
+
+def class_split_names(bench: PreparedBenchmark) -> dict[str, list[str]]:
+    """``{split: [class names]}`` for meta_train / meta_val / meta_test / source_train."""
+    return {k: [bench.class_names[int(c)] for c in bench.splits.get(k, [])] for k in (*SPLITS, "source_train")}
+
+
+def serving_card(bench: PreparedBenchmark) -> dict[str, Any]:
+    """The ``serving`` section of a checkpoint (module docstring): plain types and CPU tensors."""
+    transform = bench.info.get("transform") or {}
+    mods = list(bench.modalities)
+    return {
+        "format": SERVING_FORMAT,
+        "name": bench.name,
+        "source": bench.source,
+        "target": bench.target,
+        "modalities": mods,
+        "inputs": {m: {"shape": [int(s) for s in bench.data[m].features.shape[1:]],
+                       "dtype": str(bench.data[m].features.dtype).replace("torch.", "")} for m in mods},
+        "class_names": list(bench.class_names),
+        "split": class_split_names(bench),
+        "data": data_identity(bench),
+        "transform": {m: _cpu(transform[m]) for m in mods if m in transform},
+        "features": str(bench.info.get("features") or ""),
+        "task_sizes": bench.info.get("task_sizes"),
+    }
+
+
+def finetune_choice(cfg: Any, head_init: str | None) -> dict[str, Any]:
+    """Meta-test fine-tuning of a ``croma train`` run, per meta-val shot: ``{"default": {...},
+    "per_k": {"k": {...}}}`` with ``head_init`` (the checkpoint's, chosen on meta-val when trained
+    with ``auto``), ``finetune``, ``finetune_steps``, ``finetune_lr``, ``finetune_optimizer``."""
+    head = head_init if head_init and head_init != "auto" else "meta"
+    one = {"head_init": head, "finetune": cfg.finetune, "finetune_steps": int(cfg.finetune_steps),
+           "finetune_lr": float(cfg.finetune_lr if cfg.finetune_lr is not None else cfg.inner_lr),
+           "finetune_optimizer": cfg.finetune_optimizer or cfg.inner_optimizer}
+    return {"default": one, "per_k": {str(int(k)): dict(one) for k in cfg.eval_shots}}
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, Mapping):
+        return {str(k): _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_cpu(v) for v in value]
+    return value
+
+
+def split_changes(stored: Mapping[str, Sequence[str]], now: Mapping[str, Sequence[str]]) -> list[str]:
+    """Classes whose split differs between a run's stored split and a new one, as phrases
+    (``'cat' meta_test -> meta_train``; ``'cow' new in meta_val``; ``'dog' gone from meta_test``)."""
+    where_s = {c: k for k in SPLITS for c in stored.get(k, [])}
+    where_n = {c: k for k in SPLITS for c in now.get(k, [])}
+    out = []
+    for c in sorted(set(where_s) | set(where_n)):
+        a, b = where_s.get(c), where_n.get(c)
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"{c!r} new in {b}")
+        elif b is None:
+            out.append(f"{c!r} gone from {a}")
+        else:
+            out.append(f"{c!r} {a} -> {b}")
+    return out
+
+
+# ---------------------------------------------------------------------- loading
+
+@dataclass
+class Prediction:
+    """What :meth:`AdaptedModel.predict` returns: ``labels`` (one per value, from ``classes``),
+    ``scores`` ``float [n, N]`` class probabilities (softmax of the logits), ``classes``."""
+
+    labels: list[Any]
+    scores: torch.Tensor
+    classes: list[Any]
+
+    def __iter__(self):  # labels, scores = model.predict(values)
+        return iter((self.labels, self.scores))
+
+
+@dataclass
+class RunModel:
+    """A trained run, ready to embed and adapt (:func:`load_model`).
+
+    Attributes:
+        path: the checkpoint file.
+        config: the run's :class:`croma.config.TrainConfig`.
+        source, target: modality names; ``modalities``: every modality with an encoder.
+        class_names, split: the training classes and their split (``{split: [names]}``).
+        data: the training data's identity (:func:`data_identity`).
+        finetune: meta-val's fine-tuning choice (:func:`finetune_choice`).
+        task_sizes: the task sizes the run used (None when not recorded).
+    """
+
+    path: Path
+    config: Any
+    model: torch.nn.Module
+    theta: dict[str, torch.Tensor]
+    card: dict[str, Any]
+    transforms: dict[str, Any]
+    finetune: dict[str, Any]
+    device: torch.device
+    iteration: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return str(self.card["source"])
+
+    @property
+    def target(self) -> str:
+        return str(self.card["target"])
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.card["modalities"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card["class_names"])
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.card["split"].items()}
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return dict(self.card["data"])
+
+    @property
+    def task_sizes(self) -> Any:
+        return self.card.get("task_sizes")
+
+    def _modality(self, modality: str) -> str:
+        try:
+            m = canonical_modality(modality)
+        except DataError as exc:
+            raise CromaError(f"--modality {modality}: {exc}") from None
+        if m not in self.transforms:
+            raise CromaError(f"{self.path}: the run has no {m} modality (it has {', '.join(self.transforms)})")
+        return m
+
+    def features(self, modality: str, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> torch.Tensor:
+        """The encoder inputs of ``values`` (text strings; image / audio paths or decoded arrays),
+        made by the run's fitted front-end: ``[n, *shape]`` on the run's device.
+
+        Raises:
+            CromaError: a modality the run lacks, no values, an unreadable item (names the file).
+        """
+        m = self._modality(modality)
+        values = list(values)
+        if not values:
+            raise CromaError(f"no {m} items given")
+        try:
+            x, _ = self.transforms[m](values, ids=ids)
+        except DataError as exc:
+            raise CromaError(str(exc)) from None
+        want = tuple(self.card["inputs"][m]["shape"])
+        if tuple(x.shape[1:]) != want:
+            raise CromaError(f"{m} features of shape {tuple(x.shape[1:])}, the run's encoder takes {want}")
+        return x.to(self.device)
+
+    def embed(self, modality: str, values: Sequence[Any], *, ids: Sequence[str] | None = None,
+              batch_size: int = 256) -> torch.Tensor:
+        """Embeddings ``float [n, E]`` of ``values`` in the shared space (no gradient), from the
+        meta-learned parameters."""
+        from croma.meta.functional import FunctionalModel
+
+        m = self._modality(modality)
+        x = self.features(m, values, ids=ids)
+        fm = FunctionalModel(self.model)
+        with torch.no_grad():
+            return torch.cat([fm(self.theta, lambda mod, v: mod.embed(m, v), x[i : i + batch_size])
+                              for i in range(0, x.shape[0], batch_size)]).cpu()
+
+    def setting_for(self, shots: int) -> dict[str, Any]:
+        """Meta-val's fine-tuning setting for ``shots`` examples per class (the nearest k it chose
+        for; ties go to the smaller k)."""
+        per_k = {int(k): v for k, v in (self.finetune.get("per_k") or {}).items()}
+        if not per_k:
+            return dict(self.finetune["default"])
+        k = min(per_k, key=lambda c: (abs(c - shots), c))
+        return dict(per_k[k])
+
+    def adapt(self, values: Sequence[Any], labels: Sequence[Hashable], *, steps: int | None = None,
+              lr: float | None = None, finetune: str | None = None, head_init: str | None = None,
+              optimizer: str | None = None, ids: Sequence[str] | None = None) -> "AdaptedModel":
+        """Fine-tune a copy of the meta-parameters on labelled target-modality examples.
+
+        Args:
+            values: the support items (the run's target modality).
+            labels: one label per value (any hashable; classes are sorted by their text).
+            steps, lr, finetune (``all`` | ``head``), head_init (``meta`` | ``zero`` |
+                ``prototype``), optimizer (``sgd`` | ``adam``): override meta-val's choice for
+                this k (:meth:`setting_for`, k = the smallest class's count). ``meta`` needs as
+                many classes as the run's ways; with another count the prototype head is used.
+
+        Returns:
+            An :class:`AdaptedModel`; ``.setting`` says how it was fine-tuned.
+
+        Raises:
+            CromaError: fewer than 2 classes, labels and values of different lengths, bad settings.
+        """
+        from croma.evaluate import FINETUNE_MODES, HEAD_INITS
+        from croma.finetune import _Episodes
+        from croma.meta.inner import InnerConfig, adapt
+
+        values, labels = list(values), list(labels)
+        if len(values) != len(labels):
+            raise CromaError(f"adapt: {len(values)} support items but {len(labels)} labels")
+        classes = sorted(set(labels), key=lambda c: (str(c), repr(c)))
+        if len(classes) < 2:
+            raise CromaError(f"adapt: the support set has {len(classes)} class ({', '.join(map(str, classes)) or 'none'}); "
+                             "give labelled examples of at least 2 classes")
+        counts = [labels.count(c) for c in classes]
+        setting = self.setting_for(min(counts))
+        for key, v in (("finetune_steps", steps), ("finetune_lr", lr), ("finetune", finetune),
+                       ("head_init", head_init), ("finetune_optimizer", optimizer)):
+            if v is not None:
+                setting[key] = v
+        if setting["head_init"] not in HEAD_INITS:
+            raise CromaError(f"--head-init must be one of {', '.join(HEAD_INITS)} (got {setting['head_init']!r})")
+        if setting["finetune"] not in FINETUNE_MODES:
+            raise CromaError(f"--finetune must be all or head (got {setting['finetune']!r})")
+        if not (isinstance(setting["finetune_steps"], int) and 0 <= setting["finetune_steps"] <= 100000):
+            raise CromaError(f"--steps must be an integer in [0, 100000] (got {setting['finetune_steps']!r})")
+        lr_v = setting["finetune_lr"]
+        if not (isinstance(lr_v, (int, float)) and math.isfinite(lr_v) and lr_v > 0):
+            raise CromaError(f"--lr must be a finite number > 0 (got {lr_v!r})")
+        ways = int(self.theta["classifier.weight"].shape[0])
+        if setting["head_init"] == "meta" and len(classes) != ways:
+            setting["head_init"] = "prototype"
+            setting["note"] = (f"head init meta needs {ways} classes (the run's ways); {len(classes)} given: "
+                               "prototype head used")
+        xs = self.features(self.target, values, ids=ids)
+        ys = torch.tensor([classes.index(c) for c in labels], dtype=torch.long, device=self.device)
+        ev = _EvalLike(ways=len(classes), head_init=setting["head_init"], finetune=setting["finetune"],
+                       finetune_steps=int(setting["finetune_steps"]), finetune_lr=float(lr_v),
+                       finetune_optimizer=setting["finetune_optimizer"])
+        try:
+            InnerConfig(steps=ev.finetune_steps, lr=ev.finetune_lr, optimizer=ev.finetune_optimizer)
+        except ValueError as exc:
+            raise CromaError(str(exc)) from None
+        eps = _Episodes(self.model, self.target, ev, names=list(self.theta))
+        b = {"xs": xs, "ys": ys}
+        with torch.enable_grad():
+            params = {**self.theta, **eps.head(self.theta, b)}
+            train = {k: v for k, v in params.items() if eps.keep(k)}
+            const = {k: v for k, v in params.items() if not eps.keep(k)}
+            adapted, _ = adapt(eps._support_loss, train, const, b, eps.inner)
+        final = {**const, **adapted}
+        setting["shots"] = min(counts)
+        setting["ways"] = len(classes)
+        return AdaptedModel(run=self, params=final, classes=classes, setting=setting)
+
+
+@dataclass
+class _EvalLike:
+    """The fields of :class:`croma.evaluate.EvalConfig` that fine-tuning reads."""
+
+    ways: int
+    head_init: str
+    finetune: str
+    finetune_steps: int
+    finetune_lr: float
+    finetune_optimizer: str
+    prototype_scale: float = 1.0
+
+
+@dataclass
+class AdaptedModel:
+    """A run fine-tuned on a support set (:meth:`RunModel.adapt`): ``predict`` new items."""
+
+    run: RunModel
+    params: dict[str, torch.Tensor]
+    classes: list[Any]
+    setting: dict[str, Any]
+
+    def logits(self, values: Sequence[Any], *, ids: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
+        """``float [n, N]`` classifier logits of target-modality ``values``."""
+        from croma.meta.functional import FunctionalModel
+
+        x = self.run.features(self.run.target, values, ids=ids)
+        fm = FunctionalModel(self.run.model)
+        t = self.run.target
+        with torch.no_grad():
+            return torch.cat([fm(self.params, lambda m, v: m.classify(m.embed(t, v)), x[i : i + batch_size])
+                              for i in range(0, x.shape[0], batch_size)]).cpu()
+
+    def predict(self, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> Prediction:
+        """Labels and class probabilities of ``values``."""
+        logits = self.logits(values, ids=ids)
+        scores = F.softmax(logits.double(), dim=-1).float()
+        idx = logits.argmax(-1).tolist()
+        return Prediction(labels=[self.classes[i] for i in idx], scores=scores, classes=list(self.classes))
+
+    def embed(self, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> torch.Tensor:
+        """Embeddings ``[n, E]`` of target-modality values with the fine-tuned parameters."""
+        from croma.meta.functional import FunctionalModel
+
+        x = self.run.features(self.run.target, values, ids=ids)
+        fm = FunctionalModel(self.run.model)
+        t = self.run.target
+        with torch.no_grad():
+            return fm(self.params, lambda m, v: m.embed(t, v), x).cpu()
+
+
+def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> RunModel:
+    """Load a run folder (or a ``.pt`` checkpoint) as a :class:`RunModel`, without its training data.
+
+    Args:
+        run: the run folder (``--checkpoint-dir`` of ``croma train``) or a checkpoint file.
+        which: ``best`` (falls back to ``last.pt`` when meta-val never selected one) or ``last``.
+        device: ``cpu``, ``cuda`` or ``auto``.
+
+    Raises:
+        CromaError: a missing / malformed checkpoint; one made before runs stored their front-end
+            (one line saying what is missing); a pretrained backbone whose weights are not where
+            the run's configuration says, or differ from the ones it was trained with.
+    """
+    from croma.backbones import build_embedders
+    from croma.checkpoint import check_parameters, load_checkpoint, train_config
+    from croma.factory import resolve_device
+    from croma.meta.functional import load_parameters, meta_parameters
+    from croma.model import ModelConfig, build_model
+    from croma.runs import resolve_checkpoint
+    from episodes.transform import FeatureTransform
+
+    path = resolve_checkpoint(run, which)
+    ckpt = load_checkpoint(path)
+    cfg = train_config(ckpt, path)
+    card = ckpt.get("serving")
+    if not isinstance(card, dict) or card.get("format") != SERVING_FORMAT:
+        raise CromaError(f"{path} was written before croma stored a run's front-end and class split in its checkpoints "
+                         "(no 'serving' section): retrain it with this version to use it on new items, or use croma "
+                         "evaluate with its training data")
+    _check_card(card, path)
+    dev = resolve_device(device)
+    specs = {m: (tuple(card["inputs"][m]["shape"]), getattr(torch, card["inputs"][m]["dtype"])) for m in card["modalities"]}
+    mc = dict(cfg.model)
+    mc["num_classes"] = cfg.ways
+    model = build_model(ModelConfig(**mc), specs, seed=cfg.seed, source=card["source"], target=card["target"])
+    check_parameters(ckpt["model"], meta_parameters(model), path)
+    load_parameters(model, ckpt["model"])
+    model = model.to(dev).eval()
+    theta = {k: v.to(dev) for k, v in ckpt["model"].items()}
+    backbones = {}
+    for m, st in card["transform"].items():
+        step = next((s for s in st.get("steps", []) if s.get("op") == "embed"), None)
+        if step is not None:
+            backbones[m] = step["backbone"]
+    embedders = build_embedders(backbones, image_weights=cfg.model.get("image_weights"),
+                                text_model=cfg.model.get("text_model"), audio_model=cfg.data.audio_model,
+                                device=str(dev)) if backbones else {}
+    transforms = {}
+    for m in card["modalities"]:
+        try:
+            transforms[m] = FeatureTransform(m, card["transform"].get(m), embedder=embedders.get(m))
+        except DataError as exc:
+            raise CromaError(f"{path}: {exc}") from None
+    ft = card.get("finetune") if isinstance(card.get("finetune"), dict) else finetune_choice(cfg, ckpt.get("head_init"))
+    return RunModel(path=path, config=cfg, model=model, theta=theta, card=card, transforms=transforms, finetune=ft,
+                    device=dev, iteration=int(ckpt.get("iteration", 0)))
+
+
+def _check_card(card: Mapping[str, Any], path: Path) -> None:
+    def bad(what: str) -> CromaError:
+        return CromaError(f"{path}: malformed 'serving' section: {what} (re-create the run with 'croma train')")
+
+    for key in ("source", "target", "name"):
+        if not isinstance(card.get(key), str):
+            raise bad(f"{key!r} must be text")
+    mods = card.get("modalities")
+    if not isinstance(mods, list) or card["source"] not in mods or card["target"] not in mods:
+        raise bad("'modalities' must list the source and the target")
+    inputs = card.get("inputs")
+    if not isinstance(inputs, dict) or any(
+            not isinstance(inputs.get(m), dict) or not isinstance(inputs[m].get("shape"), list)
+            or not all(isinstance(s, int) and s >= 1 for s in inputs[m]["shape"])
+            or inputs[m].get("dtype") not in ("float32", "float64", "int64", "uint8") for m in mods):
+        raise bad("'inputs' must give a shape and dtype per modality")
+    if not isinstance(card.get("class_names"), list) or not isinstance(card.get("split"), dict):
+        raise bad("'class_names' and 'split' are required")
+    if not isinstance(card.get("transform"), dict) or not isinstance(card.get("data"), dict):
+        raise bad("'transform' and 'data' are required")
