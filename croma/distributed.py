@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from croma.errors import CromaError
+from episodes.signals import child_preexec
 
 __all__ = [
     "DistEnv",
@@ -336,7 +337,10 @@ def launch_local(
     ``MASTER_ADDR=127.0.0.1`` and a free ``MASTER_PORT`` (and ``OMP_NUM_THREADS=threads`` unless
     already set, as torchrun does); stdout/stderr are inherited. When a process fails, the
     others get ``grace_s`` seconds to notice (collective error or timeout) and exit with their
-    own message; survivors are then terminated.
+    own message; survivors are then terminated. Ranks die with the launcher: on Linux each asks the
+    kernel for SIGKILL when the launcher dies (``PR_SET_PDEATHSIG``, so not even a SIGKILLed launcher
+    leaves them training), they ignore Ctrl-C, and a launcher interrupted by Ctrl-C or SIGTERM
+    terminates them (SIGKILL after 5 s) before the exception goes on.
 
     Returns:
         ``(exit code, per-rank exit codes)``: 0 when all succeeded, else rank 0's code when it
@@ -347,12 +351,14 @@ def launch_local(
     base = dict(os.environ if env is None else env)
     port = free_port()
     procs: list[subprocess.Popen] = []
+    # ranks die with the launcher (even a SIGKILLed one) and leave Ctrl-C to it: it stops them and says so once
+    preexec = child_preexec(os.getpid()) if os.name == "posix" else None
     for rank in range(nproc):
         e = dict(base, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
                  GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         if threads is not None and "OMP_NUM_THREADS" not in base:
             e["OMP_NUM_THREADS"] = str(threads)
-        procs.append(subprocess.Popen(list(cmd), env=e))
+        procs.append(subprocess.Popen(list(cmd), env=e, preexec_fn=preexec))
     failed_at: float | None = None
     try:
         while True:
@@ -362,24 +368,11 @@ def launch_local(
             if failed_at is None and any(c not in (None, 0) for c in codes):
                 failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-                deadline = time.monotonic() + 5.0
-                for p in procs:
-                    try:
-                        p.wait(timeout=max(0.1, deadline - time.monotonic()))
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
+                _stop(procs)
                 break
             time.sleep(0.05)
-    except BaseException:  # KeyboardInterrupt: take the children down with us
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait()
+    except BaseException:  # Ctrl-C, SIGTERM (episodes.signals.Terminated): take the children down with us
+        _stop(procs)
         raise
     codes = [int(p.returncode) for p in procs]
     if all(c == 0 for c in codes):
@@ -387,6 +380,23 @@ def launch_local(
     if codes[0] != 0:
         return codes[0], codes
     return next(c for c in codes if c != 0), codes
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """SIGTERM every live process, SIGKILL those still alive after ``grace_s``; reap them all."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.terminate()
+            except OSError:  # already gone
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def python_cmd(code: str, *args: str) -> list[str]:

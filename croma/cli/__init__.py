@@ -223,6 +223,29 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``croma`` command: exit 0, 2 for a user error (one line ``error: ...``), ``128 + N`` when
+    signal N ended it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: one line ``error: interrupted`` /
+    ``error: terminated by SIGTERM``, after the same clean-up; see :mod:`episodes.signals`)."""
+    from episodes.signals import raise_on_termination, restore_handlers
+
+    changed = raise_on_termination()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # a signal during start-up or in the error path itself
+        return _interrupted(exc)
+    finally:
+        restore_handlers(changed)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    from episodes.signals import Terminated, exit_code
+
+    what = f"terminated by {exc}" if isinstance(exc, Terminated) else "interrupted"
+    sys.stderr.write(f"error: {what}\n")
+    return exit_code(exc)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
     except _user_errors() as exc:  # a CROMA_PLUGINS module that does not import
@@ -252,9 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"error: {msg}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

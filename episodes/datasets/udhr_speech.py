@@ -180,7 +180,17 @@ def _synthesize_one(job: tuple[str, str, SynthParams, str, int]) -> tuple[str, i
         return key, None, str(exc)
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int | None = None) -> None:
+    """A synthesis worker: one thread; Ctrl-C and SIGTERM are the parent's to handle (it stops the
+    pool and reports once), and the worker dies with its parent (:func:`episodes.signals.die_with_parent`)."""
+    import signal
+
+    from episodes.signals import die_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked copy of the parent's raising handler would hide it
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     try:
         import torch
 
@@ -359,7 +369,9 @@ def _run_jobs(jobs: list, *, workers: int, progress: bool) -> list[tuple[str, in
             method = "fork" if sys.platform.startswith("linux") else "spawn"
             ctx = multiprocessing.get_context(method)
             n = min(workers, len(jobs))
-            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init) as pool:
+            pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                       initargs=(os.getpid(),))
+            try:
                 # one task per block of jobs keeps the IPC overhead small
                 blocks = [jobs[i::n * 16] for i in range(n * 16)]
                 futures = [pool.submit(_synthesize_block, block) for block in blocks if block]
@@ -368,10 +380,30 @@ def _run_jobs(jobs: list, *, workers: int, progress: bool) -> list[tuple[str, in
                     results.extend(res)
                     if bar is not None:
                         bar.update(len(res))
+            except BaseException:  # Ctrl-C, SIGTERM, a failed worker: drop pending work, stop the workers now
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
     finally:
         if bar is not None:
             bar.close()
     return results
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
+    """Cancel the pool's pending blocks and end its workers (SIGTERM, then SIGKILL after ``grace_s``),
+    instead of ``shutdown(wait=True)``, which would finish every queued utterance first."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
 
 
 def _synthesize_block(block: list) -> list[tuple[str, int | None, str | None]]:
