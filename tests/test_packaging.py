@@ -85,7 +85,8 @@ def test_wheel_name_metadata_and_extras(wheel):
     assert extras["text"] == extras["audio"] == {"transformers"}
     assert extras["tensorboard"] == {"tensorboard"}
     assert extras["higher"] == {"higher"}
-    assert extras["all"] == extras["vision"] | extras["text"] | extras["tensorboard"] | extras["higher"]
+    assert extras["hf"] == {"datasets"}
+    assert extras["all"] == extras["vision"] | extras["text"] | extras["tensorboard"] | extras["higher"] | extras["hf"]
     assert {"pytest", "ruff"} <= extras["test"]
 
 
