@@ -13,7 +13,8 @@ The Python API (the command line ``croma`` calls the same functions)::
   ``run``), :class:`EvalConfig`, :class:`BenchmarkConfig`;
 * training: :func:`train`, :class:`CromaTrainer`, :class:`MetaLearner`; meta-test:
   :func:`evaluate` (:func:`croma.evaluate.evaluate_kshot`), :func:`evaluate_run` (a run directory),
-  :func:`load_run`; benchmarks: :func:`run_benchmark`;
+  :func:`load_run`; a run as a model: :func:`load_model` (``embed``, ``adapt`` -> ``predict``, no
+  training data needed); benchmarks: :func:`run_benchmark`;
 * data: :func:`load_benchmark`, :func:`records_to_dataset` (dicts -> :class:`CrossModalDataset`),
   :func:`from_torch_dataset` (a map-style ``torch.utils.data.Dataset``), :func:`from_hf_dataset` (a
   Hugging Face ``save_to_disk`` folder, extra ``[hf]``), :func:`prepare_benchmark` (dataset ->
@@ -41,6 +42,7 @@ from croma.losses import get_loss, list_losses
 from croma.losses.registry import LOSSES, register_loss
 from croma.meta.outer import OUTER_ALGORITHMS, register_outer
 from croma.meta.tasks import FAMILIES, register_family
+from croma.runmodel import AdaptedModel, Prediction, RunModel, load_model
 from croma.runs import evaluate_run, load_run
 from episodes.data import CrossModalDataset, Item, PreparedBenchmark
 from episodes.datasets import DATASETS, load_benchmark, register_dataset
@@ -53,7 +55,8 @@ evaluate = evaluate_kshot
 
 __all__ = [
     "__version__", "TrainConfig", "EvalConfig", "BenchmarkConfig", "train", "CromaTrainer", "MetaLearner",
-    "TrainResult", "evaluate", "evaluate_kshot", "evaluate_run", "load_run", "format_results", "run_benchmark",
+    "TrainResult", "evaluate", "evaluate_kshot", "evaluate_run", "load_run", "load_model", "RunModel", "AdaptedModel",
+    "Prediction", "format_results", "run_benchmark",
     "load_benchmark", "load_bench", "records_to_dataset", "prepare_benchmark", "build_model", "CrossModalDataset",
     "Item", "PreparedBenchmark", "get_loss", "list_losses", "LOSSES", "ENCODERS", "METHODS", "DATASETS", "FAMILIES",
     "OUTER_ALGORITHMS", "BACKBONE_REGISTRIES", "register_loss", "register_encoder", "register_method",

@@ -107,18 +107,18 @@ def split_changes(stored: Mapping[str, Sequence[str]], now: Mapping[str, Sequenc
     (``'cat' meta_test -> meta_train``; ``'cow' new in meta_val``; ``'dog' gone from meta_test``)."""
     where_s = {c: k for k in SPLITS for c in stored.get(k, [])}
     where_n = {c: k for k in SPLITS for c in now.get(k, [])}
-    out = []
+    moved, new, gone = [], [], []
     for c in sorted(set(where_s) | set(where_n)):
         a, b = where_s.get(c), where_n.get(c)
         if a == b:
             continue
         if a is None:
-            out.append(f"{c!r} new in {b}")
+            new.append(f"{c!r} new in {b}")
         elif b is None:
-            out.append(f"{c!r} gone from {a}")
+            gone.append(f"{c!r} gone from {a}")
         else:
-            out.append(f"{c!r} {a} -> {b}")
-    return out
+            moved.append(f"{c!r} {a} -> {b}")
+    return moved + new + gone  # the classes that changed split first: they are the leak
 
 
 # ---------------------------------------------------------------------- loading

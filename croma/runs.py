@@ -80,6 +80,7 @@ def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_ro
         cfg.manifest = None
     dev = resolve_device(device)
     bench = load_bench(cfg)
+    check_same_data(ckpt, bench, path, manifest=cfg.manifest)
     model = build_from_config(cfg, bench)
     check_parameters(ckpt["model"], meta_parameters(model), path)
     try:
@@ -89,6 +90,35 @@ def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_ro
     model = model.to(dev).eval()
     theta = {k: v.to(dev) for k, v in ckpt["model"].items()}
     return model, bench_to(bench, dev), theta, ckpt, cfg
+
+
+def check_same_data(ckpt: dict[str, Any], bench: Any, path: Path, *, manifest: str | None = None) -> None:
+    """Refuse to meta-test a run on data other than its own: the class split and the data identity
+    stored in the checkpoint (``serving``, :mod:`croma.runmodel`) must equal those of ``bench``.
+    A checkpoint written before runs stored them has nothing to compare (accepted).
+
+    Raises:
+        CromaError: naming the data (``--manifest`` path or benchmark) and the classes that moved
+            between splits, or how the items differ.
+    """
+    from croma.runmodel import class_split_names, data_identity, split_changes
+
+    card = ckpt.get("serving")
+    if not isinstance(card, dict) or not isinstance(card.get("split"), dict) or not isinstance(card.get("data"), dict):
+        return
+    what = f"--manifest {manifest}" if manifest else f"benchmark {bench.name}"
+    moved = split_changes(card["split"], class_split_names(bench))
+    if moved:
+        more = f" and {len(moved) - 6} more" if len(moved) > 6 else ""
+        raise CromaError(f"{what} is not the data {path} was trained on: its class split differs "
+                         f"({'; '.join(moved[:6])}{more}), so meta-test would score classes the run trained on; "
+                         "pass the run's own data, or train a new run on this one")
+    ident = data_identity(bench)
+    if ident["digest"] != card["data"].get("digest"):
+        then = card["data"].get("items", {})
+        counts = ", ".join(f"{m}: {then.get(m, 0)} then, {n} now" for m, n in ident["items"].items())
+        raise CromaError(f"{what} is not the data {path} was trained on: the same classes, but items were added, "
+                         f"removed or relabelled ({counts}); pass the run's own data, or train a new run on this one")
 
 
 _EVAL_OVERRIDES = ("shots", "repeats", "tasks", "ways", "queries", "head_init", "finetune", "finetune_steps",

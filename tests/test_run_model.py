@@ -1,0 +1,231 @@
+"""A trained run as a self-contained model (croma.runmodel): embed / adapt / predict without the
+training data, ``croma predict`` / ``croma embed``, and ``croma evaluate``'s guard against other data.
+
+One tiny text -> audio manifest (9 classes x 6 clips, compact features: hashed n-grams for text,
+log-mel statistics + a bag of audio words fitted on meta-train clips for audio) is trained once per
+module for a few iterations; every test reads that run.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_layouts import write_wav
+
+CLASSES, PER = 9, 6
+
+
+def _write_manifest(folder: Path, *, rename: dict | None = None, drop: int = 0) -> Path:
+    (folder / "wav").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(CLASSES):
+        for i in range(PER):
+            wav = folder / "wav" / f"c{c}_{i}.wav"
+            if not wav.is_file():
+                write_wav(wav, seconds=0.3, sample_rate=16000, seed=c * 100 + i, freq=180.0 + 60.0 * c + 7.0 * i)
+            label = f"L{c}"
+            rows.append({"id": f"c{c}_{i}", "label": (rename or {}).get(label, label),
+                         "text": f"word{c} {'ab' * (c + 1)} item {i}", "audio": f"wav/c{c}_{i}.wav"})
+    path = folder / ("manifest.jsonl" if rename is None and not drop else f"other{len(rename or {})}_{drop}.jsonl")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[drop:]), encoding="utf-8")
+    return path
+
+
+TRAIN_FLAGS = ["--source", "text", "--target", "audio", "--no-extra-modalities", "--features", "compact",
+               "--iterations", "4", "--eval-every", "2", "--quiet", "--ways", "3", "--shots", "1", "--queries", "1",
+               "--eval-shots", "1", "2", "--eval-tasks", "2", "--align-batch", "8", "--hidden", "16", "--embed-dim", "16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(data folder, manifest, run folder, cache folder)`` of one trained run."""
+    from croma.cli import main
+
+    root = tmp_path_factory.mktemp("runmodel")
+    manifest = _write_manifest(root / "data")
+    run, cache = root / "run", root / "cache"
+    rc = main(["train", "manifest", "--manifest", str(manifest), "--checkpoint-dir", str(run), "--cache-dir", str(cache),
+               *TRAIN_FLAGS])
+    assert rc == 0
+    return root / "data", manifest, run, cache
+
+
+def _rows(data: Path, classes, ids, *, labels=True):
+    out = []
+    for c in classes:
+        for i in ids:
+            row = {"id": f"c{c}_{i}", "audio": str(data / "wav" / f"c{c}_{i}.wav")}
+            if labels:
+                row["label"] = f"L{c}"
+            out.append(row)
+    return out
+
+
+def _write(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_checkpoint_holds_serving_section(trained):
+    from croma.checkpoint import load_checkpoint
+
+    _, _, run, _ = trained
+    card = load_checkpoint(run / "best.pt")["serving"]
+    assert card["source"] == "text" and card["target"] == "audio"
+    assert sorted(sum((card["split"][k] for k in ("meta_train", "meta_val", "meta_test")), [])) == \
+        sorted(f"L{c}" for c in range(CLASSES))
+    ops = {m: [s["op"] for s in st["steps"]] for m, st in card["transform"].items()}
+    assert ops == {"text": ["frontend", "ngrams"], "audio": ["frontend", "audio-compact", "standardize"]}
+    assert card["data"]["items"] == {"audio": CLASSES * PER, "text": CLASSES * PER}
+    assert set(card["finetune"]["per_k"]) == {"1", "2"}
+
+
+def test_replayed_front_end_equals_the_benchmark_rows(trained):
+    """The stored front-end (n-grams; log-mel stats + the fitted codebook + standardisation) applied
+    to the training items gives the benchmark's feature rows."""
+    from croma.runmodel import load_model
+    from croma.runs import load_run
+
+    data, manifest, run, cache = trained
+    model = load_model(run)
+    _, bench, _, _, _ = load_run(run, manifest=str(manifest), cache_dir=str(cache), device="cpu")
+    rows = {json.loads(line)["id"]: json.loads(line) for line in manifest.read_text().splitlines()}
+    for mod in ("text", "audio"):
+        d = bench.data[mod]
+        values = [rows[i][mod] if mod == "text" else str(data / rows[i][mod]) for i in d.ids]
+        x = model.features(mod, values)
+        # float32 codebook distances over 80-d frames (relative error ~80 eps ~ 1e-5) divided by
+        # column standard deviations of order 0.1: 1e-4 of the features' scale
+        scale = float(d.features.abs().max())
+        torch.testing.assert_close(x, d.features, rtol=0, atol=1e-4 * scale)
+
+
+def test_adapt_matches_the_evaluation_of_the_same_episode(trained):
+    """adapt + predict on one meta-test episode gives the accuracy the sequential meta-test
+    reference gives for that episode (same head, same fine-tuning, same queries)."""
+    from croma.evaluate import EvalConfig, _episode_batch
+    from croma.finetune import _Episodes
+    from croma.runmodel import load_model
+    from croma.runs import load_run
+
+    data, manifest, run, cache = trained
+    model = load_model(run)
+    net, bench, theta, ckpt, tcfg = load_run(run, manifest=str(manifest), cache_dir=str(cache), device="cpu")
+    st = model.setting_for(2)
+    cfg = EvalConfig(shots=[2], ways=3, tasks=3, queries=2, split="meta_test", head_init=st["head_init"],
+                     finetune=st["finetune"], finetune_steps=st["finetune_steps"], finetune_lr=st["finetune_lr"],
+                     finetune_optimizer=st["finetune_optimizer"], inner_loop="sequential")
+    x = bench.data["audio"].features
+    b = _episode_batch(bench, x, cfg, 2, 0)
+    eps = _Episodes(net, "audio", cfg, names=list(theta))
+    paths = [str(data / "wav" / f"{i}.wav") for i in bench.data["audio"].ids]
+    for t in range(3):
+        ref = float(eps.finetune_accuracy(theta, {k: b[k][t] for k in ("xs", "ys", "xq", "yq")}))
+        sup = [paths[r] for r in b["rs"][t].tolist()]
+        qry = [paths[r] for r in b["rq"][t].tolist()]
+        adapted = model.adapt(sup, b["ys"][t].tolist())  # labels 0..2: sorted as the episode orders them
+        pred = adapted.predict(qry)
+        acc = float(np.mean([p == y for p, y in zip(pred.labels, b["yq"][t].tolist())]))
+        assert acc == pytest.approx(ref)
+        assert pred.scores.shape == (6, 3)
+        torch.testing.assert_close(pred.scores.sum(1), torch.ones(6), rtol=0, atol=1e-5)
+
+
+def test_predict_and_embed_without_training_data(trained, tmp_path, run_cli):
+    """Delete the training manifest and the feature cache: croma predict / embed still work, twice
+    identically; query labels give an accuracy."""
+    data, manifest, run, cache = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    heldout = tmp_path / "new"  # the clips of the held-out classes, copied away from the training data
+    shutil.copytree(data / "wav", heldout / "wav")
+    from croma.runmodel import load_model
+
+    test_classes = [int(c[1:]) for c in load_model(copy).split["meta_test"]]
+    assert len(test_classes) == 3
+    support = _write(tmp_path / "support.jsonl", _rows(heldout, test_classes, range(3)))
+    query = _write(tmp_path / "query.jsonl", _rows(heldout, test_classes, range(3, 6)))
+    moved = tmp_path / "gone"
+    moved.mkdir()
+    shutil.move(str(data), str(moved / "data"))
+    shutil.move(str(cache), str(moved / "cache"))
+    try:
+        outs = []
+        for n in range(2):
+            out = tmp_path / f"pred{n}.jsonl"
+            rc, stdout, err = run_cli(["predict", str(copy), "--support", str(support), "--query", str(query),
+                                       "--out", str(out)])
+            assert rc == 0, err
+            assert "accuracy" in stdout and "of 9 queries" in stdout
+            outs.append(out.read_bytes())
+        assert outs[0] == outs[1]
+        rows = [json.loads(line) for line in outs[0].decode().splitlines()]
+        assert len(rows) == 9 and set(rows[0]) == {"id", "predicted", "scores", "label"}
+        assert all(r["predicted"] in r["scores"] for r in rows)
+        npz = []
+        for n in range(2):
+            out = tmp_path / f"emb{n}.npz"
+            rc, _, err = run_cli(["embed", str(copy), "--modality", "speech", "--input", str(query), "--out", str(out)])
+            assert rc == 0, err
+            npz.append(out.read_bytes())
+        assert npz[0] == npz[1]
+        z = np.load(tmp_path / "emb0.npz")
+        assert z["embeddings"].shape == (9, 16) and list(z["ids"][:2]) == ["c" + str(test_classes[0]) + "_3",
+                                                                          "c" + str(test_classes[0]) + "_4"]
+        assert np.isfinite(z["embeddings"]).all()
+    finally:
+        shutil.move(str(moved / "data"), str(data))
+        shutil.move(str(moved / "cache"), str(cache))
+
+
+def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, run_cli):
+    data, _, run, _ = trained
+    one_class = _write(tmp_path / "one.jsonl", _rows(data, [0], range(3)))
+    query = _write(tmp_path / "q.jsonl", _rows(data, [0, 1], range(3, 4), labels=False))
+    out = tmp_path / "out.jsonl"
+    rc, _, err = run_cli(["predict", str(run), "--support", str(one_class), "--query", str(query), "--out", str(out)])
+    assert rc == 2 and "at least 2 classes" in err and len(err.strip().splitlines()) == 1
+    missing = _write(tmp_path / "missing.jsonl", _rows(data, [0, 1], range(2)) + [{"id": "x", "label": "L1",
+                                                                                  "audio": "nowhere.wav"}])
+    rc, _, err = run_cli(["predict", str(run), "--support", str(missing), "--query", str(query), "--out", str(out)])
+    assert rc == 2 and "nowhere.wav" in err and len(err.strip().splitlines()) == 1
+    unlabelled = _write(tmp_path / "nolabel.jsonl", _rows(data, [0, 1], range(2), labels=False))
+    rc, _, err = run_cli(["predict", str(run), "--support", str(unlabelled), "--query", str(query)])
+    assert rc == 2 and "missing 'label'" in err
+    rc, _, err = run_cli(["embed", str(run), "--modality", "image", "--input", str(query), "--out", str(tmp_path / "e.npz")])
+    assert rc == 2 and "no image modality" in err
+    text_rows = _write(tmp_path / "text.jsonl", [{"id": "a", "label": "L0", "text": "hello"}])
+    rc, _, err = run_cli(["predict", str(run), "--support", str(text_rows), "--query", str(query)])
+    assert rc == 2 and "no 'audio' value" in err
+    assert not out.exists() and not (tmp_path / "e.npz").exists()
+
+
+def test_a_run_without_serving_section_says_what_is_missing(trained, tmp_path):
+    from croma.checkpoint import load_checkpoint, save_checkpoint
+    from croma.errors import CromaError
+    from croma.runmodel import load_model
+
+    _, _, run, _ = trained
+    ckpt = load_checkpoint(run / "best.pt")
+    del ckpt["serving"]
+    save_checkpoint(tmp_path / "old.pt", ckpt)
+    with pytest.raises(CromaError, match="no 'serving' section"):
+        load_model(tmp_path / "old.pt")
+
+
+def test_evaluate_refuses_other_data(trained, tmp_path, run_cli):
+    """Renamed classes (a different split) and relabelled / removed items are refused, naming the
+    manifest and the classes that moved; the run's own manifest is evaluated."""
+    data, manifest, run, cache = trained
+    common = ["--cache-dir", str(cache), "--shots", "1", "--repeats", "1", "--eval-tasks", "2", "--queries", "1"]
+    rc, out, err = run_cli(["evaluate", str(run), "--manifest", str(manifest), *common])
+    assert rc == 0, err
+    renamed = _write_manifest(data, rename={f"L{c}": f"M{c}" for c in range(CLASSES)})
+    rc, _, err = run_cli(["evaluate", str(run), "--manifest", str(renamed), *common])
+    assert rc == 2 and str(renamed) in err and "class split differs" in err and "'M" in err
+    fewer = _write_manifest(data, drop=1)
+    rc, _, err = run_cli(["evaluate", str(run), "--manifest", str(fewer), *common])
+    assert rc == 2 and "items were added, removed or relabelled" in err and "53 now" in err
