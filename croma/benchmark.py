@@ -25,6 +25,7 @@ from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.factory import bench_to, resolve_device
 from croma.report import write_noise_sweep, write_results
 from croma.stats import mean_ci95, mean_std, paired_comparison, seed_std
+from croma.task_sizes import fit_run_sizes
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -61,7 +62,7 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
     if cfg.compile_inner:
         tr["compile_inner"] = True
     train = TrainConfig(benchmark=cfg.benchmark, ways=cfg.ways, seed=cfg.seed, device=cfg.device,
-                        val_label_noise=cfg.label_noise, **tr)
+                        val_label_noise=cfg.label_noise, strict_sizes=cfg.strict_sizes, **tr)
     train.validate()
     ev = EvalConfig(
         shots=list(cfg.shots), ways=cfg.ways, tasks=tasks, queries=cfg.queries, repeats=repeats,
@@ -137,6 +138,12 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             raise CromaError(f"--methods: {m!r} does not apply to {cfg.benchmark} (applicable: {', '.join(applicable)})")
     train, ev, repeats = _contexts(cfg, bench, preset)
     train = replace(train, device=str(device))
+    # task sizes the data can fill (croma.task_sizes), for every method alike: the meta-training
+    # families croma runs (and the oracle's), meta-val and the meta-test k
+    families = {"align", "source_cls", *(train.task_weights or {})} | ({"target_cls"} if "oracle" in methods else set())
+    train, ev, sizes = fit_run_sizes(train, bench, families=sorted(families), eval_cfg=ev)
+    if sizes.changed and cfg.progress:
+        print(sizes.line(), flush=True)
     rows: list[dict[str, Any]] = []
     per_method: dict[str, Any] = {}
     episodes: dict[tuple[str, int], list[float]] = {}
@@ -235,6 +242,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
         "comparisons": comparisons,
+        "task_sizes": sizes.to_dict(),
         "config": {
             "benchmark_config": _plain(asdict(cfg)),
             "train": train.to_dict(),

@@ -88,6 +88,12 @@ METHOD_HP_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# BenchmarkConfig fields named by another flag in errors; --method-hp settings with a BOUNDS entry (their type)
+_FLAGS = {"backbones": "--backbone", "progress": "--quiet", "model": "--model"}
+_METHOD_HP_BOUNDS = {"inner_lr": float, "meta_lr": float, "ordinary_lr": float, "align_weight": float,
+                     "confusion_weight": float, "task_mix": float, "ordinary_batch": int}
+
+
 def _check_method_hp(cfg: "BenchmarkConfig") -> None:
     """Raise ValueError naming ``--method-hp`` when ``cfg.method_hp`` names an unknown method, a
     setting the method does not read, or a value out of range."""
@@ -179,43 +185,59 @@ class BenchmarkConfig:
     # the Reptile methods' batched inner step through torch.compile (TrainConfig.compile_inner):
     # faster per step after a one-off compile per chunk shape; rounding differs from eager
     compile_inner: bool = False
+    # task sizes exactly as asked (the preset's meta-training and meta-val sizes, --shots, --queries):
+    # an error when the data cannot fill them, instead of lowered to fit (croma.task_sizes)
+    strict_sizes: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a setting is out of range (the one place the
         benchmark's ranges are checked; the CLI calls this before any work)."""
+        from croma.bounds import check_dataclass, check_memory, check_objective, check_value, eval_memory
+        from croma.config import TrainConfig
+        from croma.model import ModelConfig
 
-        def count(v: Any, lo: int, hi: int) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
+        # types and croma.bounds.BOUNDS, as for the flags and TrainConfig; --queries: at least one
+        check_dataclass(self, flags=_FLAGS, bounds={"queries": "eval_queries"})
         if self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
-        if not (isinstance(self.label_noise, (int, float)) and 0.0 <= self.label_noise < 1.0):
-            raise ValueError(f"--label-noise must be in [0, 1) (got {self.label_noise})")
-        if self.repeats is not None and not count(self.repeats, 1, 10000):
-            raise ValueError(f"--repeats must be >= 1 (got {self.repeats})")
-        if not count(self.ways, 2, 1000):
-            raise ValueError(f"--ways must be >= 2 (got {self.ways})")
-        if self.eval_tasks is not None and not count(self.eval_tasks, 1, 100000):
-            raise ValueError(f"--eval-tasks must be an integer in [1, 100000] (got {self.eval_tasks})")
-        if self.budget_steps is not None and not count(self.budget_steps, 1, 10**9):
-            raise ValueError(f"--budget-steps must be an integer in [1, 1000000000] (got {self.budget_steps})")
-        if self.budget_seconds is not None and not (
-            isinstance(self.budget_seconds, (int, float)) and math.isfinite(self.budget_seconds)
-            and 0 < self.budget_seconds <= 7 * 86400
-        ):
-            raise ValueError(f"--budget-seconds must be a finite number in (0, 604800] (got {self.budget_seconds})")
-        if not count(self.train_seeds, 1, 100):
-            raise ValueError(f"--train-seeds must be an integer in [1, 100] (got {self.train_seeds})")
-        if not self.shots or any(not count(k, 1, 1000) for k in self.shots):
-            raise ValueError(f"--shots must all be >= 1 (got {self.shots})")
+        if not self.shots:
+            raise ValueError(f"--shots must be one or more integers >= 1 (got {self.shots})")
+        if self.methods is not None and not self.methods:
+            raise ValueError("--methods must name one or more methods (got an empty list)")
         if self.finetune_modes is not None and (not self.finetune_modes
                                                 or any(m not in ("all", "head") for m in self.finetune_modes)):
             raise ValueError(f"--finetune-modes must be all, head or all,head (got {self.finetune_modes})")
-        for flag in ("embed_dim", "hidden"):
-            if not count(self.model.get(flag, 1), 1, 16384):
-                raise ValueError(f"--{flag.replace('_', '-')} must be an integer >= 1 (got {self.model[flag]})")
+        if self.split_classes is not None and len(self.split_classes) != 3:
+            raise ValueError(f"--split-classes must be three class counts TRAIN,VAL,TEST (got {self.split_classes})")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        unknown = sorted(set(self.model) - {f.name for f in fields(ModelConfig)} | ({"num_classes"} & set(self.model)))
+        if unknown:
+            raise ValueError(f"--model: unknown setting(s) {', '.join(unknown)}")
+        check_dataclass({k: v for k, v in self.model.items()}, cls=ModelConfig, flags={"encoders": "--encoder"})
+        if self.task_weights is not None:
+            from croma.meta.tasks import FAMILIES
+
+            bad = sorted(set(self.task_weights) - set(FAMILIES))
+            total = sum(self.task_weights.values())
+            if bad or not (math.isfinite(total) and total > 0):
+                raise ValueError(f"--task-weights must be weights over {', '.join(FAMILIES)} with a positive, finite "
+                                 f"sum (got {self.task_weights})")
+        preset = PRESETS[self.preset]
+        check_objective(self.loss or preset["train"]["loss"], {**preset["train"].get("loss_hp", {}), **self.loss_hp})
         if self.method_hp is not None:
             _check_method_hp(self)
+            for method, settings in self.method_hp.items():
+                for key, v in settings.items():
+                    if key in _METHOD_HP_BOUNDS:
+                        check_value(v, _METHOD_HP_BOUNDS[key], f"--method-hp {method}.{key}", key)
+        # memory the sizes imply (a lower bound), training and meta-test, before any method trains
+        tr = dict(preset["train"])
+        train = TrainConfig(ways=self.ways, device=self.device, **{**tr, "model": {**tr.get("model", {}), **self.model}})
+        train.check_memory()
+        tasks = self.eval_tasks if self.eval_tasks is not None else int(preset["eval_tasks"])
+        check_memory(*eval_memory(tasks, self.ways, max(self.shots), self.queries), "cpu",
+                     "lower --eval-tasks, --ways, --shots or --queries", what="meta-test")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":

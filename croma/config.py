@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 import torch
@@ -81,7 +81,8 @@ class OuterConfig:
     (``{family: weight}``) is given; ``meta_lr`` -> ``meta_lr_final``: the outer step size, linear
     over the run; ``loss`` / ``loss_hp``: the alignment objective; ``ways``/``shots``/``queries``:
     classification episodes; ``align_batch``: pairs per alignment task; ``frozen``:
-    parameter-name prefixes no task updates."""
+    parameter-name prefixes no task updates; ``strict_sizes``: task sizes exactly as given (else
+    lowered to fit the data, :mod:`croma.task_sizes`)."""
 
     algorithm: str = "reptile"
     iterations: int = 1000
@@ -97,6 +98,7 @@ class OuterConfig:
     queries: int = 5
     align_batch: int = 32
     frozen: list[str] = field(default_factory=list)
+    strict_sizes: bool = False
 
 
 @dataclass
@@ -169,11 +171,6 @@ def nest_model_settings(d: Mapping[str, Any]) -> dict[str, Any]:
 
 # Settings that may differ between an interrupted run and its --resume (they do not change results).
 RUNTIME_FIELDS = frozenset({"device", "checkpoint_dir", "stop_after", "time_budget_s", "data_root", "cache_dir"})
-
-# optional settings: None allowed, else this type
-_OPTIONAL = {"data_root": str, "cache_dir": str, "manifest": str, "source": str, "target": str, "audio_model": str,
-             "finetune_optimizer": str, "task_weights": dict, "finetune_lr": float, "time_budget_s": float,
-             "stop_after": int, "checkpoint_dir": str, "split_classes": list}
 
 
 def plain(value: Any) -> Any:
@@ -273,7 +270,8 @@ class TrainConfig:
         """Rebuild from :meth:`to_dict` output, the flat form, or a mix of both.
 
         Raises:
-            ValueError: a key that is neither a section nor a flat setting (named in the message).
+            ValueError: a key that is neither a section nor a flat setting, or a value of the wrong
+                type or out of range (:meth:`check_types`), named in the message.
         """
         if not isinstance(d, Mapping):
             raise TypeError(f"a training configuration must be a mapping (got {type(d).__name__})")
@@ -282,7 +280,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} in the training configuration")
         sections = {k: v for k, v in d.items() if (k in SECTIONS or k == "model") and _flat_name(k, v) not in flat}
-        return cls(**sections, **flat)
+        cfg = cls(**sections, **flat)
+        cfg.check_types()  # a file's text where a number belongs is refused here, naming the file's caller
+        return cfg
 
     @staticmethod
     def flat_keys(d: Mapping[str, Any]) -> set[str]:
@@ -305,30 +305,13 @@ class TrainConfig:
                            run=self.run, **changes)
 
     # ------------------------------------------------------------------ checks
-    def check_types(self, where: str = "configuration") -> None:
-        """Raise ValueError when a setting has the wrong type (e.g. text where a count belongs)."""
-        for name, (sec, fname) in FLAT.items():
-            f = next(x for x in fields(SECTIONS[sec]) if x.name == fname)
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            v = getattr(self, name)
-            if v is None and name in _OPTIONAL:
-                continue
-            want = _OPTIONAL.get(name, type(default))
-            if want is float:
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            elif want is int:
-                ok = isinstance(v, int) and not isinstance(v, bool)
-            else:
-                ok = isinstance(v, want)
-            if ok and name in ("eval_shots", "split_classes"):
-                ok = all(isinstance(k, int) and not isinstance(k, bool) for k in v)
-            if ok and want is dict:
-                ok = all(isinstance(k, str) and not isinstance(x, torch.Tensor) for k, x in v.items())
-            if not ok:
-                opt = " or None" if name in _OPTIONAL else ""
-                raise ValueError(f"{where}: setting {name!r} must be {want.__name__}{opt} (got {type(v).__name__})")
-        if not isinstance(self.model, dict):
-            raise ValueError(f"{where}: setting 'model' must be dict (got {type(self.model).__name__})")
+    def check_types(self, where: str | None = None) -> None:
+        """Raise ValueError naming the setting (as its flag) when it has the wrong type (text where a
+        count belongs, ``"no"`` for a true/false setting) or lies outside :data:`croma.bounds.BOUNDS`,
+        the one table the flags use too (:func:`croma.bounds.check_train_types`)."""
+        from croma.bounds import check_train_types
+
+        check_train_types(self, FLAT, SECTIONS, where)
 
     def validate(self) -> None:
         """Raise ValueError naming the offending setting (as its CLI flag) when out of range."""
@@ -341,20 +324,14 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"--{flag} must be {what} (got {value})")
 
-        for name, lo in (
-            ("iterations", 1), ("meta_batch", 1), ("inner_steps", 1), ("ways", 2), ("shots", 1),
-            ("queries", 0), ("align_batch", 2), ("eval_every", 0), ("eval_tasks", 1), ("eval_queries", 1),
-            ("finetune_steps", 0), ("checkpoint_every", 0), ("task_chunk", 0),
-        ):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, name.replace("_", "-"),
-                 f"an integer >= {lo}", v)
+        from croma.bounds import check_objective
+        from croma.model import ModelConfig
+
+        known = {f.name for f in fields(ModelConfig)} - {"num_classes"}
+        unknown = sorted(set(self.model) - known) if isinstance(self.model, Mapping) else []
+        need(not unknown, "model", f"settings among {', '.join(sorted(known))}", unknown)
+        self.check_types()  # types and croma.bounds.BOUNDS: counts, rates, sizes (the flags' table)
         need(self.features in ("sequence", "compact"), "features", "sequence or compact", self.features)
-        need(0.0 <= self.task_mix <= 1.0, "task-mix", "in [0, 1]", self.task_mix)
-        need(math.isfinite(self.inner_lr) and self.inner_lr > 0, "inner-lr", "a finite number > 0", self.inner_lr)
-        need(math.isfinite(self.meta_lr) and self.meta_lr > 0, "meta-lr", "a finite number > 0", self.meta_lr)
-        need(math.isfinite(self.meta_lr_final) and self.meta_lr_final >= 0, "meta-lr-final", "a finite number >= 0",
-             self.meta_lr_final)
         need(self.inner_optimizer in INNER_OPTIMIZERS, "inner-optimizer", "sgd or adam", self.inner_optimizer)
         need(self.inner_loop in INNER_LOOPS, "inner-loop", ", ".join(INNER_LOOPS), self.inner_loop)
         need(self.algorithm in OUTER_ALGORITHMS, "outer", " or ".join(OUTER_ALGORITHMS.names()), self.algorithm)
@@ -362,35 +339,28 @@ class TrainConfig:
         need(self.finetune in ("all", "head"), "finetune", "all or head", self.finetune)
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda",
              self.device)
-        need(bool(self.eval_shots) and all(int(k) >= 1 for k in self.eval_shots), "eval-shots", "integers >= 1",
-             self.eval_shots)
-        if self.finetune_lr is not None:
-            need(math.isfinite(self.finetune_lr) and self.finetune_lr > 0, "finetune-lr", "a finite number > 0",
-                 self.finetune_lr)
+        need(bool(self.eval_shots), "eval-shots", "one or more integers >= 1", self.eval_shots)
         if self.finetune_optimizer is not None:
             need(self.finetune_optimizer in INNER_OPTIMIZERS, "finetune-optimizer", "sgd or adam",
                  self.finetune_optimizer)
         if self.task_weights is not None:
             bad = sorted(set(self.task_weights) - set(FAMILIES))
             need(not bad, "task-weights", f"over {', '.join(FAMILIES)}", bad)
-            need(all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in self.task_weights.values())
-                 and sum(self.task_weights.values()) > 0,
-                 "task-weights", "non-negative with a positive sum", self.task_weights)
-        need(isinstance(self.loss_hp, dict) and all(isinstance(k, str) for k in self.loss_hp), "loss-hp",
-             "KEY=VALUE settings", self.loss_hp)
-        need(isinstance(self.frozen, (list, tuple)) and all(isinstance(p, str) and p for p in self.frozen),
-             "frozen", "a list of parameter-name prefixes", self.frozen)
-        need(isinstance(self.val_label_noise, (int, float)) and 0.0 <= self.val_label_noise < 1.0,
-             "label-noise", "in [0, 1)", self.val_label_noise)
-        if self.stop_after is not None:
-            need(self.stop_after >= 1, "stop-after", "an integer >= 1", self.stop_after)
-        if self.time_budget_s is not None:
-            need(self.time_budget_s > 0, "time-budget", "> 0 seconds", self.time_budget_s)
-        from croma.model import ModelConfig
+            total = sum(self.task_weights.values())
+            need(math.isfinite(total) and total > 0, "task-weights", "weights with a positive, finite sum",
+                 self.task_weights)
+        need(all(p for p in self.frozen), "frozen", "a list of parameter-name prefixes", self.frozen)
+        need(self.split_classes is None or len(self.split_classes) == 3, "split-classes", "three class counts "
+             "TRAIN,VAL,TEST", self.split_classes)
+        check_objective(self.loss, self.loss_hp)  # each objective's own ranges (HyperRange)
 
-        known = {f.name for f in fields(ModelConfig)} - {"num_classes"}
-        unknown = sorted(set(self.model) - known)
-        need(not unknown, "model", f"settings among {', '.join(sorted(known))}", unknown)
-        for flag in ("embed_dim", "hidden"):
-            v = self.model.get(flag, 1)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, flag.replace("_", "-"), "an integer >= 1", v)
+    def check_memory(self) -> None:
+        """Raise ValueError naming the sizes when the memory they imply (a lower bound:
+        :func:`croma.bounds.train_memory`, :func:`croma.bounds.eval_memory`) exceeds this machine's."""
+        from croma.bounds import check_memory, eval_memory, train_memory
+
+        check_memory(*train_memory(self), self.device, "lower --meta-batch or --task-chunk (tasks run at once), "
+                     "--embed-dim or --ways/--shots/--queries/--align-batch", what="training")
+        if self.eval_every:
+            check_memory(*eval_memory(self.eval_tasks, self.ways, max(self.eval_shots), self.eval_queries), self.device,
+                         "lower --eval-tasks, --ways or --eval-shots", what="meta-val")

@@ -80,6 +80,7 @@ class CromaTrainer(MetaLearner):
         self.progress = progress and self.is_writer
         if dist is not None and cfg.checkpoint_dir:
             dist.checkpoint = Path(cfg.checkpoint_dir) / "last.pt"  # named in its error messages
+        cfg = self.cfg  # the task sizes the data can fill (croma.task_sizes): what checkpoints store
         self.checkpointer = Checkpointer(cfg.checkpoint_dir, cfg, is_writer=self.is_writer)
         if cfg.checkpoint_dir:  # a run folder is a self-contained model (croma.runmodel.load_model)
             from croma.runmodel import serving_card

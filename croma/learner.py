@@ -25,6 +25,7 @@ The fit loop around it (meta-val selection, checkpoints, metrics) is :class:`cro
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -38,6 +39,7 @@ from croma.meta.inner import InnerConfig, import_higher, run_inner
 from croma.meta.outer import OUTER_ALGORITHMS, task_plan
 from croma.meta.reptile import chunk_layout, linear_epsilon, pack_chunks, reptile_update, sum_chunks
 from croma.meta.tasks import TaskFamily, build_family, derive_seed, model_inputs
+from croma.task_sizes import fit_run_sizes
 from episodes.data import PreparedBenchmark
 
 __all__ = ["MetaLearner"]
@@ -56,6 +58,8 @@ class MetaLearner:
 
     Attributes:
         theta: current meta-parameters ``{name: tensor}``; iteration: iterations completed.
+        cfg: the configuration run: ``cfg`` with the task sizes the data can fill
+            (:mod:`croma.task_sizes`; ``task_sizes`` says what was lowered, and why).
     """
 
     def __init__(self, cfg: TrainConfig, bench: PreparedBenchmark | None = None, *,
@@ -70,6 +74,12 @@ class MetaLearner:
             import_higher()  # fail before any work when the optional package is missing
         comp = build_components(cfg, bench, model=model, loss_module=loss_module, progress=progress and self.is_writer)
         self.device, self.bench, self.model, self.loss_module = comp.device, comp.bench, comp.model, comp.loss_module
+        # task sizes the data can fill (croma.task_sizes): a copy of cfg when lowered, never cfg itself
+        self.cfg, _, self.task_sizes = fit_run_sizes(cfg, self.bench, families=[f for f, _ in self.plan],
+                                                     meta_val=bool(cfg.eval_every) or cfg.head_init == "auto")
+        if self.task_sizes.changed and progress and self.is_writer:
+            sys.stderr.write(self.task_sizes.line() + "\n")
+        cfg = self.cfg
         self.model.eval()  # no dropout randomness under vmap; no BatchNorm statistics updates
         self.fm = FunctionalModel(self.model)
         self.inputs = model_inputs(self.model, self.bench, self.device)

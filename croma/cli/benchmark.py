@@ -85,6 +85,10 @@ def add_parser(sub) -> None:
                    metavar="all,head",
                    help="what meta-val may choose to fine-tune at meta-test (default: the preset's, all,head); 'head' "
                    "never fine-tunes whole encoders, which makes --preset paper's evaluation ~10x cheaper on a CPU")
+    p.add_argument("--strict-sizes", action="store_true",
+                   help="keep the task sizes exactly as asked (--shots, --queries and the preset's meta-training and "
+                   "meta-val sizes): an error when the data cannot fill them; by default meta-training and meta-val "
+                   "sizes are lowered to fit and a meta-test k no class can serve is dropped, with one line saying so")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     from croma.cli.config_flags import add_config_flags, add_method_hp_flag, mark_defaults
 
@@ -98,7 +102,7 @@ def add_parser(sub) -> None:
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
            "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
-           "compile_inner")
+           "compile_inner", "strict_sizes")
 # settings a results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
 

@@ -6,6 +6,7 @@ of the run; ``--nproc N`` starts N such processes on this machine (see :mod:`cro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -84,6 +85,10 @@ def add_parser(sub) -> None:
     p.add_argument("--queries", type=int, default=d.queries,
                    help=f"extra items per class in classification tasks (default {d.queries})")
     p.add_argument("--align-batch", type=int, default=d.align_batch, help=f"pairs per alignment task (default {d.align_batch})")
+    p.add_argument("--strict-sizes", action="store_true",
+                   help="keep --shots, --queries, --align-batch, --eval-shots and eval_queries exactly as given (an "
+                   "error when the data cannot fill them); by default they are lowered to fit small data sets "
+                   "(queries, then shots), with one line saying so")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help=f"meta-val every N iterations; 0 = never (default {d.eval_every})")
     p.add_argument("--eval-tasks", type=int, default=d.eval_tasks, help=f"meta-val episodes (default {d.eval_tasks})")
@@ -118,7 +123,8 @@ _DIRECT = ("loss", "features", "iterations", "checkpoint_dir", "device", "seed",
            "inner_steps", "inner_lr", "inner_optimizer", "inner_loop", "task_chunk", "compile_inner", "meta_lr",
            "meta_lr_final", "ways", "shots", "queries", "align_batch", "eval_every", "eval_tasks", "eval_shots",
            "finetune", "finetune_steps", "finetune_lr", "checkpoint_every", "head_init", "data_root", "cache_dir",
-           "manifest", "source", "target", "audio_model", "skip_bad", "split_classes", "extra_modalities")
+           "manifest", "source", "target", "audio_model", "skip_bad", "split_classes", "extra_modalities",
+           "strict_sizes")
 # what controls the task sizes the library checks, in croma train's terms (croma.errors.error_hints)
 TRAIN_HINTS = {
     "meta_val_episodes": "use fewer --ways or --eval-shots, or a smaller eval_queries setting in --config "
@@ -180,14 +186,20 @@ def run(args) -> int:
     if args.nproc > 1 and env is not None:
         raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
     from croma.checkpoint import ensure_output_dir
+    from croma.runlock import check_run_files, lock_run_folder
 
     last = Path(cfg.checkpoint_dir) / "last.pt"
-    if last.exists() and not args.resume:
-        raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
     made = _new_folders(Path(cfg.checkpoint_dir).expanduser())
     ensure_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")  # before any work, not after the budget
+    # one writer per run folder: the lock before any check of what is there (croma.runlock);
+    # under torchrun rank 0 is the writer
+    lock = lock_run_folder(cfg.checkpoint_dir, "--checkpoint-dir") if env is None or env.rank == 0 else None
     try:
-        return _run_checked(args, cfg)
+        with lock or contextlib.nullcontext():
+            check_run_files(cfg.checkpoint_dir, "--checkpoint-dir")
+            if last.exists() and not args.resume:
+                raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+            return _run_checked(args, cfg)
     except BaseException:
         _remove_if_empty(made)  # a run refused before it wrote anything leaves no empty folder behind
         raise
@@ -225,6 +237,7 @@ def _run_checked(args, cfg) -> int:
                 f"--nproc {args.nproc} needs one CUDA device per process but {torch.cuda.device_count()} are visible "
                 f"(use --nproc {torch.cuda.device_count()} or --device cpu)"
             )
+        payload["lock_owner"] = os.getpid()  # rank 0 writes under this process's run-folder lock
         return _launch(payload, args.nproc)
     return run_rank(payload)
 
@@ -243,6 +256,10 @@ def run_rank(payload: dict) -> int:
     from croma.perf.meta import tune_allocator
 
     cfg = TrainConfig.from_dict(payload["config"])
+    if payload.get("lock_owner") and cfg.checkpoint_dir:  # an --nproc rank: the launcher holds the lock
+        from croma.runlock import adopt
+
+        adopt(cfg.checkpoint_dir, int(payload["lock_owner"]))
     tune_allocator()  # batched inner loops reuse large buffers instead of re-faulting fresh pages
     env = env_world()
     dist = None
