@@ -61,7 +61,8 @@ def _having(counts: Sequence[int], n: int) -> int:
 
 def _largest(counts: Sequence[int], ways: int) -> str:
     top = sorted((int(x) for x in counts), reverse=True)[:ways]
-    return ", ".join(map(str, top)) or "none"
+    few = f"; {ways}-way tasks need {ways} classes" if len(top) < ways else ""
+    return (", ".join(map(str, top)) or "none") + few
 
 
 @dataclass

@@ -95,7 +95,7 @@ def test_benchmark_noise_sweep_refused_on_its_data_leaves_nothing(run_cli, tmp_p
     monkeypatch.setitem(PRESETS["quick"], "train", {**PRESETS["quick"]["train"], "shots": 40})
     rc, _, err = run_cli(["benchmark", "synthetic", "--ways", "2", "--methods", "croma", "--shots", "1",
                           "--noise-sweep", "0,0.2", "--budget-steps", "8", "--quiet", "--device", "cpu",
-                          "--out", str(tmp_path / "o")])
+                          "--strict-sizes", "--out", str(tmp_path / "o")])
     _one_line(rc, err, "source classification tasks for meta-training")
     assert not (tmp_path / "o").exists()
 
@@ -146,7 +146,7 @@ def test_train_meta_val_refusal_names_eval_shots_not_shots(run_cli, tmp_path, mo
     man = _manifest(tmp_path, classes=15, per=6)
     rc, _, err = run_cli(["train", "manifest", "--manifest", str(man), "--source", "text", "--target", "image",
                           "--shots", "1", "--queries", "1", "--align-batch", "4", "--quiet", "--device", "cpu",
-                          "--checkpoint-dir", str(tmp_path / "run")])
+                          "--strict-sizes", "--checkpoint-dir", str(tmp_path / "run")])
     _one_line(rc, err, "meta_val episodes", "shots 5 + queries 5", "--eval-shots", "eval_queries",
               "5 queries per class")
     assert "--shots" not in err and "--queries" not in err
@@ -154,7 +154,7 @@ def test_train_meta_val_refusal_names_eval_shots_not_shots(run_cli, tmp_path, mo
 
 
 def test_train_source_task_refusal_says_what_was_sampled(run_cli, tmp_path):
-    rc, _, err = run_cli(["train", "synthetic", "--ways", "2", "--shots", "20", "--eval-every", "0",
+    rc, _, err = run_cli(["train", "synthetic", "--ways", "2", "--shots", "20", "--eval-every", "0", "--strict-sizes",
                           "--iterations", "1", "--quiet", "--device", "cpu", "--checkpoint-dir", str(tmp_path / "r")])
     _one_line(rc, err, "source classification tasks for meta-training", "2-way 20-shot, 5 queries",
               "use fewer --ways, --shots or --queries")
@@ -166,7 +166,7 @@ def test_benchmark_source_task_refusal_names_the_preset(run_cli, tmp_path, monke
 
     monkeypatch.setitem(PRESETS["quick"], "train", {**PRESETS["quick"]["train"], "shots": 20})
     rc, _, err = run_cli(["benchmark", "synthetic", "--ways", "2", "--methods", "croma", "--shots", "1",
-                          "--budget-steps", "8", "--quiet", "--device", "cpu", "--out", str(tmp_path / "o")])
+                          "--budget-steps", "8", "--quiet", "--device", "cpu", "--strict-sizes", "--out", str(tmp_path / "o")])
     _one_line(rc, err, "source classification tasks for meta-training", "--preset quick", "20-shot",
               "use fewer --ways")
     assert "--queries" not in err and not (tmp_path / "o").exists()
