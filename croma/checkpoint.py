@@ -12,7 +12,8 @@ weights_only=True)`` can read it and a shared file cannot run code on the machin
      "best_val": float | None, "best_iteration": int | None,
      "head_init": str,               # the meta-test head initialisation chosen/selected
      "history": [ {plain dict}, ... ],
-     "kind": "last" | "best"}
+     "kind": "last" | "best",
+     "run_id": str}                  # the run that wrote it (croma.runlock); absent in older files
 
 Files are written to a temporary file in the same directory and moved into place with
 ``os.replace``: a crash (even SIGKILL) leaves either the old or the new file, never half of one;
@@ -176,6 +177,9 @@ def validate_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Non
         raise bad("'history' must be a list of dicts")
     if ckpt.get("kind") is not None and ckpt["kind"] not in ("last", "best"):
         raise bad(f"'kind' must be 'last' or 'best' (got {ckpt['kind']!r})")
+    rid = ckpt.get("run_id")
+    if rid is not None and not (isinstance(rid, str) and 0 < len(rid) <= 64 and all(c in "0123456789abcdef" for c in rid)):
+        raise bad(f"'run_id' must be up to 64 lowercase hex digits or absent (got {rid!r:.80})")
 
 
 def check_parameters(params: Mapping[str, Any], expected: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -250,6 +254,7 @@ class Checkpointer:
         self.dir = Path(run_dir) if run_dir else None
         self.cfg = cfg
         self.is_writer = is_writer
+        self.run_id: str | None = None  # stored in every checkpoint written (croma.runlock)
 
     def path(self, name: str) -> Path | None:
         """``<run_dir>/<name>`` (None without a run directory)."""
@@ -277,6 +282,7 @@ class Checkpointer:
             "head_init": progress.get("head_init", self.cfg.head_init),
             "head_scores": progress.get("head_scores"),
             "history": [dict(h) for h in progress.get("history", [])],
+            **({"run_id": self.run_id} if self.run_id else {}),
         }
 
     def save(self, kind: str, theta: Mapping[str, torch.Tensor], progress: Mapping[str, Any]) -> None:
@@ -324,7 +330,7 @@ class Checkpointer:
         out = {"theta": params(ckpt["model"]), "best_theta": None, "iteration": int(ckpt["iteration"]),
                "best_val": ckpt.get("best_val"), "best_iteration": ckpt.get("best_iteration"),
                "head_init": ckpt.get("head_init", self.cfg.head_init), "head_scores": ckpt.get("head_scores"),
-               "history": list(ckpt.get("history", []))}
+               "history": list(ckpt.get("history", [])), "run_id": ckpt.get("run_id")}
         best = self.path("best.pt")
         if out["best_val"] is not None and (best.is_file() or self.is_writer):
             if not best.is_file():

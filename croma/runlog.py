@@ -5,13 +5,14 @@ is killed leaves every finished iteration on disk (at most the line being writte
 dropped when the run resumes). Columns::
 
     iteration, <family>_loss, <family>_loss_last (one pair per task family: align, cls),
-    epsilon, val_acc, seconds, optimizer_steps
+    epsilon, val_acc, seconds, optimizer_steps[, run_id]
 
 ``<family>_loss`` / ``_loss_last``: mean task loss before the first / after the last inner
 step; ``epsilon``: the Reptile step size used; ``val_acc``: meta-val accuracy in % on the
 iterations where it was measured (empty otherwise); ``seconds``: training wall-clock time since
 the run started (across resumes); ``optimizer_steps``: gradient steps so far (outer iterations x
-tasks per meta-batch x inner steps, as the benchmark's budgets count them).
+tasks per meta-batch x inner steps, as the benchmark's budgets count them); ``run_id``: the run that
+wrote the row (:mod:`croma.runlock`; a text column, last, when the run has one).
 
 On resume the file is cut back to the iterations the checkpoint holds (rewritten atomically) and
 continues from there; TensorBoard events after that iteration are purged the same way.
@@ -30,6 +31,7 @@ __all__ = ["METRICS_FILE", "TENSORBOARD_DIR", "RunLog", "metric_columns", "read_
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
+RUN_ID = "run_id"  # metrics.csv's last column: the run that wrote the row (croma.runlock)
 
 
 def metric_columns(families: Sequence[str]) -> list[str]:
@@ -53,9 +55,19 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a ``metrics.csv`` as dicts (numbers parsed, empty cells ``None``).
 
     A last line cut by a killed writer (fewer cells than the header, or not a number) is left out.
+    ``run_id`` cells stay text.
+
+    Raises:
+        CromaError: the file is not UTF-8 text (naming it).
     """
-    with open(path, encoding="utf-8", newline="") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        from croma.errors import CromaError
+
+        raise CromaError(f"{path}: not a croma metrics.csv (not UTF-8 text: byte {exc.start}); move it away or "
+                         f"remove it (the checkpoints do not need it)") from None
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         return []
@@ -65,7 +77,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         if len(cells) != len(header) or (i == len(rows) - 1 and not complete):
             continue
         try:
-            out.append({k: _parse(v) for k, v in zip(header, cells)})
+            out.append({k: (v or None) if k == RUN_ID else _parse(v) for k, v in zip(header, cells)})
         except ValueError:
             continue
     return out
@@ -74,6 +86,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, int):
@@ -93,17 +107,22 @@ class RunLog:
             kept row.
         tensorboard: also write TensorBoard scalars to ``run_dir/tensorboard`` (needs the
             ``tensorboard`` package: extra ``[tensorboard]``).
+        run_id: the run's identity (:mod:`croma.runlock`), written in a last ``run_id`` column.
 
     Raises:
         episodes.extras.MissingExtraError: ``tensorboard=True`` but the package is not installed.
+        CromaError: on resume, the file holds rows of another run, or is not UTF-8 text.
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike, columns: Sequence[str], *, start_iteration: int = 0, tensorboard: bool = False
+        self, run_dir: str | os.PathLike, columns: Sequence[str], *, start_iteration: int = 0, tensorboard: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.dir = Path(run_dir)
         self.path = self.dir / METRICS_FILE
         self.columns = list(columns)
+        self.run_id = run_id
+        self._header = self.columns + [RUN_ID] if run_id else self.columns
         self.seconds_offset = 0.0
         self._tb = None
         if tensorboard:
@@ -122,21 +141,29 @@ class RunLog:
 
         kept: list[dict[str, Any]] = []
         if start_iteration > 0 and self.path.is_file():
-            kept = [r for r in read_metrics(self.path) if isinstance(r.get("iteration"), int) and r["iteration"] <= start_iteration]
+            rows = read_metrics(self.path)
+            other = next((r[RUN_ID] for r in rows if self.run_id and r.get(RUN_ID) not in (None, self.run_id)), None)
+            if other is not None:  # never cut another run's log
+                from croma.errors import CromaError
+
+                raise CromaError(f"{self.path} holds rows of another croma run (run_id {other}, this run is "
+                                 f"{self.run_id}): move it away, or resume in the folder the run was written to")
+            kept = [r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] <= start_iteration]
         if kept:
             self.seconds_offset = float(kept[-1].get("seconds") or 0.0)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
+        w.writerow(self._header)
         for r in kept:
-            w.writerow([_cell(r.get(c)) for c in self.columns])
+            w.writerow([_cell(r.get(c)) for c in self._header])
         data = buf.getvalue().encode("utf-8")
         atomic_write(self.path, lambda fh: fh.write(data))
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Append one row (columns missing from ``row`` stay empty) and flush it to the OS."""
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([_cell(row.get(c)) for c in self.columns])
+        cells = [_cell(row.get(c)) for c in self.columns] + ([self.run_id] if self.run_id else [])
+        csv.writer(buf, lineterminator="\n").writerow(cells)
         self._fh.write(buf.getvalue())
         self._fh.flush()
         if self._tb is not None:

@@ -32,6 +32,12 @@ def cfg(d, **kw):
     return TrainConfig(**base)
 
 
+def res_run_id(run):
+    from croma.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "last.pt")["run_id"]
+
+
 LOSSES = ["align_loss", "align_loss_last", "source_cls_loss", "source_cls_loss_last", "epsilon"]
 
 
@@ -41,8 +47,9 @@ def test_metrics_csv_rows_match_the_history_and_the_callback(bench, tmp_path):
     path = tmp_path / METRICS_FILE
     with open(path, newline="") as fh:
         header = next(csv.reader(fh))
-    assert header == metric_columns(["align", "source_cls"]) == ["iteration", *LOSSES[:4], "epsilon", "val_acc",
-                                                                 "seconds", "optimizer_steps"]
+    assert header[:-1] == metric_columns(["align", "source_cls"]) == ["iteration", *LOSSES[:4], "epsilon", "val_acc",
+                                                                      "seconds", "optimizer_steps"]
+    assert header[-1] == "run_id"  # the run that wrote the rows (croma.runlock)
     rows = read_metrics(path)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["optimizer_steps"] for r in rows] == [i * 4 * 2 for i in range(1, 7)]  # iterations x tasks x inner steps
@@ -62,7 +69,8 @@ def test_metrics_csv_rows_match_the_history_and_the_callback(bench, tmp_path):
     # the callback received the same rows (a dict per iteration)
     assert [s["iteration"] for s in seen] == [1, 2, 3, 4, 5, 6]
     for s, r in zip(seen, rows):
-        for k in header:
+        assert s["run_id"] == r["run_id"] == res_run_id(tmp_path)
+        for k in header[:-1]:
             assert s[k] == pytest.approx(r[k], rel=1e-12) if r[k] is not None else s[k] is None
 
 
@@ -83,7 +91,7 @@ def test_resume_cuts_rows_after_the_checkpoint_and_continues(bench, tmp_path):
     first = read_metrics(run / METRICS_FILE)
     assert [r["iteration"] for r in first] == [1, 2, 3]
     with open(run / METRICS_FILE, "a") as fh:
-        fh.write("4,1,1,1,1,1,,9,32\n5,1,1")
+        fh.write("4,1,1,1,1,1,,9,32,\n5,1,1")
     assert [r["iteration"] for r in read_metrics(run / METRICS_FILE)] == [1, 2, 3, 4]  # the cut line is skipped
     # the checkpoint holds iteration 3: resuming drops row 4 and the partial line
     train(cfg(run), bench, loss_module=NCE(), resume=True)

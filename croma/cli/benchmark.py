@@ -158,7 +158,12 @@ def run(args) -> int:
         subs = [Path(cfg.out) / f"noise_{float(r):g}" for r in args.noise_sweep or ()]
         made = new_folders(cfg.out, *subs)
     try:
-        with error_hints(**_hints(cfg)):
+        from contextlib import nullcontext
+
+        from croma.runlock import lock_run_folder
+
+        # one writer per --out folder (croma.runlock): two benchmarks there would mix their results files
+        with error_hints(**_hints(cfg)), lock_run_folder(cfg.out, "--out") if cfg.out else nullcontext():
             return _run(args, cfg)
     except BaseException:
         remove_if_empty(made)
