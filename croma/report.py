@@ -27,14 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from episodes.cache import atomic_write
-
 ROW_KEYS = ("method", "shots", "accuracy_mean", "accuracy_std", "repeats", "target_samples", "target_labels")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through the one atomic writer (temp file, fsync, ``os.replace``)."""
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _methods_in_order(rows: Iterable[dict]) -> list[str]:
@@ -104,10 +97,17 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write results.json, results.csv and results.png atomically into ``out_dir``."""
+    """Write results.json, results.csv and results.png into ``out_dir`` as one set: all three are
+    rendered first, written to temporary files and only then moved into place, so a failure (a
+    full disk, a plot that cannot be drawn) leaves none of the new files and any earlier set intact
+    (:func:`episodes.cache.atomic_write_set`).
+
+    Raises:
+        OSError: naming the file that could not be written (e.g. ``cannot write .../results.png:
+            no space left on device``).
+    """
     out = Path(out_dir)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "png": out / "results.png"}
-    _atomic_write(paths["json"], (json.dumps(result, indent=2, sort_keys=False) + "\n").encode())
     extra = sorted({k for r in result["rows"] for k in r} - set(ROW_KEYS))
     keys = list(ROW_KEYS) + extra
     import io
@@ -117,9 +117,20 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[st
     w.writeheader()
     for r in result["rows"]:
         w.writerow(r)
-    _atomic_write(paths["csv"], buf.getvalue().encode())
-    _atomic_write(paths["png"], plot_accuracy_vs_shots(result))
+    data = {
+        paths["json"]: (json.dumps(result, indent=2, sort_keys=False) + "\n").encode(),
+        paths["csv"]: buf.getvalue().encode(),
+        paths["png"]: plot_accuracy_vs_shots(result),
+    }
+    _write_set(data)
     return paths
+
+
+def _write_set(data: dict[Path, bytes]) -> None:
+    """Every ``path: bytes`` of ``data``, all or none (:func:`episodes.cache.atomic_write_set`)."""
+    from episodes.cache import atomic_write_set
+
+    atomic_write_set({path: (lambda fh, b=blob: fh.write(b)) for path, blob in data.items()})
 
 
 def _new_figure():
@@ -225,10 +236,8 @@ def figures(result: dict[str, Any] | list[dict[str, Any]], shots: Iterable[int] 
 def write_noise_sweep(results: list[dict[str, Any]], out_dir: str | os.PathLike, shots: Iterable[int]) -> list[Path]:
     """Write ``noise_sweep.json`` and ``noise_sweep_<k>shot.png`` for each k."""
     out = Path(out_dir)
-    written = [out / "noise_sweep.json"]
-    _atomic_write(written[0], (json.dumps({"runs": results}, indent=2) + "\n").encode())
+    data = {out / "noise_sweep.json": (json.dumps({"runs": results}, indent=2) + "\n").encode()}
     for k in shots:
-        p = out / f"noise_sweep_{k}shot.png"
-        _atomic_write(p, plot_noise_sweep(results, int(k)))
-        written.append(p)
-    return written
+        data[out / f"noise_sweep_{k}shot.png"] = plot_noise_sweep(results, int(k))
+    _write_set(data)  # all or none, like write_results
+    return list(data)

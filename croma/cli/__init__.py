@@ -197,7 +197,11 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def os_error_message(exc: OSError) -> str:
     """One line for an ``OSError``: the path(s) it names and what went wrong."""
+    import errno
+
     what = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG) and exc.filename is not None:
+        return f"cannot write {exc.filename2 or exc.filename}: {what}"  # a full disk: the file being written
     if exc.filename is not None and exc.filename2 is not None:
         return f"{exc.filename2}: {what} (writing from {exc.filename})"
     if exc.filename is not None:

@@ -35,7 +35,11 @@ def add_parser(sub) -> None:
     _cache_dir_flag(info)
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.set_defaults(func=run_info)
-    clear = csub.add_parser("clear", help="remove cache entries (all, or one data set's)")
+    clear = csub.add_parser(
+        "clear", help="remove cache entries (all, or one data set's)",
+        description="Remove the feature cache's entries (all, or one data set's). Only files croma wrote "
+        "there are removed (feature entries recognised by their CROMAFEAT1 header, generated WAV files and their "
+        "index); anything else, and anything behind a symbolic link, stays and is listed.")
     _cache_dir_flag(clear)
     which = clear.add_mutually_exclusive_group(required=True)
     which.add_argument("--dataset", metavar="NAME", help="remove only this data set's entries")
@@ -91,7 +95,18 @@ def run_clear(args) -> int:
     root = _root(args)
     if root.exists() and not root.is_dir():
         raise ValueError(f"--cache-dir {root} is a file, not a folder")
-    files, freed = clear_cache(root, None if args.all else args.dataset)
+    cleared = clear_cache(root, None if args.all else args.dataset)
+    files, freed = cleared
     what = "all data sets" if args.all else f"data set {args.dataset}"
     print(f"removed {files} file(s), {_human(freed)}, of {what} from {root}")
+    skipped = getattr(cleared, "skipped", [])
+    if skipped:  # only verified entries go, never through a symbolic link: say what stayed
+        print(f"kept {len(skipped)} thing(s) that are not cache entries or are symbolic links:")
+        for path, why in skipped[:_SHOW_SKIPPED]:
+            print(f"  {path}: {why}")
+        if len(skipped) > _SHOW_SKIPPED:
+            print(f"  ... and {len(skipped) - _SHOW_SKIPPED} more")
     return 0
+
+
+_SHOW_SKIPPED = 10
