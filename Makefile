@@ -8,7 +8,7 @@ PY      = $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchaudio==2.11.0
 VISION_PINS ?= torchvision==0.29.1
 
-.PHONY: demo test lint install install-test clean
+.PHONY: demo test lint docs install install-test clean
 
 $(VENV)/.core: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ $(VENV)/.core: setup.cfg pyproject.toml
 $(VENV)/.installed: $(VENV)/.core
 	$(PY) -m pip install --quiet $(TORCH_PINS) $(VISION_PINS)
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# the [docs] extra (mkdocs, mkdocstrings-python, mkdocs-material)
+$(VENV)/.docs: $(VENV)/.core
+	$(PY) -m pip install --quiet -e '.[docs]'
 	touch $@
 
 install: $(VENV)/.core
@@ -34,7 +39,12 @@ lint: install-test
 
 test: install-test
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q tests
 
+# the docs site, strict: any warning (a broken link, a docstring that does not parse) fails
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info
+	rm -rf $(VENV) runs build dist site *.egg-info

@@ -248,10 +248,15 @@ class RunModel:
         Args:
             values: the support items (the run's target modality).
             labels: one label per value (any hashable; classes are sorted by their text).
-            steps, lr, finetune (``all`` | ``head``), head_init (``meta`` | ``zero`` |
-                ``prototype``), optimizer (``sgd`` | ``adam``): override meta-val's choice for
-                this k (:meth:`setting_for`, k = the smallest class's count). ``meta`` needs as
-                many classes as the run's ways; with another count the prototype head is used.
+            steps: fine-tuning steps; with ``lr``, ``finetune``, ``head_init`` and ``optimizer``
+                it overrides meta-val's choice for this k (:meth:`setting_for`, k = the
+                smallest class's count); ``None`` keeps the choice.
+            lr: fine-tuning learning rate.
+            finetune: ``all`` (every parameter) or ``head`` (the classifier only).
+            head_init: ``meta``, ``zero`` or ``prototype``. ``meta`` needs as many classes as
+                the run's ways; with another count the prototype head is used.
+            optimizer: ``sgd`` or ``adam``.
+            ids: optional item ids, one per value, passed to the front-end.
 
         Returns:
             An :class:`AdaptedModel`; ``.setting`` says how it was fine-tuned.
