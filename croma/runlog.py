@@ -164,8 +164,13 @@ class RunLog:
         buf = io.StringIO()
         cells = [_cell(row.get(c)) for c in self.columns] + ([self.run_id] if self.run_id else [])
         csv.writer(buf, lineterminator="\n").writerow(cells)
-        self._fh.write(buf.getvalue())
-        self._fh.flush()
+        try:
+            self._fh.write(buf.getvalue())
+            self._fh.flush()
+        except OSError as exc:  # a full disk: one line naming metrics.csv, not a bare [Errno 28]
+            from episodes.cache import write_error
+
+            raise write_error(exc, self.path) from exc
         if self._tb is not None:
             step = int(row["iteration"])
             for c in self.columns[1:]:

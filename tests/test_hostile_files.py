@@ -161,7 +161,7 @@ class _FullFile:
         self._fh, self.room = fh, room
 
     def write(self, data):
-        n = len(memoryview(data).cast("B"))
+        n = len(data) if isinstance(data, str) else memoryview(data).nbytes
         if n > self.room:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.room -= n
@@ -225,6 +225,17 @@ def test_full_disk_during_training_is_one_line(tmp_path, full_disk, run_cli):
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: cannot write {run / 'last.pt'}: no space left on device (")
     assert not (run / "last.pt").exists() and _no_temps(run)
+
+
+def test_full_disk_appending_to_metrics_csv_names_it(tmp_path):
+    from croma.runlog import RunLog
+
+    log = RunLog(tmp_path, ["iteration", "loss"])
+    log.write({"iteration": 1, "loss": 0.5})
+    log._fh = _FullFile(log._fh, 0)
+    with pytest.raises(OSError) as exc:
+        log.write({"iteration": 2, "loss": 0.25})
+    assert error_line(exc.value).startswith(f"cannot write {tmp_path / 'metrics.csv'}: no space left on device (")
 
 
 def test_torch_write_failure_without_a_cause_names_the_file(tmp_path, monkeypatch):
