@@ -73,3 +73,53 @@ def hint(key: str, default: str, **values: object) -> str:
         return text.format(**values)
     except (KeyError, IndexError, ValueError):
         return text
+
+
+# ------------------------------------------------------------------ out of memory, non-finite losses
+_SIZES: ContextVar[dict[str, str] | None] = ContextVar("croma_sizes", default=None)
+
+
+def note_sizes(what: str, sizes: str) -> None:
+    """Remember the sizes of the run about to start (``what``: training, meta-test ...), so that an
+    out-of-memory error later can name them (:func:`out_of_memory_message`)."""
+    _SIZES.set({**(_SIZES.get() or {}), what: sizes})
+
+
+def out_of_memory_message(exc: BaseException) -> str | None:
+    """One line for an out-of-memory error (``MemoryError``, torch's ``OutOfMemoryError``, a CPU
+    allocator's ``not enough memory``) naming the sizes noted by :func:`note_sizes`; None for any
+    other exception."""
+    text = str(exc).strip()
+    low = text.lower()
+    if not (isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(
+            k in low for k in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")))):
+        return None
+    import re
+
+    m = re.search(r"tried to allocate ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", text, re.IGNORECASE)
+    asked = f" allocating {m.group(1)}" if m else ""
+    sizes = "; ".join(f"{k}: {v}" for k, v in (_SIZES.get() or {}).items())
+    return (f"out of memory{asked}" + (f" with {sizes}" if sizes else "")
+            + ": lower these sizes (or --task-chunk, --eval-tasks), or use a machine with more memory")
+
+
+def non_finite_advice(what: str, cfg: object = None, objective: object = None) -> str:
+    """What to change when ``what`` (``align loss``, ``source_cls loss``, ``meta-parameter update``)
+    became NaN or infinite: the objective's setting when one lies outside its usual range
+    (:class:`croma.losses.registry.HyperRange`), else the learning rates (with their values)."""
+    lrs = "lower --inner-lr or --meta-lr"
+    if cfg is not None and hasattr(cfg, "inner_lr"):
+        lrs = f"lower --inner-lr (now {cfg.inner_lr:g}) or --meta-lr (now {cfg.meta_lr:g})"
+    lrs = hint("non_finite_lr", lrs)
+    if what.startswith("meta-parameter") and cfg is not None and hasattr(cfg, "meta_lr"):
+        return hint("non_finite_meta_lr", f"lower --meta-lr (now {cfg.meta_lr:g})")
+    if what.startswith("align") and objective is not None:
+        ranges = getattr(objective, "hyper_ranges", {}) or {}
+        hp = getattr(objective, "hparams", {}) or {}
+        odd = [f"{k}={hp[k]!r} (usual {r.usual_text()})" for k, r in ranges.items()
+               if k in hp and not r.usual_ok(hp[k])]
+        name = getattr(objective, "loss_name", "") or "the objective"
+        if odd:
+            return f"likely the objective's setting: --loss {name} --loss-hp {', '.join(odd)}; or {lrs}"
+        return f"{lrs}, or check the objective's settings (--loss {name} --loss-hp)"
+    return lrs

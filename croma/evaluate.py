@@ -22,6 +22,7 @@ The per-task fine-tuning and nearest-centroid machinery (batched and sequential 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
@@ -40,7 +41,8 @@ from episodes.data import PreparedBenchmark
 from episodes.errors import DataError
 from episodes.samplers import ClassificationTaskSampler
 
-__all__ = ["EvalConfig", "HEAD_INITS", "evaluate_kshot", "choose_head_init", "format_results"]
+__all__ = ["EvalConfig", "HEAD_INITS", "evaluate_kshot", "episode_accuracies", "successive_halving", "choose_head_init",
+           "format_results"]
 
 HEAD_INITS = ("meta", "zero", "prototype")
 FINETUNE_MODES = ("all", "head")
@@ -89,26 +91,11 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the setting as its ``croma evaluate`` flag when out of range
-        (the one place these ranges are checked; the CLI calls this before any work)."""
-        if not self.shots or any(int(k) < 1 for k in self.shots):
-            raise ValueError(f"--shots must all be >= 1 (got {self.shots})")
-        for name, flag, lo in (("ways", "ways", 2), ("tasks", "eval-tasks", 1), ("queries", "queries", 1),
-                               ("repeats", "repeats", 1), ("finetune_steps", "finetune-steps", 0),
-                               ("retrieval_gallery", "retrieval-gallery", 2)):
-            if int(getattr(self, name)) < lo:
-                raise ValueError(f"--{flag} must be >= {lo} (got {getattr(self, name)})")
-        if self.split not in ("meta_test", "meta_val"):
-            raise ValueError(f"--split must be meta_test or meta_val (got {self.split!r})")
-        if self.head_init not in HEAD_INITS:
-            raise ValueError(f"--head-init must be one of {', '.join(HEAD_INITS)} (got {self.head_init!r})")
-        if self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"--finetune must be 'all' or 'head' (got {self.finetune!r})")
-        if not (isinstance(self.finetune_lr, (int, float)) and self.finetune_lr > 0):
-            raise ValueError(f"--finetune-lr must be > 0 (got {self.finetune_lr})")
-        if not 0.0 <= self.label_noise < 1.0:
-            raise ValueError(f"--label-noise must be in [0, 1) (got {self.label_noise})")
-        if self.inner_loop not in ("batched", "sequential"):
-            raise ValueError(f"--inner-loop must be batched or sequential (got {self.inner_loop!r})")
+        (the one place these ranges are checked; the CLI calls this before any work): types, the
+        ranges of :data:`croma.bounds.BOUNDS`, and the memory ``tasks x ways x (shots + queries)`` implies."""
+        from croma.bounds import check_eval
+
+        check_eval(self, HEAD_INITS, FINETUNE_MODES)
         InnerConfig(steps=self.finetune_steps, lr=self.finetune_lr, optimizer=self.finetune_optimizer)
 
 
@@ -127,7 +114,11 @@ def _run_shared(fn, theta: Mapping[str, torch.Tensor], batch: Mapping[str, torch
     return dist.all_reduce_sum(out, "all_reduce of meta-val accuracies")
 
 
-def _episode_batch(bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, shots: int, repeat: int) -> dict[str, torch.Tensor]:
+def _episode_batch(
+    bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, shots: int, repeat: int, start: int = 0, count: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Episodes ``start .. start+count-1`` (default: ``0 .. cfg.tasks-1``) of repeat ``repeat``; episode
+    ``i`` depends on ``(cfg.seed, cfg.split, repeat, i)`` only, so a range is a slice of the full set."""
     target = bench.target
     classes = bench.splits.get(cfg.split, [])
     try:
@@ -147,7 +138,7 @@ def _episode_batch(bench: PreparedBenchmark, x: torch.Tensor, cfg: EvalConfig, s
         advice = hint(f"{cfg.split}_episodes", "use fewer --ways, --shots or --queries", ways=cfg.ways, shots=shots,
                       queries=cfg.queries)
         raise DataError(f"{bench.name} {cfg.split} episodes ({target}, {shots}-shot): {exc}; {advice}") from exc
-    t = sampler.sample_many(0, cfg.tasks)
+    t = sampler.sample_many(int(start), int(cfg.tasks if count is None else count))
     dev = x.device
     rs, rq = t.support_rows.to(dev), t.query_rows.to(dev)
     return {"xs": x[rs], "ys": t.support_labels.to(dev), "xq": x[rq], "yq": t.query_labels.to(dev), "rs": rs, "rq": rq}
@@ -273,6 +264,88 @@ def evaluate_kshot(
         "retrieval": retrieval,
         "config": asdict(cfg),
     }
+
+
+def episode_accuracies(
+    model: nn.Module,
+    bench: PreparedBenchmark,
+    cfg: EvalConfig,
+    shots: int,
+    start: int,
+    stop: int,
+    *,
+    params: Mapping[str, torch.Tensor] | None = None,
+    inputs: Mapping[str, torch.Tensor] | None = None,
+    z_cache: dict | None = None,
+    chunk: int | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Fine-tuned query accuracies ``[stop - start]`` (fractions in [0, 1]) of episodes
+    ``start .. stop-1`` of repeat 0 of ``cfg`` at ``shots`` — the same numbers as those episodes in
+    :func:`evaluate_kshot` (``episode_accuracies / 100`` of its row), computed alone.
+
+    ``z_cache``: a dict reused across calls with the same parameters and inputs (the frozen
+    target embeddings are computed once into it). ``chunk``, ``compile``: see :class:`croma.finetune._Episodes`.
+    """
+    cfg.validate()
+    theta = dict(params) if params is not None else meta_parameters(model)
+    device = next(iter(theta.values())).device
+    inputs = dict(inputs) if inputs is not None else model_inputs(model, bench, device)
+    x_t = inputs[bench.target]
+    eps = _Episodes(model, bench.target, cfg, names=list(theta), compile=compile, **({} if chunk is None else {"chunk": chunk}))
+    z_all = None
+    if cfg.inner_loop == "batched" and (eps.frozen_embedding or cfg.head_init == "prototype"):
+        if z_cache is None or "z" not in z_cache:
+            z_all = eps.embed_all(theta, x_t)
+            if z_cache is not None:
+                z_cache["z"] = z_all
+        else:
+            z_all = z_cache["z"]
+    b = _episode_batch(bench, x_t, cfg, int(shots), 0, start=start, count=stop - start)
+    with torch.enable_grad():
+        return eps.accuracies(theta, b, z_all)
+
+
+def successive_halving(
+    names: list[str], episodes: int, run, *, keep: float = 0.5
+) -> tuple[str, dict[str, float], dict[str, int]]:
+    """Pick the candidate with the best mean accuracy over ``episodes`` episodes, scoring most
+    candidates on a prefix only (successive halving).
+
+    Rung sizes double up to ``episodes``: with ``m`` candidates the first rung scores all of them
+    on ``ceil(episodes / 2^(ceil(log2 m) - 1))`` episodes, keeps the better half (``keep``; ties to
+    the earlier name), extends the survivors' episodes to the next rung, and so on; the last two
+    candidates are scored on all ``episodes``. Episodes already scored are never recomputed.
+
+    Args:
+        names: candidates, in preference order for ties.
+        episodes: episodes of the final rung.
+        run: ``run(name, start, stop) -> tensor [stop - start]`` of per-episode accuracies.
+
+    Returns:
+        ``(best, scores, counts)``: ``scores[name]`` = 100 x the mean accuracy over the
+        ``counts[name]`` episodes it was scored on (``episodes`` for the finalists).
+    """
+    if not names:
+        raise ValueError("successive_halving: no candidates")
+    acc: dict[str, torch.Tensor] = {}
+    alive = list(names)
+    while True:
+        levels = max(0, math.ceil(math.log2(len(alive))) - 1) if len(alive) > 1 else 0
+        target = max(1, math.ceil(episodes / 2**levels))
+        for n in alive:
+            have = 0 if n not in acc else int(acc[n].shape[0])
+            if have < target:
+                part = run(n, have, target)
+                acc[n] = part if n not in acc else torch.cat([acc[n], part])
+        scores = {n: 100.0 * float(acc[n].mean()) for n in acc}
+        if target >= episodes or len(alive) <= 1:
+            break
+        ranked = sorted(alive, key=lambda n: (-scores[n], names.index(n)))
+        survivors = set(ranked[: max(1, math.ceil(len(alive) * keep))])
+        alive = [n for n in alive if n in survivors]
+    best = max(alive, key=lambda n: (scores[n], -names.index(n)))
+    return best, scores, {n: int(v.shape[0]) for n, v in acc.items()}
 
 
 def choose_head_init(

@@ -26,6 +26,7 @@ import torch
 from croma.config import TrainConfig
 from croma.errors import CromaError
 from croma.evaluate import EvalConfig
+from croma.keyvalues import MAX_DEPTH, NestingError, check_depth
 from episodes.data import ModalityData, PreparedBenchmark
 
 __all__ = [
@@ -154,6 +155,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return read_settings(path)[0]
 
 
+def _toml(path: Path) -> Any:
+    """``tomllib`` (Python 3.11+), else the ``tomli`` package (declared for Python 3.10)."""
+    try:
+        import tomllib
+    except ImportError:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise CromaError(f"--config {path}: reading TOML on Python < 3.11 needs the tomli package: pip install "
+                             "tomli (or write the settings as JSON)") from None
+    return tomllib
+
+
 def read_settings(path: str | Path) -> tuple[dict[str, Any], str]:
     """:func:`load_config_file` and what the file was: ``checkpoint`` (a ``.pt``), ``results``
     (a results.json) or ``file`` (a settings file), from one read of the file."""
@@ -169,13 +183,17 @@ def read_settings(path: str | Path) -> tuple[dict[str, Any], str]:
 
             data: Any = load_checkpoint(p).get("config")
         elif suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(p.read_bytes().decode("utf-8-sig"))  # utf-8-sig: a leading BOM (Notepad) is fine
+            data = _toml(p).loads(p.read_bytes().decode("utf-8-sig"))  # utf-8-sig: a leading BOM (Notepad) is fine
         else:
             data = json.loads(p.read_text(encoding="utf-8-sig"))
+        check_depth(data, f"--config {p}")
     except CromaError:
         raise
+    except NestingError as exc:
+        raise CromaError(str(exc)) from None
+    except RecursionError:  # a parser's own recursion (tomllib, json, the unpickler) on absurd nesting
+        raise CromaError(f"--config {p}: settings nested deeper than {MAX_DEPTH} levels (croma's settings need at "
+                         "most 4)") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise CromaError(f"--config {p}: cannot read it ({type(exc).__name__}: {exc})") from exc
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and ("rows" in data or "format" in data):

@@ -49,13 +49,22 @@ class _Episodes:
     :meth:`finetune_accuracy` (a pure per-task function built on :func:`croma.meta.inner.adapt`)
     one task at a time. When the embedding stays fixed (``finetune="head"`` or 0 steps) the
     target items are embedded once per call and episodes only index those embeddings.
+
+    ``chunk``: episodes per batched computation (default :data:`CHUNK`; per-episode results do not
+    depend on it). ``compile``: the batched fine-tuning step through ``torch.compile``
+    (:class:`croma.meta.inner.InnerConfig` ``compile``; opt-in, ``croma bench eval --compile``).
     """
 
-    def __init__(self, model: nn.Module, target: str, cfg: Any, names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, target: str, cfg: Any, names: Sequence[str] | None = None, *, chunk: int = CHUNK,
+        compile: bool = False,
+    ) -> None:
         self.fm = FunctionalModel(model)
         self.target = target
         self.cfg = cfg
-        self.inner = InnerConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr, optimizer=cfg.finetune_optimizer)
+        self.chunk = int(chunk)
+        self.inner = InnerConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr, optimizer=cfg.finetune_optimizer,
+                                 compile=bool(compile))
         names = list(names) if names is not None else [n for n, _ in model.named_parameters()]
         if cfg.finetune == "head":
             keep = {n for n in names if n.startswith("classifier.")}
@@ -160,8 +169,8 @@ class _Episodes:
             fields = ("xs", "ys", "xq", "yq")
             return torch.stack([self.finetune_accuracy(theta, {k: batch[k][i] for k in fields}) for i in range(n)])
         outs = []
-        for i in range(0, n, CHUNK):
-            part = {k: v[i : i + CHUNK] for k, v in batch.items()}
+        for i in range(0, n, self.chunk):
+            part = {k: v[i : i + self.chunk] for k, v in batch.items()}
             outs.append(self._chunk_accuracy(theta, part, z_all))
         return torch.cat(outs)
 

@@ -32,7 +32,7 @@ import torch
 from torch.func import grad, vmap
 
 from croma.config import TrainConfig
-from croma.errors import NonFiniteLossError
+from croma.errors import NonFiniteLossError, non_finite_advice
 from croma.factory import build_components
 from croma.meta.functional import FunctionalModel, Params, meta_parameters, split_params, tree_all_finite
 from croma.meta.inner import InnerConfig, import_higher, run_inner
@@ -66,6 +66,7 @@ class MetaLearner:
                  model: torch.nn.Module | None = None, loss_module: torch.nn.Module | None = None,
                  progress: bool = False, dist: Any = None) -> None:
         cfg.validate()
+        cfg.check_memory()  # sizes whose product exceeds this machine: one line naming them, before any work
         self.cfg = cfg
         self.dist = dist  # croma.distributed.Distributed or None
         self.is_writer = dist is None or dist.rank == 0
@@ -280,5 +281,6 @@ class MetaLearner:
 
     def _non_finite(self, what: str, it: int) -> None:
         raise NonFiniteLossError(
-            f"non-finite {what} at iteration {it + 1}{self.checkpoint_hint()} (lower --inner-lr or --meta-lr)"
+            f"non-finite {what} at iteration {it + 1}{self.checkpoint_hint()} "
+            f"({non_finite_advice(what, self.cfg, getattr(self, 'loss_module', None))})"
         )

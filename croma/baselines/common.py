@@ -121,6 +121,9 @@ class MethodOutcome:
 
 
 HEAD_CHOICES = ("meta", "zero", "prototype")
+#: default of the ``val_halving`` knob: choose the meta-test setting by successive halving of the
+#: candidates (:func:`croma.evaluate.successive_halving`) instead of scoring every one on every episode
+VAL_HALVING = False
 
 
 def eval_grid(ctx: MethodContext) -> list[dict[str, Any]]:
@@ -156,6 +159,11 @@ def select_eval(
         ``(choice, scores)``: ``{k: {"head_init", "finetune_steps", "finetune_lr", "finetune", "meta_val"}}``
         and ``{"<head>/<steps>/<lr>/<mode>": {k: accuracy}}`` (percent, meta-val). Ties go to the earlier grid entry.
         ``meta`` is skipped when the classifier's outputs differ from the ways.
+
+    With the knob ``val_halving`` (default :data:`VAL_HALVING`) the candidates are compared by
+    successive halving per k (:func:`_select_eval_halving`): the choice is the full grid's unless
+    the full grid's best falls out of an early rung; an eliminated candidate's score is its mean
+    over the episodes it was scored on.
     """
     from croma.evaluate import evaluate_kshot
 
@@ -170,6 +178,8 @@ def select_eval(
     )
     ways_ok = params["classifier.weight"].shape[0] == base.ways
     scores: dict[str, dict[int, float]] = {}
+    if ctx.knobs.get("val_halving", VAL_HALVING):
+        return _select_eval_halving(ctx, model, params, inputs, base, ways_ok)
     for g in eval_grid(ctx):
         if g["head_init"] == "meta" and not ways_ok:
             continue
@@ -185,6 +195,35 @@ def select_eval(
             "head_init": head, "finetune_steps": int(steps), "finetune_lr": float(lr), "finetune": mode,
             "meta_val": scores[best][int(k)],
         }
+    return choice, scores
+
+
+def _grid_name(g: dict[str, Any]) -> str:
+    return f"{g['head_init']}/{g['finetune_steps']}/{g['finetune_lr']:g}/{g['finetune']}"
+
+
+def _select_eval_halving(ctx, model, params, inputs, base, ways_ok):
+    """:func:`select_eval` by successive halving (:func:`croma.evaluate.successive_halving`), per k:
+    every candidate scored on the first quarter of the meta-val episodes (8 candidates), the better
+    half extended to half of them, the best two to all; the finalists' scores equal the full grid's."""
+    from croma.evaluate import episode_accuracies, successive_halving
+
+    grid = {_grid_name(g): g for g in eval_grid(ctx) if ways_ok or g["head_init"] != "meta"}
+    names = list(grid)
+    z_cache: dict = {}
+    scores: dict[str, dict[int, float]] = {n: {} for n in names}
+    choice: dict[int, dict[str, Any]] = {}
+    for k in base.shots:
+        def run(name: str, start: int, stop: int, k: int = int(k)) -> torch.Tensor:
+            cfg = replace(base, shots=[k], **grid[name])
+            return episode_accuracies(model, ctx.bench, cfg, k, start, stop, params=params, inputs=inputs, z_cache=z_cache)
+
+        best, sc, _counts = successive_halving(names, int(base.tasks), run)
+        for n, v in sc.items():
+            scores[n][int(k)] = v
+        g = grid[best]
+        choice[int(k)] = {"head_init": g["head_init"], "finetune_steps": int(g["finetune_steps"]),
+                          "finetune_lr": float(g["finetune_lr"]), "finetune": g["finetune"], "meta_val": sc[best]}
     return choice, scores
 
 

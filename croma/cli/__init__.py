@@ -21,48 +21,14 @@ import sys
 from typing import Iterator, Sequence
 
 from croma import __version__
+from croma.bounds import BOUNDS, INT64_MAX, WEEK_S  # noqa: F401 - INT64_MAX, WEEK_S re-exported
 
 SUBCOMMANDS = ("losses", "data", "train", "evaluate", "benchmark", "bench", "cache")
 
-INT64_MAX = 2**63 - 1
-WEEK_S = 7 * 24 * 3600.0
-
-# flag destination -> (low, low inclusive, high, high inclusive); one table for every subcommand.
+# flag destination -> (low, low inclusive, high, high inclusive): croma.bounds.BOUNDS, one table for
+# every subcommand and for settings from files, results.json and the Python API (with their types).
 # Maxima keep memory and time bounded (e.g. --hidden 16384 is a 16384 x 16384 float32 layer, 1 GiB).
-NUMERIC_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
-    "seed": (0, True, 2**62, True),  # headroom for derived seeds (seed + k) in 64-bit tensors
-    "iterations": (1, True, 10**8, True),
-    "budget_steps": (1, True, 10**9, True),
-    "train_seeds": (1, True, 100, True),
-    "meta_batch": (1, True, 65536, True),
-    "task_mix": (0.0, True, 1.0, True),
-    "inner_steps": (1, True, 10000, True),
-    "task_chunk": (0, True, 65536, True),
-    "inner_lr": (0.0, False, 1e4, True),
-    "meta_lr": (0.0, False, 1e4, True),
-    "meta_lr_final": (0.0, True, 1e4, True),
-    "finetune_lr": (0.0, False, 1e4, True),
-    "ways": (2, True, 1000, True),
-    "shots": (1, True, 1000, True),
-    "eval_shots": (1, True, 1000, True),
-    "queries": (0, True, 1000, True),
-    "align_batch": (2, True, 65536, True),
-    "eval_every": (0, True, 10**8, True),
-    "eval_tasks": (1, True, 100000, True),
-    "repeats": (1, True, 10000, True),
-    "finetune_steps": (0, True, 100000, True),
-    "checkpoint_every": (0, True, 10**8, True),
-    "embed_dim": (1, True, 16384, True),
-    "hidden": (1, True, 16384, True),
-    "dim": (1, True, 16384, True),
-    "sizes": (2, True, 16384, True),
-    "threads": (1, True, 1024, True),
-    "nproc": (1, True, 1024, True),
-    "dist_timeout": (0.0, False, WEEK_S, True),
-    "budget_seconds": (0.0, False, WEEK_S, True),
-    "label_noise": (0.0, True, 1.0, False),
-    "split_classes": (1, True, 100000, True),  # each of TRAIN,VAL,TEST (--split-classes, parsed in frontend_flags)
-}
+NUMERIC_BOUNDS = BOUNDS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -91,6 +57,13 @@ def load_plugins() -> list[str]:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - any failure of a user's module: one line naming it
             raise CromaError(f"CROMA_PLUGINS: cannot import {name!r} ({type(exc).__name__}: {exc})") from exc
+        except (SystemExit, KeyboardInterrupt) as exc:  # a plugin that exits (or is interrupted) on import
+            from episodes.signals import Terminated
+
+            if isinstance(exc, Terminated):  # SIGTERM / SIGHUP: end as signals do
+                raise
+            what = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+            raise CromaError(f"CROMA_PLUGINS: importing {name!r} stopped ({what}); croma did not start") from None
     return names
 
 
@@ -281,6 +254,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
+    except (MemoryError, RuntimeError) as exc:  # out of memory: one line naming the run's sizes
+        from croma.errors import out_of_memory_message
+
+        msg = out_of_memory_message(exc)
+        if msg is None or args.debug:
+            raise
+        sys.stderr.write(f"error: {msg}\n")
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,16 +141,17 @@ def parse_method_hp(items: list[str] | None, flag: str = "--method-hp") -> dict[
     Raises:
         ValueError: an item of neither form, naming ``flag``.
     """
-    import json
-
     from croma.config import parse_key_values
+    from croma.keyvalues import NestingError, loads_json
 
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
         text = item.strip()
         if text.startswith("{"):
             try:
-                data = json.loads(text)
+                data = loads_json(text, flag)
+            except NestingError:
+                raise
             except ValueError as exc:
                 raise ValueError(f"{flag}: not a JSON object ({exc}) (got {text!r})") from None
             if not all(isinstance(v, dict) for v in data.values()):

@@ -7,8 +7,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "losses",
         help="list the alignment objectives",
-        description="List the registered alignment objectives with their paper and default "
-        "hyper-parameters (pass them to training as the objective's hyper-parameters).",
+        description="List the registered alignment objectives with their paper, default "
+        "hyper-parameters (pass them to training as --loss-hp KEY=VALUE) and the ranges each accepts.",
     )
     p.add_argument("--formulas", action="store_true", help="also print each objective's formula")
     p.set_defaults(func=run)
@@ -22,8 +22,9 @@ def run(args) -> int:
     from croma.losses import loss_infos
 
     infos = loss_infos()
-    head = ["name", "paper", "hyper-parameters (defaults)"]
-    body = [[i.name, i.paper, _fmt_hyper(i.hyper)] for i in infos]
+    head = ["name", "paper", "hyper-parameters (defaults)", "accepted ranges"]
+    body = [[i.name, i.paper, _fmt_hyper(i.hyper), ", ".join(f"{k} {r.text()}" for k, r in i.ranges.items()) or "-"]
+            for i in infos]
     widths = [max(len(r[c]) for r in [head] + body) for c in range(len(head))]
     line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     print(line(head))

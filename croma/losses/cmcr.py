@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import torch
 
 from croma.losses.contrastive import (
+    _TEMPERATURE,
     Temperature,
     _check_embeddings,
     _check_pair,
@@ -41,7 +42,7 @@ from croma.losses.contrastive import (
     _clip_normalized,
     _normalize,
 )
-from croma.losses.registry import LossModule, register_loss
+from croma.losses.registry import HyperRange, LossModule, register_loss
 
 __all__ = ["cmcr_loss"]
 
@@ -146,6 +147,14 @@ def _check_noise(fn: str, noise_std: Any) -> None:
         "intra_weight": 0.1,
         "seed": 0,
         "memory": 0,
+    },
+    ranges={
+        "noise_std": HyperRange(0.0, 10.0, usual=(0.0, 0.5)),
+        "temperature": _TEMPERATURE,
+        "memory_temperature": _TEMPERATURE,
+        "intra_weight": HyperRange(0.0, 1e4, usual=(0.0, 10.0)),
+        "seed": HyperRange(0, 2**62, integer=True),
+        "memory": HyperRange(0, 10**6, integer=True),  # K items of the bank (K x embed_dim floats per modality)
     },
     formula="ã = norm(â+ε), p = softmax(ã m̂ᵃᵀ/τ_mem) m̂ᵃ (b̃, q alike; memory m = the batch, or with memory=K a "
     "fixed seeded bank of K meta-train items);  clip(ã,b̃) + clip(p,q) + λ·½·mean(‖ã−p‖ + ‖b̃−q‖)",

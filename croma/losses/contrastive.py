@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from croma.losses.registry import LossModule, register_loss
+from croma.losses.registry import HyperRange, LossModule, register_loss
 
 __all__ = ["CWCL_WEIGHTS", "clip_loss", "cwcl_loss", "nce_loss"]
 
@@ -161,6 +161,11 @@ def cwcl_loss(
 
 
 # ----------------------------------------------------------------------------- modules
+_TEMPERATURE = HyperRange(1e-4, 10.0, usual=(0.005, 1.0))
+"""The range of every objective's ``temperature`` (τ): logits are cosines / τ, so τ below 1e-4
+saturates the softmax and above 10 makes every pair alike (nothing is learned)."""
+
+
 def _check_temperature(loss: str, hp: Mapping[str, Any]) -> None:
     _check_positive(loss, "temperature", hp["temperature"])
 
@@ -183,6 +188,7 @@ class NCELoss(LossModule):
     "clip",
     paper="Radford et al. 2021, CLIP",
     hyper={"temperature": 0.07},
+    ranges={"temperature": _TEMPERATURE},
     formula="S = ŝ t̂ᵀ/τ;  ½(CE(S, diag) + CE(Sᵀ, diag))",
 )
 class CLIPLoss(LossModule):
@@ -204,6 +210,7 @@ CWCL_WEIGHTS = ("auto", "frozen_source", "encoder")
     "cwcl",
     paper="Srinivasa et al., CWCL, eqs. 3-4",
     hyper={"temperature": 0.07, "weights": "auto"},
+    ranges={"temperature": _TEMPERATURE},
     formula="S = û v̂ᵀ/τ, W = ŵŵᵀ/2+½ (no grad; w = frozen source features or source embeddings, see weights=);  "
     "-1/N Σ_i Σ_j W_ij log softmax_j(S_i·) / Σ_j W_ij + CE(Sᵀ, diag)",
 )

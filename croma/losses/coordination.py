@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from croma.losses.contrastive import Temperature, _ce_diag, _check_embeddings, _check_positive, _normalize
-from croma.losses.registry import LossModule, register_loss
+from croma.losses.contrastive import _TEMPERATURE, Temperature, _ce_diag, _check_embeddings, _check_positive, _normalize
+from croma.losses.registry import HyperRange, LossModule, register_loss
 
 __all__ = ["pcmc_loss", "pcmr_loss"]
 
@@ -171,6 +171,7 @@ def _check_rho(fn: str, rho: Any) -> None:
     "pcmc",
     paper="Sánchez & Laguna, Cross-Modal Coordination (PCMC), eqs. 3-5, 8; all modalities at once (2: = clip)",
     hyper={"temperature": 0.07},
+    ranges={"temperature": _TEMPERATURE},
     formula="Σ_{i<j} ½(CE(S⁽ⁱʲ⁾, diag) + CE(S⁽ⁱʲ⁾ᵀ, diag)), S⁽ⁱʲ⁾ = x̂⁽ⁱ⁾x̂⁽ʲ⁾ᵀ/τ, over all M modalities, "
             "absent items masked; M = 2, none absent: = clip",
 )
@@ -198,6 +199,8 @@ class PCMCLoss(LossModule):
     "pcmr",
     paper="Sánchez & Laguna, Cross-Modal Coordination (PCMR), eqs. 6, 7, 9; all modalities at once",
     hyper={"rho": 1.0, "threshold": 0.99},
+    # ρ: the Frobenius norm is raised to 2 + ρ, so a large ρ overflows; t: a cosine (t >= 1: identity targets)
+    ranges={"rho": HyperRange(0.0, 8.0, usual=(0.0, 2.0)), "threshold": HyperRange(-1.0, 1.0, usual=(0.0, 1.0))},
     formula="Σ_{i<j} ‖H ⊙ (x̂⁽ⁱ⁾x̂⁽ʲ⁾ᵀ − T)‖_F^(2+ρ), T_pq = [p=q or max_m cos(x_p⁽ᵐ⁾,x_q⁽ᵐ⁾) > t], "
             "over all M modalities, H masks absent items",
 )

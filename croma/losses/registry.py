@@ -12,8 +12,9 @@ so the trainer never needs to know which objective it runs.
 
 from __future__ import annotations
 
+import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
@@ -22,6 +23,8 @@ from torch import nn
 from episodes.registry import Registry
 
 __all__ = [
+    "HyperParameterError",
+    "HyperRange",
     "LOSSES",
     "LossInfo",
     "LossModule",
@@ -31,6 +34,66 @@ __all__ = [
     "loss_infos",
     "register_loss",
 ]
+
+
+@dataclass(frozen=True)
+class HyperRange:
+    """The range of one numeric hyper-parameter: ``lo``..``hi`` (``lo_open`` / ``hi_open``: the
+    end itself excluded), ``integer``: whole numbers only; ``usual``: where training is known to
+    behave (an error after a NaN loss names a setting outside it). Values are always finite."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    usual: tuple[float, float] | None = None
+
+    def _fmt(self, v: float) -> str:
+        return str(int(v)) if self.integer else f"{v:g}"
+
+    def text(self) -> str:
+        """``(0, 100]``, ``[0, 8]``."""
+        return f"{'(' if self.lo_open else '['}{self._fmt(self.lo)}, {self._fmt(self.hi)}{')' if self.hi_open else ']'}"
+
+    def usual_text(self) -> str:
+        return f"{self.usual[0]:g} to {self.usual[1]:g}" if self.usual else self.text()
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range (``must be ...``), or None. Tensors are not inspected."""
+        if isinstance(value, torch.Tensor):
+            return None
+        what = ("an integer" if self.integer else "a finite number") + f" in {self.text()}"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return f"must be {what}"
+        if self.integer and not isinstance(value, numbers.Integral):
+            return f"must be {what}"
+        if value < self.lo or (self.lo_open and value == self.lo):
+            return f"must be {'>' if self.lo_open else '>='} {self._fmt(self.lo)}"
+        if value > self.hi or (self.hi_open and value == self.hi):
+            return f"must be {'<' if self.hi_open else '<='} {self._fmt(self.hi)}"
+        return None
+
+    def usual_ok(self, value: Any) -> bool:
+        """Whether ``value`` lies in the usual range (always true without one, or for tensors)."""
+        if self.usual is None or isinstance(value, torch.Tensor) or not isinstance(value, numbers.Real):
+            return True
+        return self.usual[0] <= value <= self.usual[1]
+
+
+class HyperParameterError(ValueError):
+    """A hyper-parameter value out of its range; ``key`` and ``value`` name it."""
+
+    def __init__(self, message: str, key: str, value: Any) -> None:
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
+def _finite_problem(value: Any) -> str | None:
+    """Every numeric hyper-parameter of every objective must be finite (ranged or not)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+        return "must be a finite number"
+    return None
 
 
 class LossModule(nn.Module):
@@ -47,6 +110,7 @@ class LossModule(nn.Module):
     paper: str = ""
     formula: str = ""
     hyper_defaults: Mapping[str, Any] = {}
+    hyper_ranges: Mapping[str, HyperRange] = {}
     context_keys: tuple[str, ...] = ()
 
     def __init__(self, **hp: Any) -> None:
@@ -66,7 +130,17 @@ class LossModule(nn.Module):
                         f"hyper-parameter {key!r} of loss {self.loss_name!r} must be a number (got {value!r})"
                     )
             resolved[key] = value
+        for key, value in hp.items():  # non-finite first: inf passes "> 0" in check_hyper
+            rng = self.hyper_ranges.get(key)
+            if _finite_problem(value) is not None:
+                what = f"a finite number in {rng.text()}" if rng is not None else "a finite number"
+                raise HyperParameterError(f"{key} of loss {self.loss_name!r} must be {what} (got {value!r})", key, value)
         self.check_hyper(resolved)
+        for key, value in hp.items():
+            rng = self.hyper_ranges.get(key)
+            problem = rng.problem(value) if rng is not None else None
+            if problem is not None:
+                raise HyperParameterError(f"{key} of loss {self.loss_name!r} {problem} (got {value!r})", key, value)
         self.hparams: dict[str, Any] = resolved
 
     def check_hyper(self, hp: Mapping[str, Any]) -> None:
@@ -89,8 +163,13 @@ class LossInfo:
     """What the registry knows about one objective (for ``croma losses`` and docs).
 
     Attributes:
-        name: registered name. paper: the source paper / equations. formula: one-line formula.
-        hyper: default hyper-parameters. cls: the module class.
+        name: registered name.
+        paper: the source paper / equations.
+        formula: one-line formula.
+        hyper: default hyper-parameters.
+        cls: the module class.
+        ranges: ``{hyper-parameter: HyperRange}`` (what ``get_loss`` accepts; ``croma losses``
+            shows them).
     """
 
     name: str
@@ -98,6 +177,7 @@ class LossInfo:
     formula: str
     hyper: Mapping[str, Any]
     cls: type[LossModule]
+    ranges: Mapping[str, HyperRange] = field(default_factory=dict)
 
 
 LOSSES: Registry[type[LossModule]] = Registry("loss")
@@ -107,7 +187,8 @@ T = TypeVar("T", bound=type[LossModule])
 
 
 def register_loss(
-    name: str, *, paper: str = "", hyper: Mapping[str, Any] | None = None, formula: str = ""
+    name: str, *, paper: str = "", hyper: Mapping[str, Any] | None = None, formula: str = "",
+    ranges: Mapping[str, HyperRange] | None = None,
 ) -> Callable[[T], T]:
     """Class decorator registering a :class:`LossModule` subclass under ``name``.
 
@@ -116,9 +197,13 @@ def register_loss(
         paper: citation of the objective (authors, short title, equations).
         hyper: default hyper-parameters; ``get_loss`` accepts exactly these keys.
         formula: one-line formula for documentation tables.
+        ranges: ``{hyper-parameter: HyperRange}``: the values ``get_loss`` accepts (checked when
+            the objective is built, i.e. when a configuration is validated). Every numeric
+            hyper-parameter must be finite, ranged or not.
 
     Raises:
-        ValueError: ``name`` already registered, or the class is not a LossModule.
+        ValueError: ``name`` already registered, the class is not a LossModule, or a range for
+            an unknown hyper-parameter.
     """
 
     def deco(cls: T) -> T:
@@ -126,11 +211,16 @@ def register_loss(
             raise ValueError(f"register_loss({name!r}) must decorate a LossModule subclass")
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
+        stray = sorted(set(ranges or {}) - set(hyper or {}))
+        if stray:
+            raise ValueError(f"register_loss({name!r}): a range for {stray[0]!r}, which is not a hyper-parameter")
         cls.loss_name = name
         cls.paper = paper
         cls.formula = formula
         cls.hyper_defaults = dict(hyper or {})
-        info = LossInfo(name=name, paper=paper, formula=formula, hyper=dict(hyper or {}), cls=cls)
+        cls.hyper_ranges = dict(ranges or {})
+        info = LossInfo(name=name, paper=paper, formula=formula, hyper=dict(hyper or {}), cls=cls,
+                        ranges=dict(ranges or {}))
         return LOSSES.register(name, cls, info=info)
 
     return deco
