@@ -406,13 +406,14 @@ def _open_regular(path: Path) -> tuple[int, os.stat_result]:
 
 def is_entry_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a feature cache entry :class:`FeatureCache` wrote: a regular file (not a
-    symbolic link) named ``*.pt`` whose first line is a ``CROMAFEAT1 <sha256> <length>`` header and
-    whose size is that header plus ``length``. Reads at most 200 bytes; never raises."""
+    symbolic link) named ``*.pt`` whose first line is a ``CROMAFEAT1 <sha256 hex> <length>`` header
+    (a truncated or corrupt entry still is one; a checkpoint or any other file is not). Reads at
+    most 200 bytes; never raises."""
     path = Path(path)
     if path.suffix != ".pt":
         return False
     try:
-        fd, st = _open_regular(path)
+        fd, _ = _open_regular(path)
     except OSError:
         return False
     try:
@@ -421,8 +422,7 @@ def is_entry_file(path: str | os.PathLike) -> bool:
         return False
     finally:
         os.close(fd)
-    got = _header_length(head)
-    return got is not None and st.st_size == got[0] + got[1]
+    return _header_length(head) is not None
 
 
 def read_entry(path: str | os.PathLike) -> bytes:

@@ -48,17 +48,19 @@ def _checkpoint_bytes():
 def test_clear_keeps_a_checkpoint_under_features(tmp_path, run_cli):
     root = tmp_path / "cache"
     entry = _entry(root)
+    cut = _entry(root, key="c" * 64)
+    cut.write_bytes(cut.read_bytes()[:-10])  # a truncated entry is still the cache's (its header says so)
     foreign = root / "features" / "cifar-esc50" / "audio" / "best.pt"  # someone's real checkpoint
     foreign.write_bytes(_checkpoint_bytes())
     mine = root / "features" / "my-runs" / "last.pt"
     mine.parent.mkdir(parents=True)
     mine.write_bytes(_checkpoint_bytes())
-    assert [(g.dataset, g.entries) for g in cache_groups(root)] == [("cifar-esc50", 1)]  # info counts entries only
+    assert [(g.dataset, g.entries) for g in cache_groups(root)] == [("cifar-esc50", 2)]  # info counts entries only
     rc, out, err = run_cli(["cache", "clear", "--all", "--cache-dir", str(root)])
     assert rc == 0 and err == ""
-    assert not entry.exists()
+    assert not entry.exists() and not cut.exists()
     assert foreign.read_bytes() == _checkpoint_bytes() and mine.read_bytes() == _checkpoint_bytes()
-    assert "removed 1 file(s)" in out and f"{foreign}: not a cache entry" in out and str(mine) in out
+    assert "removed 2 file(s)" in out and f"{foreign}: not a cache entry" in out and str(mine) in out
     files, freed = clear_cache(root)  # nothing more to remove; the foreign files are still listed
     assert (files, freed) == (0, 0)
 
