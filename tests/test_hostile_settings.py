@@ -67,11 +67,13 @@ def test_an_objective_without_ranges_still_refuses_non_finite_settings():
     from croma.losses.registry import LOSSES, LossModule, get_loss, register_loss
 
     name = "hostile-settings-toy"
-    if name not in LOSSES:
-        register_loss(name, paper="a test", hyper={"scale": 1.0})(type("Toy", (LossModule,), {}))
-    assert get_loss(name, scale=2.0).hparams["scale"] == 2.0
-    with pytest.raises(ValueError, match="scale of loss 'hostile-settings-toy' must be a finite number"):
-        get_loss(name, scale=INF)
+    register_loss(name, paper="a test", hyper={"scale": 1.0})(type("Toy", (LossModule,), {}))
+    try:
+        assert get_loss(name, scale=2.0).hparams["scale"] == 2.0
+        with pytest.raises(ValueError, match="scale of loss 'hostile-settings-toy' must be a finite number"):
+            get_loss(name, scale=INF)
+    finally:
+        LOSSES.unregister(name)  # the registry is shared by every test
 
 
 # ---------------------------------------------------------------- item 4: one validation path
