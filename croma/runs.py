@@ -76,6 +76,9 @@ def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_ro
             raise CromaError(f"{path} was trained on a JSONL manifest: pass --manifest PATH (the path stored in "
                              f"the checkpoint is not used)")
         cfg.manifest = manifest
+    elif manifest is not None:  # it would be ignored: the run's data is the benchmark it names
+        raise CromaError(f"--manifest {manifest}: {path} was trained on {cfg.benchmark}, not on a JSONL manifest "
+                         "(leave --manifest out, or evaluate the run that was trained on it)")
     else:
         cfg.manifest = None
     dev = resolve_device(device)
@@ -135,6 +138,7 @@ def evaluate_run(
     cache_dir: str | None = None,
     manifest: str | None = None,
     dist: Any = None,
+    strict_sizes: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Meta-test a trained run (what ``croma evaluate DIR`` does).
@@ -149,6 +153,8 @@ def evaluate_run(
     ``auto``); ``"auto"`` chooses now, on meta-val. Returns :func:`evaluate_kshot`'s dict plus
     ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``. ``dist``: split the episodes across
     the ranks of a :class:`croma.distributed.Distributed` (all ranks call; all get the result).
+    Episode sizes the split's classes cannot fill are fitted (:func:`fit_episode_sizes`; the result's
+    ``task_sizes`` line says how) unless ``strict_sizes``.
 
     Raises:
         TypeError: an override that is not an EvalConfig field.
@@ -169,6 +175,7 @@ def evaluate_run(
         if v is not None:
             setattr(cfg, k, list(v) if k == "shots" else v)
     cfg.validate()
+    cfg, sizes_line = fit_episode_sizes(bench, cfg, strict=strict_sizes)
     head_scores = ckpt.get("head_scores")
     chosen = head_init or (eval_cfg.head_init if eval_cfg is not None else None) or ckpt.get("head_init") or "meta"
     if chosen == "auto":
@@ -178,4 +185,33 @@ def evaluate_run(
     result["iteration"] = int(ckpt["iteration"])
     result["checkpoint"] = ckpt.get("kind", which)
     result["head_scores"] = head_scores
+    if sizes_line:
+        result["task_sizes"] = sizes_line
     return result
+
+
+def fit_episode_sizes(bench: Any, cfg: EvalConfig, *, strict: bool = False) -> tuple[EvalConfig, str | None]:
+    """Meta-test (or meta-val) episodes that the split's classes can fill (:mod:`croma.task_sizes`):
+    a k fewer than ``ways`` classes can serve (k + 1 items) is dropped, the query count is lowered to
+    what the largest kept k allows; a k is never lowered. ``strict``: as asked.
+
+    Returns:
+        ``(cfg', line)``: a changed copy and one line saying what changed, or ``(cfg, None)``.
+
+    Raises:
+        CromaError: no k can be served (the class counts named).
+    """
+    from croma.task_sizes import class_counts, fit_task_sizes
+
+    if strict:
+        return cfg, None
+    split = cfg.split.replace("_", "-")
+    sizes = fit_task_sizes({"meta_test": class_counts(bench, cfg.split)}, ways=cfg.ways, shots=1, queries=0,
+                           test_shots=[int(k) for k in cfg.shots], test_queries=int(cfg.queries))
+    if sizes.test_shots == [int(k) for k in cfg.shots] and sizes.test_queries == cfg.queries:
+        return cfg, None
+    notes = [f"asked {cfg.queries}"] if sizes.test_queries != cfg.queries else []
+    notes += [f"k={d['k']} dropped: {d['why'].replace('meta-test', split)}" for d in sizes.dropped]
+    line = (f"task sizes: {split} k={','.join(map(str, sizes.test_shots))} with {sizes.test_queries} "
+            f"quer{'y' if sizes.test_queries == 1 else 'ies'} ({'; '.join(notes)})")
+    return replace(cfg, shots=list(sizes.test_shots), queries=int(sizes.test_queries)), line

@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="repeats with different episode seeds (default 5)")
     p.add_argument("--eval-tasks", type=int, default=8, help="episodes per repeat (default 8)")
     p.add_argument("--ways", type=int, default=None, help="N-way (default: the training ways)")
-    p.add_argument("--queries", type=int, default=5, help="query items per class (default 5)")
+    p.add_argument("--queries", dest="eval_queries", metavar="QUERIES", type=int, default=5,
+                   help="query items per class, at least 1 (default 5)")
     p.add_argument("--head-init", choices=("meta", "zero", "prototype", "auto"), default=None,
                    help="head initialisation (default: the one recorded in the checkpoint)")
     p.add_argument("--finetune", choices=("all", "head"), default=None, help="parameters to fine-tune (default: training setting)")
@@ -44,6 +45,9 @@ def add_parser(sub) -> None:
                    help="feature cache directory (default $CROMA_CACHE or ~/.cache/croma; never the checkpoint's)")
     p.add_argument("--manifest", default=None, metavar="PATH",
                    help="JSONL manifest of a run trained on BENCH=manifest (required then; never the checkpoint's)")
+    p.add_argument("--strict-sizes", action="store_true",
+                   help="episode sizes exactly as given (default: a k the classes cannot serve is dropped and the "
+                   "query count lowered, with one line saying so)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split the episodes across N local processes (torch.distributed; gloo on CPU, "
@@ -55,9 +59,9 @@ def add_parser(sub) -> None:
 
 
 # the parsed flags that travel to the --nproc worker processes (plain data only)
-_FIELDS = ("run_dir", "shots", "repeats", "eval_tasks", "ways", "queries", "head_init", "finetune", "finetune_steps",
+_FIELDS = ("run_dir", "shots", "repeats", "eval_tasks", "ways", "eval_queries", "head_init", "finetune", "finetune_steps",
            "finetune_lr", "label_noise", "split", "checkpoint", "device", "seed", "data_root", "cache_dir", "json",
-           "dist_timeout", "manifest")
+           "dist_timeout", "manifest", "strict_sizes")
 
 
 def _validate(args) -> None:
@@ -65,7 +69,7 @@ def _validate(args) -> None:
     :meth:`croma.evaluate.EvalConfig.validate` (the one place their ranges live), then the launcher's."""
     from croma.evaluate import EvalConfig
 
-    given = {"shots": list(args.shots), "tasks": args.eval_tasks, "queries": args.queries, "repeats": args.repeats,
+    given = {"shots": list(args.shots), "tasks": args.eval_tasks, "queries": args.eval_queries, "repeats": args.repeats,
              "label_noise": args.label_noise, "ways": args.ways, "finetune_steps": args.finetune_steps,
              "finetune_lr": args.finetune_lr, "split": args.split}
     EvalConfig(**{k: v for k, v in given.items() if v is not None}).validate()
@@ -144,10 +148,10 @@ def run_rank(args) -> int:
     try:
         result = evaluate_run(
             args.run_dir, which=args.checkpoint, shots=list(args.shots), repeats=args.repeats, tasks=args.eval_tasks,
-            ways=args.ways, queries=args.queries, head_init=args.head_init, finetune=args.finetune,
+            ways=args.ways, queries=args.eval_queries, head_init=args.head_init, finetune=args.finetune,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, label_noise=args.label_noise,
             split=args.split, device=device, seed=args.seed, data_root=args.data_root, cache_dir=args.cache_dir,
-            dist=dist, manifest=args.manifest,
+            dist=dist, manifest=args.manifest, strict_sizes=args.strict_sizes,
         )
     except BaseException:
         if dist is not None:
@@ -158,6 +162,8 @@ def run_rank(args) -> int:
     if dist is None or dist.rank == 0:
         if dist is not None:
             print(f"{args.split} episodes split across {dist.world_size} processes ({dist.backend})")
+        if result.get("task_sizes"):
+            print(result["task_sizes"])
         print(format_results(result))
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))
