@@ -209,6 +209,9 @@ def test_train_runs_at_its_default_5_way_and_the_checkpoint_holds_the_sizes(run_
     cfg = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
     flat = cfg if "shots" in cfg else {**cfg["outer"], **{f"eval_{k}": v for k, v in cfg["eval"].items()}}
     assert (flat["shots"], flat["queries"], flat["align_batch"], flat["eval_queries"]) == (3, 0, 15, 1)
+    # the same command resumes: the sizes fitted again are those the checkpoint holds
+    rc, _, err = run_cli(argv + ["--resume", "--quiet", "--checkpoint-dir", str(tmp_path / "run")])
+    assert rc == 0, err
     # --strict-sizes: as before, a one-line refusal naming the task
     rc, _, err = run_cli(argv + ["--strict-sizes", "--quiet", "--checkpoint-dir", str(tmp_path / "strict")])
     assert rc == 2 and err.startswith("error: ") and "lower --align-batch to at most 15" in err
