@@ -37,10 +37,17 @@ class TrainResult:
     """What :func:`train` returns.
 
     Attributes:
-        theta: final meta-parameters; best_theta: meta-parameters with the best meta-val accuracy
-        (``theta`` when never validated); iteration: iterations completed; best_val: best meta-val
-        accuracy (percent) or None; best_iteration; head_init: chosen head initialisation;
-        history: list of plain dicts; finished: True when all iterations ran.
+        theta: final meta-parameters.
+        best_theta: meta-parameters with the best meta-val accuracy (``theta`` when never
+            validated).
+        iteration: iterations completed.
+        best_val: best meta-val accuracy (percent) or None.
+        best_iteration: the iteration of ``best_theta`` (None when never validated).
+        head_init: chosen head initialisation.
+        history: list of plain dicts.
+        finished: True when all iterations ran.
+        head_scores: meta-val accuracy (percent) of each head initialisation when the config's
+            ``head_init="auto"`` chose among them at the end of training; else None.
     """
 
     theta: Params
