@@ -212,7 +212,7 @@ def test_every_train_flag_name_is_a_flat_setting():
                     "no_extra_modalities"}  # the last: the negation of the flat setting extra_modalities
     values = {"loss_hp": {"temperature": 0.1}, "task_weights": {"align": 1.0}, "split_classes": [2, 1, 1],
               "backbone": {"image": "pixels"}, "encoder": {"image": "mlp"}, "eval_shots": [1], "outer": "fomaml",
-              "skip_bad": True, "compile_inner": True}
+              "skip_bad": True, "compile_inner": True, "strict_sizes": True}
     names = [o[2:].replace("-", "_") for a in train._actions for o in a.option_strings if o.startswith("--")]
     assert "hidden" in names and "embed_dim" in names and "image_weights" in names
     checked = 0
