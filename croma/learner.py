@@ -57,7 +57,8 @@ class MetaLearner:
         dist: a :class:`croma.distributed.Distributed` (or None).
 
     Attributes:
-        theta: current meta-parameters ``{name: tensor}``; iteration: iterations completed.
+        theta: current meta-parameters ``{name: tensor}``.
+        iteration: iterations completed.
         cfg: the configuration run: ``cfg`` with the task sizes the data can fill
             (:mod:`croma.task_sizes`; ``task_sizes`` says what was lowered, and why).
     """

@@ -95,7 +95,8 @@ def cmcr_loss(
         z_a, z_b: paired embeddings ``[N, D]``.
         memory_a, memory_b: optional memories ``[K, D]`` of each space (normalised inside).
         noise_std: std of the completion noise (0 disables it; needed inside plain ``vmap``).
-        temperature: τ of both CLIP terms; memory_temperature: τ_mem of the aggregation.
+        temperature: τ of both CLIP terms.
+        memory_temperature: τ_mem of the aggregation.
         intra_weight: weight of the intra-space term.
         generator: ``torch.Generator`` on the inputs' device for reproducible noise.
 

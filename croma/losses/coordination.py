@@ -55,7 +55,8 @@ def _masked_ce_diag(logits: torch.Tensor, col_present: torch.Tensor) -> torch.Te
     """Per-row diagonal cross-entropy with logits towards absent columns set to -inf.
 
     Args:
-        logits: ``[N, N]``; col_present: ``[N]`` bool (column q may be a candidate).
+        logits: ``[N, N]``.
+        col_present: ``[N]`` bool (column q may be a candidate).
 
     Returns:
         ``[N]`` per-row losses. A finite stand-in for -inf (the dtype's lowest value) keeps
