@@ -135,6 +135,6 @@ def test_os_errors_become_one_line_naming_the_path(run_cli, tmp_path, capsys, mo
 
     monkeypatch.setattr(losses_cli, "run", boom)
     rc, _, err = run_cli(["losses"])
-    assert rc == 2 and err == f"error: {tmp_path / 'full' / 'x.pt'}: No space left on device\n"
+    assert rc == 2 and err == f"error: cannot write {tmp_path / 'full' / 'x.pt'}: No space left on device\n"
     with pytest.raises(OSError):
         main(["--debug", "losses"])
