@@ -61,7 +61,7 @@ def _having(counts: Sequence[int], n: int) -> int:
 
 def _largest(counts: Sequence[int], ways: int) -> str:
     top = sorted((int(x) for x in counts), reverse=True)[:ways]
-    few = f"; {ways}-way tasks need {ways} classes" if len(top) < ways else ""
+    few = f" (only {len(top)} classes)" if len(top) < ways else ""
     return (", ".join(map(str, top)) or "none") + few
 
 
@@ -264,8 +264,8 @@ def fit_task_sizes(
         if not keep:
             raise CromaError(
                 f"task sizes: no meta-test k of {','.join(map(str, test_shots))} can be served: {ways}-way k-shot "
-                f"episodes need k + 1 items in {ways} classes; the {ways} largest meta-test classes have "
-                f"{_largest(mt, ways)} items" + (f", meta-val {_largest(mv, ways)}" if v is not None else "")
+                f"episodes need k + 1 items in {ways} classes; items in the largest meta-test classes: "
+                f"{_largest(mt, ways)}" + (f", meta-val classes: {_largest(mv, ways)}" if v is not None else "")
                 + "; use fewer --ways, a smaller --shots, or more items per class")
         limit = min(t, v) if v is not None else t
         out.test_shots = keep

@@ -60,6 +60,8 @@ def test_nothing_fits_at_the_floor_is_an_error_with_the_numbers():
     with pytest.raises(CromaError, match=r"meta-val episodes .*1-shot 1-query: only 3 of 5 meta-val classes have "
                                          r"2 items \(the largest: 9, 9, 9, 1, 1\)"):
         _fit({"meta_val": [9, 9, 9, 1, 1]}, eval_shots=[1], eval_queries=1)
+    with pytest.raises(CromaError, match=r"meta-val episodes .*the largest: 9, 9 \(only 2 classes\)"):
+        _fit({"meta_val": [9, 9]}, eval_shots=[1], eval_queries=1)
     with pytest.raises(CromaError, match=r"alignment tasks need >= 2 pairs.*1 available"):
         _fit({}, align_batch=8, align_pairs=1)
 
@@ -91,7 +93,7 @@ def test_meta_test_k_is_never_lowered_only_dropped_with_the_reason():
     s = _fit({"meta_test": [20] * 5, "meta_val": [6] * 5}, test_shots=[1, 5, 10], test_queries=5,
              val_serves_test=True)
     assert s.test_shots == [1, 5] and s.test_queries == 1 and "meta-val classes" in s.dropped[0]["why"]
-    with pytest.raises(CromaError, match=r"no meta-test k of 5,10 can be served.*have 5, 5, 5, 5, 5 items"):
+    with pytest.raises(CromaError, match=r"no meta-test k of 5,10 can be served.*meta-test classes: 5, 5, 5, 5, 5;"):
         _fit({"meta_test": [5] * 5}, test_shots=[5, 10], test_queries=5)
 
 
