@@ -114,12 +114,26 @@ def non_finite_advice(what: str, cfg: object = None, objective: object = None) -
     if what.startswith("meta-parameter") and cfg is not None and hasattr(cfg, "meta_lr"):
         return hint("non_finite_meta_lr", f"lower --meta-lr (now {cfg.meta_lr:g})")
     if what.startswith("align") and objective is not None:
-        ranges = getattr(objective, "hyper_ranges", {}) or {}
-        hp = getattr(objective, "hparams", {}) or {}
-        odd = [f"{k}={hp[k]!r} (usual {r.usual_text()})" for k, r in ranges.items()
-               if k in hp and not r.usual_ok(hp[k])]
-        name = getattr(objective, "loss_name", "") or "the objective"
-        if odd:
-            return f"likely the objective's setting: --loss {name} --loss-hp {', '.join(odd)}; or {lrs}"
-        return f"{lrs}, or check the objective's settings (--loss {name} --loss-hp)"
+        return _objective_advice(objective, lrs)
+    return lrs
+
+
+def _objective_advice(objective: object, lrs: str) -> str:
+    ranges = getattr(objective, "hyper_ranges", {}) or {}
+    hp = getattr(objective, "hparams", {}) or {}
+    odd = [f"{k}={hp[k]!r} (usual {r.usual_text()})" for k, r in ranges.items() if k in hp and not r.usual_ok(hp[k])]
+    name = getattr(objective, "loss_name", "") or "the objective"
+    if odd:
+        return f"likely the objective's setting: --loss {name} --loss-hp {', '.join(odd)}; or {lrs}"
+    return f"{lrs}, or check the objective's settings (--loss {name} --loss-hp)"
+
+
+def ordinary_non_finite_advice(terms: list[str], lr: float, objective: object = None) -> str:
+    """:func:`non_finite_advice` for ordinary (non-meta) training: ``terms`` are the loss terms that
+    became non-finite (``align``, ``source_cls``, ``confusion`` ...), ``lr`` the method's ordinary_lr."""
+    lrs = f"lower the method's ordinary_lr (now {lr:g}: --method-hp METHOD.ordinary_lr)"
+    if "align" in terms and objective is not None:
+        return _objective_advice(objective, f"lower align_weight or {lrs}")
+    if "confusion" in terms:
+        return f"lower confusion_weight (--method-hp METHOD.confusion_weight) or {lrs}"
     return lrs

@@ -278,6 +278,22 @@ def test_non_finite_message_names_the_likely_culprit(bench, kw, what, needles):
         assert "temperature" not in str(info.value)
 
 
+@pytest.mark.parametrize("terms, loss_hp, needles", [
+    (["align"], {"temperature": 1e-4}, ["--loss-hp temperature=0.0001", "align_weight", "ordinary_lr (now 0.5"]),
+    (["align"], {}, ["--loss clip --loss-hp", "ordinary_lr (now 0.5"]),
+    (["confusion"], {}, ["confusion_weight", "ordinary_lr (now 0.5"]),
+    (["source_cls"], {"temperature": 1e-4}, ["lower the method's ordinary_lr (now 0.5"]),
+])
+def test_ordinary_training_non_finite_names_the_term_and_setting(terms, loss_hp, needles):
+    from croma.errors import ordinary_non_finite_advice
+    from croma.losses import get_loss
+
+    text = ordinary_non_finite_advice(terms, 0.5, get_loss("clip", **loss_hp))
+    for n in needles:
+        assert n in text, (n, text)
+    assert ("temperature" in text) == ("align" in terms and bool(loss_hp))
+
+
 # ---------------------------------------------------------------- item 15: TOML without tomllib (Python 3.10)
 def test_toml_settings_read_with_tomli_when_tomllib_is_missing(tmp_path, monkeypatch):
     pytest.importorskip("tomli")

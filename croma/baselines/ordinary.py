@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from croma.baselines.common import Budget, MethodContext, meta_val_score
-from croma.errors import NonFiniteLossError
+from croma.errors import NonFiniteLossError, ordinary_non_finite_advice
 from croma.meta.multimodal import AlignMultiFamily, uses_multi_alignment
 from croma.meta.tasks import derive_seed, model_inputs
 from episodes.samplers import AlignmentTaskSampler, episode_generator
@@ -248,7 +248,10 @@ def ordinary_train(
         for v in parts.values():
             total = total + v
         if not bool(torch.isfinite(total)):
-            raise NonFiniteLossError(f"ordinary training: non-finite loss at step {step}")
+            bad = [k for k, v in parts.items() if not bool(torch.isfinite(v).all())]
+            objective = get_loss(cfg.loss, **dict(cfg.loss_hp)) if "align" in bad else None  # its settings, named
+            raise NonFiniteLossError(f"ordinary training: non-finite {' and '.join(bad) or 'total'} loss at step {step} "
+                                     f"({ordinary_non_finite_advice(bad, lr, objective)})")
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
