@@ -386,11 +386,12 @@ def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> 
     from croma.factory import resolve_device
     from croma.meta.functional import load_parameters, meta_parameters
     from croma.model import ModelConfig, build_model
-    from croma.runs import resolve_checkpoint
+    from croma.runs import check_one_run, resolve_checkpoint
     from episodes.transform import FeatureTransform
 
     path = resolve_checkpoint(run, which)
     ckpt = load_checkpoint(path)
+    check_one_run(path, ckpt)  # last.pt / best.pt / metrics.csv of one run
     cfg = train_config(ckpt, path)
     card = ckpt.get("serving")
     if not isinstance(card, dict) or card.get("format") != SERVING_FORMAT:
