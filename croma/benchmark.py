@@ -98,6 +98,55 @@ def _budget(cfg: BenchmarkConfig, preset: dict[str, Any]) -> tuple[int | None, f
     return int(preset["budget_steps"]), None
 
 
+def check_settings(cfg: BenchmarkConfig) -> None:
+    """Every check that needs no data, made before the data loads (speech synthesis, feature
+    building) and before the first method trains: the configuration (:meth:`BenchmarkConfig.validate`),
+    the method names (known, none listed twice), the training / meta-test settings every method
+    runs under (``--loss``, ``--loss-hp``, the preset's sizes: :meth:`TrainConfig.validate`,
+    :meth:`EvalConfig.validate`) and ``--split-classes`` against a data set with a fixed split.
+
+    Raises:
+        ValueError / CromaError: the first bad setting, named as its flag.
+    """
+    cfg.validate()
+    names = list(cfg.methods or [])
+    if names != ["all"]:
+        seen: set[str] = set()
+        for m in names:
+            get_method(m)  # unknown -> ValueError listing names
+            if m in seen:
+                raise CromaError(f"--methods: {m!r} is listed twice (each method is trained once per training seed)")
+            seen.add(m)
+    _contexts(cfg, None, PRESETS[cfg.preset])
+    from episodes.datasets import check_split_classes
+
+    check_split_classes(cfg.benchmark, cfg.split_classes)  # --split-classes on a generated or fixed split
+
+
+def check_noise_rates(rates: list[float]) -> None:
+    """``--noise-sweep`` rates: each in [0, 1), and no two writing one ``noise_<rate>`` folder.
+
+    Raises:
+        ValueError: naming the rate(s).
+    """
+    folders: dict[str, float] = {}
+    for r in rates:
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= float(r) < 1.0:
+            raise ValueError(f"--noise-sweep rates must be in [0, 1) (got {r!r})")
+        name = noise_folder(r)
+        if name in folders:
+            if folders[name] == float(r):
+                raise ValueError(f"--noise-sweep: rate {r:g} is listed twice")
+            raise ValueError(f"--noise-sweep: rates {folders[name]!r} and {float(r)!r} would both write {name}/ "
+                             "(rates must differ within 6 significant digits)")
+        folders[name] = float(r)
+
+
+def noise_folder(rate: float) -> str:
+    """The sub-folder of ``--out`` a noise-sweep rate writes: ``noise_<rate, 6 significant digits>``."""
+    return f"noise_{float(rate):g}"
+
+
 def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     """Run every chosen method and (when ``cfg.out``) write results.json/csv/png.
 
@@ -112,9 +161,10 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         The ``results.json`` dict (accuracies in percent).
 
     Raises:
-        ValueError / CromaError: unknown method or preset, a method that does not apply, a bad budget.
+        ValueError / CromaError: unknown method or preset, a method that does not apply, a bad budget
+        (all but the applicability checked before the data loads: :func:`check_settings`).
     """
-    cfg.validate()
+    check_settings(cfg)
     if cfg.out:  # a file, read-only or full disk: fail now, not after every method's budget
         from croma.checkpoint import ensure_output_dir
 
@@ -267,10 +317,13 @@ def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float]) -> list[dict[str, 
     """Run the benchmark at each noise rate (data loaded once); write per-rate results and the plots."""
     from pathlib import Path
 
+    check_noise_rates(rates)
+    for rate in rates:  # every rate's settings before the data loads and the first rate trains
+        check_settings(replace(cfg, label_noise=float(rate)))
     bench = load_for_benchmark(cfg)
     results = []
     for rate in rates:
-        sub = replace(cfg, label_noise=float(rate), out=None if cfg.out is None else str(Path(cfg.out) / f"noise_{rate:g}"))
+        sub = replace(cfg, label_noise=float(rate), out=None if cfg.out is None else str(Path(cfg.out) / noise_folder(rate)))
         results.append(run_benchmark(sub, bench=bench))
     if cfg.out:
         write_noise_sweep(results, cfg.out, cfg.shots)

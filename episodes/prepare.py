@@ -121,6 +121,9 @@ def prepare_benchmark(
         if not per_mod_items[m]:
             role = {src: "source", tgt: "target"}.get(m, "extra")
             raise DataError(f"{dataset.name}: no item holds the {role} modality {m!r}")
+    if split_classes is not None and not skip_bad:  # a bad --split-classes: refused before the features are built
+        make_class_split(dataset, seed=seed, split_fractions=split_fractions, class_split=class_split, ways=ways,
+                         split_classes=split_classes)
     feats: dict[str, torch.Tensor] = {}
     oks: dict[str, torch.Tensor] = {}
     status: dict[str, str] = {}

@@ -35,6 +35,9 @@ def _methods(text: str | None) -> list[str] | None:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise ValueError("--methods needs at least one method name")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise ValueError(f"--methods: {', '.join(twice)} listed twice (each method is trained once per training seed)")
     return names
 
 
@@ -141,8 +144,10 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
         settings["method_hp"] = merge_method_hp(settings.get("method_hp"), hp)
     cfg = BenchmarkConfig(**settings)
     cfg.validate()
-    if args.noise_sweep is not None and any(not 0.0 <= r < 1.0 for r in args.noise_sweep):
-        raise ValueError(f"--noise-sweep rates must be in [0, 1) (got {args.noise_sweep})")
+    if args.noise_sweep is not None:
+        from croma.benchmark import check_noise_rates
+
+        check_noise_rates(args.noise_sweep)
     return cfg
 
 
@@ -155,7 +160,9 @@ def run(args) -> int:
     cfg = config_from_args(args)
     made = []
     if cfg.out:  # the folders this run makes: refused on its data or methods, it leaves none of them empty
-        subs = [Path(cfg.out) / f"noise_{float(r):g}" for r in args.noise_sweep or ()]
+        from croma.benchmark import noise_folder
+
+        subs = [Path(cfg.out) / noise_folder(r) for r in args.noise_sweep or ()]
         made = new_folders(cfg.out, *subs)
     try:
         from contextlib import nullcontext

@@ -79,9 +79,10 @@ def _report_skipped(n: int) -> None:
 
 
 def run_inspect(args) -> int:
-    from episodes.datasets import load_dataset
+    from episodes.datasets import check_split_classes, load_dataset
     from episodes.prepare import dataset_summary, make_class_split
 
+    check_split_classes(args.name, args.split_classes)  # before any loading or speech synthesis
     ds = load_dataset(args.name, progress=sys.stderr.isatty(), **_loader_kwargs(args))
     summary = dataset_summary(ds, seed=args.seed)
     # the split croma train / benchmark make for --ways-way tasks (or --split-classes)

@@ -28,7 +28,7 @@ from episodes.errors import DataError
 from episodes.registry import Registry
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_info", "list_datasets", "register_dataset", "load_dataset",
-           "load_benchmark"]
+           "load_benchmark", "check_split_classes", "FIXED_SPLITS"]
 
 CALLS = ("data_root", "manifest", "cache_dir", "prepared")
 
@@ -79,6 +79,10 @@ for _name, _module, _function, _call in (
 ):
     DATASETS.register(_name, DatasetSpec(_module, _function, _call))
 del _name, _module, _function, _call
+
+# built-in data sets whose loader fixes the class split (``meta["class_split"]``): --split-classes is
+# refused for them before anything is loaded (for other loaders, once their split is seen)
+FIXED_SPLITS = frozenset({"udhr-speech", "cifar-esc50"})
 
 
 def list_datasets(*, items_only: bool = False) -> list[str]:
@@ -183,6 +187,22 @@ def load_dataset(
     return ds
 
 
+def check_split_classes(name: str, split_classes: Any) -> None:
+    """Refuse ``--split-classes`` for a data set whose class split is generated or fixed
+    (``synthetic``, :data:`FIXED_SPLITS`), before anything is loaded.
+
+    Raises:
+        DataError: naming the flag and the data set.
+    """
+    if split_classes is None:
+        return
+    spec = dataset_info(name)
+    if spec.prepared or name in FIXED_SPLITS:
+        how = "is generated with its own class split" if spec.prepared else "has a fixed, documented class split"
+        raise DataError(f"--split-classes: {name} {how}; the counts apply only to data sets split by seed "
+                        "(manifest, yummly, wilderness)")
+
+
 def load_benchmark(
     name: str,
     *,
@@ -211,6 +231,7 @@ def load_benchmark(
     passed to :func:`~episodes.prepare.prepare_benchmark`.
     """
     spec = dataset_info(name)
+    check_split_classes(name, split_classes)  # before any loading or speech synthesis
     if spec.prepared:
         return spec.resolve()(seed=seed, **kw)
     ds = load_dataset(name, data_root=data_root, manifest=manifest, source=source, target=target, seed=seed,

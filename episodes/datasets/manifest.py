@@ -60,14 +60,22 @@ def _encodable(value: str, key: str, where: str) -> str:
 
 
 def _missing_file_reason(fp: Path) -> str:
-    """Why ``fp`` (not a regular file) cannot be read: a folder, a broken / looping link, not a file."""
+    """Why ``fp`` (not a regular file) cannot be read: a folder, a broken / looping link, a device,
+    a named pipe or socket (through a link: what the link points to)."""
+    import stat
+
     try:
+        link = f"is a symbolic link to {os.readlink(fp)}, " if fp.is_symlink() else "is "
         if fp.is_dir():
-            return "is a folder, not a file"
+            return f"{link}a folder, not a file"
+        if fp.exists():
+            mode = fp.stat().st_mode
+            kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                     (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+            kind = next((name for test, name in kinds if test(mode)), "something")
+            return f"{link}{kind}, not a regular file"
         if fp.is_symlink():
             return "is a broken or looping symbolic link"
-        if fp.exists():
-            return "is not a regular file"
     except OSError as exc:
         return f"cannot be read ({exc.strerror or type(exc).__name__})"
     return "not found"
