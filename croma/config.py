@@ -270,8 +270,8 @@ class TrainConfig:
         """Rebuild from :meth:`to_dict` output, the flat form, or a mix of both.
 
         Raises:
-            ValueError: a key that is neither a section nor a flat setting, or a value of the wrong
-                type or out of range (:meth:`check_types`), named in the message.
+            ValueError: a key that is neither a section nor a flat setting (named in the message);
+                types and ranges are :meth:`check_types`' (and :meth:`validate`'s).
         """
         if not isinstance(d, Mapping):
             raise TypeError(f"a training configuration must be a mapping (got {type(d).__name__})")
@@ -280,9 +280,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} in the training configuration")
         sections = {k: v for k, v in d.items() if (k in SECTIONS or k == "model") and _flat_name(k, v) not in flat}
-        cfg = cls(**sections, **flat)
-        cfg.check_types()  # a file's text where a number belongs is refused here, naming the file's caller
-        return cfg
+        return cls(**sections, **flat)
 
     @staticmethod
     def flat_keys(d: Mapping[str, Any]) -> set[str]:

@@ -131,7 +131,8 @@ def test_diverging_run_does_not_claim_a_checkpoint_that_was_never_written(tmp_pa
     from episodes.datasets.synthetic import make_synthetic_benchmark
 
     bench = make_synthetic_benchmark(num_classes=12, per_class=8, source_dim=6, target_dim=5, latent_dim=3, seed=0)
-    cfg = TrainConfig(iterations=3, meta_batch=2, inner_steps=2, inner_lr=1e30, inner_optimizer="sgd", align_batch=4,
+    # inner_lr at its maximum (croma.bounds.BOUNDS, the flags' and the API's): diverges at iteration 2
+    cfg = TrainConfig(iterations=3, meta_batch=2, inner_steps=2, inner_lr=1e4, inner_optimizer="sgd", align_batch=4,
                       ways=3, shots=1, queries=1, eval_every=0, checkpoint_every=100, checkpoint_dir=str(tmp_path / "d"),
                       loss="nce", model={"embed_dim": 4, "hidden": 8})
     with pytest.raises(NonFiniteLossError) as exc:

@@ -149,7 +149,10 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         raise ValueError(f"--config {args.config}: a croma benchmark results file; rerun it with "
                          f"'croma benchmark --config {args.config}' (croma train reads settings files and checkpoints)")
     try:
-        flat = TrainConfig.from_dict(file).flat() if file else {}
+        from_file = TrainConfig.from_dict(file) if file else None
+        if from_file is not None:
+            from_file.check_types()  # the file's types and ranges (croma.bounds), naming the file
+        flat = from_file.flat() if from_file is not None else {}
     except (TypeError, ValueError) as exc:
         raise ValueError(f"--config {args.config}: {exc}") from None
     if file:  # only the settings the file names
