@@ -81,7 +81,7 @@ def add_config_flags(p: argparse.ArgumentParser, *, what: str) -> None:
                    "--loss-hp temperature=0.05; 'croma losses' lists each objective's settings")
     p.add_argument("--task-weights", action="append", default=None, metavar="FAMILY=W",
                    help="meta-batch mix over task families (repeatable or comma-separated; replaces --task-mix), e.g. "
-                   "--task-weights align=0.5,source_cls=0.25,target_recon=0.25")
+                   "--task-weights align=0.5,source_cls=0.5 (target_recon needs croma train --reconstruction)")
 
 
 def task_weights(args: argparse.Namespace) -> dict[str, float] | None:

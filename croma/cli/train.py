@@ -55,7 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=CLI_DEFAULTS["device"], choices=("auto", "cpu", "cuda"),
                    help="default auto (CUDA when available)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, notes or warnings (errors only)")
+    p.add_argument("--progress", dest="force_progress", action="store_true",
+                   help="a tqdm progress bar even when stderr is not a terminal (default there: a line per ~10 %%)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log DIR/metrics.csv's rows as TensorBoard scalars in DIR/tensorboard "
                    "(needs the extra: pip install 'croma-meta[tensorboard]')")
@@ -106,6 +108,10 @@ def add_parser(sub) -> None:
     from croma.cli.frontend_flags import add_frontend_flags
 
     add_frontend_flags(p)
+    p.add_argument("--reconstruction", action="store_true",
+                   help="add a reconstruction head on the target modality (the model setting reconstruction), which "
+                   "the target_recon task family needs, e.g. --reconstruction --task-weights "
+                   "align=0.5,source_cls=0.25,target_recon=0.25")
     add_config_flags(p, what="training")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split each meta-batch across N local processes (torch.distributed; gloo on CPU, "
@@ -139,7 +145,7 @@ _LOCAL = ("data_root", "cache_dir", "manifest", "checkpoint_dir", "stop_after", 
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
     """Build and validate a :class:`croma.config.TrainConfig`: the library defaults, the CLI's
     (:data:`CLI_DEFAULTS`), ``--config FILE``, then the flags given on the command line."""
-    from croma.cli.config_flags import apply_flags, read_config, unwrap_defaults
+    from croma.cli.config_flags import apply_flags, given, read_config, unwrap_defaults
     from croma.config import TrainConfig
 
     if not hasattr(args, "given"):
@@ -163,6 +169,8 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
     settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
     apply_flags(args, settings, direct=_DIRECT, lists=("eval_shots",), name=args.bench, label="BENCH")
+    if given(args, "reconstruction"):  # a model setting (ModelConfig.reconstruction), like --hidden
+        settings["model"] = {**settings.get("model", {}), "reconstruction": True}
     if not settings.get("checkpoint_dir"):
         raise ValueError("--checkpoint-dir DIR is required (where last.pt and best.pt go)")
     cfg = TrainConfig(**settings)
@@ -221,8 +229,51 @@ def _remove_if_empty(folders) -> None:
     remove_if_empty(folders)
 
 
+# the modalities of the built-in data sets (a manifest's come from --source / --target)
+_MODALITIES = {"udhr-speech": ("text", "audio"), "cifar-esc50": ("image", "audio"), "yummly": ("text", "image"),
+               "wilderness": ("text", "audio")}
+# measured: croma train udhr-speech, sequence features, cnn1d encoders, default sizes (meta-batch 8, 5 inner
+# steps), eager, 2-core CPU: 0.69-0.72 s per iteration (docs/speed.md, "Speed")
+SEQUENCE_S_PER_ITERATION = 0.7
+SLOW_WARN_S = 300.0
+
+
+def slow_run_warning(cfg) -> str | None:
+    """One line for a run whose features make it slow: sequence features (byte ids, log-mel frames)
+    through cnn1d / lstm encoders on the CPU, estimated over :data:`SLOW_WARN_S` from the measured
+    :data:`SEQUENCE_S_PER_ITERATION` (scaled by meta-batch and inner steps); None otherwise."""
+    from croma.config import TrainConfig
+    from croma.factory import resolve_device
+
+    d = cfg.data
+    if d.features != "sequence" or cfg.compile_inner or resolve_device(cfg.device).type != "cpu":
+        return None
+    mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
+    chosen = dict(cfg.model.get("encoders") or {})
+    backbones = dict(d.backbones or {})
+    slow = [m for m in mods if m in ("text", "audio") and m not in backbones
+            and chosen.get(m, "bert" if m == "text" and cfg.model.get("text_model") else "cnn1d") in ("cnn1d", "lstm")]
+    if not slow:
+        return None
+    base = TrainConfig()
+    per_it = SEQUENCE_S_PER_ITERATION * (cfg.meta_batch / base.meta_batch) * (cfg.inner_steps / base.inner_steps)
+    est = per_it * max(0, cfg.iterations)
+    if est < SLOW_WARN_S:
+        return None
+    return (f"warning: sequence features through {'/'.join(sorted({chosen.get(m, 'cnn1d') for m in slow}))} encoders on "
+            f"the CPU: ~{est / 60:.0f} min for {cfg.iterations} iterations before meta-val (measured ~0.7 s per "
+            f"iteration at meta-batch 8 on a 2-core CPU, docs/speed.md); --features compact trains MLP encoders on "
+            "vectors in a fraction of that, --compile-inner is ~2.5x faster (--quiet hides this line)")
+
+
 def _run_checked(args, cfg) -> int:
     from croma.errors import CromaError
+
+    line = slow_run_warning(cfg)
+    if line:
+        from croma.log import warning
+
+        warning(line)
 
     if args.tensorboard:  # before any work: a one-line error naming the extra
         from episodes.extras import require

@@ -306,7 +306,8 @@ class TargetReconFamily(TaskFamily):
     def __init__(self, bench, inputs, *, batch_size: int, seed: int, model: nn.Module | None = None, **_: object) -> None:
         super().__init__(bench, inputs)
         if model is not None and getattr(model, "recon", None) is None:
-            raise CromaError("target_recon tasks need a model with a reconstruction head (ModelConfig.reconstruction=True)")
+            raise CromaError("target_recon tasks need a model with a reconstruction head (ModelConfig.reconstruction=True; "
+                             "croma train --reconstruction)")
         self.rows = bench.rows_of_classes(bench.target, bench.splits.get("meta_train", []))
         if self.rows.numel() < 2:
             raise CromaError(f"{bench.name}: target_recon tasks need >= 2 target items of meta-train classes")
