@@ -39,32 +39,58 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def load_plugins() -> list[str]:
-    """Import the modules named in ``$CROMA_PLUGINS`` (comma-separated, e.g. ``mylab.objectives``),
-    so that what they register (objectives, encoders, data sets, methods, task families, outer
-    algorithms, backbones) appears in every choice list of the command line.
+PLUGIN_GROUP = "croma.plugins"  # the entry-point group an installed package registers its plugins under
 
-    Raises:
-        CromaError: a module that cannot be imported (named, with the reason).
-    """
-    import os
 
+def _import_plugin(where: str, name: str, load) -> None:
+    """``load()`` (the import of plugin ``name``, from ``where``), a failure turned into one
+    :class:`CromaError` line naming both."""
     from croma.errors import CromaError
 
-    names = [n.strip() for n in os.environ.get("CROMA_PLUGINS", "").split(",") if n.strip()]
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - any failure of a user's module: one line naming it
-            raise CromaError(f"CROMA_PLUGINS: cannot import {name!r} ({type(exc).__name__}: {exc})") from exc
-        except (SystemExit, KeyboardInterrupt) as exc:  # a plugin that exits (or is interrupted) on import
-            from episodes.signals import Terminated
+    try:
+        load()
+    except Exception as exc:  # noqa: BLE001 - any failure of a user's module: one line naming it
+        raise CromaError(f"{where}: cannot import {name!r} ({type(exc).__name__}: {exc})") from exc
+    except (SystemExit, KeyboardInterrupt) as exc:  # a plugin that exits (or is interrupted) on import
+        from episodes.signals import Terminated
 
-            if isinstance(exc, Terminated):  # SIGTERM / SIGHUP: end as signals do
-                raise
-            what = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
-            raise CromaError(f"CROMA_PLUGINS: importing {name!r} stopped ({what}); croma did not start") from None
-    return names
+        if isinstance(exc, Terminated):  # SIGTERM / SIGHUP: end as signals do
+            raise
+        stopped = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+        raise CromaError(f"{where}: importing {name!r} stopped ({stopped}); croma did not start") from None
+
+
+def load_plugins() -> list[str]:
+    """Import the plugins of installed packages (entry points of the group ``croma.plugins``) and
+    the modules named in ``$CROMA_PLUGINS`` (comma-separated, e.g. ``mylab.objectives``; they must be
+    importable: installed, or on ``PYTHONPATH``), so that what they register (objectives, encoders,
+    data sets, methods, task families, outer algorithms, backbones) appears in every choice list of
+    the command line.
+
+    Each entry point names a module, imported as a ``$CROMA_PLUGINS`` module is (what it
+    registers at import time is the plugin). In the plugin package's ``pyproject.toml``::
+
+        [project.entry-points."croma.plugins"]
+        objectives = "mylab.objectives"
+
+    Returns:
+        What was loaded, in order: each entry point's value, then each ``$CROMA_PLUGINS`` module.
+
+    Raises:
+        CromaError: a plugin that cannot be imported (named, with the reason), in one line.
+    """
+    import os
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: (e.name, e.value)):
+        dist = f" of {ep.dist.name}" if getattr(ep, "dist", None) is not None else ""
+        _import_plugin(f"entry point {ep.name!r}{dist} (group {PLUGIN_GROUP})", ep.value, ep.load)
+        loaded.append(ep.value)
+    for name in [n.strip() for n in os.environ.get("CROMA_PLUGINS", "").split(",") if n.strip()]:
+        _import_plugin("CROMA_PLUGINS", name, lambda: importlib.import_module(name))
+        loaded.append(name)
+    return loaded
 
 
 def build_parser() -> argparse.ArgumentParser:
