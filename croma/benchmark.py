@@ -23,6 +23,7 @@ from croma.config import TrainConfig
 from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.factory import bench_to, resolve_device
+from croma.log import info
 from croma.report import write_noise_sweep, write_results
 from croma.stats import mean_ci95, mean_std, paired_comparison, seed_std
 from croma.task_sizes import fit_run_sizes
@@ -193,7 +194,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     families = {"align", "source_cls", *(train.task_weights or {})} | ({"target_cls"} if "oracle" in methods else set())
     train, ev, sizes = fit_run_sizes(train, bench, families=sorted(families), eval_cfg=ev)
     if sizes.changed and cfg.progress:
-        print(sizes.line(), flush=True)
+        info(sizes.line(), stream="stdout")
     rows: list[dict[str, Any]] = []
     per_method: dict[str, Any] = {}
     episodes: dict[tuple[str, int], list[float]] = {}
@@ -210,7 +211,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             )
             if cfg.progress:
                 seed_note = f", training seed {cfg.seed + s}" if cfg.train_seeds > 1 else ""
-                print(f"[{name}] training (budget {budget_text}{seed_note}) ...", flush=True)
+                info(f"[{name}] training (budget {budget_text}{seed_note}) ...", stream="stdout")
             t0 = time.perf_counter()
             outcome = spec.fn(ctx)
             t1 = time.perf_counter()
@@ -271,7 +272,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             picks = ", ".join(
                 f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in first.eval_choice.items()
             )
-            print(f"[{name}] {accs} (meta-val picks {picks}; {first.train_seconds:.1f} s train)", flush=True)
+            info(f"[{name}] {accs} (meta-val picks {picks}; {first.train_seconds:.1f} s train)", stream="stdout")
     comparisons = []
     if "croma" in methods:
         for other in methods:

@@ -213,7 +213,7 @@ class CromaTrainer(MetaLearner):
             yield
 
     def _fit(self, *, resume: bool, on_iteration: Callable[["CromaTrainer", dict], None] | None) -> TrainResult:
-        from tqdm.auto import tqdm
+        from episodes.progress import progress_bar as tqdm
 
         cfg = self.cfg
         if resume:
@@ -233,7 +233,7 @@ class CromaTrainer(MetaLearner):
 
             runlog = RunLog(cfg.checkpoint_dir, metric_columns([f for f, _ in self.plan]),
                             start_iteration=self.iteration, tensorboard=self.tensorboard,
-                            run_id=self.checkpointer.run_id)
+                            run_id=self.checkpointer.run_id, hparams=cfg.flat())
         seconds0, steps_per_iteration = (runlog.seconds_offset if runlog else 0.0), self.meta_batch * cfg.inner_steps
         try:
             while self.iteration < cfg.iterations:

@@ -25,7 +25,6 @@ The fit loop around it (meta-val selection, checkpoints, metrics) is :class:`cro
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -80,7 +79,9 @@ class MetaLearner:
         self.cfg, _, self.task_sizes = fit_run_sizes(cfg, self.bench, families=[f for f, _ in self.plan],
                                                      meta_val=bool(cfg.eval_every) or cfg.head_init == "auto")
         if self.task_sizes.changed and progress and self.is_writer:
-            sys.stderr.write(self.task_sizes.line() + "\n")
+            from croma.log import info
+
+            info(self.task_sizes.line())
         cfg = self.cfg
         self.model.eval()  # no dropout randomness under vmap; no BatchNorm statistics updates
         self.fm = FunctionalModel(self.model)

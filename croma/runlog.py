@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["METRICS_FILE", "TENSORBOARD_DIR", "RunLog", "metric_columns", "read_metrics"]
+__all__ = ["METRICS_FILE", "TENSORBOARD_DIR", "RunLog", "hparam_values", "metric_columns", "read_metrics"]
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -40,6 +40,25 @@ def metric_columns(families: Sequence[str]) -> list[str]:
     for fam in dict.fromkeys(families):
         cols += [f"{fam}_loss", f"{fam}_loss_last"]
     return cols + ["epsilon", "val_acc", "seconds", "optimizer_steps"]
+
+
+def hparam_values(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Settings as TensorBoard hyper-parameters: numbers, strings and booleans kept; nested
+    mappings flattened as ``section.name``; lists as JSON text; ``None`` as ``"none"``."""
+    import json
+
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(hparam_values(v, prefix=name + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[name] = v
+        elif v is None:
+            out[name] = "none"
+        else:
+            out[name] = json.dumps(v, sort_keys=True, default=str)
+    return out
 
 
 def _parse(value: str) -> float | int | None:
@@ -108,6 +127,9 @@ class RunLog:
         tensorboard: also write TensorBoard scalars to ``run_dir/tensorboard`` (needs the
             ``tensorboard`` package: extra ``[tensorboard]``).
         run_id: the run's identity (:mod:`croma.runlock`), written in a last ``run_id`` column.
+        hparams: the run's settings (``TrainConfig.flat()``): with ``tensorboard``, logged once when
+            the run starts, to TensorBoard's HPARAMS tab (one run, metric ``meta_val/accuracy``)
+            and as the text ``config`` (JSON).
 
     Raises:
         episodes.extras.MissingExtraError: ``tensorboard=True`` but the package is not installed.
@@ -116,7 +138,7 @@ class RunLog:
 
     def __init__(
         self, run_dir: str | os.PathLike, columns: Sequence[str], *, start_iteration: int = 0, tensorboard: bool = False,
-        run_id: str | None = None,
+        run_id: str | None = None, hparams: Mapping[str, Any] | None = None,
     ) -> None:
         self.dir = Path(run_dir)
         self.path = self.dir / METRICS_FILE
@@ -132,6 +154,8 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.dir / TENSORBOARD_DIR), purge_step=start_iteration + 1)
+            if hparams is not None and start_iteration == 0:  # a resumed run logged them when it started
+                self._log_hparams(hparams)
         self._start(start_iteration)
         self._fh = open(self.path, "a", encoding="utf-8", newline="")
 
@@ -158,6 +182,20 @@ class RunLog:
             w.writerow([_cell(r.get(c)) for c in self._header])
         data = buf.getvalue().encode("utf-8")
         atomic_write(self.path, lambda fh: fh.write(data))
+
+    def _log_hparams(self, settings: Mapping[str, Any]) -> None:
+        import json
+
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = hparam_values(settings)
+        exp, ssi, _ = hparams(flat, {"meta_val/accuracy": 0.0})
+        writer = self._tb._get_file_writer()
+        writer.add_summary(exp)  # in this run's own event file: no extra timestamped sub-run
+        writer.add_summary(ssi)
+        text = json.dumps(dict(settings), indent=2, sort_keys=True, default=str)
+        self._tb.add_text("config", "```\n" + text + "\n```", 0)
+        self._tb.flush()
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Append one row (columns missing from ``row`` stay empty) and flush it to the OS."""

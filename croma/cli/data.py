@@ -2,10 +2,11 @@
 
     croma data inspect NAME [--json] [--data-root DIR] [--manifest PATH --source M --target M]
     croma data prepare NAME [--data-root DIR] [--cache-dir DIR] [--skip-bad] [--seed S]
+                            [--backbone MOD=NAME ... --image-weights PATH --text-model DIR|ID --audio-model DIR|ID]
 
 NAME: ``udhr-speech`` (embedded, offline), ``cifar-esc50``, ``yummly``, ``wilderness``,
 ``manifest``. The data root is ``--data-root`` or ``$CROMA_DATA``; the cache root is
-``--cache-dir`` or ``$CROMA_CACHE`` or ``~/.cache/croma``.
+``--cache-dir`` or ``$CROMA_CACHE`` or ``$XDG_CACHE_HOME/croma`` or ``~/.cache/croma``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _common(p) -> None:
     p.add_argument("--target", metavar="M", default=None, help="target modality: text, image, audio")
     p.add_argument("--skip-bad", action="store_true", help="leave out missing / unreadable files (reports how many)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="cache root (default: $CROMA_CACHE or ~/.cache/croma)")
+                   help="cache root (default: $CROMA_CACHE, else $XDG_CACHE_HOME/croma, else ~/.cache/croma)")
     p.add_argument("--seed", type=int, default=0, help="seed of class splits and loader shuffles (default 0)")
 
 
@@ -57,8 +58,28 @@ def add_parser(sub) -> None:
     pi.add_argument("--split-classes", type=split_counts, default=None, metavar="TRAIN,VAL,TEST",
                     help="class counts of the split (as croma train / benchmark --split-classes)")
     pi.set_defaults(func=run_inspect)
-    pp = dsub.add_parser("prepare", help="apply the front-ends and build the feature caches (progress bar)")
+    pp = dsub.add_parser("prepare", help="apply the front-ends and build the feature caches (progress bar)",
+                         description="Build the feature caches a run reads: the data set's front-end features and, "
+                         "with --backbone, the frozen backbones' embeddings (do it once before a distributed run, so "
+                         "that no rank spends long preparing them). The backbone flags are croma train's.")
     _common(pp)
+    from croma.backbones import BACKBONES
+    from croma.cli.frontend_flags import modality_spec
+
+    choices = "; ".join(f"{m}: {', '.join(n)}" for m, n in BACKBONES.items())
+    pp.add_argument("--backbone", type=modality_spec, action="append", default=[], metavar="MOD=NAME",
+                    help=f"also embed a modality with a frozen backbone and cache the embeddings (repeatable): {choices}")
+    pp.add_argument("--image-weights", default=None, metavar="PATH",
+                    help="weights file for an image backbone (as croma train --image-weights)")
+    pp.add_argument("--text-model", default=None, metavar="DIR",
+                    help="transformers text model folder or id in the local Hugging Face cache (--backbone text=hf)")
+    pp.add_argument("--audio-model", default=None, metavar="DIR",
+                    help="wav2vec2 / HuBERT-family folder or id in the local Hugging Face cache (--backbone audio=hf)")
+    pp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where the backbones run (default auto: CUDA when available)")
+    pp.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    pp.add_argument("--progress", dest="force_progress", action="store_true",
+                    help="tqdm progress bars even when stderr is not a terminal (default there: a line per ~10 %%)")
     pp.set_defaults(func=run_prepare)
     p.set_defaults(func=_need_action, _parser=p)
 
@@ -78,13 +99,40 @@ def _report_skipped(n: int) -> None:
         sys.stderr.write(f"skipped {n} missing or unreadable item(s) (--skip-bad)\n")
 
 
+def _counts_only(name: str) -> dict:
+    """``{"counts_only": True}`` when the data set's loader can count its items without building them
+    (udhr-speech: no speech synthesis), else ``{}``."""
+    import inspect
+
+    from episodes.datasets import dataset_info
+
+    try:
+        fn = dataset_info(name).resolve()
+        return {"counts_only": True} if "counts_only" in inspect.signature(fn).parameters else {}
+    except (TypeError, ValueError, ImportError):
+        return {}
+
+
+def _build_estimate(name: str, n: int) -> str:
+    if name == "udhr-speech":  # espeak-ng, 2 workers: ~1.7 s and ~0.14 MB of WAV per 100 utterances
+        return f"{n} utterances of speech, ~{max(1, round(n * 0.017))} s on 2 cores and ~{max(1, round(n * 0.136))} MB"
+    return f"{n} items"
+
+
 def run_inspect(args) -> int:
     from episodes.datasets import check_split_classes, load_dataset
     from episodes.prepare import dataset_summary, make_class_split
 
     check_split_classes(args.name, args.split_classes)  # before any loading or speech synthesis
-    ds = load_dataset(args.name, progress=sys.stderr.isatty(), **_loader_kwargs(args))
+    ds = load_dataset(args.name, progress=sys.stderr.isatty(), **_loader_kwargs(args), **_counts_only(args.name))
     summary = dataset_summary(ds, seed=args.seed)
+    pending = int(ds.meta.get("pending", 0) or 0)
+    if pending:  # counted from the texts; say what a first train / prepare will build
+        from croma.log import info
+
+        info(f"note: {args.name}: {pending} of {len(ds.items)} items' features are not built yet (counts come "
+             f"from the source); croma data prepare {args.name} (or the first train) builds them: "
+             f"{_build_estimate(args.name, pending)}")
     # the split croma train / benchmark make for --ways-way tasks (or --split-classes)
     from episodes.errors import DataError
 
@@ -120,7 +168,21 @@ def run_inspect(args) -> int:
 def run_prepare(args) -> int:
     from episodes.datasets import load_benchmark
 
-    bench = load_benchmark(args.name, progress=True, **_loader_kwargs(args))
+    progress = not getattr(args, "quiet", False)
+    if getattr(args, "backbone", None):  # the backbones' embeddings too, in the cache croma train reads
+        from croma.backbones import load_prepared
+        from croma.factory import resolve_device
+
+        spec: dict[str, str] = {}
+        for mod, name in args.backbone:
+            if spec.setdefault(mod, name) != name:
+                raise ValueError(f"--backbone {mod}: given twice ({spec[mod]} and {name})")
+        device = str(resolve_device(args.device)) if args.device != "cpu" else "cpu"
+        bench = load_prepared(args.name, compact=False, backbones=spec, image_weights=args.image_weights,
+                              text_model=args.text_model, audio_model=args.audio_model, device=device,
+                              progress=progress, **_loader_kwargs(args))
+    else:
+        bench = load_benchmark(args.name, progress=progress, **_loader_kwargs(args))
     _report_skipped(int(bench.info.get("skipped_total", 0)))
     cache = bench.info.get("cache", {})
     lines = [f"{bench.name}: prepared ({bench.source} -> {bench.target}, {bench.align_mode} alignment)"]
@@ -131,6 +193,9 @@ def run_prepare(args) -> int:
                  f"{len(bench.splits['meta_val'])}/{len(bench.splits['meta_test'])}; alignment rows "
                  f"{bench.align_source_rows.numel()}/{bench.align_target_rows.numel()}; classification rows "
                  f"{bench.classify_source_rows.numel()}")
+    if bench.info.get("backbones"):
+        lines.append("  backbones: " + ", ".join(f"{m}={n}" for m, n in bench.info["backbones"].items())
+                     + " (embeddings cached; croma train with the same --backbone flags reads them)")
     lines.append(f"  cache dir: {cache.get('dir')}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

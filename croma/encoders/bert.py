@@ -83,7 +83,9 @@ class BertEncoder(nn.Module):
         self.frozen = bool(frozen)
         self.pooling = pooling
         self.max_len = int(max_len)
-        self.backbone = load_text_model(model_dir)
+        from croma.backbones.embedders import local_model_dir  # a folder, or a model id in the local HF cache
+
+        self.backbone = load_text_model(None if model_dir is None else local_model_dir(model_dir))
         if self.frozen:
             self.backbone.requires_grad_(False)
         self.proj = nn.Linear(int(self.backbone.config.hidden_size), out_dim)
@@ -104,7 +106,10 @@ class BertEncoder(nn.Module):
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+            from croma.backbones.embedders import local_model_dir
+
+            tok = AutoTokenizer.from_pretrained(local_model_dir(self.model_dir) if self.model_dir else self.model_dir,
+                                                local_files_only=True)
         except Exception as exc:
             raise CromaError(f"bert: no tokenizer in {self.model_dir!r}: " + str(exc).splitlines()[0]) from exc
         texts = []

@@ -80,8 +80,9 @@ CACHE_VERSION = "v1"
 
 
 def _default_cache_dir() -> Path:
-    env = os.environ.get("CROMA_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "croma"
+    from episodes.cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 def _text_hash(text: str) -> str:
@@ -224,6 +225,7 @@ def load_udhr_speech(
     languages: Sequence[str] | None = None,
     sample_rate: int = 16000,
     workers: int = 2,
+    counts_only: bool = False,
 ) -> CrossModalDataset:
     """Load the ``udhr-speech`` benchmark, synthesising (and caching) speech on first use.
 
@@ -239,6 +241,9 @@ def load_udhr_speech(
         sample_rate: WAV sample rate in Hz.
         workers: synthesis processes (espeak-ng is not thread-safe; each process initialises it
             once); ``<= 1`` synthesises in this process.
+        counts_only: synthesise nothing and write nothing (``croma data inspect``): the items
+            come from the shipped texts, their ``audio`` paths may not exist yet; ``meta["pending"]``
+            counts the utterances a full load would synthesise.
 
     Returns:
         :class:`CrossModalDataset` named ``udhr-speech`` (source ``text``, target ``audio``);
@@ -274,7 +279,8 @@ def load_udhr_speech(
 
     root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     base = root / "udhr-speech" / CACHE_VERSION
-    base.mkdir(parents=True, exist_ok=True)
+    if not counts_only:
+        base.mkdir(parents=True, exist_ok=True)
     index_path = base / "index.json"
     index = _read_index(index_path)
 
@@ -297,6 +303,9 @@ def load_udhr_speech(
     t0 = time.perf_counter()
     failures: dict[str, str] = {}
     backend_name = None
+    pending = len(jobs) if counts_only else 0
+    if counts_only:
+        jobs = []
     if jobs:
         backend_name = get_backend().name  # fail early with the one-line install hint
         results = _run_jobs(jobs, workers=workers, progress=progress)
@@ -335,7 +344,8 @@ def load_udhr_speech(
             "cache_dir": str(base),
             "chunks_per_language": chunks_per_language,
             "synthesised": len(jobs) - len(failures),
-            "reused": len(plan) - len(jobs),
+            "reused": len(plan) - len(jobs) - pending,
+            "pending": pending,
             "skipped": len(failures),
             "synthesis_seconds": round(elapsed, 3),
             "backend": backend_name,
@@ -348,7 +358,7 @@ def load_udhr_speech(
 def _run_jobs(jobs: list, *, workers: int, progress: bool) -> list[tuple[str, int | None, str | None]]:
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from episodes.progress import progress_bar as tqdm
 
         bar = tqdm(total=len(jobs), desc="udhr-speech: synthesising", unit="utt")
     results = []

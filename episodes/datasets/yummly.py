@@ -80,7 +80,7 @@ def load_yummly(data_root: str | os.PathLike | None = None, *, seed: int = 0, sk
         raise DataError(f"{meta_dir}: no meta<ID>.json files; expected layout {_LAYOUT} (published at {YUMMLY_URL})")
     it = files
     if progress:
-        from tqdm.auto import tqdm
+        from episodes.progress import progress_bar as tqdm
 
         it = tqdm(files, desc="yummly: reading metadata", unit="recipe")
     by_label: dict[str, list[Item]] = defaultdict(list)
