@@ -255,6 +255,7 @@ class Checkpointer:
         self.cfg = cfg
         self.is_writer = is_writer
         self.run_id: str | None = None  # stored in every checkpoint written (croma.runlock)
+        self.serving: dict[str, Any] | None = None  # croma.runmodel.serving_card of the run's benchmark
 
     def path(self, name: str) -> Path | None:
         """``<run_dir>/<name>`` (None without a run directory)."""
@@ -282,8 +283,18 @@ class Checkpointer:
             "head_init": progress.get("head_init", self.cfg.head_init),
             "head_scores": progress.get("head_scores"),
             "history": [dict(h) for h in progress.get("history", [])],
+            **self._serving(progress),
             **({"run_id": self.run_id} if self.run_id else {}),
         }
+
+    def _serving(self, progress: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"serving": card}`` (the front-end, split and data identity, plus meta-val's
+        fine-tuning choice) when the trainer set one; see :mod:`croma.runmodel`."""
+        if self.serving is None:
+            return {}
+        from croma.runcard import finetune_choice
+
+        return {"serving": {**self.serving, "finetune": finetune_choice(self.cfg, progress.get("head_init", self.cfg.head_init))}}
 
     def save(self, kind: str, theta: Mapping[str, torch.Tensor], progress: Mapping[str, Any]) -> None:
         """Write ``<kind>.pt`` atomically (nothing without a run directory or when not the writer)."""

@@ -90,7 +90,7 @@ class CromaTrainer(MetaLearner):
         cfg = self.cfg  # the task sizes the data can fill (croma.task_sizes): what checkpoints store
         self.checkpointer = Checkpointer(cfg.checkpoint_dir, cfg, is_writer=self.is_writer)
         if cfg.checkpoint_dir:  # a run folder is a self-contained model (croma.runmodel.load_model)
-            from croma.runmodel import serving_card
+            from croma.runcard import serving_card
 
             self.checkpointer.serving = serving_card(self.bench)
         self.best_theta: Params | None = None

@@ -18,7 +18,6 @@ still read from where they were installed (the same files the run recorded a dig
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,97 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from croma.errors import CromaError
-from episodes.data import SPLITS, PreparedBenchmark, canonical_modality
+from croma.runcard import (  # noqa: F401 - re-exported: the card's functions, by their old names
+    SERVING_FORMAT,
+    class_split_names,
+    data_identity,
+    finetune_choice,
+    serving_card,
+    split_changes,
+)
+from episodes.data import canonical_modality
 from episodes.errors import DataError
 
 __all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "finetune_choice", "load_model", "RunModel",
            "AdaptedModel", "Prediction", "split_changes"]
-
-SERVING_FORMAT = "croma-serving/1"
-
-
-def data_identity(bench: PreparedBenchmark) -> dict[str, Any]:
-    """What data a benchmark was made of: ``{"name", "digest", "items": {modality: n}}``.
-
-    ``digest``: BLAKE2b of every ``(modality, id, label)`` row, sorted, so the same items with
-    the same labels give the same digest whatever their order, and a relabelled, added or
-    removed item changes it."""
-    h = hashlib.blake2b(digest_size=16)
-    counts = {}
-    for m in sorted(bench.data):
-        d = bench.data[m]
-        rows = sorted(f"{m}\t{i}\t{bench.class_names[int(c)]}" for i, c in zip(d.ids, d.labels.tolist()))
-        counts[m] = len(rows)
-        for r in rows:
-            h.update(r.encode("utf-8", "surrogatepass"))
-            h.update(b"\n")
-    return {"name": bench.name, "digest": h.hexdigest(), "items": counts}
-
-
-def class_split_names(bench: PreparedBenchmark) -> dict[str, list[str]]:
-    """``{split: [class names]}`` for meta_train / meta_val / meta_test / source_train."""
-    return {k: [bench.class_names[int(c)] for c in bench.splits.get(k, [])] for k in (*SPLITS, "source_train")}
-
-
-def serving_card(bench: PreparedBenchmark) -> dict[str, Any]:
-    """The ``serving`` section of a checkpoint (module docstring): plain types and CPU tensors."""
-    transform = bench.info.get("transform") or {}
-    mods = list(bench.modalities)
-    return {
-        "format": SERVING_FORMAT,
-        "name": bench.name,
-        "source": bench.source,
-        "target": bench.target,
-        "modalities": mods,
-        "inputs": {m: {"shape": [int(s) for s in bench.data[m].features.shape[1:]],
-                       "dtype": str(bench.data[m].features.dtype).replace("torch.", "")} for m in mods},
-        "class_names": list(bench.class_names),
-        "split": class_split_names(bench),
-        "data": data_identity(bench),
-        "transform": {m: _cpu(transform[m]) for m in mods if m in transform},
-        "features": str(bench.info.get("features") or ""),
-        "task_sizes": bench.info.get("task_sizes"),
-    }
-
-
-def finetune_choice(cfg: Any, head_init: str | None) -> dict[str, Any]:
-    """Meta-test fine-tuning of a ``croma train`` run, per meta-val shot: ``{"default": {...},
-    "per_k": {"k": {...}}}`` with ``head_init`` (the checkpoint's, chosen on meta-val when trained
-    with ``auto``), ``finetune``, ``finetune_steps``, ``finetune_lr``, ``finetune_optimizer``."""
-    head = head_init if head_init and head_init != "auto" else "meta"
-    one = {"head_init": head, "finetune": cfg.finetune, "finetune_steps": int(cfg.finetune_steps),
-           "finetune_lr": float(cfg.finetune_lr if cfg.finetune_lr is not None else cfg.inner_lr),
-           "finetune_optimizer": cfg.finetune_optimizer or cfg.inner_optimizer}
-    return {"default": one, "per_k": {str(int(k)): dict(one) for k in cfg.eval_shots}}
-
-
-def _cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, Mapping):
-        return {str(k): _cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_cpu(v) for v in value]
-    return value
-
-
-def split_changes(stored: Mapping[str, Sequence[str]], now: Mapping[str, Sequence[str]]) -> list[str]:
-    """Classes whose split differs between a run's stored split and a new one, as phrases
-    (``'cat' meta_test -> meta_train``; ``'cow' new in meta_val``; ``'dog' gone from meta_test``)."""
-    where_s = {c: k for k in SPLITS for c in stored.get(k, [])}
-    where_n = {c: k for k in SPLITS for c in now.get(k, [])}
-    moved, new, gone = [], [], []
-    for c in sorted(set(where_s) | set(where_n)):
-        a, b = where_s.get(c), where_n.get(c)
-        if a == b:
-            continue
-        if a is None:
-            new.append(f"{c!r} new in {b}")
-        elif b is None:
-            gone.append(f"{c!r} gone from {a}")
-        else:
-            moved.append(f"{c!r} {a} -> {b}")
-    return moved + new + gone  # the classes that changed split first: they are the leak
 
 
 # ---------------------------------------------------------------------- loading
@@ -386,7 +307,7 @@ def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> 
     from croma.factory import resolve_device
     from croma.meta.functional import load_parameters, meta_parameters
     from croma.model import ModelConfig, build_model
-    from croma.runs import check_one_run, resolve_checkpoint
+    from croma.runs import check_one_run, resolve_checkpoint  # runs never imports this module
     from episodes.transform import FeatureTransform
 
     path = resolve_checkpoint(run, which)

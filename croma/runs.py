@@ -11,9 +11,8 @@ from croma.errors import CromaError
 from croma.evaluate import EvalConfig, choose_head_init, evaluate_kshot
 from croma.factory import bench_to, build_from_config, eval_config_from, load_bench, resolve_device
 from croma.meta.functional import load_parameters, meta_parameters
-from croma.runmodel import load_model  # noqa: F401 - a run folder as a model (re-exported)
 
-__all__ = ["load_run", "evaluate_run", "resolve_checkpoint", "load_model"]
+__all__ = ["load_run", "evaluate_run", "resolve_checkpoint", "check_same_data"]
 
 
 def resolve_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -104,7 +103,7 @@ def check_same_data(ckpt: dict[str, Any], bench: Any, path: Path, *, manifest: s
         CromaError: naming the data (``--manifest`` path or benchmark) and the classes that moved
             between splits, or how the items differ.
     """
-    from croma.runmodel import class_split_names, data_identity, split_changes
+    from croma.runcard import class_split_names, data_identity, split_changes
 
     card = ckpt.get("serving")
     if not isinstance(card, dict) or not isinstance(card.get("split"), dict) or not isinstance(card.get("data"), dict):
