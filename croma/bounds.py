@@ -33,8 +33,8 @@ WEEK_S = 7 * 24 * 3600.0
 # of every subcommand (croma.cli.NUMERIC_BOUNDS is this table) and for every configuration class.
 BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "seed": (0, True, 2**62, True),  # headroom for derived seeds (seed + k) in 64-bit tensors
-    "iterations": (1, True, 10**8, True),
-    "stop_after": (1, True, 10**8, True),
+    "iterations": (1, True, 10**9, True),  # as budget_steps: a time-budgeted method runs "unlimited" 10**9
+    "stop_after": (1, True, 10**9, True),
     "budget_steps": (1, True, 10**9, True),
     "train_seeds": (1, True, 100, True),
     "meta_batch": (1, True, 65536, True),
