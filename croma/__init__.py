@@ -1,13 +1,20 @@
 """croma: cross-modal few-shot generalization by meta-alignment (CROMA) in PyTorch.
 
-The Python API (the command line ``croma`` calls the same functions)::
+The Python API (the command line ``croma`` calls the same functions); ``help(croma.train)``,
+``help(croma.TrainConfig)`` and the docs site's API reference describe each part:
 
-    import croma
-
-    bench = croma.load_benchmark("synthetic")                  # or croma.prepare_benchmark(dataset)
-    cfg = croma.TrainConfig(benchmark="synthetic", iterations=50, ways=3, eval_every=0)
-    result = croma.train(cfg, bench)                            # meta-train (Reptile by default)
-    table = croma.evaluate(model, bench, croma.EvalConfig(shots=[1, 5]), params=result.best_theta)
+    >>> import croma
+    >>> bench = croma.load_benchmark("synthetic")   # or croma.prepare_benchmark(your dataset)
+    >>> cfg = croma.TrainConfig(iterations=2, ways=3, shots=2, queries=2, meta_batch=4, eval_every=0,
+    ...                         model={"embed_dim": 16, "hidden": 16})
+    >>> result = croma.train(cfg, bench)            # meta-train (Reptile by default)
+    >>> result.iteration
+    2
+    >>> model = croma.build_model(cfg, bench)       # the architecture; result.best_theta: its weights
+    >>> table = croma.evaluate(model, bench, croma.EvalConfig(shots=[1], ways=3, tasks=4, repeats=1),
+    ...                        params=result.best_theta)
+    >>> [row["shots"] for row in table["rows"]]     # print(croma.format_results(table)): the table
+    [1]
 
 * configs: :class:`TrainConfig` (sections ``data``, ``model``, ``inner``, ``outer``, ``eval``,
   ``run``), :class:`EvalConfig`, :class:`BenchmarkConfig`;

@@ -140,7 +140,52 @@ def _check_method_hp(cfg: "BenchmarkConfig") -> None:
 
 @dataclass
 class BenchmarkConfig:
-    """A `croma benchmark` run (field names follow the CLI flags; ``None``: the preset's value)."""
+    """A `croma benchmark` run (field names follow the CLI flags; ``None``: the preset's value).
+
+    Attributes:
+        benchmark: the registered data set (``BENCH``).
+        methods: the methods to run (``--methods``; None: the preset's methods that apply).
+        shots: the k values of meta-test (``--shots``).
+        repeats: meta-test repeats with different episode seeds (``--repeats``).
+        ways: N, classes per episode (``--ways``).
+        eval_tasks: meta-test episodes per repeat (``--eval-tasks``).
+        queries: query items per class in meta-test episodes.
+        loss: the alignment objective (``--loss``).
+        label_noise: symmetric noise rate on target support labels (``--label-noise``).
+        preset: ``quick`` or ``paper`` (:data:`PRESETS`: budgets, front-ends, tuned settings).
+        budget_steps: optimiser steps per trained method, the same for every method (``--budget-steps``).
+        budget_seconds: wall-clock training budget per method instead of steps (``--budget-seconds``;
+            exploration only: results then depend on the machine's load).
+        train_seeds: train each method this many times, seeds ``seed, seed+1, ...`` (``--train-seeds``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:I`` (``--device``).
+        seed: the base seed (``--seed``; the training runs use ``seed, seed+1, ...``).
+        out: output folder for results.json / .csv / .png (``--out``; None: no files).
+        data_root: folder holding the data sets (``--data-root``; None: ``$CROMA_DATA``).
+        cache_dir: feature cache folder (``--cache-dir``).
+        manifest: JSONL manifest of ``benchmark="manifest"`` (``--manifest``).
+        source: the source modality of a manifest (``--source``).
+        target: the target modality of a manifest (``--target``).
+        oracle_warm_start: a supervised warm start for the oracle (``--oracle-warm-start``).
+        progress: show progress (``--quiet`` turns it off).
+        method_hp: ``{method: {setting: value}}`` merged over the preset's tuned ones (``--method-hp``;
+            :data:`METHOD_HP_KEYS`: the settings each method reads).
+        backbones: ``{modality: backbone}`` frozen pretrained front-ends (``--backbone``).
+        model: :class:`croma.model.ModelConfig` settings merged over the preset's (``--encoder``,
+            ``--embed-dim``, ``--hidden``, ``--image-weights``, ``--text-model``).
+        audio_model: local transformers audio model folder (``--audio-model``).
+        skip_bad: leave out unreadable image / audio files, saying how many (``--skip-bad``).
+        split_classes: ``[TRAIN, VAL, TEST]`` class counts of the split (``--split-classes``).
+        extra_modalities: a manifest's other modalities join the alignment tasks
+            (``--no-extra-modalities`` turns it off).
+        finetune_modes: what meta-val may choose to fine-tune at meta-test, ``all`` and / or ``head``
+            (``--finetune-modes``).
+        loss_hp: the objective's hyper-parameters (``--loss-hp``).
+        task_weights: ``{family: weight}`` meta-batch mix of the Reptile methods (``--task-weights``).
+        compile_inner: the Reptile methods' batched inner step through ``torch.compile``
+            (``--compile-inner``).
+        strict_sizes: task sizes exactly as asked, an error when the data cannot fill them
+            (``--strict-sizes``).
+    """
 
     benchmark: str = "udhr-speech"
     methods: list[str] | None = None

@@ -20,186 +20,46 @@ JSON or TOML file, the ``config`` of a ``results.json``, or the ``config`` store
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Mapping, NoReturn
 
-import torch
-
+from croma.config_sections import (  # noqa: F401 - re-exported: croma.config is where they are imported from
+    FLAT,
+    MODEL_FLAT,
+    RUNTIME_FIELDS,
+    SECTIONS,
+    DataConfig,
+    InnerLoopConfig,
+    MetaValConfig,
+    OuterConfig,
+    RunConfig,
+    _flat_name,
+    _section,
+    nest_model_settings,
+    plain,
+)
 from croma.keyvalues import parse_key_values, parse_value  # noqa: F401 - re-exported (KEY=VALUE flags)
 
 __all__ = [
     "DataConfig", "InnerLoopConfig", "OuterConfig", "MetaValConfig", "RunConfig", "TrainConfig",
-    "FLAT", "SECTIONS", "RUNTIME_FIELDS", "parse_key_values", "parse_value", "plain",
+    "FLAT", "MODEL_FLAT", "SECTIONS", "RUNTIME_FIELDS", "parse_key_values", "parse_value", "plain",
 ]
 
 
-@dataclass
-class DataConfig:
-    """What to load. ``benchmark``: a registered data set (``synthetic`` for tests); ``features``:
-    ``sequence`` (front-end output as is) or ``compact`` (n-gram / audio-statistics vectors);
-    ``data_root``, ``cache_dir``, ``manifest``, ``source``, ``target``: passed to the loader;
-    ``backbones``: ``{modality: backbone}`` frozen front-ends; ``audio_model``: local transformers
-    audio directory; ``skip_bad``: leave out unreadable items; ``split_classes``: ``[TRAIN, VAL,
-    TEST]`` class counts (None: by fraction, at least ``ways`` classes per split when possible)."""
+class _Unset:
+    """The default of :class:`TrainConfig`'s keyword settings: not given, the section's value stays."""
 
-    benchmark: str = "synthetic"
-    features: str = "sequence"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    manifest: str | None = None
-    source: str | None = None
-    target: str | None = None
-    backbones: dict[str, str] = field(default_factory=dict)
-    audio_model: str | None = None
-    skip_bad: bool = False
-    split_classes: list[int] | None = None
-    extra_modalities: bool = True  # a manifest's modalities besides source/target join alignment
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
 
 
-@dataclass
-class InnerLoopConfig:
-    """The per-task inner loop: ``steps`` of ``optimizer`` (``sgd`` | ``adam``) at ``lr``;
-    ``loop``: ``batched`` (vmap), ``sequential`` (the reference) or ``higher`` (the optional
-    package); ``task_chunk``: tasks per batched chunk (chunks are summed in a fixed order, so
-    results do not depend on the number of processes; 0: one chunk per family); ``compile``: run
-    the batched step through ``torch.compile``."""
-
-    steps: int = 5
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    loop: str = "batched"
-    task_chunk: int = 32
-    compile: bool = False
-
-
-@dataclass
-class OuterConfig:
-    """The meta-batch and the outer algorithm. ``algorithm``: ``reptile`` | ``fomaml`` (see
-    :mod:`croma.meta.outer`); ``iterations`` outer steps of ``meta_batch`` tasks; ``task_mix``:
-    fraction of alignment tasks (the rest source classification) unless ``task_weights``
-    (``{family: weight}``) is given; ``meta_lr`` -> ``meta_lr_final``: the outer step size, linear
-    over the run; ``loss`` / ``loss_hp``: the alignment objective; ``ways``/``shots``/``queries``:
-    classification episodes; ``align_batch``: pairs per alignment task; ``frozen``:
-    parameter-name prefixes no task updates; ``strict_sizes``: task sizes exactly as given (else
-    lowered to fit the data, :mod:`croma.task_sizes`)."""
-
-    algorithm: str = "reptile"
-    iterations: int = 1000
-    meta_batch: int = 8
-    task_mix: float = 0.5
-    task_weights: dict[str, float] | None = None
-    meta_lr: float = 1.0
-    meta_lr_final: float = 0.0
-    loss: str = "cwcl"
-    loss_hp: dict[str, Any] = field(default_factory=dict)
-    ways: int = 5
-    shots: int = 5
-    queries: int = 5
-    align_batch: int = 32
-    frozen: list[str] = field(default_factory=list)
-    strict_sizes: bool = False
-
-
-@dataclass
-class MetaValConfig:
-    """Meta-val during training: every ``every`` iterations (0: never), ``tasks`` episodes per k in
-    ``shots`` with ``queries`` queries; fine-tuning (``finetune`` all | head, ``finetune_steps``,
-    ``finetune_lr`` / ``finetune_optimizer``: None = the inner loop's); ``head_init`` meta | zero |
-    prototype | auto (chosen on meta-val at the end); ``label_noise`` on support labels."""
-
-    every: int = 100
-    tasks: int = 8
-    shots: list[int] = field(default_factory=lambda: [5])
-    queries: int = 5
-    finetune: str = "all"
-    finetune_steps: int = 10
-    finetune_lr: float | None = None
-    finetune_optimizer: str | None = None
-    head_init: str = "meta"
-    label_noise: float = 0.0
-
-
-@dataclass
-class RunConfig:
-    """The run: ``seed`` (model init, splits, every task), ``device`` (auto | cpu | cuda[:i]),
-    ``checkpoint_dir`` (None: no files), ``checkpoint_every`` (0: only at the end),
-    ``stop_after`` iterations (as if interrupted), ``time_budget_s`` of training."""
-
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 100
-    stop_after: int | None = None
-    time_budget_s: float | None = None
-
-
-SECTIONS: dict[str, type] = {"data": DataConfig, "inner": InnerLoopConfig, "outer": OuterConfig,
-                             "eval": MetaValConfig, "run": RunConfig}
-
-# flat name (CLI flag, pre-section key) -> (section, field)
-_RENAMED = {
-    ("inner", "steps"): "inner_steps", ("inner", "lr"): "inner_lr", ("inner", "optimizer"): "inner_optimizer",
-    ("inner", "loop"): "inner_loop", ("inner", "compile"): "compile_inner",
-    ("eval", "every"): "eval_every", ("eval", "tasks"): "eval_tasks", ("eval", "shots"): "eval_shots",
-    ("eval", "queries"): "eval_queries", ("eval", "label_noise"): "val_label_noise",
-}
-FLAT: dict[str, tuple[str, str]] = {
-    _RENAMED.get((sec, f.name), f.name): (sec, f.name) for sec, cls in SECTIONS.items() for f in fields(cls)
-}
-
-# the model section's settings by flat name (its ModelConfig fields but num_classes): ``hidden = 16``
-MODEL_FLAT = ("embed_dim", "hidden", "encoders", "encoder_hp", "image_weights", "text_model", "reconstruction")
-# flags whose name differs from their setting's flat name (--outer: a text ``outer`` is ``algorithm``)
-_ALIASES = {"backbone": "backbones", "encoder": "encoders"}
-
-
-def _flat_name(key: str, value: Any = None) -> str:
-    return "algorithm" if key == "outer" and isinstance(value, str) else _ALIASES.get(key, key)
-
-
-def nest_model_settings(d: Mapping[str, Any]) -> dict[str, Any]:
-    """``d`` with its flat model settings (:data:`MODEL_FLAT`, ``encoder``) moved into ``model`` (over
-    the ones there) and ``backbone`` renamed ``backbones``: a flat settings file for a config class
-    without flat model names (``croma benchmark``'s)."""
-    out = {_ALIASES.get(k, k): v for k, v in d.items() if _ALIASES.get(k, k) not in MODEL_FLAT}
-    flat = {_ALIASES.get(k, k): v for k, v in d.items() if _ALIASES.get(k, k) in MODEL_FLAT}
-    if flat:
-        out["model"] = {**(d.get("model") if isinstance(d.get("model"), Mapping) else {}), **flat}
-    return out
-
-
-# Settings that may differ between an interrupted run and its --resume (they do not change results).
-RUNTIME_FIELDS = frozenset({"device", "checkpoint_dir", "stop_after", "time_budget_s", "data_root", "cache_dir"})
-
-
-def plain(value: Any) -> Any:
-    """``value`` as plain types (dict/list/str/int/float/bool/None; tuples become lists; tensors
-    are kept). Raises TypeError for other objects."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint (plain types and tensors only)")
-
-
-def _section(cls: type, value: Any, where: str):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return copy.deepcopy(value)
-    if isinstance(value, Mapping):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(f'{where}.{k}' for k in unknown)} "
-                             f"(known: {', '.join(sorted(names))})")
-        return cls(**copy.deepcopy(dict(value)))
-    raise TypeError(f"configuration section {where!r} must be a mapping (got {type(value).__name__})")
+_UNSET: Any = _Unset()  # typed Any so that ``inner_lr: float = _UNSET`` reads as a float to type checkers
+# TrainConfig's arguments that are not flat settings
+_POSITIONAL = frozenset({"self", "data", "model", "inner", "outer", "eval", "run", "unknown"})
 
 
 @dataclass(init=False)
@@ -207,8 +67,17 @@ class TrainConfig:
     """Everything that defines a CROMA training run (sections above; stored in checkpoints).
 
     ``TrainConfig(inner=InnerLoopConfig(lr=3e-3), iterations=200)``: sections as dataclasses or
-    dicts, plus any flat names (:data:`FLAT`), applied on top. Flat names read and write their
-    section's field (``cfg.inner_lr is cfg.inner.lr``).
+    dicts, plus any flat names (:data:`FLAT`, :data:`MODEL_FLAT`), applied on top. Flat names read
+    and write their section's field (``cfg.inner_lr is cfg.inner.lr``); every one is a keyword
+    argument of the constructor, listed with its flag and default below.
+
+    Example:
+        >>> from croma import TrainConfig
+        >>> cfg = TrainConfig(inner={"lr": 3e-3}, iterations=200, hidden=16)
+        >>> cfg.inner_lr, cfg.outer.iterations, cfg.model
+        (0.003, 200, {'hidden': 16})
+        >>> cfg.replace(seed=3).run.seed
+        3
     """
 
     data: DataConfig
@@ -218,18 +87,152 @@ class TrainConfig:
     eval: MetaValConfig
     run: RunConfig
 
-    def __init__(self, data: Any = None, model: Mapping[str, Any] | None = None, inner: Any = None,
-                 outer: Any = None, eval: Any = None, run: Any = None, **flat: Any) -> None:  # noqa: A002
+    def __init__(
+        self, data: DataConfig | Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
+        inner: InnerLoopConfig | Mapping[str, Any] | None = None, outer: OuterConfig | Mapping[str, Any] | str | None = None,
+        eval: MetaValConfig | Mapping[str, Any] | None = None, run: RunConfig | Mapping[str, Any] | None = None,  # noqa: A002
+        *,
+        # data
+        benchmark: str = _UNSET, features: str = _UNSET, data_root: str | None = _UNSET, cache_dir: str | None = _UNSET,
+        manifest: str | None = _UNSET, source: str | None = _UNSET, target: str | None = _UNSET,
+        backbones: dict[str, str] = _UNSET, audio_model: str | None = _UNSET, skip_bad: bool = _UNSET,
+        split_classes: list[int] | None = _UNSET, extra_modalities: bool = _UNSET,
+        # inner
+        inner_steps: int = _UNSET, inner_lr: float = _UNSET, inner_optimizer: str = _UNSET, inner_loop: str = _UNSET,
+        task_chunk: int = _UNSET, compile_inner: bool = _UNSET,
+        # outer
+        algorithm: str = _UNSET, iterations: int = _UNSET, meta_batch: int = _UNSET, task_mix: float = _UNSET,
+        task_weights: dict[str, float] | None = _UNSET, meta_lr: float = _UNSET, meta_lr_final: float = _UNSET,
+        loss: str = _UNSET, loss_hp: dict[str, Any] = _UNSET, ways: int = _UNSET, shots: int = _UNSET,
+        queries: int = _UNSET, align_batch: int = _UNSET, frozen: list[str] = _UNSET, strict_sizes: bool = _UNSET,
+        # eval (meta-val)
+        eval_every: int = _UNSET, eval_tasks: int = _UNSET, eval_shots: list[int] = _UNSET, eval_queries: int = _UNSET,
+        finetune: str = _UNSET, finetune_steps: int = _UNSET, finetune_lr: float | None = _UNSET,
+        finetune_optimizer: str | None = _UNSET, head_init: str = _UNSET, val_label_noise: float = _UNSET,
+        # run
+        seed: int = _UNSET, device: str = _UNSET, checkpoint_dir: str | None = _UNSET, checkpoint_every: int = _UNSET,
+        stop_after: int | None = _UNSET, time_budget_s: float | None = _UNSET,
+        # model (croma.model.ModelConfig but num_classes, which is ways)
+        embed_dim: int = _UNSET, hidden: int = _UNSET, encoders: dict[str, str | None] = _UNSET,
+        encoder_hp: dict[str, dict[str, Any]] = _UNSET, image_weights: str | None = _UNSET, text_model: str | None = _UNSET,
+        reconstruction: bool = _UNSET,
+        # the flags' names of two settings
+        backbone: dict[str, str] = _UNSET, encoder: dict[str, str | None] = _UNSET,
+        **unknown: NoReturn,  # any other name: a TypeError naming it (NoReturn: type checkers flag it too)
+    ) -> None:
+        """Build a configuration from sections and/or flat settings (flat ones win).
+
+        Args:
+            data: the ``data`` section (:class:`DataConfig` or a dict of its fields; None: defaults).
+            model: :class:`croma.model.ModelConfig` fields but ``num_classes`` (a dict; None: ``{}``, the
+                ModelConfig defaults).
+            inner: the ``inner`` section (:class:`InnerLoopConfig` or a dict).
+            outer: the ``outer`` section (:class:`OuterConfig` or a dict), or a text: the outer algorithm
+                (``outer="fomaml"`` as ``--outer fomaml``).
+            eval: the ``eval`` section, meta-val (:class:`MetaValConfig` or a dict).
+            run: the ``run`` section (:class:`RunConfig` or a dict).
+            benchmark: (``BENCH``) the registered data set to load (``croma.DATASETS``; ``synthetic`` for
+                tests). Default ``'synthetic'``.
+            features: (``--features``) ``sequence`` (byte ids, log-mel frames, images as the front-ends give
+                them) or ``compact`` (n-gram and audio-statistics vectors for MLP encoders). Default ``'sequence'``.
+            data_root: (``--data-root``) folder holding the data sets (None: ``$CROMA_DATA``). Default ``None``.
+            cache_dir: (``--cache-dir``) feature cache folder (None: the default cache, ``croma cache info``).
+                Default ``None``.
+            manifest: (``--manifest``) JSONL manifest of ``benchmark="manifest"``. Default ``None``.
+            source: (``--source``) the source modality of a manifest. Default ``None``.
+            target: (``--target``) the target modality of a manifest. Default ``None``.
+            backbones: (``--backbone``) ``{modality: backbone}`` frozen pretrained front-ends (embeddings
+                cached; encoders become MLP adapters). Default ``{}``.
+            audio_model: (``--audio-model``) local transformers audio model folder (``backbones={"audio": "hf"}``).
+                Default ``None``.
+            skip_bad: (``--skip-bad``) leave out unreadable image / audio files, saying how many. Default ``False``.
+            split_classes: (``--split-classes``) ``[TRAIN, VAL, TEST]`` class counts of the seeded split (None:
+                60/20/20 %, at least ``ways`` classes in meta-val and meta-test when possible). Default ``None``.
+            extra_modalities: (``--no-extra-modalities`` sets False) a manifest's modalities besides source and
+                target join the alignment tasks. Default ``True``.
+            inner_steps: (``--inner-steps``) inner-loop steps per task. Default ``5``.
+            inner_lr: (``--inner-lr``) inner-loop learning rate. Default ``0.001``.
+            inner_optimizer: (``--inner-optimizer``) ``sgd`` or ``adam``. Default ``'adam'``.
+            inner_loop: (``--inner-loop``) ``batched`` (vmap over tasks), ``sequential`` (the reference loop) or
+                ``higher`` (the optional package). Default ``'batched'``.
+            task_chunk: (``--task-chunk``) tasks per batched inner-loop chunk, summed in a fixed order so results
+                do not depend on the number of processes (0: one chunk per task family). Default ``32``.
+            compile_inner: (``--compile-inner``) run the batched inner step through ``torch.compile``.
+                Default ``False``.
+            algorithm: (``--outer``) the outer algorithm, ``reptile`` or ``fomaml`` (``croma.OUTER_ALGORITHMS``).
+                Default ``'reptile'``.
+            iterations: (``--iterations``) outer iterations (meta-batches). Default ``1000``.
+            meta_batch: (``--meta-batch``) tasks per outer iteration. Default ``8``.
+            task_mix: (``--task-mix``) fraction of alignment tasks in a meta-batch, the rest source
+                classification (unless ``task_weights``). Default ``0.5``.
+            task_weights: (``--task-weights``) ``{family: weight}`` over task families (``croma.FAMILIES``),
+                replacing ``task_mix``; ``target_recon`` needs ``reconstruction=True``. Default ``None``.
+            meta_lr: (``--meta-lr``) outer step size at the start. Default ``1.0``.
+            meta_lr_final: (``--meta-lr-final``) outer step size at the end (linear in between). Default ``0.0``.
+            loss: (``--loss``) the alignment objective (``croma.list_losses()``). Default ``'cwcl'``.
+            loss_hp: (``--loss-hp``) the objective's hyper-parameters (``croma losses`` lists them).
+                Default ``{}``.
+            ways: (``--ways``) N, classes per classification task (the classifier's outputs). Default ``5``.
+            shots: (``--shots``) K, labelled items per class in source classification tasks. Default ``5``.
+            queries: (``--queries``) extra items per class in classification tasks. Default ``5``.
+            align_batch: (``--align-batch``) cross-modal pairs per alignment task. Default ``32``.
+            frozen: (no flag) parameter-name prefixes no task updates. Default ``[]``.
+            strict_sizes: (``--strict-sizes``) task sizes exactly as given, an error when the data cannot fill
+                them (else lowered to fit, saying so). Default ``False``.
+            eval_every: (``--eval-every``) meta-val every N iterations (0: never). Default ``100``.
+            eval_tasks: (``--eval-tasks``) meta-val episodes per k. Default ``8``.
+            eval_shots: (``--eval-shots``) the k values of meta-val. Default ``[5]``.
+            eval_queries: (no flag) query items per class in meta-val episodes. Default ``5``.
+            finetune: (``--finetune``) what meta-val / meta-test fine-tune: ``all`` or ``head``. Default ``'all'``.
+            finetune_steps: (``--finetune-steps``) fine-tuning steps at meta-val / meta-test. Default ``10``.
+            finetune_lr: (``--finetune-lr``) fine-tuning learning rate (None: ``inner_lr``). Default ``None``.
+            finetune_optimizer: (no flag) ``sgd`` or ``adam`` for fine-tuning (None: ``inner_optimizer``).
+                Default ``None``.
+            head_init: (``--head-init``) classifier initialisation for fine-tuning: ``meta``, ``zero``,
+                ``prototype`` or ``auto`` (chosen on meta-val at the end). Default ``'meta'``.
+            val_label_noise: (no flag) symmetric noise rate on meta-val support labels. Default ``0.0``.
+            seed: (``--seed``) seed of the model's initialisation, the class split and every task. Default ``0``.
+            device: (``--device``) ``cpu``, ``cuda``, ``cuda:I`` or ``auto`` (CUDA when available; the command
+                line's default). Default ``'cpu'``.
+            checkpoint_dir: (``--checkpoint-dir``) the run folder: last.pt, best.pt, metrics.csv (None: no
+                files). Default ``None``.
+            checkpoint_every: (``--checkpoint-every``) write last.pt every N iterations (0: only at the end).
+                Default ``100``.
+            stop_after: (no flag) stop after this many iterations, as if interrupted (None: at the end).
+                Default ``None``.
+            time_budget_s: (no flag) seconds of training before stopping (None: no limit). Default ``None``.
+            embed_dim: (``--embed-dim``) joint embedding width. Default ``128``.
+            hidden: (``--hidden``) hidden width of ``mlp`` and ``lstm`` encoders. Default ``128``.
+            encoders: (``--encoder``) ``{modality: encoder}`` (``croma.ENCODERS``; missing: chosen from the
+                feature shape). Default ``{}``.
+            encoder_hp: (no flag) ``{modality: {setting: value}}`` extra encoder hyper-parameters. Default ``{}``.
+            image_weights: (``--image-weights``) local ResNet-18 or EfficientNet-Lite0 weights file.
+                Default ``None``.
+            text_model: (``--text-model``) local transformers text model folder. Default ``None``.
+            reconstruction: (``--reconstruction``) add a reconstruction head on the target modality (what
+                ``target_recon`` tasks train). Default ``False``.
+            backbone: the same as ``backbones`` (the flag's name).
+            encoder: the same as ``encoders`` (the flag's name).
+
+        Raises:
+            TypeError: an unknown keyword (named), or a section that is not a mapping.
+            ValueError: an unknown field in a section's dict (named).
+        """
+        given = {k: v for k, v in locals().items() if v is not _UNSET and k not in _POSITIONAL}
+        if unknown:
+            import difflib
+
+            key = next(iter(unknown))
+            near = difflib.get_close_matches(key, [*FLAT, *MODEL_FLAT], n=1)
+            raise TypeError(f"TrainConfig got an unknown setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         if isinstance(outer, str):  # the --outer flag's name for the outer algorithm
-            flat, outer = {"algorithm": outer, **flat}, None
+            given, outer = {"algorithm": outer, **given}, None
         for name, value in (("data", data), ("inner", inner), ("outer", outer), ("eval", eval), ("run", run)):
             object.__setattr__(self, name, _section(SECTIONS[name], value, name))
         if model is not None and not isinstance(model, Mapping):
             raise TypeError(f"configuration section 'model' must be a mapping (got {type(model).__name__})")
         object.__setattr__(self, "model", copy.deepcopy(dict(model or {})))
-        for key, value in flat.items():
-            if _flat_name(key) not in FLAT and _flat_name(key) not in MODEL_FLAT:
-                raise TypeError(f"TrainConfig got an unknown setting {key!r}")
+        for key, value in given.items():
             setattr(self, _flat_name(key), value)
 
     def __getattr__(self, name: str) -> Any:  # only for names that are not attributes: the flat aliases
@@ -362,3 +365,31 @@ class TrainConfig:
         if self.eval_every:
             check_memory(*eval_memory(self.eval_tasks, self.ways, max(self.eval_shots), self.eval_queries), self.device,
                          "lower --eval-tasks, --ways or --eval-shots", what="meta-val")
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+
+
+def _init_signature() -> inspect.Signature:
+    """``TrainConfig(...)``'s signature as ``help()``, ``inspect`` and notebooks show it: each flat
+    setting with its real default (the code's default, :data:`_UNSET`, means "keep the section's")."""
+    from croma.model import ModelConfig
+
+    defaults = {name: _default(SECTIONS[sec], f) for name, (sec, f) in FLAT.items()}
+    defaults.update({name: _default(ModelConfig, name) for name in MODEL_FLAT})
+    sig = inspect.signature(TrainConfig.__init__)
+    params = [p.replace(default=defaults.get(p.name, p.default), annotation=_Annotation(p.annotation))
+              for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return sig.replace(parameters=params, return_annotation=None)
+
+
+class _Annotation(str):
+    """An annotation's text that prints without quotes (``inner_lr: float = 0.001`` in ``help()``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+TrainConfig.__init__.__signature__ = _init_signature()  # type: ignore[attr-defined]

@@ -62,10 +62,15 @@ class EvalConfig:
         head_init: ``meta`` (meta-learned classifier), ``zero``, ``prototype`` (rows = normalised
             support class means times ``prototype_scale``, bias 0).
         finetune: ``all`` (target encoder, alignment layer, classifier) or ``head``.
-        finetune_steps, finetune_lr, finetune_optimizer: the fine-tuning loop (``sgd`` | ``adam``).
+        finetune_steps: fine-tuning steps on each support set (0: none).
+        finetune_lr: the fine-tuning learning rate.
+        finetune_optimizer: the fine-tuning optimiser, ``sgd`` or ``adam``.
+        prototype_scale: multiplies the ``prototype`` head's rows (larger: sharper first logits).
         label_noise: symmetric noise rate on support labels.
         seed: base seed for episodes.
-        nearest_centroid, retrieval: compute these diagnostics.
+        nearest_centroid: also score nearest-centroid classification (support class means of the
+            meta-learned embeddings, no fine-tuning).
+        retrieval: also score source -> target retrieval of strong pairs (R@1/5/10).
         retrieval_gallery: strong pairs per retrieval gallery.
         inner_loop: ``batched`` (vmap over tasks) or ``sequential``.
     """
@@ -379,7 +384,14 @@ def choose_head_init(
 
 
 def format_results(result: Mapping[str, Any]) -> str:
-    """A text table of :func:`evaluate_kshot` results: mean ± 95% interval over episodes."""
+    """A text table of :func:`evaluate_kshot` results: mean ± 95% interval over episodes.
+
+    Args:
+        result: the dict :func:`evaluate_kshot` (or :func:`croma.evaluate_run`) returns.
+
+    Returns:
+        The table as text, one line per k, then the interval's definition and retrieval's line.
+    """
     eps = result["rows"][0].get("episodes") if result["rows"] else None
     lines = [
         f"{result['split']}: {result['ways']}-way, {result['tasks']} tasks x {result['repeats']} repeats, "

@@ -10,17 +10,21 @@ registry's decorator, plus one import line.
 This module lives in :mod:`episodes` because data sets are registered there and ``episodes``
 never imports ``croma``; :mod:`croma.registry` re-exports it.
 
-Example::
+Example:
 
-    LOSSES = Registry("loss")
-
-    @LOSSES.register("toy", info={"paper": "none"})
-    class ToyLoss: ...
-
-    LOSSES.get("toy")      # -> ToyLoss
-    LOSSES.info("toy")     # -> {"paper": "none"}
-    LOSSES.names()         # -> ["toy"]   (registration order)
-    LOSSES.get("nope")     # UnknownNameError: unknown loss 'nope'; available: toy
+    >>> LOSSES = Registry("loss")
+    >>> @LOSSES.register("toy", info={"paper": "none"})
+    ... class ToyLoss: ...
+    >>> LOSSES.get("toy").__name__
+    'ToyLoss'
+    >>> LOSSES.info("toy")
+    {'paper': 'none'}
+    >>> LOSSES.names()             # registration order
+    ['toy']
+    >>> LOSSES.get("nope")
+    Traceback (most recent call last):
+    ...
+    episodes.registry.UnknownNameError: unknown loss 'nope'; available: toy
 """
 
 from __future__ import annotations
