@@ -158,6 +158,10 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     interval, and the std over seeds; ``comparisons`` holds croma's paired differences against
     every other method (:func:`croma.stats.paired_comparison`).
 
+    Args:
+        cfg: the run's settings (validated here).
+        bench: a prepared benchmark to use instead of loading ``cfg.benchmark`` (None: loaded).
+
     Returns:
         The ``results.json`` dict (accuracies in percent).
 

@@ -60,7 +60,15 @@ def bench_to(bench: PreparedBenchmark, device: torch.device | str) -> PreparedBe
 
 def load_bench(cfg: TrainConfig, *, progress: bool = False) -> PreparedBenchmark:
     """Load ``cfg.benchmark`` with its front-ends and backbones (:func:`croma.backbones.load_prepared`;
-    splits seeded by ``cfg.seed``, sized for ``cfg.ways``-way tasks)."""
+    splits seeded by ``cfg.seed``, sized for ``cfg.ways``-way tasks).
+
+    Args:
+        cfg: the training configuration (its ``data`` section and ``seed``, ``ways``).
+        progress: show progress while features are built.
+
+    Returns:
+        The :class:`~episodes.data.PreparedBenchmark`.
+    """
     from croma.backbones import load_prepared
 
     d = cfg.data
@@ -76,7 +84,15 @@ def load_bench(cfg: TrainConfig, *, progress: bool = False) -> PreparedBenchmark
 
 
 def build_model(cfg: TrainConfig, bench: PreparedBenchmark):
-    """The :class:`croma.model.CrossModalModel` a config describes (seeded by ``cfg.seed``, on CPU)."""
+    """The :class:`croma.model.CrossModalModel` a config describes (seeded by ``cfg.seed``, on CPU).
+
+    Args:
+        cfg: the training configuration (its ``model`` section, ``ways``, ``seed``).
+        bench: the prepared benchmark (its modalities' feature shapes and types choose the encoders).
+
+    Returns:
+        The model, its parameters freshly initialised.
+    """
     from croma.model import ModelConfig
     from croma.model import build_model as _build
 

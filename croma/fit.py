@@ -322,11 +322,22 @@ def train(
 ) -> TrainResult:
     """Meta-train with CROMA (see :class:`CromaTrainer`); the one-call entry point.
 
-    ``dist``: a :class:`croma.distributed.Distributed` when this process is one rank of several.
-    ``callback``: called after every outer iteration with that iteration's ``metrics.csv`` row
-    (a dict: ``iteration``, ``<family>_loss``, ``val_acc`` or None, ``seconds``,
-    ``optimizer_steps``...), also when no ``checkpoint_dir`` is set.
-    ``tensorboard``: also log the rows to ``<checkpoint_dir>/tensorboard`` (extra ``[tensorboard]``).
+    Args:
+        cfg: the run's settings (validated here).
+        bench: the prepared benchmark (None: loaded as ``cfg`` says, :func:`croma.load_bench`).
+        resume: continue from ``<checkpoint_dir>/last.pt`` (same settings required).
+        progress: show a progress bar.
+        model: the model (None: built from ``cfg``, :func:`croma.build_model`).
+        loss_module: the alignment objective (None: ``cfg.loss`` with ``cfg.loss_hp``).
+        dist: a :class:`croma.distributed.Distributed` when this process is one rank of several.
+        callback: called after every outer iteration with that iteration's ``metrics.csv`` row
+            (a dict: ``iteration``, ``<family>_loss``, ``val_acc`` or None, ``seconds``,
+            ``optimizer_steps``...), also when no ``checkpoint_dir`` is set.
+        tensorboard: also log the rows to ``<checkpoint_dir>/tensorboard`` (extra ``[tensorboard]``).
+
+    Returns:
+        A :class:`TrainResult`: the final and the best meta-parameters, the iterations run, the
+        best meta-val accuracy and the chosen head initialisation.
     """
     trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist,
                            tensorboard=tensorboard)

@@ -53,6 +53,7 @@ class MetaLearner:
         model: the model (default: built from ``cfg``); only run functionally — its own
             parameters are never modified.
         loss_module: the alignment objective (default: ``cfg.loss`` with ``cfg.loss_hp``).
+        progress: show a progress bar (rank 0 only).
         dist: a :class:`croma.distributed.Distributed` (or None).
 
     Attributes:

@@ -46,8 +46,13 @@ __all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "finetune_choice",
 
 @dataclass
 class Prediction:
-    """What :meth:`AdaptedModel.predict` returns: ``labels`` (one per value, from ``classes``),
-    ``scores`` ``float [n, N]`` class probabilities (softmax of the logits), ``classes``."""
+    """What :meth:`AdaptedModel.predict` returns (``labels, scores = prediction`` unpacks it).
+
+    Attributes:
+        labels: one label per value, from ``classes``.
+        scores: ``float [n, N]`` class probabilities (softmax of the logits).
+        classes: the N classes of the support set, in the order of ``scores``' columns.
+    """
 
     labels: list[Any]
     scores: torch.Tensor
@@ -64,6 +69,14 @@ class RunModel:
     Attributes:
         path: the checkpoint file.
         config: the run's :class:`croma.config.TrainConfig`.
+        model: the :class:`croma.model.CrossModalModel` (run functionally with ``theta``).
+        theta: the meta-learned parameters ``{name: tensor}`` on ``device``.
+        card: the serving section the checkpoint stored (:mod:`croma.runcard`: modalities, input
+            shapes, front-end state, classes, split, data identity).
+        transforms: ``{modality: FeatureTransform}``: raw values -> the encoder's input features.
+        device: where ``model`` and ``theta`` live.
+        iteration: the training iteration the checkpoint was written at.
+        extra: free-form additions (empty when loaded).
         source, target: modality names; ``modalities``: every modality with an encoder.
         class_names, split: the training classes and their split (``{split: [names]}``).
         data: the training data's identity (:func:`data_identity`).
@@ -253,7 +266,15 @@ class _EvalLike:
 
 @dataclass
 class AdaptedModel:
-    """A run fine-tuned on a support set (:meth:`RunModel.adapt`): ``predict`` new items."""
+    """A run fine-tuned on a support set (:meth:`RunModel.adapt`): ``predict`` new items.
+
+    Attributes:
+        run: the :class:`RunModel` it was adapted from.
+        params: the fine-tuned parameters ``{name: tensor}``.
+        classes: the support set's classes; the classifier's row ``c`` is ``classes[c]``.
+        setting: how it was fine-tuned (``head_init``, ``finetune``, steps, learning rate,
+            optimiser, ``shots``, ``ways``).
+    """
 
     run: RunModel
     params: dict[str, torch.Tensor]
@@ -296,6 +317,9 @@ def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> 
         run: the run folder (``--checkpoint-dir`` of ``croma train``) or a checkpoint file.
         which: ``best`` (falls back to ``last.pt`` when meta-val never selected one) or ``last``.
         device: ``cpu``, ``cuda`` or ``auto``.
+
+    Returns:
+        The :class:`RunModel`: ``embed``, ``adapt`` -> ``predict``.
 
     Raises:
         CromaError: a missing / malformed checkpoint; one made before runs stored their front-end

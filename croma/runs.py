@@ -48,13 +48,17 @@ def load_run(run_dir: str, *, which: str = "best", device: str = "auto", data_ro
              cache_dir: str | None = None, manifest: str | None = None):
     """Rebuild model, benchmark and meta-parameters from a run directory (or a ``.pt`` file).
 
-    ``which="best"`` falls back to ``last.pt`` only when no meta-val has selected a best
-    checkpoint yet (``last.pt`` records none); a deleted ``best.pt`` is an error.
-
     Paths to data come from the caller, never from the checkpoint (a shared checkpoint must not
-    choose what this machine reads or writes): ``data_root`` (None: ``$CROMA_DATA``),
-    ``cache_dir`` (None: ``$CROMA_CACHE`` or ``~/.cache/croma``) and, for a run trained on a
-    JSONL manifest, ``manifest`` (required then).
+    choose what this machine reads or writes).
+
+    Args:
+        run_dir: the run folder (``--checkpoint-dir`` of ``croma train``) or a checkpoint file.
+        which: ``best`` (falls back to ``last.pt`` only when no meta-val has selected a best
+            checkpoint yet; a deleted ``best.pt`` is an error) or ``last``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        data_root: folder holding the data sets (None: ``$CROMA_DATA``).
+        cache_dir: feature cache folder (None: the default cache).
+        manifest: for a run trained on a JSONL manifest, the manifest (required then).
 
     Returns:
         ``(model, bench, theta, ckpt, train_cfg)``: model on the device with ``theta`` loaded,
@@ -142,18 +146,28 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Meta-test a trained run (what ``croma evaluate DIR`` does).
 
-    The episodes and fine-tuning come from ``eval_cfg`` when given; otherwise from the run's
-    training settings (:func:`croma.factory.eval_config_from`) on ``meta_test`` with 1/5/10
-    shots, 5 repeats of 8 tasks, nearest centroid and retrieval. ``overrides`` set
-    :class:`~croma.evaluate.EvalConfig` fields by name (``shots``, ``repeats``, ``tasks``,
-    ``ways``, ``queries``, ``head_init``, ``finetune``, ``finetune_steps``, ``finetune_lr``,
-    ``label_noise``, ``split``, ``seed``, ...; ``None`` keeps the default). ``head_init`` unset
-    uses the initialisation recorded in the checkpoint (chosen on meta-val when trained with
-    ``auto``); ``"auto"`` chooses now, on meta-val. Returns :func:`evaluate_kshot`'s dict plus
-    ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``. ``dist``: split the episodes across
-    the ranks of a :class:`croma.distributed.Distributed` (all ranks call; all get the result).
-    Episode sizes the split's classes cannot fill are fitted (:func:`fit_episode_sizes`; the result's
-    ``task_sizes`` line says how) unless ``strict_sizes``.
+    Args:
+        run_dir: the run folder (or a ``.pt`` checkpoint).
+        eval_cfg: the episodes and fine-tuning (None: from the run's training settings,
+            :func:`croma.factory.eval_config_from`, on ``meta_test`` with 1/5/10 shots, 5 repeats
+            of 8 tasks, nearest centroid and retrieval).
+        which: ``best`` or ``last`` checkpoint (as :func:`load_run`).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        data_root: folder holding the data sets (None: ``$CROMA_DATA``); never from the checkpoint.
+        cache_dir: feature cache folder (None: the default cache).
+        manifest: the JSONL manifest of a run trained on one (required then).
+        dist: split the episodes across the ranks of a :class:`croma.distributed.Distributed`
+            (all ranks call; all get the result).
+        strict_sizes: episode sizes exactly as asked (else sizes the split's classes cannot fill
+            are fitted, :func:`fit_episode_sizes`, and the result's ``task_sizes`` line says how).
+        **overrides: :class:`~croma.evaluate.EvalConfig` fields by name (``shots``, ``repeats``,
+            ``tasks``, ``ways``, ``queries``, ``head_init``, ``finetune``, ``finetune_steps``,
+            ``finetune_lr``, ``label_noise``, ``split``, ``seed``, ...; ``None`` keeps the default).
+            ``head_init`` unset uses the initialisation recorded in the checkpoint (chosen on
+            meta-val when trained with ``auto``); ``"auto"`` chooses now, on meta-val.
+
+    Returns:
+        :func:`evaluate_kshot`'s dict plus ``"checkpoint"``, ``"iteration"`` and ``"head_scores"``.
 
     Raises:
         TypeError: an override that is not an EvalConfig field.

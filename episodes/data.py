@@ -62,8 +62,14 @@ class CrossModalDataset:
     Strong pairs are the items that hold both the source and the target modality. Weak pairs
     come from ``cluster``: any source item and any target item of the same cluster.
 
-    ``extra`` names further modalities the items may hold (e.g. ``("image",)`` for a text ->
-    audio task whose manifest rows also carry images); they only feed alignment tasks.
+    Attributes:
+        name: the data set's name (in errors and the feature cache's keys).
+        source: the source modality (labelled, plentiful).
+        target: the target modality (few labels; meta-test classifies it).
+        items: the :class:`Item` list.
+        meta: loader notes (e.g. ``align_mode``, ``frontend`` overrides, counts).
+        extra: further modalities the items may hold (e.g. ``("image",)`` for a text -> audio task
+            whose manifest rows also carry images); they only feed alignment tasks.
     """
 
     name: str
@@ -126,10 +132,11 @@ class PreparedBenchmark:
             pairwise disjoint; meta-test classes are never seen in meta-training.
             ``source_train``: source-modality classes usable for source classification tasks
             (never contains a meta-val or meta-test class).
-        align_source_rows / align_target_rows: ``long`` rows usable by alignment tasks in
-            meta-training (disjoint from ``classify_source_rows``; never of a meta-val or
-            meta-test class). With extra modalities, :meth:`alignment_tuples` gives the
-            multi-way rows (derived from item ids, so every copy of the benchmark keeps them).
+        align_source_rows: ``long`` source rows usable by alignment tasks in meta-training
+            (disjoint from ``classify_source_rows``; never of a meta-val or meta-test class).
+        align_target_rows: ``long`` target rows usable by alignment tasks in meta-training (the
+            same rules). With extra modalities, :meth:`alignment_tuples` gives the multi-way rows
+            (derived from item ids, so every copy of the benchmark keeps them).
         classify_source_rows: ``long`` source rows usable by source classification tasks.
         align_mode: ``"strong"`` or ``"weak"``.
         info: free-form provenance (data root, front-end settings, counts).

@@ -37,9 +37,10 @@ def episode_generator(seed: int, index: int, stream: str = "") -> torch.Generato
 
 @dataclass
 class ClassificationTask:
-    """An N-way K-shot episode (rows into one modality's features).
+    """An N-way K-shot episode (rows into one modality's features); shapes without / with the
+    leading task dimension ``T`` of ``sample_many``.
 
-    Attributes (without / with a leading task dimension ``T`` from ``sample_many``):
+    Attributes:
         support_rows: ``long [N*K]`` / ``[T, N*K]``, class-major order.
         support_labels: ``long [N*K]`` in ``0..N-1`` (possibly noisy).
         query_rows: ``long [N*Q]``.
@@ -58,7 +59,9 @@ class ClassificationTask:
 class AlignmentTask:
     """A batch of cross-modal pairs: ``source_rows[b]`` goes with ``target_rows[b]``.
 
-    Attributes: ``source_rows``, ``target_rows``: ``long [B]`` (or ``[T, B]`` when stacked).
+    Attributes:
+        source_rows: ``long [B]`` (or ``[T, B]`` when stacked) rows into the source features.
+        target_rows: ``long [B]`` (or ``[T, B]``) rows into the target features.
     """
 
     source_rows: torch.Tensor

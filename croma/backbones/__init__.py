@@ -71,6 +71,16 @@ def register_backbone(modality: str, name: str, builder: Callable[..., Any] | No
     ``compact=True``, a compact front-end) registers one of the toolkit's own front-ends instead,
     without a builder. With neither, it is a decorator: ``@register_backbone("image", "mine")``.
 
+    Args:
+        modality: ``image``, ``text`` or ``audio``.
+        name: the registry key (``--backbone modality=name``).
+        builder: the function building the Embedder (None: a front-end, or the decorator form).
+        frontend: register one of the toolkit's own front-ends (no builder).
+        compact: the same, for a compact front-end (vectors for MLP encoders).
+
+    Returns:
+        ``builder``; in the decorator form, the decorator, which returns the function unchanged.
+
     Raises:
         ValueError: unknown modality, or ``name`` already registered for it.
     """

@@ -55,7 +55,23 @@ def register_method(
     shared_body: bool = False,
     applies: Callable[[Any], bool] | None = None,
 ):
-    """Decorator registering ``fn(ctx) -> MethodOutcome`` under ``name``."""
+    """Decorator registering ``fn(ctx) -> MethodOutcome`` under ``name``.
+
+    Args:
+        name: the registry key (``croma benchmark --methods name``).
+        family: the file / family it belongs to (e.g. ``alignment``, ``domain_adaptation``).
+        description: one line for tables and ``--help``.
+        uses_target_labels: meta-training sees target-modality labels (oracle-type methods).
+        uses_target_samples: meta-training sees target-modality items (labelled or not).
+        shared_body: a domain-adaptation method that shares one encoder body across modalities.
+        applies: ``applies(bench) -> bool``: whether it can run on a benchmark (None: always).
+
+    Returns:
+        The decorator; it returns ``fn`` unchanged.
+
+    Raises:
+        ValueError: ``name`` already registered (when decorating).
+    """
 
     def deco(fn):
         if name in METHODS:

@@ -28,6 +28,12 @@ def register_encoder(name: str) -> Callable:
     """Class/factory decorator registering an encoder under ``name``.
 
     The factory is called as ``factory(input_shape, out_dim, **hp)``.
+
+    Args:
+        name: the registry key (``--encoder MOD=name``).
+
+    Returns:
+        The decorator; it returns the class or factory unchanged.
     """
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -201,6 +201,9 @@ def register_loss(
             the objective is built, i.e. when a configuration is validated). Every numeric
             hyper-parameter must be finite, ranged or not.
 
+    Returns:
+        The decorator; it returns the class unchanged.
+
     Raises:
         ValueError: ``name`` already registered, the class is not a LossModule, or a range for
             an unknown hyper-parameter.
@@ -235,6 +238,10 @@ def _lookup(name: str) -> LossInfo:
 def get_loss(name: str, **hp: Any) -> LossModule:
     """Build the registered objective ``name`` with hyper-parameters ``hp``.
 
+    Args:
+        name: a registered objective (:func:`list_losses`).
+        **hp: its hyper-parameters (``croma losses`` lists each objective's, with defaults).
+
     Returns:
         an ``nn.Module`` called as ``loss(z_source [N, D], z_target [N, D], **context) -> scalar``.
 
@@ -246,7 +253,11 @@ def get_loss(name: str, **hp: Any) -> LossModule:
 
 
 def list_losses() -> list[str]:
-    """Sorted names of the registered objectives."""
+    """Sorted names of the registered objectives.
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(LOSSES.names())
 
 

@@ -35,7 +35,15 @@ OUTER_ALGORITHMS: Registry[OuterFn] = Registry("outer algorithm")
 
 
 def register_outer(name: str, *, info: Any = None):
-    """Decorator registering an outer algorithm (see the module docstring)."""
+    """Decorator registering an outer algorithm (see the module docstring).
+
+    Args:
+        name: the registry key (``croma train --outer name``).
+        info: its one-line formula or description (``croma.OUTER_ALGORITHMS.info(name)``).
+
+    Returns:
+        The decorator; it returns the function unchanged.
+    """
     return OUTER_ALGORITHMS.register(name, info=info)
 
 

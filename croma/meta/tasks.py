@@ -334,7 +334,18 @@ FAMILIES: Registry[type[TaskFamily]] = Registry("task family")
 
 
 def register_family(name: str, cls: type[TaskFamily] | None = None):
-    """Register a :class:`TaskFamily` subclass under ``name`` (decorator or call); ValueError if taken."""
+    """Register a :class:`TaskFamily` subclass under ``name`` (decorator or call).
+
+    Args:
+        name: the registry key (``--task-weights name=W``).
+        cls: the class (None: return a decorator).
+
+    Returns:
+        ``cls``, or (without it) the decorator, which returns the class unchanged.
+
+    Raises:
+        ValueError: ``name`` already registered.
+    """
     return FAMILIES.register(name, cls)
 
 

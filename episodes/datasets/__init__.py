@@ -109,6 +109,16 @@ def register_dataset(
     * ``register_dataset(name, loader, ...)``: the same with the function itself.
     * ``@register_dataset(name, ...)``: decorator form of the previous one (returns the function).
 
+    Args:
+        name: the registry key (the ``BENCH`` argument of ``croma train`` / ``croma benchmark``).
+        module: the loader's module name (imported when first used), or the loader itself.
+        function: the loader's name in ``module`` (with a module name).
+        needs_data_root: the loader reads files under ``data_root``.
+        prepared: the loader returns a PreparedBenchmark (its own features and splits).
+
+    Returns:
+        None, or (decorator form) the decorator, which returns the function unchanged.
+
     Raises:
         ValueError: ``name`` already registered, or ``module`` given without ``function``.
     """
@@ -226,9 +236,30 @@ def load_benchmark(
 
     ``synthetic`` (and every data set registered with ``prepared=True``) calls its loader,
     :func:`episodes.datasets.synthetic.make_synthetic_benchmark`, with ``seed`` (and ``**kw``);
-    the other arguments are ignored for it. ``embedders`` (frozen
-    pretrained backbones per modality), ``ways`` and ``split_classes`` (class split sizes) are
-    passed to :func:`~episodes.prepare.prepare_benchmark`.
+    the other arguments are ignored for it.
+
+    Args:
+        name: a registered data set (:func:`list_datasets`).
+        data_root: folder holding the data sets (None: ``$CROMA_DATA``) for those read from disk.
+        manifest: the JSONL manifest of ``name="manifest"``.
+        source: the source modality of a manifest.
+        target: the target modality of a manifest.
+        seed: seed of the class split (and of a generated data set).
+        skip_bad: leave out unreadable image / audio files, saying how many.
+        cache_dir: feature cache folder (None: the default cache).
+        progress: show progress while features are built.
+        frontend: :class:`~episodes.frontends.FrontendSettings` (None: the defaults with the
+            loader's overrides).
+        split_fractions: meta-train / meta-val / meta-test fractions of the target classes.
+        embedders: ``{modality: Embedder}`` frozen pretrained backbones whose embeddings replace
+            the front-end's features.
+        ways: the N of the tasks the split is sized for (at least N classes in meta-val and meta-test
+            when the data set has enough).
+        split_classes: ``(TRAIN, VAL, TEST)`` class counts instead of ``split_fractions``.
+        **kw: passed to the data set's loader.
+
+    Returns:
+        A validated :class:`~episodes.data.PreparedBenchmark`.
     """
     spec = dataset_info(name)
     check_split_classes(name, split_classes)  # before any loading or speech synthesis

@@ -414,6 +414,9 @@ def from_hf_dataset(path: str | os.PathLike, *, source: str, target: str, fields
         name: data set name (default: the folder name, plus ``/split``).
         source, target, fields, classes, sample_rate, audio_rate, extra: as :func:`from_torch_dataset`.
 
+    Returns:
+        The :class:`CrossModalDataset`.
+
     Raises:
         MissingExtraError: ``datasets`` is not installed (names the extra).
         DataError: not such a folder, a missing / unknown split, a field naming no column, and the

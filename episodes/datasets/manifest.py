@@ -240,7 +240,19 @@ def records_to_dataset(records: Iterable[Mapping[str, Any]], *, source: str, tar
     Each record has ``id``, ``label``, optional ``cluster`` and a value per modality: text as a
     string; image / audio as a file path (relative to ``base_dir`` when given) or, without
     ``base_dir``, an already-decoded array (an image ``uint8 [H, W, 3]``, a waveform). Checks as
-    :func:`load_manifest` does (names the record number). ``extra``: as :func:`load_manifest`.
+    :func:`load_manifest` does (names the record number).
+
+    Args:
+        records: the records, e.g. a list of dicts.
+        source: the source modality.
+        target: the target modality (different from ``source``).
+        name: the data set's name (in errors and the cache's keys).
+        base_dir: folder that relative file paths are under (None: values are decoded data).
+        skip_bad: leave out unreadable files, saying how many.
+        extra: further modalities to keep for alignment, as :func:`load_manifest`.
+
+    Returns:
+        The :class:`CrossModalDataset`, ready for :func:`~episodes.prepare.prepare_benchmark`.
 
     Raises:
         DataError: a malformed record, a duplicate id, a missing file, no item of a modality.
