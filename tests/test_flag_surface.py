@@ -140,6 +140,8 @@ def _documented_commands() -> list[tuple[str, list[str]]]:
                     continue
                 if prose and argv[0] in NEEDS_POSITIONAL and (len(argv) < 2 or argv[1].startswith("-")):
                     continue
+                if prose and not any(a.startswith("-") for a in argv):  # `croma data inspect` in a sentence: a name
+                    continue
                 found.append((f"{doc.name}:{n}", argv))
     return found
 
