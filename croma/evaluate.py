@@ -27,15 +27,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from croma.errors import CromaError
 from croma.finetune import _Episodes
 from croma.finetune import target_param_names as target_param_names  # re-exported (moved to croma.finetune)
-from croma.meta.functional import FunctionalModel, Params, meta_parameters
+from croma.meta.functional import meta_parameters
 from croma.meta.inner import InnerConfig
 from croma.meta.tasks import derive_seed, model_inputs
+from croma.retrieval import retrieval_recalls
 from croma.stats import mean_ci95, mean_std
 from episodes.data import PreparedBenchmark
 from episodes.errors import DataError
@@ -149,43 +149,6 @@ def _episode_batch(
     return {"xs": x[rs], "ys": t.support_labels.to(dev), "xq": x[rq], "yq": t.query_labels.to(dev), "rs": rs, "rq": rq}
 
 
-@torch.no_grad()
-def _retrieval(
-    fm: FunctionalModel, theta: Params, bench: PreparedBenchmark, inputs: Mapping[str, torch.Tensor], cfg: EvalConfig
-) -> dict[str, Any] | None:
-    pairs = bench.pairs
-    if pairs.numel() == 0:
-        return None
-    classes = torch.as_tensor(bench.splits.get(cfg.split, []), dtype=torch.long)
-    lab_s = bench.data[bench.source].labels
-    lab_t = bench.data[bench.target].labels
-    keep = torch.isin(lab_t[pairs[:, 1]], classes) & torch.isin(lab_s[pairs[:, 0]], classes)
-    pairs = pairs[keep]
-    if pairs.shape[0] < 2:
-        return None
-    size = min(cfg.retrieval_gallery, int(pairs.shape[0]))
-    recalls: dict[int, list[float]] = {1: [], 5: [], 10: []}
-    for r in range(cfg.repeats):
-        g = torch.Generator().manual_seed(derive_seed(cfg.seed, cfg.split, "retrieval", r))
-        pick = pairs[torch.randperm(pairs.shape[0], generator=g)[:size]]
-        xs = inputs[bench.source][pick[:, 0].to(inputs[bench.source].device)]
-        xt = inputs[bench.target][pick[:, 1].to(inputs[bench.target].device)]
-        zs = F.normalize(fm(theta, lambda m, v: m.embed(bench.source, v), xs), dim=-1)
-        zt = F.normalize(fm(theta, lambda m, v: m.embed(bench.target, v), xt), dim=-1)
-        sim = zs @ zt.T  # [G, G]; row i: source query i against all target items
-        # items scoring at least as high as the true match (ties count against it, so collapsed
-        # embeddings score chance, not 100); a query whose scores are not finite never counts as found
-        true = sim.diagonal()[:, None]
-        rank = (sim >= true).sum(1) - 1
-        rank = torch.where(torch.isfinite(sim).all(1), rank, torch.full_like(rank, sim.shape[1]))
-        for k in recalls:
-            recalls[k].append(100.0 * float((rank < k).float().mean()))
-    out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats}
-    for k, vals in recalls.items():
-        out[f"r{k}_mean"], out[f"r{k}_std"] = mean_std(vals)
-    return out
-
-
 def evaluate_kshot(
     model: nn.Module,
     bench: PreparedBenchmark,
@@ -256,7 +219,7 @@ def evaluate_kshot(
             row["centroid_ci95"] = mean_ci95(per_ep_c)[1]
             row["centroid_episode_accuracies"] = per_ep_c
         rows.append(row)
-    retrieval = _retrieval(eps.fm, theta, bench, inputs, cfg) if cfg.retrieval else None
+    retrieval = retrieval_recalls(eps.fm, theta, bench, inputs, cfg) if cfg.retrieval else None
     return {
         "split": cfg.split,
         "ways": cfg.ways,
