@@ -24,8 +24,20 @@ from croma.errors import CromaError
 from croma.evaluate import EvalConfig, evaluate_kshot
 from croma.factory import bench_to, resolve_device
 from croma.log import info
-from croma.report import write_noise_sweep, write_results
-from croma.stats import mean_ci95, mean_std, paired_comparison, seed_std
+from croma.report import (
+    EPISODES_FILE,
+    EPISODES_KEY,
+    compare_all,
+    episode_digest,
+    episode_lines,
+    interval_settings,
+    machine_info,
+    rounded,
+    row_statistics,
+    write_noise_sweep,
+    write_results,
+)
+from croma.stats import interval_text, mean_ci95, mean_std
 from croma.task_sizes import fit_run_sizes
 
 
@@ -201,7 +213,10 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         info(sizes.line(), stream="stdout")
     rows: list[dict[str, Any]] = []
     per_method: dict[str, Any] = {}
-    episodes: dict[tuple[str, int], list[float]] = {}
+    acc: dict[tuple[str, int], list[list[float]]] = {}  # (method, k) -> [seeds][episodes], rounded (croma.report)
+    ep_lines: list[tuple] = []  # episodes.csv
+    hashes: dict[int, list[str]] = {}
+    train_seeds = [cfg.seed + s for s in range(cfg.train_seeds)]
     budget_text = f"{steps} optimiser steps" if steps is not None else f"{seconds:g} s wall clock"
     for name in methods:
         spec = get_method(name)
@@ -248,9 +263,13 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         for k in ev.shots:
             per_seed = [r["evals"][int(k)] for r in seed_runs]
             n_ep = len(per_seed[0]["episode_accuracies"])
-            ep = [sum(p["episode_accuracies"][i] for p in per_seed) / len(per_seed) for i in range(n_ep)]
-            episodes[(name, int(k))] = ep
-            mean, ci = mean_ci95(ep)
+            # the two-level interval over training seeds and episodes (croma.stats), from the rounded
+            # per-episode accuracies episodes.csv keeps, so `croma report` recomputes the same numbers
+            acc[(name, int(k))] = [rounded(p["episode_accuracies"]) for p in per_seed]
+            if int(k) not in hashes:
+                hashes[int(k)] = episode_hashes(bench, ev, int(k))
+            ep_lines += episode_lines(name, int(k), train_seeds, acc[(name, int(k))], hashes[int(k)])
+            st = row_statistics(acc[(name, int(k))], interval_settings())
             reps = [sum(p["accuracies"][r] for p in per_seed) / len(per_seed) for r in range(repeats)]
             rep_std = mean_std(reps)[1]
             cen = None
@@ -259,9 +278,10 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                 cen = mean_ci95(cen_ep)
             ch = first.eval_choice[int(k)]
             rows.append({
-                "method": name, "shots": int(k), "accuracy_mean": mean, "accuracy_ci95": ci, "episodes": n_ep,
-                "accuracy_std": rep_std, "repeats": repeats, "train_seeds": cfg.train_seeds,
-                "accuracy_seed_std": seed_std([p["accuracy_mean"] for p in per_seed]) if cfg.train_seeds > 1 else None,
+                "method": name, "shots": int(k), "accuracy_mean": st["accuracy_mean"], "accuracy_ci95": st["accuracy_ci95"],
+                "accuracy_ci95_low": st["accuracy_ci95_low"], "accuracy_ci95_high": st["accuracy_ci95_high"],
+                "episodes": n_ep, "accuracy_std": rep_std, "repeats": repeats, "train_seeds": cfg.train_seeds,
+                "accuracy_seed_std": st["accuracy_seed_std"], "accuracy_per_seed": st["accuracy_per_seed"],
                 "target_samples": first.target_samples, "target_labels": first.target_labels,
                 "centroid_mean": None if cen is None else cen[0], "centroid_ci95": None if cen is None else cen[1],
                 "centroid_std": per_seed[0].get("centroid_std"),
@@ -277,14 +297,9 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                 f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in first.eval_choice.items()
             )
             info(f"[{name}] {accs} (meta-val picks {picks}; {first.train_seconds:.1f} s train)", stream="stdout")
-    comparisons = []
-    if "croma" in methods:
-        for other in methods:
-            if other == "croma":
-                continue
-            for k in ev.shots:
-                c = paired_comparison(episodes[("croma", int(k))], episodes[(other, int(k))])
-                comparisons.append({"method": "croma", "baseline": other, "shots": int(k), **c})
+    # croma against every other method, paired by training seed and episode (croma.report.compare_all)
+    comparisons = compare_all(acc, methods, ev.shots, interval_settings())
+    n_episodes = next((len(v[0]) for v in acc.values()), 0)
     result = {
         "benchmark": cfg.benchmark,
         "loss": train.loss,
@@ -297,6 +312,11 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
         "comparisons": comparisons,
+        "interval": interval_text(cfg.train_seeds, n_episodes, interval_settings()["resamples"],
+                                  mode=interval_settings()["episodes"], seed=interval_settings()["seed"]),
+        "interval_settings": interval_settings(),
+        "episodes_file": EPISODES_FILE,
+        "machine": machine_info(),
         "task_sizes": sizes.to_dict(),
         "config": {
             "benchmark_config": _plain(asdict(cfg)),
@@ -312,6 +332,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             "features": bench.info.get("features"),
             "methods": per_method,
         },
+        EPISODES_KEY: ep_lines,  # -> episodes.csv (croma.report.write_results), not results.json
     }
     if cfg.out:
         write_results(result, cfg.out)
@@ -333,6 +354,20 @@ def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float]) -> list[dict[str, 
     if cfg.out:
         write_noise_sweep(results, cfg.out, cfg.shots)
     return results
+
+
+def episode_hashes(bench, ev: EvalConfig, shots: int) -> list[str]:
+    """The digest (:func:`croma.report.episode_digest`) of every meta-test episode at ``shots``, in
+    the order of ``evaluate_kshot``'s ``episode_accuracies`` (repeat, then episode): drawn by the
+    same function the evaluation draws them with, on placeholder features."""
+    from croma.evaluate import _episode_batch
+
+    x = torch.zeros(int(bench.data[bench.target].labels.shape[0]), 0)
+    out = []
+    for r in range(ev.repeats):
+        b = _episode_batch(bench, x, replace(ev, shots=[int(shots)]), int(shots), r)
+        out += [episode_digest(b["rs"][i], b["ys"][i], b["rq"][i], b["yq"][i]) for i in range(b["rs"].shape[0])]
+    return out
 
 
 def _plain(v: Any) -> Any:
