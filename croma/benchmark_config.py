@@ -15,7 +15,11 @@ __all__ = ["PRESETS", "QUICK_METHODS", "METHOD_HP_KEYS", "BenchmarkConfig"]
 # and paper-scale budgets (hours on a CPU). ``method_hp``: each method's own hyper-parameters,
 # chosen on meta-val with the same number of trials per method by
 # ``experiments/tools/tune_methods.py`` (its command and output: experiments/results/tuning_quick.json).
-QUICK_METHODS = ["pretrain", "align-classify", "align-meta-classify", "croma", "oracle", "unsup-meta"]
+# Every method of the paper's text -> speech block that applies (issue 22): the four shared-body
+# domain-adaptation methods and both oracles (Reptile ``oracle`` and ``shared-target-labels``, the two
+# that meta-train on target labels; the table's #target samples(labels) column shows it).
+QUICK_METHODS = ["pretrain", "align-classify", "align-meta-classify", "croma", "oracle", "unsup-meta",
+                 "shared", "shared-align", "shared-confusion", "shared-target-labels"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
