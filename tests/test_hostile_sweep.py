@@ -132,7 +132,7 @@ def test_unknown_modality_names_its_flag(run_cli, tmp_path):
 @pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs")
 @pytest.mark.parametrize("kind, reason", [("folder", "is a folder, not a file"),
                                           ("loop", "broken or looping symbolic link"),
-                                          ("fifo", "is not a regular file"),
+                                          ("fifo", "named pipe (FIFO), not a regular file"),
                                           ("missing", "not found")])
 def test_media_path_that_is_not_a_file_says_why(run_cli, tmp_path, kind, reason):
     rows = _rows(tmp_path)
