@@ -6,9 +6,9 @@
   cannot blow up the filter; rates outside 1-384 kHz, more than 64 channels and truncated WAVs
   are refused; only as many seconds as the features need are read) then :class:`LogMel` (``torchaudio.transforms.MelSpectrogram``,
   log, per-utterance mean normalisation, cropped / zero-padded to a fixed frame count).
-* image: :func:`load_image` (PIL decode, reduced for large images, RGB, resize, ImageNet
-  normalisation; more than 100 megapixels refused from the header) or
-  :func:`images_from_arrays` for already-decoded ``uint8`` arrays (CIFAR).
+* image (:mod:`episodes.images`, re-exported here): :func:`load_image` (PIL decode, reduced for
+  large images, RGB, resize, ImageNet normalisation; more than 100 megapixels refused from the
+  header) or :func:`images_from_arrays` for already-decoded ``uint8`` arrays (CIFAR).
 
 :class:`FrontendSettings` collects every setting that changes the features; the feature cache
 (:mod:`episodes.cache`) keys entries by it.
@@ -18,15 +18,35 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from episodes.errors import DataError
+from episodes.images import (  # noqa: F401  (re-exported: moved from here, imported as episodes.frontends.*)
+    _ARRAY_SUFFIXES,
+    _DEEP_MODES,
+    _STRIP_PIXELS,
+    IMAGE_ALPHA,
+    IMAGE_REDUCE_ABOVE,
+    IMAGE_REDUCE_GAP,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_IMAGE_PIXELS,
+    _pil_open,
+    _reduced_rgb,
+    _refuse_empty,
+    _scale_decision,
+    _to_rgb,
+    _too_large,
+    images_from_arrays,
+    load_image,
+    load_image_uint8,
+    normalize_images,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -40,10 +60,6 @@ __all__ = [
     "normalize_images",
     "images_from_arrays",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class FrontendSettings:
@@ -151,23 +167,6 @@ def _wav_truncation(p: Path) -> str | None:
     except OSError:
         return None
     return None
-
-
-_ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".pkl", ".pickle", ".safetensors")
-
-
-def _refuse_empty(p: Path, what: str) -> None:
-    """A 0-byte file (an interrupted copy or download) gets its own message, not a decoder's; an
-    array / pickle file (``.npy``, ``.pt``, ...) is named as such and never opened (nothing unpickled)."""
-    if p.suffix.lower() in _ARRAY_SUFFIXES:
-        raise DataError(f"{p}: a {p.suffix} file is not an {what} file; a manifest names {what} files (decoded arrays "
-                        "go through croma.records_to_dataset in Python; array files are never loaded)")
-    try:
-        empty = p.stat().st_size == 0
-    except OSError:
-        return
-    if empty:
-        raise DataError(f"{p}: {what} file is empty (0 bytes)")
 
 
 def _waveform(value: np.ndarray | torch.Tensor, sample_rate: int, max_seconds: float | None) -> np.ndarray:
@@ -282,182 +281,3 @@ class LogMel:
         out = torch.zeros(self.n_mels, self.max_frames, dtype=torch.float32)
         out[:, : spec.shape[1]] = spec
         return out
-
-
-def _pil_open(path: Path):
-    from PIL import Image
-
-    return Image.open(path)
-
-
-IMAGE_ALPHA = "white"  # transparent pixels are composited over white (part of image cache keys)
-
-
-_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-# Images are refused above this many pixels, from the header, before any pixel is decoded (a 328 KB
-# PNG can hold 13000 x 13000 pixels); raise it here for larger scans.
-MAX_IMAGE_PIXELS = 100_000_000
-# Above this many pixels an image is decoded reduced: JPEG at 1/2, 1/4 or 1/8 scale (PIL's draft),
-# then converted to RGB strip by strip and box-reduced to about IMAGE_REDUCE_GAP x the target side
-# before the bilinear resize (as PIL's ``reducing_gap``). Smaller images take the plain path
-# (decode, RGB, resize), so their pixels are unchanged.
-IMAGE_REDUCE_ABOVE = 4_000_000
-IMAGE_REDUCE_GAP = 8
-_STRIP_PIXELS = 1 << 18
-
-
-def _to_rgb(im, scale: bool | None = None):
-    """A PIL image -> RGB; images with transparency (RGBA, LA, palette with a transparent colour)
-    are composited over white, so what a transparent pixel happens to store does not leak in.
-    16-bit greyscale (``I;16``, or ``I`` holding values beyond 0..255) is scaled to 8 bits; float
-    greyscale (``F``) in [0, 1] is scaled by 255 (other ranges are clipped to 0..255, as before).
-    ``scale``: that decision for ``I`` / ``F``, made on the whole image (:func:`_scale_decision`)
-    when ``im`` is one strip of it; ``None`` decides on ``im``."""
-    from PIL import Image
-
-    if im.mode in _DEEP_MODES:  # 16-bit grey: scale 0..65535 to 0..255 (PIL's convert clips at 255: all white)
-        a = np.asarray(im)
-        if scale is None:
-            scale = im.mode != "I" or int(a.max(initial=0)) > 255 or int(a.min(initial=0)) < 0
-        if scale:
-            a = (np.clip(a.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
-            return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
-    if im.mode == "F":  # 32-bit float grey (TIFF): values in [0, 1] are scaled (PIL's convert makes them black)
-        a = np.asarray(im, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise ValueError("float image holds NaN or infinite pixels")
-        if scale is None:
-            scale = bool(a.size and a.min() >= 0.0 and a.max() <= 1.0)
-        if scale:
-            return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L").convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        out.alpha_composite(rgba)
-        return out.convert("RGB")
-    return im.convert("RGB")
-
-
-def _scale_decision(im) -> bool | None:
-    """:func:`_to_rgb`'s 16-bit / float scaling decision for the whole of ``im`` (its extrema, no copy)."""
-    if im.mode in _DEEP_MODES:
-        if im.mode != "I":
-            return True
-        lo, hi = im.getextrema()
-        return hi > 255 or lo < 0
-    if im.mode == "F":
-        lo, hi = im.getextrema()
-        return bool(lo >= 0.0 and hi <= 1.0)  # NaN compares False; the strips refuse it
-    return None
-
-
-def _reduced_rgb(im, size: int):
-    """``im`` (over :data:`IMAGE_REDUCE_ABOVE` pixels) -> an RGB image about ``IMAGE_REDUCE_GAP x size``
-    a side: JPEG decoded at a reduced scale, then converted and box-reduced strip by strip, so no
-    full-size RGB / RGBA copy is ever made (memory: the decoded image plus one strip)."""
-    from PIL import Image
-
-    want = IMAGE_REDUCE_GAP * size
-    im.draft(None, (want, want))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= want a side; others: no-op
-    im.load()
-    w, h = im.size
-    kx, ky = max(1, w // want), max(1, h // want)
-    scale = _scale_decision(im)
-    out = Image.new("RGB", (-(-w // kx), -(-h // ky)))
-    rows = max(ky, (_STRIP_PIXELS // max(w, 1)) // ky * ky)  # a multiple of ky: strips reduce like the whole
-    for top in range(0, h, rows):
-        strip = _to_rgb(im.crop((0, top, w, min(h, top + rows))), scale)
-        out.paste(strip.reduce((kx, ky)) if kx > 1 or ky > 1 else strip, (0, top // ky))
-    return out
-
-
-def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
-    """Decode an image file, convert to RGB (transparency composited over white) and resize
-    (bilinear) to ``size x size``.
-
-    Images over :data:`MAX_IMAGE_PIXELS` (100 megapixels) are refused from their header, before
-    any pixel is decoded; images over :data:`IMAGE_REDUCE_ABOVE` (4 megapixels) are decoded reduced
-    (:func:`_reduced_rgb`: memory about one decoded copy in the file's own mode).
-
-    Returns:
-        ``uint8 [3, size, size]``.
-
-    Raises:
-        DataError: missing, unreadable, truncated or too large image (names the file; the size).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: image file not found")
-    _refuse_empty(p, "image")
-    try:
-        import warnings
-
-        from PIL import Image
-
-        # PIL's warnings (a header claiming ~100 MP, corrupt EXIF, ...) would print lines between the
-        # progress bar and the one error line; what matters is whether the image decodes
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _pil_open(p) as im:
-                w, h = im.size  # from the header: nothing decoded yet
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise DataError(_too_large(p, f"{w}x{h} pixels, {w * h / 1e6:.0f} megapixels"))
-                rgb = _reduced_rgb(im, size) if w * h > IMAGE_REDUCE_ABOVE else _to_rgb(im)
-                arr = np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(_too_large(p, "not enough memory to decode it")) from None
-    except Exception as exc:  # PIL raises UnidentifiedImageError / OSError on bad data
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if type(exc).__name__ == "DecompressionBombError":  # PIL's own bound, met while reading the header
-            n = re.search(r"\((\d+) pixels\)", msg)
-            raise DataError(_too_large(p, f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else msg)) from None
-        raise DataError(f"{p}: unreadable or truncated image file ({msg})") from None
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def _too_large(p: Path, what: str) -> str:
-    return (f"{p}: image too large ({what}; at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels are read): "
-            "downscale it, or leave it out with --skip-bad")
-
-
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """``uint8 [n, 3, H, W]`` -> ``float [n, 3, H, W]``: ``/255`` then ImageNet mean/std."""
-    x = images.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
-
-
-def load_image(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
-    """Decode, resize and normalise one image.
-
-    Returns:
-        ``float [3, size, size]`` normalised with ImageNet mean/std.
-
-    Raises:
-        DataError: missing, unreadable or truncated image (names the file).
-    """
-    return normalize_images(load_image_uint8(path, size)[None])[0]
-
-
-def images_from_arrays(arrays: Any, size: int = 32) -> torch.Tensor:
-    """Already-decoded RGB images -> ``uint8 [n, 3, size, size]``.
-
-    Args:
-        arrays: ``uint8`` array ``[n, H, W, 3]`` (HWC, as CIFAR rows reshaped) or a sequence of
-            ``[H, W, 3]`` arrays of one shape.
-        size: output side; resized bilinearly when it differs from ``H``/``W``.
-    """
-    a = np.asarray(arrays) if not isinstance(arrays, np.ndarray) else arrays
-    if a.ndim != 4 or a.shape[-1] != 3:
-        raise DataError(f"image arrays must be [n, H, W, 3], got shape {tuple(a.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(a.astype(np.uint8, copy=False).transpose(0, 3, 1, 2)))
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
-        x = x.round().clamp_(0, 255).to(torch.uint8)
-    return x
