@@ -53,7 +53,8 @@ from croma.runmodel import AdaptedModel, Prediction, RunModel, load_model
 from croma.runs import evaluate_run, load_run
 from episodes.data import CrossModalDataset, Item, PreparedBenchmark
 from episodes.datasets import DATASETS, load_benchmark, register_dataset
-from episodes.datasets.adapters import from_hf_dataset, from_torch_dataset
+from episodes.datasets.adapters import from_torch_dataset
+from episodes.datasets.adapters_hf import from_hf_dataset
 from episodes.datasets.manifest import records_to_dataset
 from episodes.prepare import prepare_benchmark
 from episodes.samplers import AlignmentTask, AlignmentTaskSampler, ClassificationTask, ClassificationTaskSampler

@@ -49,7 +49,7 @@ def run(args) -> int:
 
     from croma.errors import CromaError
     from croma.runmodel import load_model
-    from episodes.datasets.manifest import load_rows
+    from episodes.datasets.rows import load_rows
     from episodes.errors import DataError
 
     if not str(args.out).endswith(".npz"):

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from croma.errors import CromaError
     from croma.runmodel import load_model
-    from episodes.datasets.manifest import load_rows
+    from episodes.datasets.rows import load_rows
     from episodes.errors import DataError
 
     model = load_model(args.run_dir, which=args.checkpoint, device=args.device)

@@ -39,8 +39,6 @@ Cost (2-core CPU, default 88 languages x 20 chunks = 1760 utterances, ~4.4 s eac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 import sys
@@ -52,6 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from episodes.data import CrossModalDataset, Item
+from episodes.datasets.udhr_index import _backend_id, _cached_ok, _entry_for, _read_index, _text_hash, _write_json_atomic  # noqa: F401
 from episodes.datasets.udhr_texts import (  # noqa: F401 - VARIANTS, *_RANGE, udhr_languages re-exported
     PITCH_RANGE,
     PITCH_SPREAD_RANGE,
@@ -83,59 +82,6 @@ def _default_cache_dir() -> Path:
     from episodes.cache import default_cache_dir
 
     return default_cache_dir()
-
-
-def _text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _entry_for(text: str, params: SynthParams, sample_rate: int, backend: str | None = None) -> dict[str, Any]:
-    """What a cached WAV must match: every synthesis setting and the backend that made it
-    (``backend=None``, no backend usable here: a WAV made by any backend is accepted)."""
-    entry = {
-        "text_sha": _text_hash(text),
-        "voice": params.voice,
-        "rate": params.rate,
-        "pitch": params.pitch,
-        "pitch_range": params.pitch_range,
-        "seed": params.seed,
-        "sample_rate": sample_rate,
-    }
-    if backend is not None:
-        entry["backend"] = backend
-    return entry
-
-
-def _backend_id() -> str | None:
-    """Cache id of the backend that synthesises here (``"library-1.52.0"``); None when none is usable."""
-    try:
-        backend = get_backend()
-    except DataError:
-        return None
-    return getattr(backend, "cache_id", backend.name)
-
-
-def _cached_ok(path: Path, want: dict[str, Any], have: dict[str, Any] | None) -> bool:
-    """A cached WAV is reused only when the index entry matches the wanted parameters and the
-    file is a readable mono WAV of the recorded length and rate."""
-    if have is None or any(have.get(k) != v for k, v in want.items()):
-        return False
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-        size = path.stat().st_size
-    except (OSError, RuntimeError, sf.LibsndfileError):
-        return False
-    samples = have.get("samples")
-    return (
-        info.samplerate == want["sample_rate"]
-        and info.channels == 1
-        and info.frames == samples
-        and isinstance(samples, int)
-        and samples > 0
-        and size >= 2 * samples + 44
-    )
 
 
 def _resample(wav_i16: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
@@ -198,21 +144,6 @@ def _worker_init(parent_pid: int | None = None) -> None:
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    from episodes.cache import atomic_write
-
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, sort_keys=True).encode("utf-8")))
-
-
-def _read_index(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}  # missing or corrupt index: every WAV is re-checked against fresh params
 
 
 def load_udhr_speech(
