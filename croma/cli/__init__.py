@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 from croma import __version__
 from croma.bounds import BOUNDS, INT64_MAX, WEEK_S  # noqa: F401 - INT64_MAX, WEEK_S re-exported
 
-SUBCOMMANDS = ("losses", "data", "train", "evaluate", "benchmark", "bench", "cache", "report")
+SUBCOMMANDS = ("losses", "data", "train", "evaluate", "predict", "embed", "benchmark", "bench", "cache", "report")
 
 # flag destination -> (low, low inclusive, high, high inclusive): croma.bounds.BOUNDS, one table for
 # every subcommand and for settings from files, results.json and the Python API (with their types).
