@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from episodes.errors import DataError
-from episodes.tts import SynthParams, get_backend
+from episodes.tts import SynthParams
 
-__all__ = ["_text_hash", "_entry_for", "_backend_id", "_cached_ok", "_write_json_atomic", "_read_index"]
+__all__ = ["_text_hash", "_entry_for", "_cached_ok", "_write_json_atomic", "_read_index"]
 
 
 def _text_hash(text: str) -> str:
@@ -33,15 +32,6 @@ def _entry_for(text: str, params: SynthParams, sample_rate: int, backend: str | 
     if backend is not None:
         entry["backend"] = backend
     return entry
-
-
-def _backend_id() -> str | None:
-    """Cache id of the backend that synthesises here (``"library-1.52.0"``); None when none is usable."""
-    try:
-        backend = get_backend()
-    except DataError:
-        return None
-    return getattr(backend, "cache_id", backend.name)
 
 
 def _cached_ok(path: Path, want: dict[str, Any], have: dict[str, Any] | None) -> bool:

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from episodes.data import CrossModalDataset, Item
-from episodes.datasets.udhr_index import _backend_id, _cached_ok, _entry_for, _read_index, _text_hash, _write_json_atomic  # noqa: F401
+from episodes.datasets.udhr_index import _cached_ok, _entry_for, _read_index, _text_hash, _write_json_atomic  # noqa: F401
 from episodes.datasets.udhr_texts import (  # noqa: F401 - VARIANTS, *_RANGE, udhr_languages re-exported
     PITCH_RANGE,
     PITCH_SPREAD_RANGE,
@@ -82,6 +82,15 @@ def _default_cache_dir() -> Path:
     from episodes.cache import default_cache_dir
 
     return default_cache_dir()
+
+
+def _backend_id() -> str | None:
+    """Cache id of the backend that synthesises here (``"library-1.52.0"``); None when none is usable."""
+    try:
+        backend = get_backend()
+    except DataError:
+        return None
+    return getattr(backend, "cache_id", backend.name)
 
 
 def _resample(wav_i16: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
