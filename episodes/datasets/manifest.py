@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from episodes.data import MODALITIES, CrossModalDataset, Item, canonical_modality
 from episodes.errors import DataError
@@ -305,6 +305,34 @@ def _looks_tabular(path: Path, line: str) -> bool:
     return path.suffix.lower() in (".csv", ".tsv") or (not line.startswith(("{", "[")) and ("," in line or "\t" in line))
 
 
+def manifest_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` for each JSON line of a manifest-format file (blank and ``#`` lines
+    skipped; ``where`` is ``"PATH: line N"``), parsed strictly: NaN / Infinity, a key given twice
+    and nesting too deep are refused, and a first line that looks like CSV / TSV says so.
+
+    Raises:
+        DataError: an unreadable or non-UTF-8 file, a line that is not JSON (names file and line).
+    """
+    first = True
+    for n, line in enumerate(_manifest_lines(path), start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        where = f"{path}: line {n}"
+        try:
+            rec = json.loads(s, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
+        except json.JSONDecodeError as exc:
+            hint = ("; a manifest is JSONL, one JSON object per line (CSV / TSV files are not read)"
+                    if first and _looks_tabular(path, s) else "")
+            raise DataError(f"{where}: not JSON ({exc.msg}){hint}") from None
+        except RecursionError:
+            raise DataError(f"{where}: not JSON (nested too deeply)") from None
+        except ValueError as exc:  # NaN / Infinity
+            raise DataError(f"{where}: not JSON ({exc})") from None
+        first = False
+        yield where, rec
+
+
 def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, target: str | None,
                   skip_bad: bool = False, progress: bool = False, extra: Sequence[str] | str | None = None,
                   **_: object) -> CrossModalDataset:
@@ -340,24 +368,7 @@ def load_manifest(manifest: str | os.PathLike | None, *, source: str | None, tar
     items: list[Item] = []
     seen: set[str] = set()
     skipped = 0
-    lines = _manifest_lines(path)
-    first = True
-    for n, line in enumerate(lines, start=1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        where = f"{path}: line {n}"
-        try:
-            rec = json.loads(s, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
-        except json.JSONDecodeError as exc:
-            hint = ("; a manifest is JSONL, one JSON object per line (CSV / TSV files are not read)"
-                    if first and _looks_tabular(path, s) else "")
-            raise DataError(f"{where}: not JSON ({exc.msg}){hint}") from None
-        except RecursionError:
-            raise DataError(f"{where}: not JSON (nested too deeply)") from None
-        except ValueError as exc:  # NaN / Infinity
-            raise DataError(f"{where}: not JSON ({exc})") from None
-        first = False
+    for where, rec in manifest_records(path):
         item = _item(rec, where, base, seen, skip_bad)
         if item is None:
             skipped += 1

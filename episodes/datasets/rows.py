@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from episodes.data import canonical_modality
-from episodes.datasets.manifest import (
-    _FORMAT,
-    _item,
-    _manifest_lines,
-    _missing_file_reason,
-    _refuse_constant,
-    _refuse_duplicates,
-)
+from episodes.datasets.manifest import _FORMAT, _item, _missing_file_reason, manifest_records
 from episodes.errors import DataError
 
 __all__ = ["load_rows"]
@@ -46,15 +38,7 @@ def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional
     values: list[Any] = []
     labs: list[str | None] = []
     seen: set[str] = set()
-    for n, line in enumerate(_manifest_lines(p), start=1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        where = f"{p}: line {n}"
-        try:
-            rec = json.loads(s, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
-        except (RecursionError, ValueError) as exc:
-            raise DataError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
+    for where, rec in manifest_records(p):
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
         keys = [k for k in rec if k not in ("id", "label", "cluster") and _canonical_or_none(k) == mod]
