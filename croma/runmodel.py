@@ -156,14 +156,9 @@ class RunModel:
               batch_size: int = 256) -> torch.Tensor:
         """Embeddings ``float [n, E]`` of ``values`` in the shared space (no gradient), from the
         meta-learned parameters."""
-        from croma.meta.functional import FunctionalModel
-
         m = self._modality(modality)
         x = self.features(m, values, ids=ids)
-        fm = FunctionalModel(self.model)
-        with torch.no_grad():
-            return torch.cat([fm(self.theta, lambda mod, v: mod.embed(m, v), x[i : i + batch_size])
-                              for i in range(0, x.shape[0], batch_size)]).cpu()
+        return _forward(self.model, self.theta, lambda mod, v: mod.embed(m, v), x, batch_size)
 
     def setting_for(self, shots: int) -> dict[str, Any]:
         """Meta-val's fine-tuning setting for ``shots`` examples per class (the nearest k it chose
@@ -283,14 +278,9 @@ class AdaptedModel:
 
     def logits(self, values: Sequence[Any], *, ids: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
         """``float [n, N]`` classifier logits of target-modality ``values``."""
-        from croma.meta.functional import FunctionalModel
-
-        x = self.run.features(self.run.target, values, ids=ids)
-        fm = FunctionalModel(self.run.model)
         t = self.run.target
-        with torch.no_grad():
-            return torch.cat([fm(self.params, lambda m, v: m.classify(m.embed(t, v)), x[i : i + batch_size])
-                              for i in range(0, x.shape[0], batch_size)]).cpu()
+        x = self.run.features(t, values, ids=ids)
+        return _forward(self.run.model, self.params, lambda m, v: m.classify(m.embed(t, v)), x, batch_size)
 
     def predict(self, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> Prediction:
         """Labels and class probabilities of ``values``."""
@@ -301,13 +291,21 @@ class AdaptedModel:
 
     def embed(self, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> torch.Tensor:
         """Embeddings ``[n, E]`` of target-modality values with the fine-tuned parameters."""
-        from croma.meta.functional import FunctionalModel
-
-        x = self.run.features(self.run.target, values, ids=ids)
-        fm = FunctionalModel(self.run.model)
         t = self.run.target
-        with torch.no_grad():
-            return fm(self.params, lambda m, v: m.embed(t, v), x).cpu()
+        x = self.run.features(t, values, ids=ids)
+        return _forward(self.run.model, self.params, lambda m, v: m.embed(t, v), x, None)
+
+
+def _forward(model: torch.nn.Module, params: Mapping[str, torch.Tensor], fn: Any, x: torch.Tensor,
+             batch_size: int | None) -> torch.Tensor:
+    """``fn(model, x)`` run functionally with ``params``, without gradients, in row batches of
+    ``batch_size`` (None: one pass), on CPU."""
+    from croma.meta.functional import FunctionalModel
+
+    fm = FunctionalModel(model)
+    step = batch_size or max(1, x.shape[0])
+    with torch.no_grad():
+        return torch.cat([fm(params, fn, x[i : i + step]) for i in range(0, x.shape[0], step)]).cpu()
 
 
 def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> RunModel:
