@@ -21,7 +21,7 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 __all__ = ["atomic_write", "atomic_write_set", "write_error", "remove_stale_temps", "STALE_TEMP_AGE_S"]
 
@@ -179,10 +179,7 @@ def _write_temp(target: Path, write: Callable[[Any], None]) -> Path:
     try:
         fd, tmp = _create_temp(target)
     except OSError as exc:
-        err = write_error(exc, target)
-        if err is exc:
-            raise
-        raise err from exc
+        _raise_named(exc, target)
     rec = None
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -193,16 +190,21 @@ def _write_temp(target: Path, write: Callable[[Any], None]) -> Path:
     except BaseException as exc:
         _unlink_quietly(tmp)
         if isinstance(exc, OSError):
-            err = write_error(exc, target)
-            if err is exc:
-                raise
-            raise err from exc
+            _raise_named(exc, target)
         if isinstance(exc, RuntimeError) and rec is not None and rec.error is not None:
             raise write_error(rec.error, target) from exc  # torch.save: "unexpected pos 704 vs 598"
         if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITE_FAILED):
             raise write_error(_torch_write_failure(exc, target), target) from exc
         raise
     return tmp
+
+
+def _raise_named(exc: OSError, target: Path) -> NoReturn:
+    """Raise ``exc`` as :func:`write_error` names it (``target`` in the message, same errno)."""
+    err = write_error(exc, target)
+    if err is exc:
+        raise exc
+    raise err from exc
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -218,10 +220,7 @@ def _replace(tmp: Path, target: Path) -> None:
     except BaseException as exc:
         _unlink_quietly(tmp)
         if isinstance(exc, OSError):
-            err = write_error(exc, target)
-            if err is exc:
-                raise
-            raise err from exc
+            _raise_named(exc, target)
         raise
 
 
