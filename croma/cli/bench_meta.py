@@ -3,6 +3,10 @@
 `peak_fraction: X` and, last, `speedup: X.XX`.
 
 `croma bench meta --nproc N`: 1 process vs N processes (torch.distributed); prints `scaling: X.XX` last.
+
+`croma bench meta --benchmark NAME`: `croma train NAME`'s real default meta-batch (e.g. udhr-speech: cnn1d
+encoders on byte ids and log-mel frames) batched vs sequential (plus the opt-in native conv, and with
+`--compile` the compiled step, its compile time and break-even); prints which path runs and `speedup: X.XX` last.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-higher", action="store_true", help="do not time the 'higher' path even when it is installed")
     p.add_argument("--compile", action="store_true",
                    help="also time the batched path through torch.compile (its compile time is printed separately)")
+    p.add_argument("--benchmark", default=None, metavar="NAME",
+                   help="instead: croma train NAME's default meta-batch on its real data (e.g. udhr-speech, cnn1d "
+                   "encoders) through the batched and sequential paths, each also with the opt-in native conv "
+                   "(cnn1d conv=native); with --compile also the compiled step and its break-even; prints which "
+                   "path croma train runs and, last, 'speedup: X.XX' (batched eager vs sequential)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default malloc thresholds (by default large freed buffers are kept for reuse)")
     p.set_defaults(func=run)
@@ -52,6 +61,13 @@ def run(args) -> int:
     allocator = "default"
     if not args.no_malloc_tuning and tune_allocator():
         allocator = "glibc mmap/trim thresholds raised"
+    if args.benchmark:
+        from croma.perf.meta import run_real_meta_bench
+
+        if args.threads < 1 or args.repeats < 1:
+            raise ValueError(f"--threads and --repeats must be >= 1 (got {args.threads}, {args.repeats})")
+        run_real_meta_bench(args.benchmark, repeats=args.repeats, threads=args.threads, compile=args.compile)
+        return 0
     meta_batch = args.meta_batch if args.meta_batch is not None else (16 if args.nproc == 1 else 64 * args.nproc)
     run_meta_bench(
         allocator=allocator,

@@ -203,3 +203,120 @@ def run_meta_bench(
     out(f"peak_fraction: {res['peak_fraction']:.3f}")
     out(f"speedup: {res['speedup']:.2f}")
     return res
+
+
+REAL_NOTES = {
+    "batched": "croma train's default: vmap over the tasks of a family; conv = k strided matmuls, bmm across tasks",
+    "sequential": "the reference: one task at a time, same per-task function",
+    "batched-native": "opt-in cnn1d conv=native: under vmap ONE grouped F.conv1d across the tasks (groups = T)",
+    "sequential-native": "opt-in cnn1d conv=native, one task at a time",
+    "compiled": "--compile-inner: the batched step through torch.compile (inductor)",
+}
+
+
+def compile_break_even(compile_s: float, eager_s: float, compiled_s: float) -> float:
+    """Meta-batches after which ``torch.compile`` pays: ``compile_s / (eager_s - compiled_s)`` (inf without a gain)."""
+    gain = eager_s - compiled_s
+    return compile_s / gain if gain > 0 else float("inf")
+
+
+def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """``||a - b|| / ||b||`` over all tensors of the dicts together (Frobenius)."""
+    num = sum(float((a[k].double() - b[k].double()).square().sum()) for k in b)
+    den = sum(float(b[k].double().square().sum()) for k in b)
+    return (num / den) ** 0.5 if den > 0 else float(num > 0)
+
+
+def run_real_meta_bench(
+    benchmark: str, *, repeats: int = 5, threads: int = 1, compile: bool = False, variants: bool = True,
+    out: Callable[[str], None] | None = None, **overrides: Any,
+) -> dict[str, Any]:
+    """``croma bench meta --benchmark NAME``: ``croma train NAME``'s default meta-batch (its data, its
+    default encoders, e.g. cnn1d on byte ids and log-mel frames for udhr-speech, its task mix) through
+    the batched and the sequential inner loop, alternating in one process, one thread; with
+    ``variants`` also both with the opt-in ``cnn1d`` ``conv="native"``; with ``compile`` also the
+    compiled batched step, its compile time and the break-even in meta-batches. One timed unit is
+    ``MetaLearner.chunked_deltas`` (sampling, inner loops, summed Reptile deltas). Prints which path
+    ``croma train`` runs and, last, ``speedup: X.XX`` (batched eager over sequential). ``overrides``:
+    ``TrainConfig`` fields replacing the defaults (tests: ``meta_batch=2, inner_steps=1``).
+
+    Returns ``{"<path>_ms", "rel_diff" {path: ||delta - sequential|| / ||sequential||}, "speedup",
+    "native_speedup", "compile_s", "break_even", ...}``."""
+    from dataclasses import replace
+
+    from croma.config import TrainConfig
+    from croma.encoders.sequence import Conv1dEncoder
+    from croma.factory import load_bench
+    from croma.learner import MetaLearner
+
+    out = out or (lambda s: (print(s), sys.stdout.flush()))
+    if repeats < 1:
+        raise CromaError(f"--repeats must be >= 1 (got {repeats})")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cfg = TrainConfig(**{"benchmark": benchmark, "iterations": 2 * repeats + 4, "eval_every": 0, "device": "cpu",
+                              **overrides})
+        bench = load_bench(cfg)
+        tr = {m: MetaLearner(replace(cfg, inner_loop=m), bench) for m in ("batched", "sequential")}
+        cnn = [m for m, e in tr["batched"].model.encoders.items() if isinstance(e, Conv1dEncoder)]
+        if variants and cnn:
+            hp = {**cfg.model, "encoder_hp": {**dict(cfg.model.get("encoder_hp") or {}), **{m: {"conv": "native"} for m in cnn}}}
+            for m in ("batched", "sequential"):
+                tr[f"{m}-native"] = MetaLearner(replace(cfg, inner_loop=m, model=hp), bench)
+        if compile:
+            tr["compiled"] = MetaLearner(replace(cfg, compile_inner=True), bench)
+        base = tr["batched"]
+        theta, paths = base.theta, list(tr)
+        first_s, res = {}, {}
+        for m in paths:  # warm-up (vmap traces, torch.compile compiles) and the results compared below
+            t0 = time.perf_counter()
+            res[m] = tr[m].chunked_deltas(theta, 0)[0]
+            first_s[m] = time.perf_counter() - t0
+        gflop = count_flops(lambda: base.chunked_deltas(theta, 0)) / 1e9
+        peak_times = matmul_peak(reps=2)
+        times: dict[str, list[float]] = {m: [] for m in paths}
+        for r in range(repeats):
+            for m in paths if r % 2 == 0 else paths[::-1]:
+                t0 = time.perf_counter()
+                tr[m].chunked_deltas(theta, r + 1)
+                times[m].append(time.perf_counter() - t0)
+            peak_times += matmul_peak(reps=2)
+    finally:
+        torch.set_num_threads(old_threads)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    peak = 2 * 1024**3 / statistics.median(peak_times) / 1e9
+    plan = ", ".join(f"{n} {f}" for f, n in base.plan)
+    encs = ", ".join(f"{m} {type(e).__name__}" for m, e in base.model.encoders.items())
+    out(f"croma bench meta --benchmark {benchmark}: croma train {benchmark}'s default meta-batch {cfg.meta_batch} ({plan}), "
+        f"{cfg.inner_steps} inner steps ({cfg.inner_optimizer}), task chunks of {base.cfg.task_chunk}, encoders {encs}; "
+        f"cpu, {threads} thread(s), {repeats} repeats, alternating")
+    out(f"matmul peak: {peak:.1f} GFLOP/s (1024x1024 float32, median of {len(peak_times)}); {gflop:.2f} GFLOP per meta-batch")
+    for m in paths:
+        out(f"{m:<17}: median {1000 * med[m]:7.1f} ms per meta-batch (range {1000 * min(times[m]):.0f}-"
+            f"{1000 * max(times[m]):.0f}; {gflop / med[m]:.1f} GFLOP/s = {100 * gflop / med[m] / peak:.0f}% of peak)  "
+            f"[{REAL_NOTES[m]}]")
+    ref = res["sequential"]
+    diffs = {m: _rel(res[m], ref) for m in paths if m != "sequential"}
+    for m, d in diffs.items():
+        out(f"||{m} - sequential|| / ||sequential|| summed Reptile delta: {d:.2e}")
+    result: dict[str, Any] = {"benchmark": benchmark, "paths": paths, "gflop": gflop, "peak_gflops": peak,
+                              "rel_diff": diffs, **{f"{m}_ms": 1000 * med[m] for m in paths}}
+    if "batched-native" in tr:
+        result["native_speedup"] = med["batched"] / med["batched-native"]
+        out(f"native conv: batched {result['native_speedup']:.2f}x, sequential "
+            f"{med['sequential'] / med['sequential-native']:.2f}x the taps; native batched over native sequential "
+            f"{med['sequential-native'] / med['batched-native']:.2f}x")
+    path = "batched (eager vmap, conv=taps; the default)"
+    if compile:
+        compile_s = max(0.0, first_s["compiled"] - med["compiled"])
+        be = compile_break_even(compile_s, med["batched"], med["compiled"])
+        result.update(compile_s=compile_s, break_even=be, compiled_speedup=med["batched"] / med["compiled"])
+        out(f"compiled: {result['compiled_speedup']:.2f}x the batched eager path; compile {compile_s:.1f} s (first "
+            f"meta-batch minus the median; inductor's FX graph cache makes reruns of the same shapes far cheaper); "
+            f"break-even after {be:.0f} meta-batches (croma train's default: {TrainConfig().iterations} iterations)")
+        path += (f"; --compile-inner pays from {be:.0f} iterations on" if be < float("inf") else "; --compile-inner does not pay")
+    out(f"path: croma train runs {path}")
+    result["speedup"] = med["sequential"] / med["batched"]
+    out(f"speedup: {result['speedup']:.2f}")
+    return result
