@@ -32,7 +32,7 @@ install: $(VENV)/.core
 install-test: $(VENV)/.installed
 
 demo: install
-	OMP_NUM_THREADS=2 $(VENV)/bin/croma benchmark udhr-speech --preset quick --out runs/demo
+	$(VENV)/bin/croma benchmark udhr-speech --preset quick --out runs/demo
 
 lint: install-test
 	$(VENV)/bin/ruff check .

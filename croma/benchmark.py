@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from croma.baselines import get_method, methods_for
-from croma.baselines.common import MethodContext
-from croma.benchmark_config import PRESETS, QUICK_METHODS, BenchmarkConfig  # noqa: F401  (re-exported)
+from croma.bench_units import UNIT_THREADS, Unit, auto_jobs, peak_rss_mib, run_units
+from croma.benchmark_config import PRESETS, QUICK_METHODS, BenchmarkConfig, seeds_of  # noqa: F401  (re-exported)
 from croma.config import TrainConfig
 from croma.errors import CromaError
-from croma.evaluate import EvalConfig, evaluate_kshot
+from croma.evaluate import EvalConfig
 from croma.factory import bench_to, resolve_device
 from croma.log import info
 from croma.report import (
@@ -163,7 +163,7 @@ def noise_folder(rate: float) -> str:
 def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     """Run every chosen method and (when ``cfg.out``) write results.json/csv/png.
 
-    Each method is trained ``cfg.train_seeds`` times (training seeds ``seed, seed+1, ...``) under
+    Each method is trained ``cfg.train_seeds`` times (default: the preset's) (training seeds ``seed, seed+1, ...``) under
     the same budget, its meta-test settings chosen on meta-val, then evaluated once on the
     meta-test episodes, which are the same for every method and seed (paired). Rows carry the
     mean over episodes (per-episode accuracies averaged over the training seeds), its 95%
@@ -216,44 +216,44 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     acc: dict[tuple[str, int], list[list[float]]] = {}  # (method, k) -> [seeds][episodes], rounded (croma.report)
     ep_lines: list[tuple] = []  # episodes.csv
     hashes: dict[int, list[str]] = {}
-    train_seeds = [cfg.seed + s for s in range(cfg.train_seeds)]
+    n_seeds = seeds_of(cfg, preset)
+    train_seeds = [cfg.seed + s for s in range(n_seeds)]
     budget_text = f"{steps} optimiser steps" if steps is not None else f"{seconds:g} s wall clock"
+    units = [
+        Unit(method=name, seed=seed, shots=tuple(int(k) for k in ev.shots), ctx=dict(
+            train=replace(train, seed=seed), eval=ev, budget_seconds=seconds, budget_steps=steps,
+            label_noise=cfg.label_noise, oracle_warm_start=cfg.oracle_warm_start, knobs=_knobs(cfg, preset),
+            hp=_method_hp(cfg, preset, name)))
+        for name in methods for seed in train_seeds
+    ]
+    jobs = cfg.jobs if cfg.jobs is not None else auto_jobs(len(units), str(device))
+    if cfg.progress:
+        seeds_text = f"{n_seeds} training seed{'s' if n_seeds > 1 else ''}"
+        where = f"{min(jobs, len(units))} worker processes" if jobs > 1 and len(units) > 1 else "this process"
+        info(f"{len(methods)} methods x {seeds_text} = {len(units)} runs (budget {budget_text} each) in {where}, "
+             f"{UNIT_THREADS} thread each", stream="stdout")
+
+    def unit_done(u: Unit, facts: dict[str, Any]) -> None:
+        if cfg.progress:
+            accs = ", ".join(f"{k}-shot {float(r['accuracy_mean']):.1f}" for k, r in facts["evals"].items())
+            info(f"[{u.method}] seed {u.seed}: {accs} ({facts['seconds']:.1f} s train + meta-val, "
+                 f"{facts['eval_seconds']:.1f} s meta-test)", stream="stdout")
+
+    facts_by = run_units(bench, units, jobs=jobs, progress=cfg.progress and jobs <= 1, done=unit_done)
     for name in methods:
-        spec = get_method(name)
         hp = _method_hp(cfg, preset, name)
-        seed_runs = []
-        for s in range(cfg.train_seeds):
-            ctx = MethodContext(
-                bench=bench, train=replace(train, seed=cfg.seed + s), eval=ev, budget_seconds=seconds,
-                budget_steps=steps, label_noise=cfg.label_noise, progress=cfg.progress,
-                oracle_warm_start=cfg.oracle_warm_start, knobs=_knobs(cfg, preset), hp=hp,
-            )
-            if cfg.progress:
-                seed_note = f", training seed {cfg.seed + s}" if cfg.train_seeds > 1 else ""
-                info(f"[{name}] training (budget {budget_text}{seed_note}) ...", stream="stdout")
-            t0 = time.perf_counter()
-            outcome = spec.fn(ctx)
-            t1 = time.perf_counter()
-            evals = {}
-            for k in ev.shots:
-                ch = outcome.eval_choice[int(k)]
-                ev_k = replace(ev, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
-                               finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
-                evals[int(k)] = evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"][0]
-            seed_runs.append({"outcome": outcome, "evals": evals, "eval_seconds": time.perf_counter() - t1,
-                              "seconds": t1 - t0})
-        first = seed_runs[0]["outcome"]
+        seed_runs = [facts_by[(name, seed)] for seed in train_seeds]
+        first = _Facts(seed_runs[0])
         per_method[name] = {
             "hp": _plain(hp),
             "seeds": [
                 {
-                    "seed": cfg.seed + i, "eval_choice_meta_val": r["outcome"].eval_choice,
-                    "eval_scores_meta_val": r["outcome"].eval_scores, "train_seconds": r["outcome"].train_seconds,
-                    "eval_seconds": r["eval_seconds"], "outer_steps": r["outcome"].outer_steps,
-                    "optimizer_steps": r["outcome"].optimizer_steps, "examples": r["outcome"].examples,
-                    "notes": _plain(r["outcome"].notes),
+                    "seed": r["seed"], "eval_choice_meta_val": r["eval_choice"], "eval_scores_meta_val": r["eval_scores"],
+                    "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"],
+                    "outer_steps": r["outer_steps"], "optimizer_steps": r["optimizer_steps"], "examples": r["examples"],
+                    "notes": _plain(r["notes"]),
                 }
-                for i, r in enumerate(seed_runs)
+                for r in seed_runs
             ],
             # kept from earlier releases: the first seed's facts at the top level
             "eval_choice_meta_val": first.eval_choice, "eval_scores_meta_val": first.eval_scores,
@@ -280,7 +280,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             rows.append({
                 "method": name, "shots": int(k), "accuracy_mean": st["accuracy_mean"], "accuracy_ci95": st["accuracy_ci95"],
                 "accuracy_ci95_low": st["accuracy_ci95_low"], "accuracy_ci95_high": st["accuracy_ci95_high"],
-                "episodes": n_ep, "accuracy_std": rep_std, "repeats": repeats, "train_seeds": cfg.train_seeds,
+                "episodes": n_ep, "accuracy_std": rep_std, "repeats": repeats, "train_seeds": n_seeds,
                 "accuracy_seed_std": st["accuracy_seed_std"], "accuracy_per_seed": st["accuracy_per_seed"],
                 "target_samples": first.target_samples, "target_labels": first.target_labels,
                 "centroid_mean": None if cen is None else cen[0], "centroid_ci95": None if cen is None else cen[1],
@@ -308,11 +308,14 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "preset": cfg.preset,
         "seed": cfg.seed,
         "budget_steps": steps,
-        "train_seeds": cfg.train_seeds,
+        "train_seeds": n_seeds,
+        "jobs": min(jobs, len(units)),
+        "unit_threads": UNIT_THREADS,
+        "peak_rss_mib": peak_rss_mib(),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
         "comparisons": comparisons,
-        "interval": interval_text(cfg.train_seeds, n_episodes, interval_settings()["resamples"],
+        "interval": interval_text(n_seeds, n_episodes, interval_settings()["resamples"],
                                   mode=interval_settings()["episodes"], seed=interval_settings()["seed"]),
         "interval_settings": interval_settings(),
         "episodes_file": EPISODES_FILE,
@@ -368,6 +371,13 @@ def episode_hashes(bench, ev: EvalConfig, shots: int) -> list[str]:
         b = _episode_batch(bench, x, replace(ev, shots=[int(shots)]), int(shots), r)
         out += [episode_digest(b["rs"][i], b["ys"][i], b["rq"][i], b["yq"][i]) for i in range(b["rs"].shape[0])]
     return out
+
+
+class _Facts:
+    """A unit's facts (:func:`croma.bench_units.run_unit`) read as attributes."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
 
 
 def _plain(v: Any) -> Any:

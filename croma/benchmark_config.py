@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-__all__ = ["PRESETS", "QUICK_METHODS", "METHOD_HP_KEYS", "BenchmarkConfig"]
+__all__ = ["PRESETS", "QUICK_METHODS", "METHOD_HP_KEYS", "BenchmarkConfig", "seeds_of"]
 
 # Presets. Budgets are optimiser steps per trained method (see croma.baselines.common), the same
 # for every method; nothing depends on timing. ``quick`` is the main job (make demo): 600 meta-test
@@ -25,7 +25,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "frontend": "compact",
         "budget_steps": 3000,
-        "repeats": 3,
+        # 3 training seeds x the same 200 meta-test episodes per k: the interval covers seed and
+        # episode variance (two-level bootstrap, croma.stats), 600 paired evaluations per (method, k)
+        "train_seeds": 3,
+        "repeats": 1,
         "eval_tasks": 200,
         "methods": QUICK_METHODS,
         "train": dict(
@@ -56,6 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "frontend": "sequence",
         "budget_steps": 100000,
+        "train_seeds": 1,
         "repeats": 3,
         "eval_tasks": 200,
         "methods": None,
@@ -160,7 +164,11 @@ class BenchmarkConfig:
         budget_steps: optimiser steps per trained method, the same for every method (``--budget-steps``).
         budget_seconds: wall-clock training budget per method instead of steps (``--budget-seconds``;
             exploration only: results then depend on the machine's load).
-        train_seeds: train each method this many times, seeds ``seed, seed+1, ...`` (``--train-seeds``).
+        train_seeds: train each method this many times, seeds ``seed, seed+1, ...`` (``--train-seeds``;
+            None: the preset's, quick 3, paper 1).
+        jobs: worker processes the (method, training seed) runs are spread over (``--jobs``; None:
+            the CPU cores this process may use, at most one per run, 1 on a GPU). Every run uses one
+            thread wherever it runs, so the numbers do not depend on ``jobs``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:I`` (``--device``).
         seed: the base seed (``--seed``; the training runs use ``seed, seed+1, ...``).
         out: output folder for results.json / .csv / .png (``--out``; None: no files).
@@ -203,7 +211,8 @@ class BenchmarkConfig:
     preset: str = "quick"
     budget_steps: int | None = None
     budget_seconds: float | None = None
-    train_seeds: int = 1
+    train_seeds: int | None = None
+    jobs: int | None = None
     device: str = "auto"
     seed: int = 0
     out: str | None = "runs/benchmark"
@@ -288,6 +297,10 @@ class BenchmarkConfig:
         check_memory(*eval_memory(tasks, self.ways, max(self.shots), self.queries), "cpu",
                      "lower --eval-tasks, --ways, --shots or --queries", what="meta-test")
 
+    def resolved_seeds(self) -> int:
+        """The training seeds this run uses (``train_seeds`` or the preset's)."""
+        return seeds_of(self, PRESETS.get(self.preset, {}))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
         """Rebuild from ``asdict`` output (results.json's ``config.benchmark_config``) or a settings
@@ -305,3 +318,8 @@ class BenchmarkConfig:
         if unknown:
             raise ValueError(f"unknown benchmark setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(names))})")
         return cls(**dict(d))
+
+
+def seeds_of(cfg: "BenchmarkConfig", preset: Mapping[str, Any]) -> int:
+    """Training seeds of a run: ``cfg.train_seeds`` when given, else the preset's (1 when it has none)."""
+    return int(cfg.train_seeds) if cfg.train_seeds is not None else int(preset.get("train_seeds", 1))

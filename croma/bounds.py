@@ -37,6 +37,7 @@ BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "stop_after": (1, True, 10**9, True),
     "budget_steps": (1, True, 10**9, True),
     "train_seeds": (1, True, 100, True),
+    "jobs": (1, True, 1024, True),  # croma benchmark's worker processes
     "meta_batch": (1, True, 65536, True),
     "task_mix": (0.0, True, 1.0, True),
     "task_weights": (0.0, True, 1e9, True),  # each family's weight (relative; the sum stays finite)

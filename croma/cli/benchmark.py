@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=None, help="meta-test repeats with different seeds (preset default)")
     p.add_argument("--ways", type=int, default=5, help="N-way (default 5)")
     p.add_argument("--eval-tasks", type=int, default=None,
-                   help="meta-test episodes per repeat (preset default: 200, x 3 repeats = 600 episodes per k)")
+                   help="meta-test episodes per repeat (preset default: 200; quick: 1 repeat x 3 training seeds, paper: "
+                   "3 repeats)")
     p.add_argument("--loss", choices=list_losses(), default=None, help="alignment objective (preset default: cwcl)")
     p.add_argument("--label-noise", type=float, default=0.0, help="symmetric noise rate on target labels, in [0, 1)")
     p.add_argument("--noise-sweep", type=_float_list, default=None, metavar="R1,R2,...",
@@ -71,8 +72,12 @@ def add_parser(sub) -> None:
     p.add_argument("--budget-seconds", type=float, default=None, metavar="S",
                    help="wall-clock training budget per method instead of steps (exploration only: results then "
                    "depend on machine load; at most 604800)")
-    p.add_argument("--train-seeds", type=int, default=1, metavar="S",
-                   help="train each method S times with seeds SEED..SEED+S-1 (1-100); rows gain accuracy_seed_std")
+    p.add_argument("--train-seeds", type=int, default=None, metavar="S",
+                   help="train each method S times with seeds SEED..SEED+S-1 (1-100; preset default: quick 3, paper 1); "
+                   "intervals cover training seeds and episodes")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes for the (method, training seed) runs (default: the CPU cores available, "
+                   "at most one per run; 1 on a GPU); every run uses one thread, so results do not depend on N")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output directory (default runs/benchmark)")
@@ -103,7 +108,7 @@ def add_parser(sub) -> None:
 
 # flags that set the BenchmarkConfig field of the same name
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
-           "train_seeds", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
+           "train_seeds", "jobs", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
            "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
            "compile_inner", "strict_sizes")
 # settings a results file must not choose on this machine (paths, where to write)

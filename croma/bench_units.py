@@ -1,0 +1,177 @@
+"""The training runs of ``croma benchmark`` as independent units, in this process or in workers.
+
+A unit is one (method, training seed): train within the budget, choose the meta-test settings on
+meta-val, meta-test every k on the run's episodes (:func:`run_unit`). Units share nothing but the
+prepared benchmark, so they can run in any order and in parallel: :func:`run_units` runs them in
+this process (``jobs=1``) or in ``jobs`` worker processes (``spawn``; the benchmark is sent to each
+worker once). Every unit runs with :data:`UNIT_THREADS` intra-op thread(s) wherever it runs, so
+the numbers do not depend on ``--jobs`` (bitwise on one machine): on a small model one thread per
+process does more work per core than several threads sharing one process's small matrix products.
+
+Workers ignore Ctrl-C (the parent stops them and says so once) and die with the parent (Linux:
+``PR_SET_PDEATHSIG``); a unit that fails stops the run with its own message.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+__all__ = ["UNIT_THREADS", "Unit", "run_unit", "run_units", "auto_jobs", "peak_rss_mib"]
+
+#: intra-op threads of every unit, in this process or a worker (results do not depend on --jobs)
+UNIT_THREADS = 1
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run: ``method`` with training seed ``seed``; ``ctx`` holds the
+    :class:`croma.baselines.common.MethodContext` fields other than the benchmark and ``progress``
+    (its ``eval`` is the meta-test's base config); ``shots``: the meta-test k values."""
+
+    method: str
+    seed: int
+    ctx: dict[str, Any] = field(default_factory=dict)
+    shots: tuple[int, ...] = ()
+
+
+@contextmanager
+def unit_threads(n: int = UNIT_THREADS) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
+    """Train ``unit.method`` with seed ``unit.seed``, then meta-test each k with the setting meta-val
+    chose. Returns plain facts (no model): the outcome's fields, ``evals`` ``{k: evaluate_kshot row}``,
+    ``seconds`` (training + meta-val choice) and ``eval_seconds`` (meta-test)."""
+    from dataclasses import replace
+
+    from croma.baselines import get_method
+    from croma.baselines.common import MethodContext
+    from croma.evaluate import evaluate_kshot
+
+    spec = get_method(unit.method)
+    ctx = MethodContext(bench=bench, progress=progress, **unit.ctx)
+    with unit_threads():
+        t0 = time.perf_counter()
+        outcome = spec.fn(ctx)
+        t1 = time.perf_counter()
+        evals = {}
+        for k in unit.shots:
+            ch = outcome.eval_choice[int(k)]
+            ev_k = replace(ctx.eval, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
+                           finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
+            evals[int(k)] = evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"][0]
+        t2 = time.perf_counter()
+    return {
+        "method": unit.method, "seed": unit.seed, "eval_choice": outcome.eval_choice, "eval_scores": outcome.eval_scores,
+        "train_seconds": outcome.train_seconds, "outer_steps": outcome.outer_steps,
+        "optimizer_steps": outcome.optimizer_steps, "examples": outcome.examples,
+        "target_samples": outcome.target_samples, "target_labels": outcome.target_labels, "notes": outcome.notes,
+        "evals": evals, "seconds": t1 - t0, "eval_seconds": t2 - t1,
+    }
+
+
+def auto_jobs(units: int, device: str = "cpu") -> int:
+    """Worker processes when ``--jobs`` is not given: the CPU cores this process may use, at most
+    one per unit; 1 on a GPU (units would share it)."""
+    if str(device).startswith("cuda"):
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, units))
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory (MiB) of this process and of the largest finished worker."""
+    scale = 1024.0 if os.uname().sysname != "Darwin" else 1024.0 * 1024.0
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
+    return {"main": round(own, 1), "largest_worker": round(child, 1)}
+
+
+# ---------------------------------------------------------------------- worker processes
+_BENCH = None
+
+
+def _init_worker(bench, parent_pid: int) -> None:
+    """Worker start: keep the benchmark, ignore Ctrl-C (the parent stops the run), die with the parent."""
+    import signal
+
+    from episodes.signals import die_with_parent
+
+    global _BENCH
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    torch.set_num_threads(UNIT_THREADS)
+    _BENCH = bench
+
+
+def _work(unit: Unit) -> dict[str, Any]:
+    return run_unit(_BENCH, unit)
+
+
+def run_units(
+    bench, units: list[Unit], *, jobs: int = 1, progress: bool = False,
+    done: Callable[[Unit, dict[str, Any]], None] | None = None,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Run every unit; returns ``{(method, seed): facts}`` (:func:`run_unit`), the same whatever ``jobs``.
+
+    ``jobs=1``: one after another in this process (with ``progress``, the methods' own progress
+    bars); ``jobs>1``: that many worker processes, units submitted in order. ``done(unit, facts)``
+    is called in this process as each unit finishes.
+    A failing unit re-raises its exception here after the other workers are stopped.
+    """
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    if jobs <= 1 or len(units) <= 1:
+        for u in units:
+            results[(u.method, u.seed)] = facts = run_unit(bench, u, progress=progress)
+            if done is not None:
+                done(u, facts)
+        return results
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(bench, os.getpid()))
+    try:
+        pending = {pool.submit(_work, u): u for u in units}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                u = pending.pop(fut)
+                results[(u.method, u.seed)] = facts = fut.result()  # a worker's exception re-raises here
+                if done is not None:
+                    done(u, facts)
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and kill the workers (a failed or interrupted run)."""
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    for p in procs:
+        p.join(timeout=5)
