@@ -110,7 +110,7 @@ def test_bench_meta_benchmark_real_meta_batch(capsys):
     res = run_real_meta_bench("udhr-speech", repeats=1, meta_batch=2, inner_steps=1)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0
-    assert lines[-2].startswith("path: croma train runs batched")
+    assert lines[-3].startswith("path: croma train runs batched") and lines[-2].startswith("paired speedup")
     assert "Conv1dEncoder" in lines[0] and "udhr-speech" in lines[0]
     assert set(res["paths"]) == {"batched", "sequential", "batched-native", "sequential-native"}
     assert res["rel_diff"]["batched"] < 1e-5  # same arithmetic up to vmap's summation order

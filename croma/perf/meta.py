@@ -318,5 +318,8 @@ def run_real_meta_bench(
         path += (f"; --compile-inner pays from {be:.0f} iterations on" if be < float("inf") else "; --compile-inner does not pay")
     out(f"path: croma train runs {path}")
     result["speedup"] = med["sequential"] / med["batched"]
+    # each repeat times every path back to back: the median of the per-repeat ratios is robust to load drifting
+    result["paired_speedup"] = statistics.median(s / b for s, b in zip(times["sequential"], times["batched"]))
+    out(f"paired speedup (median of per-repeat sequential/batched ratios): {result['paired_speedup']:.2f}")
     out(f"speedup: {result['speedup']:.2f}")
     return result
