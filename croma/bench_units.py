@@ -117,9 +117,21 @@ def _init_worker(bench, parent_pid: int) -> None:
 
     global _BENCH
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_terminated)
     die_with_parent(parent_pid)
     torch.set_num_threads(UNIT_THREADS)
     _BENCH = bench
+
+
+def _worker_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+    """SIGTERM from the parent (:func:`_stop`): release this worker's named semaphores (a lock made
+    under the spawn start method is registered with the resource tracker, which would warn about
+    it) and exit at once."""
+    from multiprocessing import util
+
+    util._run_finalizers(0)
+    util._run_finalizers()
+    os._exit(128 + signum)
 
 
 def _work(unit: Unit) -> dict[str, Any]:
@@ -165,13 +177,16 @@ def run_units(
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and kill the workers (a failed or interrupted run)."""
-    procs = list(getattr(pool, "_processes", {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        try:
-            p.kill()
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-    for p in procs:
-        p.join(timeout=5)
+    """Cancel what has not started, stop the workers and let the pool close its queues (a failed or
+    interrupted run)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for stop in ("terminate", "kill"):  # SIGTERM (the worker cleans up and exits), then SIGKILL what is left
+        for p in procs:
+            try:
+                if p.is_alive():
+                    getattr(p, stop)()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        for p in procs:
+            p.join(timeout=5)
+    pool.shutdown(wait=True, cancel_futures=True)

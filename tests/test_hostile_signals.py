@@ -192,3 +192,36 @@ def test_killing_the_nproc_launcher_kills_its_ranks_and_removes_its_folder(tmp_p
         assert list(tmp.iterdir()) == []  # the temporary launcher folder is gone
     else:
         assert proc.returncode == -9
+
+
+# ---------------------------------------------------------------------- croma benchmark --jobs workers
+BENCH_FLAGS = ["benchmark", "synthetic", "--quiet", "--ways", "3", "--methods", "croma,align-classify",
+               "--budget-steps", "100000", "--eval-tasks", "4", "--train-seeds", "2", "--jobs", "2", "--shots", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "error: interrupted"),
+                                             (signal.SIGTERM, 143, "error: terminated by SIGTERM"),
+                                             (signal.SIGKILL, -9, None)])
+def test_a_signal_stops_the_benchmark_workers_with_one_line(tmp_path, sig, code, line):
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "croma", *BENCH_FLAGS, "--out", str(out_dir)], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers: list[int] = []
+    try:
+        # the two workers (the resource tracker is a child too: wait for three)
+        _wait_for(lambda: len(_children(proc.pid)) >= 3, TIMEOUT, "two workers", proc)
+        time.sleep(2.0)  # inside the units' training
+        workers = _children(proc.pid)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole foreground group; workers leave it to the parent
+        else:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+        assert _gone(workers), "a worker outlived the run"
+    finally:
+        _kill_all(proc, workers)
+    assert proc.returncode == code
+    if line is not None:
+        assert err.strip().splitlines() == [line], err
+    assert not (out_dir / "results.json").exists()
