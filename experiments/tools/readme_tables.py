@@ -1,4 +1,4 @@
-"""Regenerate or check the README's result tables from the results files they come from.
+"""Regenerate or check the result tables of the README and the docs pages from their results files.
 
     python experiments/tools/readme_tables.py --check   # exit 1 when a table differs from its file
     python experiments/tools/readme_tables.py --write   # rewrite every table from its file
@@ -99,16 +99,14 @@ def fill(text: str, root: Path = ROOT) -> tuple[str, int]:
     return BLOCK.sub(one, text), count
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Regenerate (--write) or check (--check) the README's result tables.")
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--check", action="store_true", help="exit 1 when a table differs from its results file")
-    mode.add_argument("--write", action="store_true", help="rewrite the tables from their results files")
-    ap.add_argument("--readme", default=None, help="the Markdown file (default: README.md at the repository root)")
-    ap.add_argument("--root", default=None, help="the folder marker paths are relative to (default: the repository root)")
-    args = ap.parse_args(argv)
-    root = Path(args.root) if args.root else ROOT
-    readme = Path(args.readme) if args.readme else root / "README.md"
+def _pages(root: Path) -> list[Path]:
+    """README.md and every hand-written docs page (docs/, not the generated docs/results/)."""
+    docs = root / "docs"
+    pages = sorted(p for p in docs.rglob("*.md") if "results" not in p.relative_to(docs).parts) if docs.is_dir() else []
+    return [root / "README.md", *pages]
+
+
+def _one(readme: Path, root: Path, check: bool) -> int:
     try:
         text = readme.read_text(encoding="utf-8")
         new, count = fill(text, root)
@@ -116,12 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if count == 0:
-        print(f"{readme}: no <!-- table: FILE --> markers; nothing to check")
         return 0
     if new == text:
-        print(f"{readme}: {count} table(s) match their results files")
+        print(f"{readme.relative_to(root) if readme.is_relative_to(root) else readme}: {count} table(s) match their results files")
         return 0
-    if args.check:
+    if check:
         old_blocks = [m.group("body") for m in BLOCK.finditer(text)]
         new_blocks = [m.group("body") for m in BLOCK.finditer(new)]
         stale = [m.group("file") for m, a, b in zip(BLOCK.finditer(text), old_blocks, new_blocks) if a != b]
@@ -133,6 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(readme, lambda fh: fh.write(new.encode("utf-8")))
     print(f"{readme}: rewrote {count} table(s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Regenerate (--write) or check (--check) the README's and the docs' "
+                                 "result tables.")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 when a table differs from its results file")
+    mode.add_argument("--write", action="store_true", help="rewrite the tables from their results files")
+    ap.add_argument("--readme", default=None, help="one Markdown file (default: README.md and every docs/ page "
+                    "outside docs/results/)")
+    ap.add_argument("--root", default=None, help="the folder marker paths are relative to (default: the repository root)")
+    args = ap.parse_args(argv)
+    root = Path(args.root) if args.root else ROOT
+    pages = [Path(args.readme)] if args.readme else _pages(root)
+    codes = [_one(page, root, args.check) for page in pages]
+    if args.readme and codes == [0] and not BLOCK.search(Path(args.readme).read_text(encoding="utf-8")):
+        print(f"{args.readme}: no <!-- table: FILE --> markers; nothing to check")
+    return max(codes, default=0)
 
 
 if __name__ == "__main__":
