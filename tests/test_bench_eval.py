@@ -42,6 +42,22 @@ def test_bench_eval_prints_figures_and_speedup_last(run_cli):
     diff = [l for l in lines if l.startswith("accuracies sequential vs batched")]
     assert diff and diff[0].endswith(", 0 differ")
     assert any(l.startswith("meta-val choice by successive halving") for l in lines)
+    assert "malloc: " in lines[0] and all("page faults per episode" in l for l in lines if "episodes/s" in l)
+    floor = [l for l in lines if l.startswith("memory floor of the 3 '2/all' units")]
+    assert floor and float(floor[0].rsplit(" ", 1)[1]) > 0
+
+
+def test_bench_eval_keeps_the_default_allocator_on_request(run_cli):
+    rc, out, err = run_cli(["bench", "eval", *TINY, "--no-halving", "--no-malloc-tuning"])
+    assert rc == 0, err
+    assert out.splitlines()[0].endswith("malloc: default")
+
+
+def test_adam_floor_times_the_update_of_every_episode_copy():
+    from croma.perf.evaluation import adam_floor
+
+    sec, moved = adam_floor([(4, 3), (4,)], tasks=5, steps=2, lr=1e-3)
+    assert sec > 0 and moved == 28 * 5 * (12 + 4)
 
 
 def test_bench_eval_refuses_bad_sizes(run_cli):

@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
         "5-way, 5 queries/class, shots 1/5/10, every setting meta-val chooses between) through the batched path and "
         "the per-episode sequential reference, alternating, one thread; check both give the same accuracies; print "
         "ms per episode per (k, setting), episodes/s, GFLOP/s and the fraction of a 1024x1024 matmul peak measured "
-        "in the same run, the time successive halving of the settings takes against the full grid, peak memory and, "
-        "last, 'speedup: X' (sequential over batched, per episode, summed over the workload).",
+        "in the same run, page faults per episode, the memory floor of the 'all' settings (their fused Adam updates "
+        "alone) and the speedup it bounds, the time successive halving of the settings takes against the full grid, "
+        "peak memory and, last, 'speedup: X' (sequential over batched, per episode, summed over the workload).",
     )
     p.add_argument("--real", action="store_true",
                    help="use udhr-speech's quick-preset features from the feature cache (synthesised on first use, "
@@ -36,6 +37,9 @@ def add_parser(sub) -> None:
                    help="also time the batched path with its fine-tuning step through torch.compile (first calls "
                    "include the compile time)")
     p.add_argument("--no-halving", action="store_true", help="skip timing successive halving of the settings")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's default malloc thresholds (by default large freed buffers are kept for reuse, "
+                   "as croma train does; the page faults per episode are printed either way)")
     p.set_defaults(func=run)
 
 
@@ -54,6 +58,12 @@ def run(args) -> int:
     wl = EvalWorkload(shots=shots, episodes=args.episodes, sequential_episodes=args.sequential_episodes,
                       steps=args.steps, hidden=args.hidden, embed_dim=args.embed_dim, target_dim=args.target_dim,
                       real=args.real, cache_dir=args.cache_dir)
+    allocator = "default"
+    if not args.no_malloc_tuning:
+        from croma.perf.workload import tune_allocator
+
+        if tune_allocator():
+            allocator = "glibc mmap/trim thresholds raised"
     run_eval_bench(wl, repeats=args.repeats, threads=args.threads, compile=args.compile, chunk=args.chunk,
-                   halving=not args.no_halving)
+                   halving=not args.no_halving, allocator=allocator)
     return 0

@@ -111,14 +111,43 @@ def _name(g: dict[str, Any]) -> str:
     return f"{g['head_init']}/{g['finetune_steps']}/{g['finetune']}"
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far (fresh pages the allocator had the kernel zero)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def adam_floor(shapes: list[tuple[int, ...]], tasks: int, steps: int, lr: float) -> tuple[float, int]:
+    """Seconds of ``steps`` in-place fused Adam updates of ``tasks`` per-episode copies of tensors of
+    ``shapes`` (the update alone: what a batched ``all`` fine-tuning cannot avoid as long as every
+    episode owns float32 copies of the parameters and their moments), and the bytes each update
+    moves (read parameter, gradient, two moments; write parameter and moments: 7 x 4 bytes per element).
+    """
+    from croma.meta.inner import InnerConfig, InnerOptimizer
+
+    params = {str(i): torch.zeros(tasks, *s) for i, s in enumerate(shapes)}
+    grads = {k: torch.full_like(v, 1e-3) for k, v in params.items()}
+    opt = InnerOptimizer(params, InnerConfig(steps=steps, lr=lr))
+    opt.step(grads)  # warm-up: first touch of every buffer
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.step(grads)
+    return time.perf_counter() - t0, 28 * sum(v.numel() for v in params.values())
+
+
 def run_eval_bench(
     wl: EvalWorkload, *, repeats: int = 1, threads: int = 1, compile: bool = False, chunk: int | None = None,
-    halving: bool = True, out: Callable[[str], None] = print,
+    halving: bool = True, allocator: str = "default", out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Time every (k, setting) of ``wl`` through the batched and the sequential path (alternating
     per repeat) and, opt-in, the compiled batched path (``compile``) and another chunk size
     (``chunk``); check the paths' per-episode accuracies agree; print the figures and, last,
     ``speedup: X`` (sequential seconds per episode summed over the workload / batched).
+
+    Also measured in the same run: minor page faults per episode of every path (``allocator``
+    names the malloc setting, see :func:`croma.perf.workload.tune_allocator`) and the memory
+    floor of the ``all`` settings — the fused Adam update of the per-episode copies alone
+    (:func:`adam_floor`) — with the speedup the workload would reach if every ``all`` fine-tuning
+    cost only that.
 
     Returns the figures as a dict (``speedup``, ``max_abs_diff``, ``episodes_differ``, ...).
     """
@@ -171,21 +200,33 @@ def run_eval_bench(
             flops_per_ep[(k, _name(g))] = count_flops(unit(k, g, "batched", 2)) / 2
 
     times: dict[tuple, list[float]] = {key: [] for key in units}
+    faults: dict[str, int] = {p: 0 for p in paths}
     peak = matmul_peak(reps=2)
+    from croma.finetune import CHUNK, target_param_names
+
+    names = list(theta)
+    keep = target_param_names(model, bench.target, names) | {n for n in names if n.startswith(("align.", "classifier."))}
+    shapes = [tuple(theta[n].shape) for n in names if n in keep]
+    floor_tasks = min(wl.episodes, CHUNK)
+    floor: list[float] = []
     order = list(paths)
     for r in range(repeats):
         for p in (order if r % 2 == 0 else order[::-1]):
             for key, fn in units.items():
                 if key[2] == p:
-                    t0 = time.perf_counter()
+                    f0, t0 = _faults(), time.perf_counter()
                     fn()
                     times[key].append(time.perf_counter() - t0)
+                    faults[p] += _faults() - f0
         peak += matmul_peak(reps=2)
+        sec, adam_bytes = adam_floor(shapes, floor_tasks, wl.steps, wl.lr)
+        floor.append(sec / floor_tasks)
     peak_gflops = 2 * 1024**3 / statistics.median(peak) / 1e9
 
     per_ep = {key: statistics.median(v) / paths[key[2]][0] for key, v in times.items()}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out(f"bench eval: {wl.describe()}; {threads} thread(s), {repeats} alternating repeat(s), load average {load:.1f}")
+    out(f"bench eval: {wl.describe()}; {threads} thread(s), {repeats} alternating repeat(s), load average {load:.1f}; "
+        f"malloc: {allocator}")
     out(f"matmul peak: {peak_gflops:.1f} GFLOP/s (1024x1024 float32, median of {len(peak)}; same run)")
     cols = list(paths)
     out(f"{'k':>3} {'setting':<18}" + "".join(f" {c + ' ms/ep':>17}" for c in cols) + f" {'seq/batched':>11}")
@@ -201,9 +242,22 @@ def run_eval_bench(
         sec = sum(v for key, v in per_ep.items() if key[2] == p)  # seconds for one episode of every (k, setting)
         gf = total_flops / sec / 1e9
         figures[p] = {"seconds_per_grid_episode": sec, "gflops": gf}
+        pf = faults[p] / (repeats * paths[p][0] * n_units)
+        figures[p]["faults_per_episode"] = pf
         out(f"{p:<10}: {n_units / sec:8.1f} episodes/s  ({1000 * sec / n_units:.2f} ms per episode, averaged over "
             f"the {n_units} (k, setting) units; {gf:.1f} GFLOP/s = {100 * gf / peak_gflops:.1f}% of peak; "
-            f"first calls {first[p]:.1f} s)")
+            f"first calls {first[p]:.1f} s; {pf:.0f} page faults per episode)")
+    fl = statistics.median(floor)
+    tuned = [key for key in per_ep if key[2] == "batched" and key[1].endswith(f"/{wl.steps}/all")]
+    if tuned:
+        rest = sum(v for key, v in per_ep.items() if key[2] == "batched" and key not in tuned)
+        all_ms = 1000 * statistics.median(per_ep[key] for key in tuned)
+        bound = figures["sequential"]["seconds_per_grid_episode"] / (rest + len(tuned) * fl)
+        figures["adam_floor"] = {"seconds_per_episode": fl, "bound_speedup": bound}
+        out(f"memory floor of the {len(tuned)} '{wl.steps}/all' units: {wl.steps} fused Adam updates of one episode's "
+            f"copies alone take {1000 * fl:.2f} ms ({wl.steps * adam_bytes / floor_tasks / 1e6:.0f} MB moved, "
+            f"{wl.steps * adam_bytes / floor_tasks / fl / 1e9:.1f} GB/s; {floor_tasks} episodes at once, median of "
+            f"{len(floor)}) against {all_ms:.2f} ms batched (median); speedup if they cost only that: {bound:.2f}")
     for p, (mx, nd, tot) in diffs.items():
         out(f"accuracies {p} vs batched: max |diff| {mx:.3g} over {tot} episodes, {nd} differ")
     figures["diffs"] = diffs
