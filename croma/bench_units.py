@@ -113,6 +113,7 @@ def _init_worker(bench, parent_pid: int) -> None:
     """Worker start: keep the benchmark, ignore Ctrl-C (the parent stops the run), die with the parent."""
     import signal
 
+    from croma.perf.workload import tune_allocator
     from episodes.signals import die_with_parent
 
     global _BENCH
@@ -120,6 +121,7 @@ def _init_worker(bench, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, _worker_terminated)
     die_with_parent(parent_pid)
     torch.set_num_threads(UNIT_THREADS)
+    tune_allocator()  # as the croma commands do: large per-episode buffers reused, not re-faulted
     _BENCH = bench
 
 

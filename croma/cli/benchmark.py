@@ -163,6 +163,9 @@ def run(args) -> int:
     from croma.errors import error_hints
 
     cfg = config_from_args(args)
+    from croma.perf.workload import tune_allocator
+
+    tune_allocator()  # fine-tuning reuses large per-episode buffers instead of re-faulting fresh pages
     made = []
     if cfg.out:  # the folders this run makes: refused on its data or methods, it leaves none of them empty
         from croma.benchmark import noise_folder

@@ -124,8 +124,10 @@ def run_rank(args) -> int:
     from croma.distributed import Distributed, env_world
     from croma.evaluate import format_results
     from croma.factory import resolve_device
+    from croma.perf.workload import tune_allocator
     from croma.runs import evaluate_run
 
+    tune_allocator()  # fine-tuning reuses large per-episode buffers instead of re-faulting fresh pages
     env = env_world()
     dist = None
     device = args.device
