@@ -25,6 +25,9 @@ from croma.factory import build_from_config
 from croma.meta.functional import meta_parameters
 from croma.meta.multimodal import uses_multi_alignment
 from croma.meta.tasks import model_inputs
+
+# the meta-val choice of the meta-test setting lives in croma.val_choice; re-exported here
+from croma.val_choice import HEAD_CHOICES, VAL_HALVING, VAL_RULE, VAL_RULES, eval_grid, select_eval  # noqa: F401
 from episodes.data import ModalityData, PreparedBenchmark
 from episodes.noise import symmetric_label_noise
 
@@ -95,7 +98,9 @@ class MethodOutcome:
     Attributes:
         model: the :class:`croma.model.CrossModalModel` (run functionally).
         params: parameters to meta-test.
-        eval_choice: per k, ``{"head_init", "finetune_steps", "meta_val"}`` chosen on meta-val.
+        eval_choice: per k, ``{"head_init", "finetune_steps", "finetune_lr", "finetune", "meta_val"}`` chosen
+            on meta-val (:func:`croma.val_choice.select_eval`; its ``val_rule="simplest"`` adds
+            ``"rule"``, ``"best"``, ``"within"``).
         eval_scores: meta-val accuracy of every candidate setting per k.
         train_seconds: wall-clock training time.
         outer_steps: Reptile outer steps (or ordinary epochs-of-steps; 0 when untrained).
@@ -118,113 +123,6 @@ class MethodOutcome:
     target_labels: int
     notes: dict[str, Any] = field(default_factory=dict)
     examples: int = 0
-
-
-HEAD_CHOICES = ("meta", "zero", "prototype")
-#: default of the ``val_halving`` knob: choose the meta-test setting by successive halving of the
-#: candidates (:func:`croma.evaluate.successive_halving`) instead of scoring every one on every episode
-VAL_HALVING = False
-
-
-def eval_grid(ctx: MethodContext) -> list[dict[str, Any]]:
-    """Meta-test settings chosen among on meta-val: head init × fine-tuning steps.
-
-    Steps are ``knobs['finetune_grid']`` (default ``[0, T, 2.5T]`` with ``T`` the preset's
-    fine-tuning steps), learning rates ``knobs['finetune_lr_grid']`` and what is fine-tuned
-    ``knobs['finetune_mode_grid']`` (``all`` | ``head``; defaults: the preset's);
-    0 steps is only offered with a non-zero head (``meta``/``prototype``: a nearest-prototype
-    classifier without fine-tuning).
-    """
-    t = int(ctx.eval.finetune_steps)
-    steps = ctx.knobs.get("finetune_grid") or sorted({0, t, int(round(2.5 * t))})
-    lrs = ctx.knobs.get("finetune_lr_grid") or [float(ctx.eval.finetune_lr)]
-    modes = ctx.knobs.get("finetune_mode_grid") or [ctx.eval.finetune]
-    grid = []
-    for head in HEAD_CHOICES:
-        for s in steps:
-            if s == 0 and head == "zero":
-                continue
-            for lr in lrs if s > 0 else lrs[:1]:
-                for mode in modes if s > 0 else modes[:1]:
-                    grid.append({"head_init": head, "finetune_steps": int(s), "finetune_lr": float(lr), "finetune": mode})
-    return grid
-
-
-def select_eval(
-    ctx: MethodContext, model: nn.Module, params: dict[str, torch.Tensor], inputs=None
-) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, float]]]:
-    """Choose, per k-shot setting, the head init and fine-tuning steps with the best **meta-val** accuracy.
-
-    Returns:
-        ``(choice, scores)``: ``{k: {"head_init", "finetune_steps", "finetune_lr", "finetune", "meta_val"}}``
-        and ``{"<head>/<steps>/<lr>/<mode>": {k: accuracy}}`` (percent, meta-val). Ties go to the earlier grid entry.
-        ``meta`` is skipped when the classifier's outputs differ from the ways.
-
-    With the knob ``val_halving`` (default :data:`VAL_HALVING`) the candidates are compared by
-    successive halving per k (:func:`_select_eval_halving`): the choice is the full grid's unless
-    the full grid's best falls out of an early rung; an eliminated candidate's score is its mean
-    over the episodes it was scored on.
-    """
-    from croma.evaluate import evaluate_kshot
-
-    base = replace(
-        ctx.eval,
-        split="meta_val",
-        repeats=1,
-        tasks=int(ctx.knobs.get("val_episodes", 100)),
-        label_noise=ctx.label_noise,
-        nearest_centroid=False,
-        retrieval=False,
-    )
-    ways_ok = params["classifier.weight"].shape[0] == base.ways
-    scores: dict[str, dict[int, float]] = {}
-    if ctx.knobs.get("val_halving", VAL_HALVING):
-        return _select_eval_halving(ctx, model, params, inputs, base, ways_ok)
-    for g in eval_grid(ctx):
-        if g["head_init"] == "meta" and not ways_ok:
-            continue
-        res = evaluate_kshot(model, ctx.bench, replace(base, **g), params=params, inputs=inputs)
-        scores[f"{g['head_init']}/{g['finetune_steps']}/{g['finetune_lr']:g}/{g['finetune']}"] = {
-            int(r["shots"]): r["accuracy_mean"] for r in res["rows"]
-        }
-    choice: dict[int, dict[str, Any]] = {}
-    for k in base.shots:
-        best = max(scores, key=lambda name: scores[name][int(k)])  # max keeps the first of ties
-        head, steps, lr, mode = best.split("/")
-        choice[int(k)] = {
-            "head_init": head, "finetune_steps": int(steps), "finetune_lr": float(lr), "finetune": mode,
-            "meta_val": scores[best][int(k)],
-        }
-    return choice, scores
-
-
-def _grid_name(g: dict[str, Any]) -> str:
-    return f"{g['head_init']}/{g['finetune_steps']}/{g['finetune_lr']:g}/{g['finetune']}"
-
-
-def _select_eval_halving(ctx, model, params, inputs, base, ways_ok):
-    """:func:`select_eval` by successive halving (:func:`croma.evaluate.successive_halving`), per k:
-    every candidate scored on the first quarter of the meta-val episodes (8 candidates), the better
-    half extended to half of them, the best two to all; the finalists' scores equal the full grid's."""
-    from croma.evaluate import episode_accuracies, successive_halving
-
-    grid = {_grid_name(g): g for g in eval_grid(ctx) if ways_ok or g["head_init"] != "meta"}
-    names = list(grid)
-    z_cache: dict = {}
-    scores: dict[str, dict[int, float]] = {n: {} for n in names}
-    choice: dict[int, dict[str, Any]] = {}
-    for k in base.shots:
-        def run(name: str, start: int, stop: int, k: int = int(k)) -> torch.Tensor:
-            cfg = replace(base, shots=[k], **grid[name])
-            return episode_accuracies(model, ctx.bench, cfg, k, start, stop, params=params, inputs=inputs, z_cache=z_cache)
-
-        best, sc, _counts = successive_halving(names, int(base.tasks), run)
-        for n, v in sc.items():
-            scores[n][int(k)] = v
-        g = grid[best]
-        choice[int(k)] = {"head_init": g["head_init"], "finetune_steps": int(g["finetune_steps"]),
-                          "finetune_lr": float(g["finetune_lr"]), "finetune": g["finetune"], "meta_val": sc[best]}
-    return choice, scores
 
 
 def fresh_model(ctx: MethodContext, **model_overrides: Any) -> nn.Module:
