@@ -86,8 +86,21 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
 
 
 def auto_jobs(units: int, device: str = "cpu") -> int:
-    """Worker processes when ``--jobs`` is not given: the CPU cores this process may use, at most
-    one per unit; 1 on a GPU (units would share it)."""
+    """Worker processes when ``--jobs`` is not given: ``$CROMA_JOBS`` when set, else the CPU cores
+    this process may use; at most one per unit; 1 on a GPU (units would share it).
+
+    Raises:
+        ValueError: ``CROMA_JOBS`` is not an integer in 1..1024 (named).
+    """
+    env = os.environ.get("CROMA_JOBS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 1024:
+            raise ValueError(f"CROMA_JOBS must be an integer in 1..1024 (got {env!r}); it sets the default of --jobs")
+        return max(1, min(n, units))
     if str(device).startswith("cuda"):
         return 1
     try:

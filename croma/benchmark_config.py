@@ -167,7 +167,7 @@ class BenchmarkConfig:
         train_seeds: train each method this many times, seeds ``seed, seed+1, ...`` (``--train-seeds``;
             None: the preset's, quick 3, paper 1).
         jobs: worker processes the (method, training seed) runs are spread over (``--jobs``; None:
-            the CPU cores this process may use, at most one per run, 1 on a GPU). Every run uses one
+            ``$CROMA_JOBS``, else the CPU cores this process may use; at most one per run, 1 on a GPU). Every run uses one
             thread wherever it runs, so the numbers do not depend on ``jobs``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:I`` (``--device``).
         seed: the base seed (``--seed``; the training runs use ``seed, seed+1, ...``).

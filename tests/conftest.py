@@ -52,3 +52,16 @@ def clean_env(*drop: str, **extra: str) -> dict:
         if k not in extra:
             env.pop(k, None)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _benchmark_one_seed_one_process(request, monkeypatch):
+    """``croma benchmark`` in tests: 1 training seed and no worker processes (``CROMA_JOBS=1``) unless
+    a test is marked ``real_presets``; the quick preset's 3 seeds and a worker per core would triple
+    a tiny test's time (tests/test_bench_units.py checks seeds and workers themselves)."""
+    if request.node.get_closest_marker("real_presets"):
+        return
+    from croma.benchmark_config import PRESETS
+
+    monkeypatch.setitem(PRESETS["quick"], "train_seeds", 1)
+    monkeypatch.setenv("CROMA_JOBS", "1")

@@ -43,6 +43,7 @@ def test_workers_give_the_numbers_of_one_process_bitwise(tmp_path):
     assert set(data["peak_rss_mib"]) == {"main", "largest_worker"} and data["peak_rss_mib"]["largest_worker"] > 0
 
 
+@pytest.mark.real_presets
 def test_the_quick_preset_trains_three_seeds_and_a_flag_overrides_it():
     assert PRESETS["quick"]["train_seeds"] == 3 and PRESETS["paper"]["train_seeds"] == 1
     assert BenchmarkConfig().resolved_seeds() == 3
@@ -57,7 +58,9 @@ def test_unit_threads_are_restored():
     assert torch.get_num_threads() == before
 
 
-def test_auto_jobs_is_bounded_by_runs_and_one_on_a_gpu():
+@pytest.mark.real_presets
+def test_auto_jobs_is_bounded_by_runs_and_one_on_a_gpu(monkeypatch):
+    monkeypatch.delenv("CROMA_JOBS", raising=False)
     assert auto_jobs(1) == 1
     assert 1 <= auto_jobs(30) <= 30
     assert auto_jobs(30, "cuda") == 1 and auto_jobs(30, "cuda:1") == 1
@@ -71,3 +74,12 @@ def test_bad_jobs_flag_is_one_line_exit_2(value, capsys, tmp_path):
         code = exc.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--jobs" in err and len(err.splitlines()) == 1
+
+
+def test_croma_jobs_sets_the_default_and_a_bad_value_is_named(monkeypatch):
+    monkeypatch.setenv("CROMA_JOBS", "3")
+    assert auto_jobs(30) == 3 and auto_jobs(2) == 2
+    for bad in ("0", "x", "5000"):
+        monkeypatch.setenv("CROMA_JOBS", bad)
+        with pytest.raises(ValueError, match="CROMA_JOBS"):
+            auto_jobs(4)

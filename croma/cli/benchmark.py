@@ -76,8 +76,8 @@ def add_parser(sub) -> None:
                    help="train each method S times with seeds SEED..SEED+S-1 (1-100; preset default: quick 3, paper 1); "
                    "intervals cover training seeds and episodes")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="worker processes for the (method, training seed) runs (default: the CPU cores available, "
-                   "at most one per run; 1 on a GPU); every run uses one thread, so results do not depend on N")
+                   help="worker processes for the (method, training seed) runs (default: $CROMA_JOBS, else the CPU cores "
+                   "available; at most one per run; 1 on a GPU); every run uses one thread, so results do not depend on N")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output directory (default runs/benchmark)")
