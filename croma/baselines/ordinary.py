@@ -264,7 +264,7 @@ def ordinary_train(
     def more() -> bool:
         if total_steps is not None:
             return step < total_steps
-        return time.perf_counter() - t0 < float(budget.seconds)
+        return step == 0 or time.perf_counter() - t0 < float(budget.seconds)  # never a run of 0 steps
 
     examples = 0
     step_items = sum(_term_sizes(terms, cfg.align_batch))  # items one step passes through encoders
