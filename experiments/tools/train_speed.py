@@ -11,6 +11,7 @@ The meta-test setting choice that every method ends with (``select_eval``) is sk
 replaced by a stub) unless ``--with-select``; it is not training. ``--no-val`` turns the meta-val
 checks of ordinary training off (``knobs['select'] = False``) to see the loop alone.
 ``--profile N``: one cProfile'd run per method, the top N entries by cumulative and own time.
+glibc's malloc thresholds are raised as ``croma benchmark`` raises them (``--no-malloc-tuning``: not).
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--with-select", action="store_true", help="keep the meta-test setting choice (select_eval)")
     ap.add_argument("--no-val", action="store_true", help="no meta-val checks in ordinary training")
     ap.add_argument("--profile", type=int, default=0, help="cProfile one run per method; print the top N")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's malloc thresholds (croma benchmark raises them)")
     args = ap.parse_args(argv)
+    if not args.no_malloc_tuning:
+        from croma.perf.workload import tune_allocator
+
+        tune_allocator()  # as croma benchmark does
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     t0 = time.perf_counter()
