@@ -250,6 +250,8 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                 {
                     "seed": r["seed"], "eval_choice_meta_val": r["eval_choice"], "eval_scores_meta_val": r["eval_scores"],
                     "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"],
+                    # the rest of the unit's time before meta-test: the meta-val choice of the fine-tuning setting
+                    "meta_val_seconds": round(max(0.0, r["seconds"] - r["train_seconds"]), 3),
                     "outer_steps": r["outer_steps"], "optimizer_steps": r["optimizer_steps"], "examples": r["examples"],
                     "notes": _plain(r["notes"]),
                 }
