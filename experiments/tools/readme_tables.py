@@ -100,9 +100,9 @@ def fill(text: str, root: Path = ROOT) -> tuple[str, int]:
 
 
 def _pages(root: Path) -> list[Path]:
-    """README.md and every hand-written docs page (docs/, not the generated docs/results/)."""
+    """README.md and every hand-written docs page (not the generated docs/results/files-*.md)."""
     docs = root / "docs"
-    pages = sorted(p for p in docs.rglob("*.md") if "results" not in p.relative_to(docs).parts) if docs.is_dir() else []
+    pages = sorted(p for p in docs.rglob("*.md") if not p.name.startswith("files-")) if docs.is_dir() else []
     return [root / "README.md", *pages]
 
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 when a table differs from its results file")
     mode.add_argument("--write", action="store_true", help="rewrite the tables from their results files")
     ap.add_argument("--readme", default=None, help="one Markdown file (default: README.md and every docs/ page "
-                    "outside docs/results/)")
+                    "but the generated docs/results/files-*.md)")
     ap.add_argument("--root", default=None, help="the folder marker paths are relative to (default: the repository root)")
     args = ap.parse_args(argv)
     root = Path(args.root) if args.root else ROOT
