@@ -110,12 +110,28 @@ def auto_jobs(units: int, device: str = "cpu") -> int:
     return max(1, min(cores, units))
 
 
-def peak_rss_mib() -> dict[str, float]:
-    """Peak resident memory (MiB) of this process and of the largest finished worker."""
+def _own_peak_mib() -> float | None:
+    """This process image's peak resident memory (MiB): ``VmHWM`` (Linux), which starts afresh at
+    ``exec``, unlike ``ru_maxrss``, which keeps the peak of the image before it (for a spawned
+    worker: the parent's size when it started). None where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def peak_rss_mib(results: dict | None = None) -> dict[str, float | None]:
+    """Peak resident memory (MiB) of this process and of the largest worker (from the units'
+    ``worker_peak_rss_mib``; None when every unit ran here). Each counts the libraries it shares
+    with the others (torch) again."""
     scale = 1024.0 if os.uname().sysname != "Darwin" else 1024.0 * 1024.0
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
-    return {"main": round(own, 1), "largest_worker": round(child, 1)}
+    workers = [f["worker_peak_rss_mib"] for f in (results or {}).values() if f.get("worker_peak_rss_mib") is not None]
+    return {"main": round(own, 1), "largest_worker": max(workers) if workers else None}
 
 
 # ---------------------------------------------------------------------- worker processes
@@ -150,7 +166,9 @@ def _worker_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001 - signa
 
 
 def _work(unit: Unit) -> dict[str, Any]:
-    return run_unit(_BENCH, unit)
+    facts = run_unit(_BENCH, unit)
+    facts["worker_peak_rss_mib"] = _own_peak_mib()  # this worker's peak so far
+    return facts
 
 
 def run_units(

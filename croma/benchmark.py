@@ -313,7 +313,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "train_seeds": n_seeds,
         "jobs": min(jobs, len(units)),
         "unit_threads": UNIT_THREADS,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(facts_by),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
         "comparisons": comparisons,
