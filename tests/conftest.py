@@ -5,7 +5,8 @@
 * ``bench``: the tiny synthetic benchmark most training tests use (one per module);
 * ``run_cli``: run ``croma ...`` in-process, returning ``(exit code, stdout, stderr)``;
 * :func:`clean_env`: the environment for a ``croma`` subprocess (one thread, no inherited
-  torch.distributed variables).
+  torch.distributed variables);
+* :func:`load_tool`: a script of ``experiments/tools/`` imported as a module.
 
 Tests over ~5 s carry ``@pytest.mark.slow``; ``make test`` runs everything, ``pytest -m "not slow"``
 is the fast loop.
@@ -65,3 +66,15 @@ def _benchmark_one_seed_one_process(request, monkeypatch):
 
     monkeypatch.setitem(PRESETS["quick"], "train_seeds", 1)
     monkeypatch.setenv("CROMA_JOBS", "1")
+
+
+def load_tool(name: str):
+    """``experiments/tools/<name>.py`` imported as a module (the tools are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

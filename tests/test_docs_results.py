@@ -4,18 +4,13 @@ hand-written pages, and the checked-in pages are up to date with experiments/res
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("docs_results", ROOT / "experiments" / "tools" / "docs_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("docs_results")
 
 
 def _bench_file() -> dict:

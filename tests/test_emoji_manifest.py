@@ -1,21 +1,15 @@
 """experiments/tools/emoji_manifest.py on a tiny tarball in the npm package's layout."""
 
-import importlib.util
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("emoji_manifest", ROOT / "experiments" / "tools" / "emoji_manifest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("emoji_manifest")
 
 
 def _png(seed):

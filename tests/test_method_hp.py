@@ -120,14 +120,9 @@ def test_the_setting_reaches_the_method_is_stored_and_reruns_from_results_json(r
 
 
 def _tune_methods():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_tool
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "tools" / "tune_methods.py"
-    spec = importlib.util.spec_from_file_location("tune_methods", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("tune_methods")
 
 
 def test_tune_methods_equal_effort_grids_and_its_errors(tmp_path):

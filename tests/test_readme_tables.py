@@ -1,10 +1,10 @@
 """experiments/tools/readme_tables.py: the README's result tables regenerated / checked from files."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 from croma.report import (
     EPISODES_KEY,
@@ -16,14 +16,9 @@ from croma.report import (
     write_results,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "experiments" / "tools" / "readme_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("readme_tables")
 
 
 def test_the_readme_tables_match_their_results_files(capsys):
