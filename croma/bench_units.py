@@ -94,12 +94,15 @@ def auto_jobs(units: int, device: str = "cpu") -> int:
     """
     env = os.environ.get("CROMA_JOBS", "").strip()
     if env:
+        from croma.bounds import BOUNDS
+
+        lo, _, hi, _ = BOUNDS["jobs"]  # the range of --jobs
         try:
             n = int(env)
         except ValueError:
-            n = 0
-        if not 1 <= n <= 1024:
-            raise ValueError(f"CROMA_JOBS must be an integer in 1..1024 (got {env!r}); it sets the default of --jobs")
+            n = lo - 1
+        if not lo <= n <= hi:
+            raise ValueError(f"CROMA_JOBS must be an integer in {lo}..{hi} (got {env!r}); it sets the default of --jobs")
         return max(1, min(n, units))
     if str(device).startswith("cuda"):
         return 1

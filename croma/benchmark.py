@@ -219,11 +219,12 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     n_seeds = seeds_of(cfg, preset)
     train_seeds = [cfg.seed + s for s in range(n_seeds)]
     budget_text = f"{steps} optimiser steps" if steps is not None else f"{seconds:g} s wall clock"
+    hps = {name: _method_hp(cfg, preset, name) for name in methods}
     units = [
         Unit(method=name, seed=seed, shots=tuple(int(k) for k in ev.shots), ctx=dict(
             train=replace(train, seed=seed), eval=ev, budget_seconds=seconds, budget_steps=steps,
             label_noise=cfg.label_noise, oracle_warm_start=cfg.oracle_warm_start, knobs=_knobs(cfg, preset),
-            hp=_method_hp(cfg, preset, name)))
+            hp=hps[name]))
         for name in methods for seed in train_seeds
     ]
     jobs = cfg.jobs if cfg.jobs is not None else auto_jobs(len(units), str(device))
@@ -241,9 +242,9 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
 
     facts_by = run_units(bench, units, jobs=jobs, progress=cfg.progress and jobs <= 1, done=unit_done)
     for name in methods:
-        hp = _method_hp(cfg, preset, name)
+        hp = hps[name]
         seed_runs = [facts_by[(name, seed)] for seed in train_seeds]
-        first = _Facts(seed_runs[0])
+        first = seed_runs[0]
         per_method[name] = {
             "hp": _plain(hp),
             "seeds": [
@@ -258,9 +259,9 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                 for r in seed_runs
             ],
             # kept from earlier releases: the first seed's facts at the top level
-            "eval_choice_meta_val": first.eval_choice, "eval_scores_meta_val": first.eval_scores,
-            "train_seconds": first.train_seconds, "eval_seconds": seed_runs[0]["eval_seconds"],
-            "outer_steps": first.outer_steps, "optimizer_steps": first.optimizer_steps, "notes": _plain(first.notes),
+            "eval_choice_meta_val": first["eval_choice"], "eval_scores_meta_val": first["eval_scores"],
+            "train_seconds": first["train_seconds"], "eval_seconds": first["eval_seconds"],
+            "outer_steps": first["outer_steps"], "optimizer_steps": first["optimizer_steps"], "notes": _plain(first["notes"]),
         }
         for k in ev.shots:
             per_seed = [r["evals"][int(k)] for r in seed_runs]
@@ -278,27 +279,27 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             if all("centroid_episode_accuracies" in p for p in per_seed):
                 cen_ep = [sum(p["centroid_episode_accuracies"][i] for p in per_seed) / len(per_seed) for i in range(n_ep)]
                 cen = mean_ci95(cen_ep)
-            ch = first.eval_choice[int(k)]
+            ch = first["eval_choice"][int(k)]
             rows.append({
                 "method": name, "shots": int(k), "accuracy_mean": st["accuracy_mean"], "accuracy_ci95": st["accuracy_ci95"],
                 "accuracy_ci95_low": st["accuracy_ci95_low"], "accuracy_ci95_high": st["accuracy_ci95_high"],
                 "episodes": n_ep, "accuracy_std": rep_std, "repeats": repeats, "train_seeds": n_seeds,
                 "accuracy_seed_std": st["accuracy_seed_std"], "accuracy_per_seed": st["accuracy_per_seed"],
-                "target_samples": first.target_samples, "target_labels": first.target_labels,
+                "target_samples": first["target_samples"], "target_labels": first["target_labels"],
                 "centroid_mean": None if cen is None else cen[0], "centroid_ci95": None if cen is None else cen[1],
                 "centroid_std": per_seed[0].get("centroid_std"),
                 "head_init": ch["head_init"], "finetune_steps": ch["finetune_steps"], "finetune_lr": ch["finetune_lr"],
-                "finetune": ch["finetune"], "train_seconds": round(first.train_seconds, 2),
-                "outer_steps": first.outer_steps, "optimizer_steps": first.optimizer_steps, "examples": first.examples,
+                "finetune": ch["finetune"], "train_seconds": round(first["train_seconds"], 2),
+                "outer_steps": first["outer_steps"], "optimizer_steps": first["optimizer_steps"], "examples": first["examples"],
             })
         if cfg.progress:
             accs = ", ".join(
                 f"{r['shots']}-shot {r['accuracy_mean']:.1f} ± {r['accuracy_ci95']:.1f}" for r in rows if r["method"] == name
             )
             picks = ", ".join(
-                f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in first.eval_choice.items()
+                f"{k}:{c['head_init']}/{c['finetune_steps']}/{c['finetune_lr']:g}/{c['finetune']}" for k, c in first["eval_choice"].items()
             )
-            info(f"[{name}] {accs} (meta-val picks {picks}; {first.train_seconds:.1f} s train)", stream="stdout")
+            info(f"[{name}] {accs} (meta-val picks {picks}; {first['train_seconds']:.1f} s train)", stream="stdout")
     # croma against every other method, paired by training seed and episode (croma.report.compare_all)
     comparisons = compare_all(acc, methods, ev.shots, interval_settings())
     n_episodes = next((len(v[0]) for v in acc.values()), 0)
@@ -373,13 +374,6 @@ def episode_hashes(bench, ev: EvalConfig, shots: int) -> list[str]:
         b = _episode_batch(bench, x, replace(ev, shots=[int(shots)]), int(shots), r)
         out += [episode_digest(b["rs"][i], b["ys"][i], b["rq"][i], b["yq"][i]) for i in range(b["rs"].shape[0])]
     return out
-
-
-class _Facts:
-    """A unit's facts (:func:`croma.bench_units.run_unit`) read as attributes."""
-
-    def __init__(self, d: dict[str, Any]) -> None:
-        self.__dict__.update(d)
 
 
 def _plain(v: Any) -> Any:
