@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ from croma.report import (
 )
 from croma.stats import interval_text, mean_ci95, mean_std
 from croma.task_sizes import fit_run_sizes
+from croma.unit_store import UNITS_DIR, finished_units, kept_note, save_unit
+from croma.unit_store import plain as _plain
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -227,20 +230,33 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
             hp=hps[name]))
         for name in methods for seed in train_seeds
     ]
-    jobs = cfg.jobs if cfg.jobs is not None else auto_jobs(len(units), str(device))
+    # finished units go to OUT/units as they end; --resume reuses those of the same settings (croma.unit_store)
+    fps, stored = finished_units(cfg.out, bench, units, resume=cfg.resume)
+    todo = [u for u in units if (u.method, u.seed) not in stored]
+    jobs = cfg.jobs if cfg.jobs is not None else auto_jobs(max(1, len(todo)), str(device))
     if cfg.progress:
         seeds_text = f"{n_seeds} training seed{'s' if n_seeds > 1 else ''}"
-        where = f"{min(jobs, len(units))} worker processes" if jobs > 1 and len(units) > 1 else "this process"
+        where = f"{min(jobs, len(todo))} worker processes" if jobs > 1 and len(todo) > 1 else "this process"
         info(f"{len(methods)} methods x {seeds_text} = {len(units)} runs (budget {budget_text} each) in {where}, "
              f"{UNIT_THREADS} thread each", stream="stdout")
+        if cfg.resume:
+            info(f"resuming: {len(stored)} of {len(units)} runs finished earlier ({Path(cfg.out) / UNITS_DIR}), "
+                 f"{len(todo)} to run", stream="stdout")
 
     def unit_done(u: Unit, facts: dict[str, Any]) -> None:
+        if cfg.out:
+            save_unit(cfg.out, u, fps[(u.method, u.seed)], facts)
         if cfg.progress:
             accs = ", ".join(f"{k}-shot {float(r['accuracy_mean']):.1f}" for k, r in facts["evals"].items())
             info(f"[{u.method}] seed {u.seed}: {accs} ({facts['seconds']:.1f} s train + meta-val, "
                  f"{facts['eval_seconds']:.1f} s meta-test)", stream="stdout")
 
-    facts_by = run_units(bench, units, jobs=jobs, progress=cfg.progress and jobs <= 1, done=unit_done)
+    try:
+        facts_by = {**stored, **run_units(bench, todo, jobs=jobs, progress=cfg.progress and jobs <= 1, done=unit_done)}
+    except BaseException:
+        if cfg.out and kept_note(cfg.out, units):
+            info(kept_note(cfg.out, units), stream="stderr")
+        raise
     for name in methods:
         hp = hps[name]
         seed_runs = [facts_by[(name, seed)] for seed in train_seeds]
@@ -255,6 +271,9 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                     "meta_val_seconds": round(max(0.0, r["seconds"] - r["train_seconds"]), 3),
                     "outer_steps": r["outer_steps"], "optimizer_steps": r["optimizer_steps"], "examples": r["examples"],
                     "notes": _plain(r["notes"]),
+                    # run by an earlier invocation (--resume): the CPU and time it finished on
+                    **({"resumed": True, "cpu": (r.get("machine") or {}).get("cpu"), "finished": r.get("finished")}
+                       if (name, r["seed"]) in stored else {}),
                 }
                 for r in seed_runs
             ],
@@ -315,6 +334,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "jobs": min(jobs, len(units)),
         "unit_threads": UNIT_THREADS,
         "peak_rss_mib": peak_rss_mib(facts_by),
+        "resumed_units": len(stored),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
         "comparisons": comparisons,
@@ -376,13 +396,3 @@ def episode_hashes(bench, ev: EvalConfig, shots: int) -> list[str]:
     return out
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)

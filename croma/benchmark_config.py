@@ -197,6 +197,9 @@ class BenchmarkConfig:
             (``--compile-inner``).
         strict_sizes: task sizes exactly as asked, an error when the data cannot fill them
             (``--strict-sizes``).
+        resume: reuse the (method, training seed) runs an earlier run with the same settings
+            finished in ``out`` (``OUT/units/``, :mod:`croma.unit_store`) and run only the rest
+            (``--resume``; needs ``out``).
     """
 
     benchmark: str = "udhr-speech"
@@ -246,6 +249,8 @@ class BenchmarkConfig:
     # task sizes exactly as asked (the preset's meta-training and meta-val sizes, --shots, --queries):
     # an error when the data cannot fill them, instead of lowered to fit (croma.task_sizes)
     strict_sizes: bool = False
+    # continue an interrupted run: reuse the finished units in OUT/units (croma.unit_store)
+    resume: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a setting is out of range (the one place the
@@ -258,6 +263,8 @@ class BenchmarkConfig:
         check_dataclass(self, flags=_FLAGS, bounds={"queries": "eval_queries"})
         if self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
+        if self.resume and not self.out:
+            raise ValueError("--resume needs --out: the folder whose finished runs (OUT/units/) it continues from")
         if not self.shots:
             raise ValueError(f"--shots must be one or more integers >= 1 (got {self.shots})")
         if self.methods is not None and not self.methods:

@@ -81,6 +81,10 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/benchmark", help="output directory (default runs/benchmark)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: reuse the (method, training seed) runs it finished "
+                   "(OUT/units/, written as each run ends) and run only the rest; refused when they were run with "
+                   "other settings, data or versions")
     from croma.cli.frontend_flags import add_frontend_flags
 
     add_frontend_flags(p)
@@ -110,9 +114,9 @@ def add_parser(sub) -> None:
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "jobs", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
            "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
-           "compile_inner", "strict_sizes")
+           "compile_inner", "strict_sizes", "resume")
 # settings a results file must not choose on this machine (paths, where to write)
-_LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress")
+_LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress", "resume")
 
 
 def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821

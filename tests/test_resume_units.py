@@ -1,0 +1,111 @@
+"""croma benchmark --resume: finished (method, seed) runs are kept in OUT/units and reused, the table
+is the one an uninterrupted run writes, and units of other settings are refused."""
+
+import json
+
+import pytest
+
+import croma.bench_units as bench_units
+from croma.benchmark import BenchmarkConfig, run_benchmark
+from croma.errors import CromaError
+from croma.unit_store import bench_digest, load_units, unit_path
+from episodes.datasets.synthetic import make_synthetic_benchmark
+
+_CLOCK = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall_seconds", "peak_rss_mib",
+          "data_load_seconds", "resumed", "cpu", "finished", "resumed_units", "worker_peak_rss_mib")
+
+
+def _numbers(res: dict) -> dict:
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in _CLOCK}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip({k: v for k, v in res.items() if k not in ("config", "machine")}) | {
+        "methods": strip(res["config"]["methods"])}
+
+
+def _base(**kw):
+    return dict(benchmark="synthetic", methods=["pretrain", "croma"], shots=[1, 3], repeats=1, eval_tasks=4, ways=3,
+                budget_steps=30, train_seeds=2, device="cpu", progress=False, jobs=1) | kw
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return make_synthetic_benchmark(num_classes=25, per_class=24, seed=0)
+
+
+def test_an_interrupted_run_resumes_to_the_same_table(tmp_path, bench, monkeypatch):
+    whole = run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path / "whole"))), bench=bench)
+    assert sorted(p.name for p in (tmp_path / "whole" / "units").iterdir()) == [
+        "croma-seed0.json", "croma-seed1.json", "pretrain-seed0.json", "pretrain-seed1.json"]
+
+    out = tmp_path / "cut"
+    real = bench_units.run_unit
+    calls = []
+
+    def stop_on_third(b, unit, **kw):  # Ctrl-C while the third run trains
+        calls.append((unit.method, unit.seed))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(b, unit, **kw)
+
+    monkeypatch.setattr(bench_units, "run_unit", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(BenchmarkConfig(**_base(out=str(out))), bench=bench)
+    assert not (out / "results.json").exists()
+    assert sorted(p.name for p in (out / "units").iterdir()) == ["pretrain-seed0.json", "pretrain-seed1.json"]
+
+    calls.clear()
+    monkeypatch.setattr(bench_units, "run_unit", lambda b, unit, **kw: (calls.append((unit.method, unit.seed)),
+                                                                         real(b, unit, **kw))[1])
+    resumed = run_benchmark(BenchmarkConfig(**_base(out=str(out), resume=True)), bench=bench)
+    assert calls == [("croma", 0), ("croma", 1)]  # only what was not finished
+    assert resumed["resumed_units"] == 2 and whole["resumed_units"] == 0
+    assert _numbers(resumed) == _numbers(whole)
+    assert (out / "episodes.csv").read_bytes() == (tmp_path / "whole" / "episodes.csv").read_bytes()
+    seeds = resumed["config"]["methods"]["pretrain"]["seeds"]
+    assert all(s["resumed"] and s["cpu"] is not None for s in seeds)
+    assert "resumed" not in resumed["config"]["methods"]["croma"]["seeds"][0]
+
+    # all finished: --resume runs nothing and writes the same table again
+    calls.clear()
+    again = run_benchmark(BenchmarkConfig(**_base(out=str(out), resume=True)), bench=bench)
+    assert calls == [] and again["resumed_units"] == 4 and _numbers(again) == _numbers(whole)
+
+
+def test_without_resume_every_unit_runs_again(tmp_path, bench, monkeypatch):
+    run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), methods=["pretrain"], train_seeds=1)), bench=bench)
+    calls = []
+    real = bench_units.run_unit
+    monkeypatch.setattr(bench_units, "run_unit", lambda b, unit, **kw: (calls.append(unit.method), real(b, unit, **kw))[1])
+    run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), methods=["pretrain"], train_seeds=1)), bench=bench)
+    assert calls == ["pretrain"]
+
+
+def test_units_of_other_settings_or_data_are_refused(tmp_path, bench):
+    run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), methods=["pretrain"], train_seeds=1)), bench=bench)
+    path = unit_path(tmp_path, "pretrain", 0)
+    with pytest.raises(CromaError, match=r"--resume: .*pretrain-seed0\.json was run with other settings"):
+        run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), methods=["pretrain"], train_seeds=1, eval_tasks=5,
+                                              resume=True)), bench=bench)
+    other = make_synthetic_benchmark(num_classes=25, per_class=24, seed=1)
+    assert bench_digest(other) != bench_digest(bench)
+    assert bench_digest(make_synthetic_benchmark(num_classes=25, per_class=24, seed=0)) == bench_digest(bench)
+    with pytest.raises(CromaError, match="other settings, data"):
+        run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), methods=["pretrain"], train_seeds=1, resume=True)),
+                      bench=other)
+    # a torn or foreign file is named, not guessed at
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(CromaError, match=r"cannot read .*pretrain-seed0\.json"):
+        load_units(tmp_path, [bench_units.Unit("pretrain", 0)], {("pretrain", 0): "x"})
+    path.write_text(json.dumps({"format": 99}), encoding="utf-8")
+    with pytest.raises(CromaError, match="not a croma unit file"):
+        load_units(tmp_path, [bench_units.Unit("pretrain", 0)], {("pretrain", 0): "x"})
+
+
+def test_resume_needs_out():
+    with pytest.raises(ValueError, match="--resume needs --out"):
+        BenchmarkConfig(resume=True, out=None).validate()
