@@ -109,3 +109,18 @@ def test_units_of_other_settings_or_data_are_refused(tmp_path, bench):
 def test_resume_needs_out():
     with pytest.raises(ValueError, match="--resume needs --out"):
         BenchmarkConfig(resume=True, out=None).validate()
+
+
+def test_the_command_line_resumes_and_refuses_other_settings(tmp_path, capsys):
+    from croma.cli import main
+
+    args = ["benchmark", "synthetic", "--ways", "3", "--methods", "pretrain", "--budget-steps", "20", "--eval-tasks", "3",
+            "--shots", "1", "--train-seeds", "1", "--jobs", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "resuming: 1 of 1 runs finished earlier" in capsys.readouterr().out
+    other = [a if a != "3" or i != args.index("--eval-tasks") + 1 else "4" for i, a in enumerate(args)]
+    assert main([*other, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pretrain-seed0.json was run with other settings" in err[0]
