@@ -117,7 +117,7 @@ def _budget(cfg: BenchmarkConfig, preset: dict[str, Any]) -> tuple[int | None, f
 def check_settings(cfg: BenchmarkConfig) -> None:
     """Every check that needs no data, made before the data loads (speech synthesis, feature
     building) and before the first method trains: the configuration (:meth:`BenchmarkConfig.validate`),
-    the method names (known, none listed twice), the training / meta-test settings every method
+    the method names (known, none listed twice), ``$CROMA_JOBS`` when ``--jobs`` is not given, the training / meta-test settings every method
     runs under (``--loss``, ``--loss-hp``, the preset's sizes: :meth:`TrainConfig.validate`,
     :meth:`EvalConfig.validate`) and ``--split-classes`` against a data set with a fixed split.
 
@@ -134,6 +134,8 @@ def check_settings(cfg: BenchmarkConfig) -> None:
                 raise CromaError(f"--methods: {m!r} is listed twice (each method is trained once per training seed)")
             seen.add(m)
     _contexts(cfg, None, PRESETS[cfg.preset])
+    if cfg.jobs is None:
+        auto_jobs(1)  # a bad $CROMA_JOBS is named now, not after the data loads
     from episodes.datasets import check_split_classes
 
     check_split_classes(cfg.benchmark, cfg.split_classes)  # --split-classes on a generated or fixed split

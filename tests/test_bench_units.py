@@ -83,3 +83,12 @@ def test_croma_jobs_sets_the_default_and_a_bad_value_is_named(monkeypatch):
         monkeypatch.setenv("CROMA_JOBS", bad)
         with pytest.raises(ValueError, match="CROMA_JOBS"):
             auto_jobs(4)
+
+
+def test_a_bad_croma_jobs_is_named_before_the_data_loads(monkeypatch):
+    from croma.benchmark import check_settings
+
+    monkeypatch.setenv("CROMA_JOBS", "lots")
+    with pytest.raises(ValueError, match="CROMA_JOBS must be an integer"):
+        check_settings(BenchmarkConfig(benchmark="udhr-speech", progress=False))
+    check_settings(BenchmarkConfig(benchmark="udhr-speech", progress=False, jobs=2))  # --jobs wins: env unread
