@@ -62,6 +62,7 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
     from croma.baselines import get_method
     from croma.baselines.common import MethodContext
     from croma.evaluate import evaluate_kshot
+    from croma.log import unit_note
 
     spec = get_method(unit.method)
     ctx = MethodContext(bench=bench, progress=progress, **unit.ctx)
@@ -71,6 +72,7 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
         t1 = time.perf_counter()
         evals = {}
         for k in unit.shots:
+            unit_note(f"meta-test, {k}-shot", force=True)
             ch = outcome.eval_choice[int(k)]
             ev_k = replace(ctx.eval, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
                            finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
@@ -139,16 +141,19 @@ def peak_rss_mib(results: dict | None = None) -> dict[str, float | None]:
 
 # ---------------------------------------------------------------------- worker processes
 _BENCH = None
+_NOTES = False
 
 
-def _init_worker(bench, parent_pid: int) -> None:
-    """Worker start: keep the benchmark, ignore Ctrl-C (the parent stops the run), die with the parent."""
+def _init_worker(bench, parent_pid: int, notes: bool = False) -> None:
+    """Worker start: keep the benchmark, ignore Ctrl-C (the parent stops the run), die with the parent;
+    ``notes``: each unit prints heartbeat lines (:func:`croma.log.unit_note`)."""
     import signal
 
     from croma.perf.workload import tune_allocator
     from episodes.signals import die_with_parent
 
-    global _BENCH
+    global _BENCH, _NOTES
+    _NOTES = bool(notes)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_terminated)
     die_with_parent(parent_pid)
@@ -169,7 +174,10 @@ def _worker_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001 - signa
 
 
 def _work(unit: Unit) -> dict[str, Any]:
-    facts = run_unit(_BENCH, unit)
+    from croma.log import unit_progress
+
+    with unit_progress(f"[{unit.method}] seed {unit.seed}:" if _NOTES else None):
+        facts = run_unit(_BENCH, unit)
     facts["worker_peak_rss_mib"] = _own_peak_mib()  # this worker's peak so far
     return facts
 
@@ -181,7 +189,8 @@ def run_units(
     """Run every unit; returns ``{(method, seed): facts}`` (:func:`run_unit`), the same whatever ``jobs``.
 
     ``jobs=1``: one after another in this process (with ``progress``, the methods' own progress
-    bars); ``jobs>1``: that many worker processes, units submitted in order. ``done(unit, facts)``
+    bars); ``jobs>1``: that many worker processes, units submitted in order (with ``progress``, a
+    running unit's heartbeat lines, at most one a minute: :func:`croma.log.unit_note`). ``done(unit, facts)``
     is called in this process as each unit finishes.
     A failing unit re-raises its exception here after the other workers are stopped.
     """
@@ -195,7 +204,7 @@ def run_units(
     import multiprocessing
 
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(bench, os.getpid()))
+                               initializer=_init_worker, initargs=(bench, os.getpid(), progress))
     try:
         pending = {pool.submit(_work, u): u for u in units}
         while pending:

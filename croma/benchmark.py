@@ -254,7 +254,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                  f"{facts['eval_seconds']:.1f} s meta-test)", stream="stdout")
 
     try:
-        facts_by = {**stored, **run_units(bench, todo, jobs=jobs, progress=cfg.progress and jobs <= 1, done=unit_done)}
+        facts_by = {**stored, **run_units(bench, todo, jobs=jobs, progress=cfg.progress, done=unit_done)}
     except BaseException:
         if cfg.out and kept_note(cfg.out, units):
             info(kept_note(cfg.out, units), stream="stderr")

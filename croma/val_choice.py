@@ -34,6 +34,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from croma.log import unit_note
+
 HEAD_CHOICES = ("meta", "zero", "prototype")
 #: default of the ``val_halving`` knob: choose the meta-test setting by successive halving of the
 #: candidates (:func:`croma.evaluate.successive_halving`) instead of scoring every one on every episode
@@ -216,7 +218,9 @@ def select_eval(
     from croma.evaluate import evaluate_kshot
 
     scores: dict[str, dict[int, float]] = {}
-    for name, g in candidate_grid(ctx, params, base).items():
+    grid = candidate_grid(ctx, params, base)
+    for i, (name, g) in enumerate(grid.items()):
+        unit_note(f"meta-val choice: setting {i + 1} of {len(grid)} ({name})")
         res = evaluate_kshot(model, ctx.bench, replace(base, **g), params=params, inputs=inputs)
         scores[name] = {int(r["shots"]): r["accuracy_mean"] for r in res["rows"]}
     choice: dict[int, dict[str, Any]] = {}

@@ -92,3 +92,27 @@ def test_a_bad_croma_jobs_is_named_before_the_data_loads(monkeypatch):
     with pytest.raises(ValueError, match="CROMA_JOBS must be an integer"):
         check_settings(BenchmarkConfig(benchmark="udhr-speech", progress=False))
     check_settings(BenchmarkConfig(benchmark="udhr-speech", progress=False, jobs=2))  # --jobs wins: env unread
+
+
+def test_a_unit_in_a_worker_reports_its_phases(monkeypatch, capsys):
+    """Worker units have no progress bars: heartbeat lines say where a long run is (at most one a
+    minute; every note here with the interval at 0)."""
+    import croma.log as log
+    from croma.bench_units import Unit, run_unit
+    from croma.benchmark import _contexts, _knobs
+
+    monkeypatch.setattr(log, "UNIT_NOTE_EVERY_S", 0.0)
+    bench = make_synthetic_benchmark(num_classes=25, per_class=24, seed=0)
+    cfg = BenchmarkConfig(benchmark="synthetic", methods=["croma"], shots=[1], eval_tasks=3, ways=3, budget_steps=40,
+                          device="cpu", progress=False, out=None)
+    train, ev, _ = _contexts(cfg, bench, PRESETS["quick"])
+    unit = Unit("croma", 0, shots=(1,), ctx=dict(train=train, eval=ev, budget_steps=40, knobs=_knobs(cfg, PRESETS["quick"])))
+    with log.unit_progress("[croma] seed 0:"):
+        run_unit(bench, unit)
+    lines = capsys.readouterr().out.splitlines()
+    assert all(ln.startswith("[croma] seed 0: ") and ln.endswith(" in)") for ln in lines), lines
+    text = "\n".join(lines)
+    for phase in ("training: meta-val check", "trained in", "meta-val choice: setting 1 of", "meta-test, 1-shot"):
+        assert phase in text, (phase, lines)
+    log.unit_note("outside a unit")  # silent
+    assert capsys.readouterr().out == ""

@@ -294,12 +294,29 @@ def test_results_failure_keeps_the_earlier_set(tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in paths.values()} == before and _no_temps(out)
 
 
-def test_benchmark_full_disk_leaves_no_partial_results_nor_empty_out(tmp_path, full_disk, run_cli):
+def test_benchmark_full_disk_leaves_no_partial_results_and_keeps_finished_runs(tmp_path, full_disk, run_cli, monkeypatch):
     out = tmp_path / "new" / "out"
+    args = ["benchmark", "synthetic", "--methods", "pretrain", "--budget-steps", "1", "--repeats", "1",
+            "--eval-tasks", "1", "--shots", "1", "--ways", "3", "--device", "cpu", "--quiet", "--out", str(out)]
+    real_fdopen = os.fdopen
     full_disk("results.png", room=100)
-    rc, _, err = run_cli(["benchmark", "synthetic", "--methods", "pretrain", "--budget-steps", "1", "--repeats", "1",
-                          "--eval-tasks", "1", "--shots", "1", "--ways", "3", "--device", "cpu", "--quiet",
-                          "--out", str(out)])
+    rc, _, err = run_cli(args)
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: cannot write {out / 'results.png'}: no space left on device (")
+    # no results file nor a temporary one; the finished (method, seed) run stays for --resume
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["units", "units/pretrain-seed0.json"]
+    monkeypatch.setattr(os, "fdopen", real_fdopen)  # space again
+    import croma.bench_units as bench_units
+
+    monkeypatch.setattr(bench_units, "run_unit", lambda *a, **k: pytest.fail("a finished run ran again"))
+    rc, _, err = run_cli([*args, "--resume"])
+    assert rc == 0, err
+    assert {"results.json", "results.csv", "results.png", "episodes.csv"} <= {p.name for p in out.iterdir()}
+
+
+def test_benchmark_refused_on_its_data_leaves_no_empty_out(tmp_path, run_cli):
+    out = tmp_path / "new" / "out"
+    rc, _, err = run_cli(["benchmark", "synthetic", "--methods", "pretrain", "--budget-steps", "1", "--ways", "300",
+                          "--device", "cpu", "--quiet", "--out", str(out)])
+    assert rc == 2 and err.count("\n") == 1, err
     assert not (tmp_path / "new").exists()  # the folders the run made are gone with it

@@ -22,6 +22,7 @@ from torch import nn
 from croma.config import TrainConfig
 from croma.evaluate import EvalConfig
 from croma.factory import build_from_config
+from croma.log import unit_note
 from croma.meta.functional import meta_parameters
 from croma.meta.multimodal import uses_multi_alignment
 from croma.meta.tasks import model_inputs
@@ -201,6 +202,7 @@ def meta_val_score(ctx: MethodContext, model: nn.Module, params: dict[str, torch
     for c in (cfg, replace(cfg, head_init="prototype", finetune_steps=0)):
         res = evaluate_kshot(model, bench, c, params=params, inputs=inputs)
         scores.append(sum(r["accuracy_mean"] for r in res["rows"]) / len(res["rows"]))
+    unit_note(f"training: meta-val check {max(scores):.1f} %")
     return max(scores)
 
 
@@ -219,6 +221,7 @@ def finish(
     """Choose the meta-test settings on meta-val and package the outcome."""
     params = {k: v.detach() for k, v in (dict(params) if params is not None else meta_parameters(model)).items()}
     inputs = model_inputs(model, ctx.bench, next(iter(params.values())).device)
+    unit_note(f"trained in {train_seconds:.0f} s; choosing the meta-test setting on meta-val", force=True)
     choice, scores = select_eval(ctx, model, params, inputs)
     return MethodOutcome(
         model=model, params=params, eval_choice=choice, eval_scores=scores, train_seconds=train_seconds,
