@@ -228,7 +228,9 @@ def write_noise_sweep(results: list[dict[str, Any]], out_dir: str | os.PathLike,
 
 
 def machine_info() -> dict[str, Any]:
-    """The machine a run's numbers came from: CPU model, thread counts, torch, Python, platform."""
+    """The machine a run's numbers came from: CPU model, the vector instructions torch's kernels use
+    (``cpu_capability``; with ``MKL_ENABLE_INSTRUCTIONS`` / ``ATEN_CPU_CAPABILITY`` / ``MKL_CBWR`` when
+    set, which change them and so the rounding), thread counts, torch, Python, platform."""
     import platform
 
     import torch
@@ -245,6 +247,9 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": cpu or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_env": {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
+                       if k in os.environ},
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,

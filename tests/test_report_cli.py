@@ -88,6 +88,7 @@ def test_episode_file_pairs_methods_and_seeds_and_recomputes_by_hand(run_dir):
     assert "two-level bootstrap over 2 training seeds and 6 episodes" in saved["interval"]
     m = saved["machine"]
     assert m["cpu"] and m["torch"] == torch.__version__ and m["python"] and m["platform"] and m["torch_threads"] >= 1
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and isinstance(m["kernel_env"], dict)
     assert EPISODES_KEY not in saved
 
 
