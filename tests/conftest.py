@@ -78,3 +78,17 @@ def load_tool(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def result_numbers(res: dict, clock: tuple[str, ...]) -> dict:
+    """A benchmark's results.json without the keys in ``clock`` (what depends on the clock, the
+    memory, the worker count or where a run ran), at any depth; the per-method facts included."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in clock}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip({k: v for k, v in res.items() if k not in ("config", "machine")}) | {
+        "methods": strip(res["config"]["methods"])}

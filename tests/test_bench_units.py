@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import result_numbers
 
 from croma.bench_units import UNIT_THREADS, auto_jobs, unit_threads
 from croma.benchmark import BenchmarkConfig, run_benchmark
@@ -15,16 +16,7 @@ _TIMING = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall
 
 
 def _numbers(res: dict) -> dict:
-    """results.json without what depends on the clock, the memory or the worker count."""
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in _TIMING}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip({k: v for k, v in res.items() if k not in ("config", "machine")}) | {
-        "methods": strip(res["config"]["methods"])}
+    return result_numbers(res, _TIMING)
 
 
 @pytest.mark.slow

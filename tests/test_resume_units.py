@@ -4,6 +4,7 @@ is the one an uninterrupted run writes, and units of other settings are refused.
 import json
 
 import pytest
+from conftest import result_numbers
 
 import croma.bench_units as bench_units
 from croma.benchmark import BenchmarkConfig, run_benchmark
@@ -16,15 +17,7 @@ _CLOCK = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall_
 
 
 def _numbers(res: dict) -> dict:
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in _CLOCK}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip({k: v for k, v in res.items() if k not in ("config", "machine")}) | {
-        "methods": strip(res["config"]["methods"])}
+    return result_numbers(res, _CLOCK)
 
 
 def _base(**kw):
