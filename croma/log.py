@@ -149,12 +149,15 @@ def unit_progress(label: str | None) -> Iterator[None]:
 
 def unit_note(text: str, *, force: bool = False) -> None:
     """A heartbeat line of the running unit (:func:`unit_progress`), at most one per
-    :data:`UNIT_NOTE_EVERY_S` unless ``force`` (a change of phase after that long); nothing outside
-    a unit or when croma is quiet. For runs of hours (``--preset paper``) in worker processes."""
+    :data:`UNIT_NOTE_EVERY_S`; with ``force`` (a change of phase) also sooner, once the unit has run
+    that long and a sixth of it has passed since the last line; nothing outside a unit or when croma
+    is quiet. For runs of hours (``--preset paper``) in worker processes."""
     if _unit["label"] is None:
         return
     now = time.perf_counter()
-    if now - _unit["last"] < UNIT_NOTE_EVERY_S and not (force and now - _unit["t0"] >= UNIT_NOTE_EVERY_S):
+    since = now - _unit["last"]
+    if since < UNIT_NOTE_EVERY_S and not (force and now - _unit["t0"] >= UNIT_NOTE_EVERY_S
+                                          and since >= UNIT_NOTE_EVERY_S / 6):
         return
     _unit["last"] = now
     s = int(now - _unit["t0"])
