@@ -89,3 +89,27 @@ def test_no_markers_missing_file_and_unknown_part(tmp_path, capsys):
 def test_one_mode_is_required(argv):
     with pytest.raises(SystemExit):
         _tool().main(argv)
+
+
+def test_two_runs_of_one_command_compare_cell_by_cell(tmp_path):
+    """compare_machines.py on two folders: shifts, marks that flip, and the 'machines' table part."""
+    a = _results_dir(tmp_path / "a")
+    b = _results_dir(tmp_path / "b")
+    res = json.loads((b / "results.json").read_text())
+    lines = (b / "episodes.csv").read_text().splitlines()
+    cm = load_tool("compare_machines")
+    same = cm.compare(a, b, "A", "B")
+    assert same["summary"]["max_abs_row_diff"] == 0 and same["summary"]["marks_that_flip"] == []
+    assert all(v["equal_fraction"] == 1.0 for v in same["episode_agreement"].values())
+    # B: one row moved by 1 point and one comparison mark flipped (as on another CPU)
+    res["rows"][0]["accuracy_mean"] += 1.0
+    c = res["comparisons"][0]
+    c["ci95_low"], c["ci95_high"] = (-1.0, -0.5) if c["ci95_low"] > 0 or c["ci95_high"] > 0 else (0.5, 1.0)
+    (b / "results.json").write_text(json.dumps(res))
+    (b / "episodes.csv").write_text("\n".join(lines) + "\n")
+    moved = cm.compare(a, b, "A", "B")
+    assert moved["summary"]["max_abs_row_diff"] == pytest.approx(1.0)
+    assert len(moved["summary"]["marks_that_flip"]) == 1
+    (tmp_path / "cmp.json").write_text(json.dumps(moved))
+    text = _tool().render("cmp.json", ["machines"], root=tmp_path)
+    assert "| method | k | A | B | difference |" in text and "| yes |" in text

@@ -16,7 +16,9 @@ The path is relative to the repository root. Parts (default ``table``):
   :func:`croma.report.format_table`);
 * ``comparisons``: croma's paired differences as a Markdown table (:func:`croma.report.markdown_comparisons`);
 * ``noise``: a ``noise_sweep.json`` as a Markdown table, one column per noise rate
-  (:func:`croma.report.markdown_noise_sweep`).
+  (:func:`croma.report.markdown_noise_sweep`);
+* ``machines``: a comparison of two runs on different CPUs or kernels written by
+  ``experiments/tools/compare_machines.py --out`` (its Markdown tables).
 
 When the file is a ``results.json`` with ``episodes.csv`` beside it, the numbers are recomputed
 from the per-episode accuracies (:func:`croma.report.rebuild`, as ``croma report`` does) and a
@@ -34,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- table: (?P<file>\S+)(?P<parts>(?: [a-z]+)*) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
-PARTS = ("table", "comparisons", "noise")
+PARTS = ("table", "comparisons", "noise", "machines")
 
 
 class TableError(Exception):
@@ -72,6 +74,14 @@ def render(file: str, parts: list[str], root: Path = ROOT) -> str:
             raise TableError(f"{file}: {len(diffs)} number(s) differ from episodes.csv beside it, e.g. {diffs[0]}")
     out = []
     for part in parts:
+        if part == "machines":
+            if not isinstance(data.get("comparisons"), list) or "summary" not in data:
+                raise TableError(f"{file}: part 'machines' needs a compare_machines.py file ('rows', 'comparisons', 'summary')")
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from compare_machines import markdown as machines_markdown
+
+            out.append(machines_markdown(data))
+            continue
         if part == "noise":
             if not isinstance(data.get("runs"), list):
                 raise TableError(f"{file}: part 'noise' needs a noise_sweep.json ('runs')")
