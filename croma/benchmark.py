@@ -336,7 +336,8 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "jobs": min(jobs, len(units)),
         "unit_threads": UNIT_THREADS,
         "peak_rss_mib": peak_rss_mib(facts_by),
-        "resumed_units": len(stored),
+        "resumed_units": len(stored),  # and the seconds all runs took, reused ones included (wall x jobs, roughly)
+        "unit_seconds": round(sum(f["seconds"] + f["eval_seconds"] for f in facts_by.values()), 1),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "rows": rows,
         "comparisons": comparisons,
@@ -385,9 +386,8 @@ def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float]) -> list[dict[str, 
 
 
 def episode_hashes(bench, ev: EvalConfig, shots: int) -> list[str]:
-    """The digest (:func:`croma.report.episode_digest`) of every meta-test episode at ``shots``, in
-    the order of ``evaluate_kshot``'s ``episode_accuracies`` (repeat, then episode): drawn by the
-    same function the evaluation draws them with, on placeholder features."""
+    """The digest (:func:`croma.report.episode_digest`) of every meta-test episode at ``shots``, in the order
+    of ``evaluate_kshot``'s ``episode_accuracies`` (repeat, then episode), drawn as the evaluation draws them."""
     from croma.evaluate import _episode_batch
 
     x = torch.zeros(int(bench.data[bench.target].labels.shape[0]), 0)

@@ -12,7 +12,8 @@ from croma.benchmark_config import PRESETS, seeds_of
 from croma.cli import main
 from episodes.datasets.synthetic import make_synthetic_benchmark
 
-_TIMING = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall_seconds", "peak_rss_mib", "jobs", "data_load_seconds")
+_TIMING = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall_seconds", "peak_rss_mib", "jobs",
+           "data_load_seconds", "unit_seconds")
 
 
 def _numbers(res: dict) -> dict:
