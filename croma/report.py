@@ -229,7 +229,7 @@ def write_noise_sweep(results: list[dict[str, Any]], out_dir: str | os.PathLike,
 
 def machine_info() -> dict[str, Any]:
     """The machine a run's numbers came from: CPU model, the vector instructions torch's kernels use
-    (``cpu_capability``; with ``MKL_ENABLE_INSTRUCTIONS`` / ``ATEN_CPU_CAPABILITY`` / ``MKL_CBWR`` when
+    (``cpu_capability``; with ``MKL_ENABLE_INSTRUCTIONS`` / ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` / ... when
     set, which change them and so the rounding), thread counts, torch, Python, platform."""
     import platform
 
@@ -248,7 +248,8 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "kernel_env": {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
+        "kernel_env": {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                  "DNNL_MAX_CPU_ISA", "MKL_CBWR")
                        if k in os.environ},
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
