@@ -56,7 +56,8 @@ def unit_threads(n: int = UNIT_THREADS) -> Iterator[None]:
 def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
     """Train ``unit.method`` with seed ``unit.seed``, then meta-test each k with the setting meta-val
     chose. Returns plain facts (no model): the outcome's fields, ``evals`` ``{k: evaluate_kshot row}``,
-    ``seconds`` (training + meta-val choice) and ``eval_seconds`` (meta-test)."""
+    ``seconds`` (training + meta-val choice) and ``eval_seconds`` (meta-test), wall clock, and the
+    same spans in this process's CPU time (``cpu_seconds``, ``eval_cpu_seconds``)."""
     from dataclasses import replace
 
     from croma.baselines import get_method
@@ -67,9 +68,9 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
     spec = get_method(unit.method)
     ctx = MethodContext(bench=bench, progress=progress, **unit.ctx)
     with unit_threads():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outcome = spec.fn(ctx)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         evals = {}
         for k in unit.shots:
             unit_note(f"meta-test, {k}-shot", force=True)
@@ -77,13 +78,16 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
             ev_k = replace(ctx.eval, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
                            finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
             evals[int(k)] = evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"][0]
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
     return {
         "method": unit.method, "seed": unit.seed, "eval_choice": outcome.eval_choice, "eval_scores": outcome.eval_scores,
         "train_seconds": outcome.train_seconds, "outer_steps": outcome.outer_steps,
         "optimizer_steps": outcome.optimizer_steps, "examples": outcome.examples,
         "target_samples": outcome.target_samples, "target_labels": outcome.target_labels, "notes": outcome.notes,
         "evals": evals, "seconds": t1 - t0, "eval_seconds": t2 - t1,
+        # CPU time of this process over the same spans: with one thread, what the run costs a core
+        # whatever else the machine runs (wall seconds grow with the load, these barely do)
+        "cpu_seconds": round(c1 - c0, 2), "eval_cpu_seconds": round(c2 - c1, 2),
     }
 
 

@@ -271,9 +271,9 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
                     "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"],
                     # the rest of the unit's time before meta-test: the meta-val choice of the fine-tuning setting
                     "meta_val_seconds": round(max(0.0, r["seconds"] - r["train_seconds"]), 3),
+                    "cpu_seconds": r.get("cpu_seconds"), "eval_cpu_seconds": r.get("eval_cpu_seconds"),
                     "outer_steps": r["outer_steps"], "optimizer_steps": r["optimizer_steps"], "examples": r["examples"],
-                    "notes": _plain(r["notes"]),
-                    # run by an earlier invocation (--resume): the CPU and time it finished on
+                    "notes": _plain(r["notes"]),  # and, run by an earlier invocation (--resume), where and when
                     **({"resumed": True, "cpu": (r.get("machine") or {}).get("cpu"), "finished": r.get("finished")}
                        if (name, r["seed"]) in stored else {}),
                 }

@@ -13,6 +13,7 @@ from croma.cli import main
 from episodes.datasets.synthetic import make_synthetic_benchmark
 
 _TIMING = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall_seconds", "peak_rss_mib", "jobs",
+           "cpu_seconds", "eval_cpu_seconds",
            "data_load_seconds", "unit_seconds")
 
 

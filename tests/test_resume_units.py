@@ -13,7 +13,8 @@ from croma.unit_store import bench_digest, load_units, unit_path
 from episodes.datasets.synthetic import make_synthetic_benchmark
 
 _CLOCK = ("train_seconds", "eval_seconds", "meta_val_seconds", "seconds", "wall_seconds", "peak_rss_mib",
-          "data_load_seconds", "resumed", "cpu", "finished", "resumed_units", "worker_peak_rss_mib", "unit_seconds")
+          "data_load_seconds", "resumed", "cpu", "finished", "resumed_units", "worker_peak_rss_mib", "unit_seconds",
+          "cpu_seconds", "eval_cpu_seconds")
 
 
 def _numbers(res: dict) -> dict:
@@ -58,6 +59,8 @@ def test_an_interrupted_run_resumes_to_the_same_table(tmp_path, bench, monkeypat
     assert calls == [("croma", 0), ("croma", 1)]  # only what was not finished
     assert resumed["resumed_units"] == 2 and whole["resumed_units"] == 0
     assert resumed["unit_seconds"] > 0 and whole["unit_seconds"] > 0  # reused runs counted with their own seconds
+    s0 = whole["config"]["methods"]["croma"]["seeds"][0]
+    assert 0 < s0["cpu_seconds"] and 0 < s0["eval_cpu_seconds"]  # CPU time of the same spans, for loaded machines
     assert _numbers(resumed) == _numbers(whole)
     assert (out / "episodes.csv").read_bytes() == (tmp_path / "whole" / "episodes.csv").read_bytes()
     seeds = resumed["config"]["methods"]["pretrain"]["seeds"]
