@@ -121,3 +121,14 @@ def test_the_command_line_resumes_and_refuses_other_settings(tmp_path, capsys):
     assert main([*other, "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pretrain-seed0.json was run with other settings" in err[0]
+
+
+def test_a_run_of_some_methods_serves_the_whole_table(tmp_path, bench, monkeypatch):
+    """Long runs can be done a few methods at a time: units are per (method, seed), so a --methods
+    subset's finished units are reused by the whole command's --resume."""
+    run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), methods=["croma"])), bench=bench)
+    calls = []
+    real = bench_units.run_unit
+    monkeypatch.setattr(bench_units, "run_unit", lambda b, unit, **kw: (calls.append(unit.method), real(b, unit, **kw))[1])
+    both = run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), resume=True)), bench=bench)
+    assert calls == ["pretrain", "pretrain"] and both["resumed_units"] == 2
