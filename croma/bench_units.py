@@ -40,6 +40,7 @@ class Unit:
     seed: int
     ctx: dict[str, Any] = field(default_factory=dict)
     shots: tuple[int, ...] = ()
+    partial: Any = None  # croma.unit_partial.Partial: where training keeps its state (not in the fingerprint)
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
     from croma.log import unit_note
 
     spec = get_method(unit.method)
-    ctx = MethodContext(bench=bench, progress=progress, **unit.ctx)
+    ctx = MethodContext(bench=bench, progress=progress, partial=unit.partial, **unit.ctx)
     with unit_threads():
         t0, c0 = time.perf_counter(), time.process_time()
         outcome = spec.fn(ctx)

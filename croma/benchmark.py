@@ -40,7 +40,7 @@ from croma.report import (
 )
 from croma.stats import interval_text, mean_ci95, mean_std
 from croma.task_sizes import fit_run_sizes
-from croma.unit_store import UNITS_DIR, finished_units, kept_note, save_unit
+from croma.unit_store import UNITS_DIR, finished_units, kept_note, save_unit, with_partials
 from croma.unit_store import plain as _plain
 
 
@@ -234,7 +234,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     ]
     # finished units go to OUT/units as they end; --resume reuses those of the same settings (croma.unit_store)
     fps, stored = finished_units(cfg.out, bench, units, resume=cfg.resume)
-    todo = [u for u in units if (u.method, u.seed) not in stored]
+    todo = with_partials([u for u in units if (u.method, u.seed) not in stored], cfg.out, fps, resume=cfg.resume)
     jobs = cfg.jobs if cfg.jobs is not None else auto_jobs(max(1, len(todo)), str(device))
     if cfg.progress:
         seeds_text = f"{n_seeds} training seed{'s' if n_seeds > 1 else ''}"

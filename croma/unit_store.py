@@ -13,8 +13,10 @@ a digest of the method, seed, meta-test k, every training and meta-test setting 
 prepared data (:func:`bench_digest`: class names, splits, pairs and every feature and label
 tensor), the croma and torch versions and the per-unit thread count. A file of other settings in
 the folder stops ``--resume`` with one line naming it (never silently mixed or overwritten).
-Each file also records the machine it ran on (:func:`croma.report.machine_info`): units of one
-table may come from different sessions, and results.json says which.
+A unit still running keeps its training state beside them (:func:`partial_path`,
+:mod:`croma.unit_partial`) where its method supports it. Each file also records the machine it
+ran on (:func:`croma.report.machine_info`): units of one table may come from different sessions,
+and results.json says which.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-__all__ = ["UNITS_DIR", "FORMAT", "plain", "bench_digest", "unit_fingerprint", "unit_path", "save_unit",
-           "load_units", "finished_units", "kept_note"]
+__all__ = ["UNITS_DIR", "FORMAT", "plain", "bench_digest", "unit_fingerprint", "unit_path", "partial_path", "save_unit",
+           "load_units", "finished_units", "with_partials", "kept_note"]
 
 #: sub-folder of ``--out`` holding one file per finished unit
 UNITS_DIR = "units"
@@ -100,6 +102,12 @@ def unit_path(out: str | Path, method: str, seed: int) -> Path:
     return Path(out) / UNITS_DIR / f"{method}-seed{int(seed)}.json"
 
 
+def partial_path(out: str | Path, method: str, seed: int) -> Path:
+    """``OUT/units/<method>-seed<seed>.partial.pt``: a running unit's training state
+    (:class:`croma.unit_partial.Partial`)."""
+    return Path(out) / UNITS_DIR / f"{method}-seed{int(seed)}.partial.pt"
+
+
 def save_unit(out: str | Path, unit, fingerprint: str, facts: Mapping[str, Any]) -> Path:
     """Write a finished unit's facts (:func:`croma.bench_units.run_unit`) atomically; returns the path."""
     from croma.report import machine_info
@@ -111,6 +119,7 @@ def save_unit(out: str | Path, unit, fingerprint: str, facts: Mapping[str, Any])
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "facts": plain(dict(facts))}
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    partial_path(out, unit.method, unit.seed).unlink(missing_ok=True)  # the unit's training state is done with
     return path
 
 
@@ -175,6 +184,20 @@ def finished_units(out: str | Path | None, bench, units: list[Any], *, resume: b
     digest = bench_digest(bench)
     fps = {(u.method, u.seed): unit_fingerprint(u, digest) for u in units}
     return fps, (load_units(out, units, fps) if resume else {})
+
+
+def with_partials(units: list[Any], out: str | Path | None, fingerprints: Mapping[tuple[str, int], str], *,
+                  resume: bool = False) -> list[Any]:
+    """``units`` each given its :class:`croma.unit_partial.Partial` under ``OUT/units`` (unchanged
+    without ``out``): training keeps its state there; ``resume`` lets a unit continue one."""
+    if not out:
+        return list(units)
+    from dataclasses import replace
+
+    from croma.unit_partial import Partial
+
+    return [replace(u, partial=Partial(str(partial_path(out, u.method, u.seed)), fingerprints[(u.method, u.seed)],
+                                       resume=resume)) for u in units]
 
 
 def kept_note(out: str | Path, units: list[Any]) -> str | None:

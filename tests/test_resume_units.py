@@ -132,3 +132,42 @@ def test_a_run_of_some_methods_serves_the_whole_table(tmp_path, bench, monkeypat
     monkeypatch.setattr(bench_units, "run_unit", lambda b, unit, **kw: (calls.append(unit.method), real(b, unit, **kw))[1])
     both = run_benchmark(BenchmarkConfig(**_base(out=str(tmp_path), resume=True)), bench=bench)
     assert calls == ["pretrain", "pretrain"] and both["resumed_units"] == 2
+
+
+def test_a_unit_stopped_mid_training_continues_from_its_state_bitwise(tmp_path, bench, monkeypatch):
+    """Ordinary training keeps its whole state at each meta-val check (croma.unit_partial); with
+    --resume a stopped unit goes on from there and ends as if it had never stopped."""
+    from croma.unit_partial import Partial
+
+    base = _base(methods=["align-classify"], train_seeds=1, budget_steps=60)
+    whole = run_benchmark(BenchmarkConfig(**base, out=str(tmp_path / "whole")), bench=bench)
+    assert not list((tmp_path / "whole" / "units").glob("*.partial.pt"))  # removed once the unit is done
+
+    out = tmp_path / "cut"
+    real_save, real_load = Partial.save, Partial.load
+    saves, loaded = [], []
+
+    def save_then_stop(self, state):
+        real_save(self, state)
+        saves.append(state["step"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Partial, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(BenchmarkConfig(**base, out=str(out)), bench=bench)
+    assert (out / "units" / "align-classify-seed0.partial.pt").exists() and not (out / "results.json").exists()
+
+    monkeypatch.setattr(Partial, "save", real_save)
+    monkeypatch.setattr(Partial, "load", lambda self: (loaded.append(s := real_load(self)), s)[1])
+    resumed = run_benchmark(BenchmarkConfig(**base, out=str(out), resume=True), bench=bench)
+    assert loaded and loaded[0] is not None and loaded[0]["step"] == saves[-1] > 0  # it went on from there
+    assert _numbers(resumed) == _numbers(whole)
+    assert (out / "episodes.csv").read_bytes() == (tmp_path / "whole" / "episodes.csv").read_bytes()
+    assert not (out / "units" / "align-classify-seed0.partial.pt").exists()
+
+    # without --resume, or with a state of other settings, training starts afresh
+    assert Partial(str(out / "x.pt"), "f", resume=False).load() is None
+    Partial(str(out / "x.pt"), "f", resume=True).save({"step": 1})
+    assert Partial(str(out / "x.pt"), "other", resume=True).load() is None
+    assert Partial(str(out / "x.pt"), "f", resume=True).load() == {"step": 1}

@@ -49,6 +49,8 @@ class MethodContext:
         budget_steps: optimiser steps of a trained method (the budget every preset uses).
         hp: this method's own hyper-parameters chosen on meta-val (override ``knobs`` and the
             Reptile settings of ``train``; see :meth:`knob`, :meth:`method_train`).
+        partial: a :class:`croma.unit_partial.Partial` (``croma benchmark --out``): where ordinary
+            training keeps its state at each meta-val check, and whether it continues one.
     """
 
     bench: PreparedBenchmark
@@ -61,6 +63,8 @@ class MethodContext:
     knobs: dict[str, Any] = field(default_factory=dict)
     budget_steps: int | None = None
     hp: dict[str, Any] = field(default_factory=dict)
+    # where a croma benchmark unit keeps its training state for --resume (croma.unit_partial.Partial)
+    partial: Any = None
 
     def knob(self, name: str, default: Any = None) -> Any:
         """A method hyper-parameter: the method's tuned value (``hp``), else the preset's knob."""

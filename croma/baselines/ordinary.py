@@ -271,7 +271,19 @@ def ordinary_train(
     if "confusion" in terms:  # modality labels of a confusion batch: source items, then target items
         domain = torch.cat([torch.zeros(terms["confusion"][0].batch), torch.ones(terms["confusion"][1].batch)]).long().to(device)
     step = 0
-    check(0)
+    partial = getattr(ctx, "partial", None)  # croma benchmark --resume: continue a stopped unit (croma.unit_partial)
+    # which training of the method this is (a method may train in phases): a state is only continued by its own
+    phase = [budget.steps, float(align_weight), bool(source_cls), bool(target_cls), float(confusion_weight)]
+    saved = partial.load() if partial is not None else None
+    if saved is not None and saved.get("phase") == phase:
+        model.load_state_dict(saved["model"])
+        heads.load_state_dict(saved["heads"])
+        _load_optimizer(opt, saved["optimizer"])
+        step, examples, running = int(saved["step"]), int(saved["examples"]), dict(saved["running"])
+        best.update(saved["best"])
+        t0 = time.perf_counter() - float(saved["seconds"])
+    else:
+        check(0)
     while more():
         parts: dict[str, torch.Tensor] = {}
         if isinstance(terms.get("align"), MultiAlignTerm):
@@ -318,6 +330,10 @@ def ordinary_train(
         step += 1
         if step % every == 0 or not more():
             check(step)
+            if partial is not None:  # everything the next step depends on (its batches: (seed, step))
+                partial.save({"model": model.state_dict(), "heads": heads.state_dict(), "optimizer": _optimizer_state(opt),
+                              "step": step, "examples": examples, "running": dict(running), "best": dict(best), "phase": phase,
+                              "seconds": time.perf_counter() - t0})
     for p in model.parameters():
         p.grad = None
     if best:
@@ -326,6 +342,22 @@ def ordinary_train(
         "optimizer_steps": step, "examples": examples, "seconds": time.perf_counter() - t0, "losses": running,
         "lr": lr, "start_val": best.get("start_val"), "best_val": best.get("val"), "best_step": best.get("step"),
     }
+
+
+def _optimizer_state(opt) -> dict[str, Any]:
+    """The optimiser's state for :func:`_load_optimizer` (:class:`PlainAdam`'s moments and step
+    counts, or ``torch.optim``'s state dict)."""
+    if isinstance(opt, PlainAdam):
+        return {"plain": {int(i): list(st) for i, st in opt.state.items()}}
+    return {"torch": opt.state_dict()}
+
+
+def _load_optimizer(opt, state: dict[str, Any]) -> None:
+    if isinstance(opt, PlainAdam):
+        opt.state = {int(i): [int(st[0]), st[1].to(opt.params[int(i)].device).clone(),
+                              st[2].to(opt.params[int(i)].device).clone()] for i, st in state["plain"].items()}
+    else:
+        opt.load_state_dict(state["torch"])
 
 
 def _term_sizes(terms: dict[str, Any], align_batch: int):
