@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pid", type=int, default=None, help="watch this running process instead of starting one")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...: run and watch it")
     args = ap.parse_args(argv)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))  # SIGTERM: final write, as Ctrl-C
     cmd = [c for c in args.command if c != "--"] if args.command else []
     if (args.pid is None) == (not cmd):
         ap.error("give either --pid PID or -- COMMAND")
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 _write(out, doc)
             time.sleep(args.every)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the peaks so far are kept; a watched command is waited for
         if proc:
             proc.wait()
     doc["finished"] = True
