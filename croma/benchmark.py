@@ -256,8 +256,8 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     try:
         facts_by = {**stored, **run_units(bench, todo, jobs=jobs, progress=cfg.progress, done=unit_done)}
     except BaseException:
-        if cfg.out and kept_note(cfg.out, units):
-            info(kept_note(cfg.out, units), stream="stderr")
+        if cfg.out and (note := kept_note(cfg.out, units)):  # the finished runs --resume will reuse
+            info(note, stream="stderr")
         raise
     for name in methods:
         hp = hps[name]

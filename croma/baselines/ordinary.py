@@ -271,7 +271,7 @@ def ordinary_train(
     if "confusion" in terms:  # modality labels of a confusion batch: source items, then target items
         domain = torch.cat([torch.zeros(terms["confusion"][0].batch), torch.ones(terms["confusion"][1].batch)]).long().to(device)
     step = 0
-    partial = getattr(ctx, "partial", None)  # croma benchmark --resume: continue a stopped unit (croma.unit_partial)
+    partial = ctx.partial  # croma benchmark --out: keep the state, --resume: continue it (croma.unit_partial)
     # which training of the method this is (a method may train in phases): a state is only continued by its own
     phase = [budget.steps, float(align_weight), bool(source_cls), bool(target_cls), float(confusion_weight)]
     saved = partial.load() if partial is not None else None
