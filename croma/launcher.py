@@ -35,6 +35,7 @@ def launch_local(
     env: Mapping[str, str] | None = None,
     grace_s: float = 30.0,
     threads: int | None = 1,
+    tmpdir: str | None = None,
 ) -> tuple[int, list[int]]:
     """Run ``cmd`` as ranks ``0 .. nproc-1`` of one local process group and wait for them.
 
@@ -45,7 +46,9 @@ def launch_local(
     own message; survivors are then terminated. Ranks die with the launcher: on Linux each asks the
     kernel for SIGKILL when the launcher dies (``PR_SET_PDEATHSIG``, so not even a SIGKILLed launcher
     leaves them training), they ignore Ctrl-C, and a launcher interrupted by Ctrl-C or SIGTERM
-    terminates them (SIGKILL after 5 s) before the exception goes on.
+    terminates them (SIGKILL after 5 s) before the exception goes on. With ``tmpdir`` (a folder the
+    caller removes after this returns) the ranks' ``TMPDIR`` points there, so what a rank killed
+    mid-way leaves in its temporary folder (Python's own probe file included) goes with it.
 
     Returns:
         ``(exit code, per-rank exit codes)``: 0 when all succeeded, else rank 0's code when it
@@ -63,6 +66,8 @@ def launch_local(
                  GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         if threads is not None and "OMP_NUM_THREADS" not in base:
             e["OMP_NUM_THREADS"] = str(threads)
+        if tmpdir is not None:
+            e["TMPDIR"] = str(tmpdir)
         procs.append(subprocess.Popen(list(cmd), env=e, preexec_fn=preexec))
     failed_at: float | None = None
     try:

@@ -194,6 +194,18 @@ def test_killing_the_nproc_launcher_kills_its_ranks_and_removes_its_folder(tmp_p
         assert proc.returncode == -9
 
 
+def test_ranks_temporary_files_live_in_the_launchers_folder(tmp_path):
+    """A rank killed mid-way (even inside Python's own temp-folder probe) leaves nothing behind the launcher."""
+    from croma.launcher import launch_local, python_cmd
+
+    code = "import os, sys, tempfile; open(sys.argv[1] + os.environ['RANK'], 'w').write(tempfile.gettempdir())"
+    own = tmp_path / "own"
+    own.mkdir()
+    rc, codes = launch_local(python_cmd(code, str(tmp_path / "seen")), 2, env=clean_env(), tmpdir=str(own))
+    assert (rc, codes) == (0, [0, 0])
+    assert [(tmp_path / f"seen{r}").read_text() for r in range(2)] == [str(own)] * 2
+
+
 # ---------------------------------------------------------------------- croma benchmark --jobs workers
 BENCH_FLAGS = ["benchmark", "synthetic", "--quiet", "--ways", "3", "--methods", "croma,align-classify",
                "--budget-steps", "100000", "--eval-tasks", "4", "--train-seeds", "2", "--jobs", "2", "--shots", "1"]

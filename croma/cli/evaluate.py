@@ -199,7 +199,8 @@ def _launch(payload: dict, nproc: int) -> int:
         path = os.path.join(tmp, "payload.json")
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(payload, fh)
-        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 10.0)
+        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 10.0,
+                                    tmpdir=tmp)
         messages: list[str] = []
         for rank in range(nproc):
             try:

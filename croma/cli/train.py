@@ -354,7 +354,8 @@ def _launch(payload: dict, nproc: int) -> int:
         path = os.path.join(tmp, "payload.json")
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(payload, fh)
-        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 10.0)
+        code, codes = launch_local(python_cmd(_WORKER, path), nproc, grace_s=payload["dist_timeout"] + 10.0,
+                                    tmpdir=tmp)
     if code != 0 and codes[0] <= 0:  # rank 0 finished or was killed (said nothing): say which rank failed
         bad = next(r for r, c in enumerate(codes) if c != 0)
         sys.stderr.write(f"error: croma train --nproc {nproc}: rank {bad} exited with code {codes[bad]}\n")

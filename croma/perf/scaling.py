@@ -89,7 +89,8 @@ def run_scaling_bench(
         path = os.path.join(tmp, "spec.json")
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(spec, fh)
-        code, codes = launch_local(python_cmd(_SCALING_WORKER, path), nproc, threads=threads, grace_s=timeout_s + 10.0)
+        code, codes = launch_local(python_cmd(_SCALING_WORKER, path), nproc, threads=threads, grace_s=timeout_s + 10.0,
+                                    tmpdir=tmp)
         if code != 0 or not os.path.isfile(spec["result"]):
             raise CromaError(f"croma bench meta --nproc {nproc}: a benchmark process failed (exit codes {codes})")
         with open(spec["result"], encoding="utf-8") as fh:
