@@ -8,12 +8,21 @@ optimiser's moments and step counts, the step, the running losses, the best chec
 the seconds spent. Its mini-batches are pure functions of (seed, step), so a run continued from
 that file with ``--resume`` goes on bitwise as if it had not stopped (tested). The file carries the
 unit's fingerprint (:func:`croma.unit_store.unit_fingerprint`) and is used only when it matches and
-``--resume`` is given; it is removed once the unit is finished. The Reptile methods and the meta-val
-choice do not write one yet: a unit of theirs that is stopped starts again.
+``--resume`` is given; it is removed once the unit is finished.
+
+A Reptile phase (:func:`croma.baselines.reptile_runs.budgeted_reptile`: croma, oracle, unsup-meta,
+align-meta-classify) keeps a trainer run folder beside it instead,
+``DIR/units/<method>-seed<S>.reptile-<families>.run/`` (:meth:`Partial.run_folder`): the trainer's own
+``last.pt`` / ``best.pt`` / ``metrics.csv`` written at every meta-val check, whose resume is bitwise
+(:mod:`croma.fit`), and ``unit.json`` with the fingerprint and the meta-val score of the starting
+parameters. A seconds budget is never continued (it is not reproducible). The meta-val choice of the
+meta-test setting keeps nothing: a unit stopped there trains no more but chooses again.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,4 +65,40 @@ class Partial:
         return payload["state"]
 
     def remove(self) -> None:
+        """Remove the state file and every Reptile run folder of this unit."""
         Path(self.path).unlink(missing_ok=True)
+        for folder in Path(self.path).parent.glob(f"{self._stem()}.*.run"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ Reptile phases: a trainer run folder
+    def _stem(self) -> str:
+        return Path(self.path).name.removesuffix(".partial.pt")
+
+    def run_folder(self, tag: str) -> Path:
+        """``<units>/<method>-seed<S>.<tag>.run``: the trainer's checkpoint folder of one Reptile phase."""
+        return Path(self.path).with_name(f"{self._stem()}.{tag}.run")
+
+    def run_start(self, tag: str) -> dict[str, Any] | None:
+        """What :meth:`run_started` recorded for phase ``tag`` when ``resume`` and its folder holds
+        this unit's ``last.pt`` (the trainer then continues it); else None, and the folder is cleared
+        so the phase starts afresh (a folder of other settings is never continued)."""
+        folder = self.run_folder(tag)
+        if self.resume and (folder / "last.pt").is_file():
+            try:
+                doc = json.loads((folder / "unit.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                doc = None
+            if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("fingerprint") == self.fingerprint:
+                return doc
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+    def run_started(self, tag: str, facts: dict[str, Any]) -> Path:
+        """Create phase ``tag``'s folder with ``unit.json`` (format, fingerprint, ``facts``); returns the folder."""
+        from episodes.atomic import atomic_write
+
+        folder = self.run_folder(tag)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, **facts}, sort_keys=True) + "\n"
+        atomic_write(folder / "unit.json", lambda fh: fh.write(text.encode("utf-8")))
+        return folder

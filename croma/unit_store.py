@@ -119,7 +119,9 @@ def save_unit(out: str | Path, unit, fingerprint: str, facts: Mapping[str, Any])
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "facts": plain(dict(facts))}
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    partial_path(out, unit.method, unit.seed).unlink(missing_ok=True)  # the unit's training state is done with
+    from croma.unit_partial import Partial
+
+    Partial(str(partial_path(out, unit.method, unit.seed)), fingerprint).remove()  # its training state is done with
     return path
 
 

@@ -173,6 +173,58 @@ def test_a_unit_stopped_mid_training_continues_from_its_state_bitwise(tmp_path, 
     assert Partial(str(out / "x.pt"), "f", resume=True).load() == {"step": 1}
 
 
+@pytest.mark.parametrize("method,steps", [("croma", 240), ("align-meta-classify", 480), ("croma", 96)])
+def test_a_reptile_unit_stopped_mid_training_continues_bitwise(tmp_path, bench, monkeypatch, method, steps):
+    """A Reptile phase keeps a trainer run folder (last.pt at every meta-val check); --resume goes on
+    from there and ends as if it had never stopped (align-meta-classify: after its ordinary phase)."""
+    from croma.checkpoint import Checkpointer
+    from croma.unit_partial import Partial
+
+    base = _base(methods=[method], train_seeds=1, budget_steps=steps)
+    whole = run_benchmark(BenchmarkConfig(**base, out=str(tmp_path / "whole")), bench=bench)
+    assert not [p.name for p in (tmp_path / "whole" / "units").iterdir() if not p.name.endswith(".json")]
+
+    out = tmp_path / "cut"
+    real_save = Checkpointer.save
+    saved = []
+
+    def save_then_stop(self, kind, theta, progress):
+        real_save(self, kind, theta, progress)
+        if kind == "last":
+            saved.append(progress["iteration"])
+            if len(saved) == 2:  # mid-phase: the phase checkpoints at each of its meta-val checks
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(BenchmarkConfig(**base, out=str(out)), bench=bench)
+    folder = out / "units" / f"{method}-seed0.reptile-source_cls.run"
+    if method == "croma":
+        folder = out / "units" / "croma-seed0.reptile-align+source_cls.run"
+    assert (folder / "last.pt").is_file() and (folder / "unit.json").is_file() and not (out / "results.json").exists()
+
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    started = []
+    real_start = Partial.run_start
+    monkeypatch.setattr(Partial, "run_start", lambda self, tag: (started.append(s := real_start(self, tag)), s)[1])
+    resumed = run_benchmark(BenchmarkConfig(**base, out=str(out), resume=True), bench=bench)
+    assert started and started[0] is not None  # it went on from last.pt
+    assert _numbers(resumed) == _numbers(whole)
+    assert (out / "episodes.csv").read_bytes() == (tmp_path / "whole" / "episodes.csv").read_bytes()
+    assert not folder.exists()  # removed once the unit is done
+    unit = json.loads((out / "units" / f"{method}-seed0.json").read_text())
+    # stopped mid-phase (96 steps: two outer steps, stopped after the last one, before the meta-val choice)
+    assert unit["facts"]["train_seconds"] > 0 and 0 < saved[-1] <= unit["facts"]["outer_steps"]
+    assert (saved[-1] == unit["facts"]["outer_steps"]) == (steps == 96)
+
+    # a folder of other settings is cleared, never continued
+    other = Partial(str(out / "units" / "x-seed0.partial.pt"), "f", resume=True)
+    other.run_started("reptile-a", {"start_val": 1.0, "start_seconds": 0.0})
+    (other.run_folder("reptile-a") / "last.pt").write_bytes(b"")
+    assert Partial(other.path, "g", resume=True).run_start("reptile-a") is None
+    assert not other.run_folder("reptile-a").exists()
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_optimizer_state_round_trips_bitwise(fused):
     """What a partial state keeps of ordinary training's Adam (PlainAdam, or torch.optim's with the

@@ -84,23 +84,48 @@ def budgeted_reptile(
             base, iterations=10**9, meta_lr_final=base.meta_lr, eval_every=int(ctx.knobs.get("val_every", 25)),
             time_budget_s=max(float(budget.seconds), 1e-3),
         )
+    # croma benchmark --out: the phase keeps a trainer run folder, checkpointed at every meta-val check,
+    # that --resume continues bitwise (croma.unit_partial); a seconds budget is never continued
+    partial = ctx.partial if budget.steps is not None else None
+    tag = "reptile-" + "+".join(sorted(task_weights))
+    started = partial.run_start(tag) if partial is not None else None
+    if partial is not None:
+        cfg = replace(cfg, checkpoint_dir=str(partial.run_folder(tag)), checkpoint_every=cfg.eval_every)
     trainer = CromaTrainer(cfg, bench, model=model, progress=ctx.progress)
     # the selection score every method shares (croma.baselines.common.meta_val_score)
     trainer.validate = lambda theta=None: meta_val_score(
         ctx, trainer.model, dict(trainer.theta if theta is None else theta), trainer.inputs, trainer.bench
     )
-    start_val = trainer.validate()
-    trainer.best_val, trainer.best_iteration = start_val, 0
-    trainer.best_theta = {k: v.clone() for k, v in trainer.theta.items()}
-    result = trainer.fit()
+    if started is None:
+        start_val = trainer.validate()
+        trainer.best_val, trainer.best_iteration = start_val, 0
+        trainer.best_theta = {k: v.clone() for k, v in trainer.theta.items()}
+        start_seconds = time.perf_counter() - t0
+        if partial is not None:  # the start is the best so far: best.pt holds it until meta-val finds better
+            from croma.runlock import new_run_id
+
+            partial.run_started(tag, {"start_val": start_val, "start_seconds": start_seconds})
+            trainer.checkpointer.run_id = new_run_id()
+            trainer.checkpointer.save("best", trainer.theta, trainer.progress_state())
+    else:  # continued: last.pt / best.pt hold the parameters, the step, the best so far and the RNG
+        start_val, start_seconds = started["start_val"], float(started["start_seconds"])
+    last: dict[str, Any] = {}
+    result = trainer.fit(resume=started is not None, on_iteration=lambda _t, row: last.update(row))
     steps = result.iteration
+    seconds = time.perf_counter() - t0
+    if partial is not None:  # a continued phase counts every invocation's seconds (metrics.csv's running total)
+        if not last:  # continued at its end: no iteration ran here
+            from croma.runlog import read_metrics
+
+            last = (read_metrics(partial.run_folder(tag) / "metrics.csv") or [{}])[-1]
+        seconds = start_seconds + float(last.get("seconds") or 0.0)
     align = trainer.families.get("align")
     align_items = align.items_per_task() if isinstance(align, AlignMultiFamily) else None
     info = {
         "outer_steps": steps,
         "optimizer_steps": steps * per_iteration,
         "examples": steps * task_examples(cfg, align_items),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "start_val": start_val,
         "best_val": result.best_val,
         "best_iteration": result.best_iteration,
