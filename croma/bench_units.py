@@ -73,22 +73,35 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
         outcome = spec.fn(ctx)
         t1, c1 = time.perf_counter(), time.process_time()
         evals = {}
+        partial = unit.partial  # croma benchmark --out: each k's row is kept for --resume (croma.unit_partial)
         for k in unit.shots:
+            kept = partial.kept("meta_test", str(k)) if partial is not None else None
+            if kept is not None:
+                evals[int(k)] = kept
+                continue
             unit_note(f"meta-test, {k}-shot", force=True)
             ch = outcome.eval_choice[int(k)]
             ev_k = replace(ctx.eval, shots=[int(k)], head_init=ch["head_init"], finetune_steps=ch["finetune_steps"],
                            finetune_lr=ch["finetune_lr"], finetune=ch["finetune"])
+            tk, ck = time.perf_counter(), time.process_time()
             evals[int(k)] = evaluate_kshot(outcome.model, bench, ev_k, params=outcome.params)["rows"][0]
+            if partial is not None:
+                partial.keep("meta_test", str(k), evals[int(k)], time.perf_counter() - tk, time.process_time() - ck)
         t2, c2 = time.perf_counter(), time.process_time()
+    # the kept stages this invocation reused count with their own seconds (a continued unit's spans)
+    reused = partial.reused if partial is not None else {}
+    r_choice, r_test = reused.get("meta_val_choice", {}), reused.get("meta_test", {})
     return {
         "method": unit.method, "seed": unit.seed, "eval_choice": outcome.eval_choice, "eval_scores": outcome.eval_scores,
         "train_seconds": outcome.train_seconds, "outer_steps": outcome.outer_steps,
         "optimizer_steps": outcome.optimizer_steps, "examples": outcome.examples,
         "target_samples": outcome.target_samples, "target_labels": outcome.target_labels, "notes": outcome.notes,
-        "evals": evals, "seconds": t1 - t0, "eval_seconds": t2 - t1,
+        "evals": evals, "seconds": t1 - t0 + r_choice.get("seconds", 0.0),
+        "eval_seconds": t2 - t1 + r_test.get("seconds", 0.0),
         # CPU time of this process over the same spans: with one thread, what the run costs a core
         # whatever else the machine runs (wall seconds grow with the load, these barely do)
-        "cpu_seconds": round(c1 - c0, 2), "eval_cpu_seconds": round(c2 - c1, 2),
+        "cpu_seconds": round(c1 - c0 + r_choice.get("cpu_seconds", 0.0), 2),
+        "eval_cpu_seconds": round(c2 - c1 + r_test.get("cpu_seconds", 0.0), 2),
     }
 
 

@@ -15,15 +15,20 @@ align-meta-classify) keeps a trainer run folder beside it instead,
 ``DIR/units/<method>-seed<S>.reptile-<families>.run/`` (:meth:`Partial.run_folder`): the trainer's own
 ``last.pt`` / ``best.pt`` / ``metrics.csv`` written at every meta-val check, whose resume is bitwise
 (:mod:`croma.fit`), and ``unit.json`` with the fingerprint and the meta-val score of the starting
-parameters. A seconds budget is never continued (it is not reproducible). The meta-val choice of the
-meta-test setting keeps nothing: a unit stopped there trains no more but chooses again.
+parameters. A seconds budget is never continued (it is not reproducible).
+
+After training, the unit's later stages are kept too (:meth:`Partial.keep`, ``<method>-seed<S>.stages.pt``):
+each candidate setting's meta-val scores of the meta-val choice and each k's meta-test row, with the
+seconds and CPU seconds they took. A continued unit restores its trained parameters from the states
+above (no step runs again), reuses these and adds their seconds to its own, so a stopped unit loses
+at most the one setting or k it was evaluating.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +39,20 @@ __all__ = ["Partial"]
 FORMAT = "croma-unit-partial/1"
 
 
+STAGES = "croma-unit-stages/1"
+
+
 @dataclass(frozen=True)
 class Partial:
     """Where a unit keeps its training state (``path``), the unit's ``fingerprint`` and whether a
-    state found there may be continued (``resume``)."""
+    state found there may be continued (``resume``). ``reused`` sums the seconds (``"seconds"``,
+    ``"cpu_seconds"``) of the kept stages this invocation reused, per stage."""
 
     path: str
     fingerprint: str
     resume: bool = False
+    reused: dict[str, dict[str, float]] = field(default_factory=dict, compare=False)
+    _wrote: list = field(default_factory=list, compare=False, repr=False)  # non-empty once keep() wrote
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically with the fingerprint."""
@@ -65,8 +76,9 @@ class Partial:
         return payload["state"]
 
     def remove(self) -> None:
-        """Remove the state file and every Reptile run folder of this unit."""
+        """Remove the state file, the kept stages and every Reptile run folder of this unit."""
         Path(self.path).unlink(missing_ok=True)
+        self._stages_path().unlink(missing_ok=True)
         for folder in Path(self.path).parent.glob(f"{self._stem()}.*.run"):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -102,3 +114,45 @@ class Partial:
         text = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, **facts}, sort_keys=True) + "\n"
         atomic_write(folder / "unit.json", lambda fh: fh.write(text.encode("utf-8")))
         return folder
+
+    # ------------------------------------------------------------------ after training: kept stages
+    def _stages_path(self) -> Path:
+        return Path(self.path).with_name(f"{self._stem()}.stages.pt")
+
+    def _stages(self) -> dict[str, Any]:
+        path = self._stages_path()
+        if not path.exists():
+            return {}
+        try:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a torn or foreign file: evaluate again
+            return {}
+        if not isinstance(doc, dict) or doc.get("format") != STAGES or doc.get("fingerprint") != self.fingerprint:
+            return {}
+        return dict(doc["stages"])
+
+    def kept(self, stage: str, key: str) -> Any:
+        """The value :meth:`keep` stored for (``stage``, ``key``) when ``resume`` and the file is this
+        unit's, else None; its seconds are added to ``reused[stage]``."""
+        if not self.resume:
+            return None
+        got = self._stages().get(stage, {}).get(str(key))
+        if got is None:
+            return None
+        tot = self.reused.setdefault(stage, {"seconds": 0.0, "cpu_seconds": 0.0})
+        tot["seconds"] += float(got["seconds"])
+        tot["cpu_seconds"] += float(got["cpu_seconds"])
+        return got["value"]
+
+    def keep(self, stage: str, key: str, value: Any, seconds: float, cpu_seconds: float) -> None:
+        """Add (``stage``, ``key``) -> ``value`` (tensors, numbers, strings, lists, dicts) and the
+        seconds it took to the unit's kept stages (atomically; a file of other settings is replaced)."""
+        from episodes.atomic import atomic_write
+
+        stages = self._stages() if (self.resume or self._wrote) else {}  # without --resume: a new file
+        if not self._wrote:
+            self._wrote.append(True)
+        stages.setdefault(stage, {})[str(key)] = {"value": value, "seconds": float(seconds), "cpu_seconds": float(cpu_seconds)}
+        payload = {"format": STAGES, "fingerprint": self.fingerprint, "stages": stages}
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._stages_path(), lambda fh: torch.save(payload, fh))

@@ -28,6 +28,7 @@ finalists), paired on those episodes; the others were not scored on the same epi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -219,10 +220,19 @@ def select_eval(
 
     scores: dict[str, dict[int, float]] = {}
     grid = candidate_grid(ctx, params, base)
+    partial = getattr(ctx, "partial", None)  # croma benchmark --out: each setting's scores are kept for --resume
     for i, (name, g) in enumerate(grid.items()):
+        kept = partial.kept("meta_val_choice", name) if partial is not None else None
+        if kept is not None:
+            scores[name] = {int(k): float(v) for k, v in kept.items()}
+            continue
         unit_note(f"meta-val choice: setting {i + 1} of {len(grid)} ({name})")
+        t0, c0 = time.perf_counter(), time.process_time()
         res = evaluate_kshot(model, ctx.bench, replace(base, **g), params=params, inputs=inputs)
         scores[name] = {int(r["shots"]): r["accuracy_mean"] for r in res["rows"]}
+        if partial is not None:
+            partial.keep("meta_val_choice", name, {str(k): v for k, v in scores[name].items()},
+                         time.perf_counter() - t0, time.process_time() - c0)
     choice: dict[int, dict[str, Any]] = {}
     for k in base.shots:
         best = max(scores, key=lambda name: scores[name][int(k)])  # max keeps the first of ties

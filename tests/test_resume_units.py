@@ -225,6 +225,53 @@ def test_a_reptile_unit_stopped_mid_training_continues_bitwise(tmp_path, bench, 
     assert not other.run_folder("reptile-a").exists()
 
 
+@pytest.mark.parametrize("stage,stop_at", [("meta_val_choice", 2), ("meta_test", 1)])
+def test_a_unit_stopped_while_evaluating_keeps_what_it_evaluated(tmp_path, bench, monkeypatch, stage, stop_at):
+    """The meta-val choice keeps each setting's scores and meta-test each k's row (croma.unit_partial
+    stages); --resume reuses them (no training step runs again) and the table is bitwise the same."""
+    from croma.unit_partial import Partial
+
+    base = _base(methods=["croma"], train_seeds=1, budget_steps=96)
+    whole = run_benchmark(BenchmarkConfig(**base, out=str(tmp_path / "whole")), bench=bench)
+    assert sorted(p.name for p in (tmp_path / "whole" / "units").iterdir()) == ["croma-seed0.json"]
+
+    out = tmp_path / "cut"
+    real_keep, real_kept = Partial.keep, Partial.kept
+    kept_keys = []
+
+    def keep_then_stop(self, st, key, value, seconds, cpu_seconds):
+        real_keep(self, st, key, value, seconds, cpu_seconds)
+        if st == stage:
+            kept_keys.append(key)
+            if len(kept_keys) == stop_at:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Partial, "keep", keep_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(BenchmarkConfig(**base, out=str(out)), bench=bench)
+    assert (out / "units" / "croma-seed0.stages.pt").is_file()
+
+    monkeypatch.setattr(Partial, "keep", real_keep)
+    hits = []
+    monkeypatch.setattr(Partial, "kept", lambda self, st, key: (hits.append((st, key)) if (v := real_kept(self, st, key))
+                                                                is not None else None, v)[1])
+    resumed = run_benchmark(BenchmarkConfig(**base, out=str(out), resume=True), bench=bench)
+    assert [key for st, key in hits if st == stage] == kept_keys  # reused, not evaluated again
+    assert _numbers(resumed) == _numbers(whole)
+    assert (out / "episodes.csv").read_bytes() == (tmp_path / "whole" / "episodes.csv").read_bytes()
+    assert not (out / "units" / "croma-seed0.stages.pt").exists()
+    unit = json.loads((out / "units" / "croma-seed0.json").read_text())["facts"]
+    assert unit["cpu_seconds"] > 0 and unit["eval_cpu_seconds"] > 0
+
+    # stages of other settings, or without --resume, are not reused
+    p = Partial(str(out / "units" / "y-seed0.partial.pt"), "f", resume=True)
+    p.keep("meta_test", "1", {"a": 1.0}, 2.0, 1.0)
+    assert Partial(p.path, "g", resume=True).kept("meta_test", "1") is None
+    assert Partial(p.path, "f", resume=False).kept("meta_test", "1") is None
+    again = Partial(p.path, "f", resume=True)
+    assert again.kept("meta_test", "1") == {"a": 1.0} and again.reused == {"meta_test": {"seconds": 2.0, "cpu_seconds": 1.0}}
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_optimizer_state_round_trips_bitwise(fused):
     """What a partial state keeps of ordinary training's Adam (PlainAdam, or torch.optim's with the
