@@ -78,7 +78,7 @@ def load_bench(cfg: TrainConfig, *, progress: bool = False) -> PreparedBenchmark
         audio_model=d.audio_model, ways=cfg.ways, split_classes=d.split_classes,
         device=str(resolve_device(cfg.device)) if cfg.device != "cpu" else "cpu",
         data_root=d.data_root, manifest=d.manifest, source=d.source, target=d.target,
-        seed=cfg.seed, cache_dir=d.cache_dir, progress=progress, skip_bad=d.skip_bad,
+        seed=cfg.seed, cache_dir=d.cache_dir, progress=progress, skip_bad=d.skip_bad, fit_ways=not cfg.strict_sizes,
         **({} if d.extra_modalities or d.benchmark != "manifest" else {"extra": ()}),
     )
 
@@ -153,7 +153,9 @@ def build_components(cfg: TrainConfig, bench: PreparedBenchmark | None = None, *
 
     device = resolve_device(cfg.device)
     bench = bench if bench is not None else load_bench(cfg, progress=progress)
-    model = model if model is not None else build_model(cfg, bench)
+    from croma.task_sizes import fitted_ways
+
+    model = model if model is not None else build_model(fitted_ways(cfg, bench), bench)  # its classifier's ways
     if loss_module is None and any(f in ("align", "align_multi") for f, _ in task_plan(cfg)):
         loss_module = build_objective(cfg)
     if loss_module is not None:

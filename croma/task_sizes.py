@@ -122,7 +122,7 @@ class TaskSizes:
         train = f"meta-train {self.ways}-way {self.shots}-shot {self.queries}-query"
         if self.align_batch is not None:
             train += f", {self.align_batch} pairs per alignment task"
-        asked = []
+        asked = [f"{r_tr['ways']}-way"] if r_tr.get("ways", self.ways) != self.ways else []
         if (r_tr["shots"], r_tr["queries"]) != (self.shots, self.queries):
             asked.append(f"{r_tr['shots']}-shot {r_tr['queries']}-query")
         if r_tr["align_batch"] != self.align_batch:
@@ -303,6 +303,15 @@ def align_pair_count(bench: Any) -> int | None:
     return int(keep.sum())
 
 
+def fitted_ways(cfg: Any, bench: Any) -> Any:
+    """``cfg`` at the N-way the data's class split was sized for when it lowered ``cfg.ways``
+    (``bench.info["ways"]``: :func:`episodes.class_split.fit_ways`), else ``cfg`` itself."""
+    fit = bench.info.get("ways") if isinstance(getattr(bench, "info", None), dict) else None
+    if not fit or getattr(cfg, "strict_sizes", False) or cfg.ways != fit["asked"]:
+        return cfg
+    return cfg.replace(ways=int(fit["used"]))
+
+
 def fit_run_sizes(cfg: Any, bench: Any, *, families: Sequence[str], meta_val: bool = True,
                   eval_cfg: Any = None) -> tuple[Any, Any, TaskSizes]:
     """Fit a run's :class:`~croma.config.TrainConfig` (and a meta-test
@@ -318,6 +327,10 @@ def fit_run_sizes(cfg: Any, bench: Any, *, families: Sequence[str], meta_val: bo
     Returns:
         ``(cfg', eval_cfg', sizes)``: the same objects when nothing changed, else changed copies.
     """
+    asked = cfg.ways
+    cfg = fitted_ways(cfg, bench)  # fewer classes than 3 x ways: the split was sized for fewer ways
+    if eval_cfg is not None and cfg.ways != asked:
+        eval_cfg = replace(eval_cfg, ways=cfg.ways)
     fams = [f for f in TRAIN_FAMILIES if f in families]
     wanted = set(fams) | ({"meta_val"} if meta_val or eval_cfg is not None else set())
     wanted |= {"meta_test"} if eval_cfg is not None else set()
@@ -332,6 +345,9 @@ def fit_run_sizes(cfg: Any, bench: Any, *, families: Sequence[str], meta_val: bo
         test_queries=None if eval_cfg is None else eval_cfg.queries,
         val_serves_test=eval_cfg is not None, strict=bool(getattr(cfg, "strict_sizes", False)),
     )
+    if cfg.ways != asked:
+        sizes.requested["meta_train"]["ways"] = asked
+        sizes.reasons.insert(0, bench.info["ways"]["why"])
     if sizes.changed:
         over: dict[str, Any] = {"shots": sizes.shots, "queries": sizes.queries}
         if sizes.align_batch is not None:

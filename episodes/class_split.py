@@ -17,7 +17,7 @@ from episodes.data import SPLITS, CrossModalDataset
 from episodes.errors import DataError
 from episodes.samplers import episode_generator
 
-__all__ = ["split_counts", "make_class_split"]
+__all__ = ["split_counts", "make_class_split", "fit_ways"]
 
 
 def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: int | None = None,
@@ -58,11 +58,32 @@ def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: 
     if n - n_val - n_test < 1:
         raise ValueError(f"split_fractions {tuple(fractions)} leave no meta-train class out of {n}")
     if ways is not None and min(n - n_val - n_test, n_val, n_test) < ways:
+        fix = (f"lower --ways (at most {n // 3}) or choose the counts with --split-classes TRAIN,VAL,TEST" if n >= 6 else
+               "even 2-way tasks need 2 classes in each split, 6 in all: add classes")
         raise DataError(
             f"{name}: {n} target classes split {n - n_val - n_test}/{n_val}/{n_test} (meta-train/val/test) cannot give "
-            f"{ways}-way tasks in every split, which needs 3 x {ways} = {3 * ways} classes: lower --ways (at most "
-            f"{max(2, n // 3)}) or choose the counts with --split-classes TRAIN,VAL,TEST")
+            f"{ways}-way tasks in every split, which needs 3 x {ways} = {3 * ways} classes: {fix}")
     return n - n_val - n_test, n_val, n_test
+
+
+def fit_ways(n: int, ways: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> tuple[int, str | None]:
+    """The N-way a seeded split of ``n`` target classes can serve in meta-train, meta-val and meta-test:
+    ``ways`` when it fits, else the largest smaller N >= 2 that does, with the reason (``None``: unchanged).
+    When not even 2-way fits, ``ways`` is returned and :func:`split_counts` raises its error."""
+    def fits(w: int) -> bool:
+        try:
+            split_counts(n, fractions=fractions, ways=w)
+        except (DataError, ValueError):
+            return False
+        return True
+
+    if fits(ways):
+        return ways, None
+    for w in range(int(ways) - 1, 1, -1):
+        if fits(w):
+            return w, (f"{n} target classes cannot give {ways} classes to each of meta-train, meta-val and meta-test "
+                       f"(3 x {ways} = {3 * ways}); --split-classes TRAIN,VAL,TEST chooses the counts")
+    return ways, None
 
 
 def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float], *, ways: int | None = None,

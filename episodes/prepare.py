@@ -74,6 +74,7 @@ def prepare_benchmark(
     embedders: dict[str, Embedder] | None = None,
     ways: int | None = None,
     split_classes: Sequence[int] | None = None,
+    fit_ways: bool = False,
 ) -> PreparedBenchmark:
     """Apply front-ends, build labels / clusters / pairs / splits, and validate (see module doc).
 
@@ -95,6 +96,9 @@ def prepare_benchmark(
         ways: the N of N-way tasks: seeded splits give meta-val and meta-test at least ``ways``
             classes when there are ``3 x ways`` (see :func:`split_counts`).
         split_classes: ``(TRAIN, VAL, TEST)`` class counts of a seeded split (``--split-classes``).
+        fit_ways: when a seeded split of these classes cannot hold ``ways``-way tasks in every split,
+            size it for the largest N-way that fits (:func:`episodes.class_split.fit_ways`) and record
+            ``info["ways"] = {"asked", "used", "why"}``; the caller runs its tasks at ``used``.
 
     Returns:
         A validated :class:`PreparedBenchmark`; ``info`` holds ``frontend``, ``cache``
@@ -167,6 +171,13 @@ def prepare_benchmark(
     pairs = torch.tensor(pair_list, dtype=torch.long).reshape(-1, 2)
 
     kept_ds = CrossModalDataset(dataset.name, src, tgt, items[tgt], dict(dataset.meta))
+    ways_fit = None
+    if fit_ways and ways is not None and split_classes is None and class_split is None and "class_split" not in dataset.meta:
+        from episodes.class_split import fit_ways as _fit_ways
+
+        used, why = _fit_ways(len({it.label for it in items[tgt]}), int(ways), fractions=split_fractions)
+        if why is not None:
+            ways_fit, ways = {"asked": int(ways), "used": used, "why": why}, used
     split_names = make_class_split(kept_ds, seed=seed, split_fractions=split_fractions, class_split=class_split,
                                    ways=ways, split_classes=split_classes)
     splits = {k: sorted(cid[c] for c in split_names[k]) for k in SPLITS}
@@ -229,6 +240,8 @@ def prepare_benchmark(
         "dataset_meta": {k: v for k, v in dataset.meta.items() if k not in ("class_split", "clusters")},
         "transform": transform,  # the fitted front-end, replayable on new items (episodes.transform)
     }
+    if ways_fit is not None:
+        info["ways"] = ways_fit
     if extras:
         info["extra_modalities"] = list(extras)
         info["extra_dropped"] = extra_dropped

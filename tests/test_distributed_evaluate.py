@@ -123,7 +123,8 @@ def test_nproc_error_found_by_every_rank_is_printed_once(run_dir, capsys, monkey
     import croma.cli.evaluate as ev
     import croma.distributed as cd
 
-    def fake_launch(cmd, nproc, grace_s):
+    def fake_launch(cmd, nproc, grace_s, tmpdir=None):
+        assert tmpdir == os.path.dirname(cmd[-1])  # the ranks' temporary files go with the launcher's folder
         codes = []
         for rank in range(nproc):
             monkeypatch.setenv("RANK", str(rank))

@@ -71,11 +71,23 @@ def test_22_class_manifest_runs_5_way_by_default(tmp_path):
     assert [len(bench.splits[k]) for k in ("meta_train", "meta_val", "meta_test")] == [10, 6, 6]
 
 
+def test_too_few_classes_for_the_ways_lower_the_ways_of_a_seeded_split():
+    from episodes.class_split import fit_ways
+
+    assert fit_ways(15, 5) == (5, None) and fit_ways(40, 5) == (5, None)
+    used, why = fit_ways(10, 5)
+    assert used == 3 and "10 target classes cannot give 5 classes to each of meta-train, meta-val and meta-test" in why
+    assert fit_ways(22, 8)[0] == 7 and fit_ways(8, 5)[0] == 2 and split_counts(8, ways=2) == (4, 2, 2)
+    assert fit_ways(5, 5) == (5, None)  # not even 2-way fits: unchanged, and the split's error says why
+    with pytest.raises(DataError, match=r"5 target classes .*even 2-way tasks need 2 classes in each split, 6 in all"):
+        split_counts(5, ways=5)
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--split-classes", "10,6,5"], "--split-classes 10,6,5 sums to 21, but manifest has 22 target classes"),
     (["--split-classes", "10,6"], "expected three class counts TRAIN,VAL,TEST"),
     (["--split-classes", "0,11,11"], "class counts must all be in [1, 100000]"),
-    (["--ways", "8"], "22 target classes split 14/4/4 (meta-train/val/test) cannot give 8-way tasks"),
+    (["--ways", "8", "--strict-sizes"], "22 target classes split 14/4/4 (meta-train/val/test) cannot give 8-way tasks"),
 ])
 def test_split_errors_are_one_line_exit_2(tmp_path, capsys, extra, needle):
     man = _manifest(tmp_path / "d", per_class=1)

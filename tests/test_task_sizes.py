@@ -217,3 +217,48 @@ def test_train_runs_at_its_default_5_way_and_the_checkpoint_holds_the_sizes(run_
     # --strict-sizes: as before, a one-line refusal naming the task
     rc, _, err = run_cli(argv + ["--strict-sizes", "--quiet", "--checkpoint-dir", str(tmp_path / "strict")])
     assert rc == 2 and err.startswith("error: ") and "lower --align-batch to at most 15" in err
+
+
+# ---------------------------------------------------------------- fewer than 3 x 5 classes: fewer ways
+def test_ten_classes_run_3_way_and_say_so(run_cli, tmp_path, monkeypatch):
+    """A seeded split of 10 classes cannot hold 5-way tasks in meta-train, meta-val and meta-test:
+    benchmark and train run 3-way (the largest that fits), say so in the task-sizes line and record
+    it; the run folder then evaluates and resumes at 3-way; --strict-sizes refuses as before."""
+    from croma.benchmark_config import PRESETS
+    from croma.checkpoint import load_checkpoint
+
+    sys.path.insert(0, str(HERE))
+    import fixtures_layouts as F
+
+    monkeypatch.setenv("CROMA_CACHE", str(tmp_path / "cache"))
+    man = tmp_path / "m.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in F.image_text_rows(tmp_path, classes=10, per=6)))
+    quick = PRESETS["quick"]
+    monkeypatch.setitem(quick, "knobs", {**quick["knobs"], "val_episodes": 2, "val_checks": 1, "finetune_grid": [0, 1]})
+    monkeypatch.setitem(quick, "train", {**quick["train"], "eval_tasks": 2, "meta_batch": 2, "inner_steps": 1,
+                                         "model": {"embed_dim": 8, "hidden": 8}})
+    data = ["manifest", "--manifest", str(man), "--source", "text", "--target", "image", "--device", "cpu"]
+    rc, so, err = run_cli(["benchmark", *data, "--methods", "croma", "--budget-steps", "2", "--eval-tasks", "2",
+                           "--repeats", "1", "--finetune-modes", "head", "--out", str(tmp_path / "out")])
+    assert rc == 0, err
+    line = next(x for x in so.splitlines() if x.startswith("task sizes:"))
+    assert line.startswith("task sizes: meta-train 3-way") and "(asked 5-way, " in line and "10 target classes" in line
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["ways"] == 3 and res["task_sizes"]["requested"]["meta_train"]["ways"] == 5
+    assert res["task_sizes"]["used"]["meta_train"]["ways"] == 3
+
+    argv = ["train", *data, "--features", "compact", "--iterations", "1", "--meta-batch", "2", "--inner-steps", "1",
+            "--eval-every", "1", "--eval-tasks", "2", "--embed-dim", "8", "--hidden", "8"]
+    rc, _, err = run_cli(argv + ["--checkpoint-dir", str(tmp_path / "run")])
+    assert rc == 0, err
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    cfg = ckpt["config"]
+    assert (cfg["ways"] if "ways" in cfg else cfg["outer"]["ways"]) == 3
+    assert [v.shape[0] for k, v in ckpt["model"].items() if k.endswith("weight")][-1] == 3  # a 3-way classifier
+    rc, _, err = run_cli(argv + ["--resume", "--quiet", "--checkpoint-dir", str(tmp_path / "run")])
+    assert rc == 0, err
+    rc, so, err = run_cli(["evaluate", str(tmp_path / "run"), "--manifest", str(man), "--shots", "1", "--eval-tasks",
+                           "2", "--repeats", "1"])
+    assert rc == 0, err
+    rc, _, err = run_cli(argv + ["--strict-sizes", "--quiet", "--checkpoint-dir", str(tmp_path / "strict")])
+    assert rc == 2 and "cannot give 5-way tasks" in err and "lower --ways (at most 3)" in err

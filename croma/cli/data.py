@@ -136,8 +136,16 @@ def run_inspect(args) -> int:
     # the split croma train / benchmark make for --ways-way tasks (or --split-classes)
     from episodes.errors import DataError
 
+    from episodes.class_split import fit_ways
+
+    ways = args.ways
+    if args.split_classes is None and "class_split" not in ds.meta:  # the N-way train / benchmark would use
+        ways, why = fit_ways(len({it.label for it in ds.items if ds.target in it.modalities}), args.ways)
+        if why is not None:
+            sys.stderr.write(f"note: croma train and benchmark run {ways}-way here: {why}\n")
+            summary["ways"] = {"asked": args.ways, "used": ways, "why": why}
     try:
-        split = make_class_split(ds, seed=args.seed, ways=args.ways, split_classes=args.split_classes)
+        split = make_class_split(ds, seed=args.seed, ways=ways, split_classes=args.split_classes)
     except DataError as exc:  # too few classes for --ways-way tasks: show the fraction split, say why
         if args.split_classes is not None:
             raise

@@ -229,6 +229,7 @@ def load_benchmark(
     embedders: dict[str, Any] | None = None,
     ways: int | None = None,
     split_classes: tuple[int, int, int] | None = None,
+    fit_ways: bool = False,
     **kw: Any,
 ) -> PreparedBenchmark:
     """Load a data set and prepare it (:func:`episodes.prepare.prepare_benchmark`): front-ends
@@ -256,6 +257,8 @@ def load_benchmark(
         ways: the N of the tasks the split is sized for (at least N classes in meta-val and meta-test
             when the data set has enough).
         split_classes: ``(TRAIN, VAL, TEST)`` class counts instead of ``split_fractions``.
+        fit_ways: size a seeded split that cannot hold ``ways``-way tasks for the largest N-way that
+            fits, recorded in ``info["ways"]`` (:func:`episodes.prepare.prepare_benchmark`).
         **kw: passed to the data set's loader.
 
     Returns:
@@ -271,4 +274,4 @@ def load_benchmark(
 
     return prepare_benchmark(ds, seed=seed, split_fractions=split_fractions, frontend=frontend, cache_dir=cache_dir,
                              skip_bad=skip_bad, progress=progress, embedders=embedders, ways=ways,
-                             split_classes=split_classes)
+                             split_classes=split_classes, fit_ways=fit_ways)
