@@ -134,9 +134,8 @@ def run_inspect(args) -> int:
              f"from the source); croma data prepare {args.name} (or the first train) builds them: "
              f"{_build_estimate(args.name, pending)}")
     # the split croma train / benchmark make for --ways-way tasks (or --split-classes)
-    from episodes.errors import DataError
-
     from episodes.class_split import fit_ways
+    from episodes.errors import DataError
 
     ways = args.ways
     if args.split_classes is None and "class_split" not in ds.meta:  # the N-way train / benchmark would use
