@@ -202,6 +202,11 @@ def test_a_reptile_unit_stopped_mid_training_continues_bitwise(tmp_path, bench, 
     if method == "croma":
         folder = out / "units" / "croma-seed0.reptile-align+source_cls.run"
     assert (folder / "last.pt").is_file() and (folder / "unit.json").is_file() and not (out / "results.json").exists()
+    from conftest import load_tool
+
+    run = load_tool("unit_status").status(out)["runs"][f"{method}-seed0"]  # where the stopped run stands
+    assert run["state"] == "training" and run[folder.name.split(".")[1]]["iteration"] == saved[-1]
+    assert ("ordinary" in run) == (method == "align-meta-classify")
 
     monkeypatch.setattr(Checkpointer, "save", real_save)
     started = []
