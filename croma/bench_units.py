@@ -88,18 +88,23 @@ def run_unit(bench, unit: Unit, *, progress: bool = False) -> dict[str, Any]:
             if partial is not None:
                 partial.keep("meta_test", str(k), evals[int(k)], time.perf_counter() - tk, time.process_time() - ck)
         t2, c2 = time.perf_counter(), time.process_time()
-    # the kept stages this invocation reused count with their own seconds (a continued unit's spans)
+    # a continued unit's spans: its training seconds in every invocation (the training states keep
+    # them) and the kept stages it reused, with their own seconds
     reused = partial.reused if partial is not None else {}
     r_choice, r_test = reused.get("meta_val_choice", {}), reused.get("meta_test", {})
+    seconds = t1 - t0
+    if partial is not None and partial.resume and outcome.choice_seconds is not None:
+        seconds = max(seconds, outcome.train_seconds + outcome.choice_seconds)
     return {
         "method": unit.method, "seed": unit.seed, "eval_choice": outcome.eval_choice, "eval_scores": outcome.eval_scores,
         "train_seconds": outcome.train_seconds, "outer_steps": outcome.outer_steps,
         "optimizer_steps": outcome.optimizer_steps, "examples": outcome.examples,
         "target_samples": outcome.target_samples, "target_labels": outcome.target_labels, "notes": outcome.notes,
-        "evals": evals, "seconds": t1 - t0 + r_choice.get("seconds", 0.0),
+        "evals": evals, "seconds": seconds + r_choice.get("seconds", 0.0),
         "eval_seconds": t2 - t1 + r_test.get("seconds", 0.0),
         # CPU time of this process over the same spans: with one thread, what the run costs a core
-        # whatever else the machine runs (wall seconds grow with the load, these barely do)
+        # whatever else the machine runs (wall seconds grow with the load, these barely do); a
+        # continued unit's counts its kept stages but not the training of earlier invocations
         "cpu_seconds": round(c1 - c0 + r_choice.get("cpu_seconds", 0.0), 2),
         "eval_cpu_seconds": round(c2 - c1 + r_test.get("cpu_seconds", 0.0), 2),
     }

@@ -37,9 +37,7 @@ import torch
 __all__ = ["Partial"]
 
 FORMAT = "croma-unit-partial/1"
-
-
-STAGES = "croma-unit-stages/1"
+STAGES = "croma-unit-stages/1"  # the kept evaluation stages (Partial.keep)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,8 @@ def test_a_unit_stopped_mid_training_continues_from_its_state_bitwise(tmp_path, 
     assert _numbers(resumed) == _numbers(whole)
     assert (out / "episodes.csv").read_bytes() == (tmp_path / "whole" / "episodes.csv").read_bytes()
     assert not (out / "units" / "align-classify-seed0.partial.pt").exists()
+    facts = json.loads((out / "units" / "align-classify-seed0.json").read_text())["facts"]
+    assert facts["seconds"] >= facts["train_seconds"]  # the stopped invocation's training counts too
 
     # without --resume, or with a state of other settings, training starts afresh
     assert Partial(str(out / "x.pt"), "f", resume=False).load() is None
@@ -220,6 +222,7 @@ def test_a_reptile_unit_stopped_mid_training_continues_bitwise(tmp_path, bench, 
     unit = json.loads((out / "units" / f"{method}-seed0.json").read_text())
     # stopped mid-phase (96 steps: two outer steps, stopped after the last one, before the meta-val choice)
     assert unit["facts"]["train_seconds"] > 0 and 0 < saved[-1] <= unit["facts"]["outer_steps"]
+    assert unit["facts"]["seconds"] >= unit["facts"]["train_seconds"]  # every invocation's training counts
     assert (saved[-1] == unit["facts"]["outer_steps"]) == (steps == 96)
     if steps == 96:  # keeping the run folder changes no number: the same table without --out
         assert _numbers(run_benchmark(BenchmarkConfig(**base), bench=bench)) == _numbers(whole)

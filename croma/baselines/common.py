@@ -13,6 +13,7 @@ a candidate too) and the meta-test fine-tuning settings.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -115,6 +116,7 @@ class MethodOutcome:
         notes: free-form facts for results.json.
         examples: items passed through an encoder during training (batch sizes differ between
             Reptile tasks and ordinary mini-batches; this makes budgets comparable).
+        choice_seconds: wall-clock seconds of the meta-val choice in this process (None: not timed).
     """
 
     model: nn.Module
@@ -128,6 +130,7 @@ class MethodOutcome:
     target_labels: int
     notes: dict[str, Any] = field(default_factory=dict)
     examples: int = 0
+    choice_seconds: float | None = None
 
 
 def fresh_model(ctx: MethodContext, **model_overrides: Any) -> nn.Module:
@@ -226,11 +229,13 @@ def finish(
     params = {k: v.detach() for k, v in (dict(params) if params is not None else meta_parameters(model)).items()}
     inputs = model_inputs(model, ctx.bench, next(iter(params.values())).device)
     unit_note(f"trained in {train_seconds:.0f} s; choosing the meta-test setting on meta-val", force=True)
+    t0 = time.perf_counter()
     choice, scores = select_eval(ctx, model, params, inputs)
     return MethodOutcome(
         model=model, params=params, eval_choice=choice, eval_scores=scores, train_seconds=train_seconds,
         outer_steps=outer_steps, optimizer_steps=optimizer_steps, target_samples=counts[0],
         target_labels=counts[1], notes=dict(notes or {}), examples=int(examples),
+        choice_seconds=time.perf_counter() - t0,
     )
 
 
