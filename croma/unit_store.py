@@ -204,8 +204,22 @@ def with_partials(units: list[Any], out: str | Path | None, fingerprints: Mappin
 
 def kept_note(out: str | Path, units: list[Any]) -> str | None:
     """The line an interrupted or failed benchmark ends with when some of its units are stored."""
-    kept = sum(unit_path(out, u.method, u.seed).exists() for u in units)
-    if not kept:
-        return None
-    return (f"{kept} of {len(units)} runs are finished and kept in {Path(out) / UNITS_DIR}; the same command with "
-            "--resume runs only the rest")
+    done = [unit_path(out, u.method, u.seed).exists() for u in units]
+    kept = sum(done)
+    # runs stopped mid-way that keep their training state or evaluation stages (croma.unit_partial)
+    going = sum(not d and _has_progress(out, u) for d, u in zip(done, units))
+    where = Path(out) / UNITS_DIR
+    more = f", {going} more keep their progress there" if going else ""
+    if kept:
+        return (f"{kept} of {len(units)} runs are finished and kept in {where}{more}; the same command with --resume "
+                f"runs only the rest{' and continues those' if going else ''}")
+    if going:
+        return f"{going} of {len(units)} runs keep their progress in {where}; the same command with --resume continues them"
+    return None
+
+
+def _has_progress(out: str | Path, unit: Any) -> bool:
+    part = partial_path(out, unit.method, unit.seed)
+    stem = part.name.removesuffix(".partial.pt")
+    return (part.exists() or part.with_name(f"{stem}.stages.pt").exists()
+            or any((d / "last.pt").is_file() for d in part.parent.glob(f"{stem}.*.run")))

@@ -204,6 +204,11 @@ def test_a_reptile_unit_stopped_mid_training_continues_bitwise(tmp_path, bench, 
     if method == "croma":
         folder = out / "units" / "croma-seed0.reptile-align+source_cls.run"
     assert (folder / "last.pt").is_file() and (folder / "unit.json").is_file() and not (out / "results.json").exists()
+    from croma.bench_units import Unit
+    from croma.unit_store import kept_note
+
+    assert kept_note(out, [Unit(method, 0), Unit("pretrain", 0)]) == (
+        f"1 of 2 runs keep their progress in {out / 'units'}; the same command with --resume continues them")
     from conftest import load_tool
 
     run = load_tool("unit_status").status(out)["runs"][f"{method}-seed0"]  # where the stopped run stands
