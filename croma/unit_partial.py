@@ -50,7 +50,7 @@ class Partial:
     fingerprint: str
     resume: bool = False
     reused: dict[str, dict[str, float]] = field(default_factory=dict, compare=False)
-    _wrote: list = field(default_factory=list, compare=False, repr=False)  # non-empty once keep() wrote
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)  # the kept stages, read once
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically with the fingerprint."""
@@ -79,6 +79,12 @@ class Partial:
         self._stages_path().unlink(missing_ok=True)
         for folder in Path(self.path).parent.glob(f"{self._stem()}.*.run"):
             shutil.rmtree(folder, ignore_errors=True)
+
+    def has_progress(self) -> bool:
+        """Whether this unit keeps anything ``--resume`` continues: a training state, a Reptile phase's
+        ``last.pt`` or kept evaluation stages (the file names only; nothing is read)."""
+        return (Path(self.path).exists() or self._stages_path().exists()
+                or any((d / "last.pt").is_file() for d in Path(self.path).parent.glob(f"{self._stem()}.*.run")))
 
     # ------------------------------------------------------------------ Reptile phases: a trainer run folder
     def _stem(self) -> str:
@@ -118,6 +124,13 @@ class Partial:
         return Path(self.path).with_name(f"{self._stem()}.stages.pt")
 
     def _stages(self) -> dict[str, Any]:
+        """The kept stages this unit continues (read from the file once, with ``resume``; else a new,
+        empty set that replaces the file at the first :meth:`keep`)."""
+        if "stages" not in self._memo:
+            self._memo["stages"] = self._read_stages() if self.resume else {}
+        return self._memo["stages"]
+
+    def _read_stages(self) -> dict[str, Any]:
         path = self._stages_path()
         if not path.exists():
             return {}
@@ -147,9 +160,7 @@ class Partial:
         seconds it took to the unit's kept stages (atomically; a file of other settings is replaced)."""
         from episodes.atomic import atomic_write
 
-        stages = self._stages() if (self.resume or self._wrote) else {}  # without --resume: a new file
-        if not self._wrote:
-            self._wrote.append(True)
+        stages = self._stages()
         stages.setdefault(stage, {})[str(key)] = {"value": value, "seconds": float(seconds), "cpu_seconds": float(cpu_seconds)}
         payload = {"format": STAGES, "fingerprint": self.fingerprint, "stages": stages}
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,9 @@ def kept_note(out: str | Path, units: list[Any]) -> str | None:
     done = [unit_path(out, u.method, u.seed).exists() for u in units]
     kept = sum(done)
     # runs stopped mid-way that keep their training state or evaluation stages (croma.unit_partial)
-    going = sum(not d and _has_progress(out, u) for d, u in zip(done, units))
+    from croma.unit_partial import Partial
+
+    going = sum(not d and Partial(str(partial_path(out, u.method, u.seed)), "").has_progress() for d, u in zip(done, units))
     where = Path(out) / UNITS_DIR
     more = f", {going} more keep their progress there" if going else ""
     if kept:
@@ -217,9 +219,3 @@ def kept_note(out: str | Path, units: list[Any]) -> str | None:
         return f"{going} of {len(units)} runs keep their progress in {where}; the same command with --resume continues them"
     return None
 
-
-def _has_progress(out: str | Path, unit: Any) -> bool:
-    part = partial_path(out, unit.method, unit.seed)
-    stem = part.name.removesuffix(".partial.pt")
-    return (part.exists() or part.with_name(f"{stem}.stages.pt").exists()
-            or any((d / "last.pt").is_file() for d in part.parent.glob(f"{stem}.*.run")))

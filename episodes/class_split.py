@@ -17,7 +17,7 @@ from episodes.data import SPLITS, CrossModalDataset
 from episodes.errors import DataError
 from episodes.samplers import episode_generator
 
-__all__ = ["split_counts", "make_class_split", "fit_ways"]
+__all__ = ["split_counts", "make_class_split", "fit_ways", "dataset_ways"]
 
 
 def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: int | None = None,
@@ -84,6 +84,18 @@ def fit_ways(n: int, ways: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2))
             return w, (f"{n} target classes cannot give {ways} classes to each of meta-train, meta-val and meta-test "
                        f"(3 x {ways} = {3 * ways}); --split-classes TRAIN,VAL,TEST chooses the counts")
     return ways, None
+
+
+def dataset_ways(dataset: CrossModalDataset, ways: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2),
+                 split_classes: Sequence[int] | None = None,
+                 class_split: dict[str, Sequence[str]] | None = None) -> tuple[int, str | None]:
+    """:func:`fit_ways` for ``dataset``'s target classes when :func:`make_class_split` would split
+    them by seed; an explicit split (``class_split``, the loader's, or ``split_classes`` counts)
+    keeps ``ways`` (``(ways, None)``)."""
+    if split_classes is not None or class_split is not None or "class_split" in dataset.meta:
+        return ways, None
+    n = len({it.label for it in dataset.items if dataset.target in it.modalities})
+    return fit_ways(n, ways, fractions=fractions)
 
 
 def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float], *, ways: int | None = None,

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import torch
 
 from episodes.cache import FeatureCache
-from episodes.class_split import make_class_split, split_counts  # noqa: F401 - split_counts re-exported
+from episodes.class_split import dataset_ways, make_class_split, split_counts  # noqa: F401 - split_counts re-exported
 from episodes.data import SPLITS, CrossModalDataset, ModalityData, PreparedBenchmark
 from episodes.embedding import Embedder
 from episodes.errors import DataError
@@ -172,10 +172,9 @@ def prepare_benchmark(
 
     kept_ds = CrossModalDataset(dataset.name, src, tgt, items[tgt], dict(dataset.meta))
     ways_fit = None
-    if fit_ways and ways is not None and split_classes is None and class_split is None and "class_split" not in dataset.meta:
-        from episodes.class_split import fit_ways as _fit_ways
-
-        used, why = _fit_ways(len({it.label for it in items[tgt]}), int(ways), fractions=split_fractions)
+    if fit_ways and ways is not None:
+        used, why = dataset_ways(kept_ds, int(ways), fractions=split_fractions, split_classes=split_classes,
+                                 class_split=class_split)
         if why is not None:
             ways_fit, ways = {"asked": int(ways), "used": used, "why": why}, used
     split_names = make_class_split(kept_ds, seed=seed, split_fractions=split_fractions, class_split=class_split,

@@ -134,15 +134,13 @@ def run_inspect(args) -> int:
              f"from the source); croma data prepare {args.name} (or the first train) builds them: "
              f"{_build_estimate(args.name, pending)}")
     # the split croma train / benchmark make for --ways-way tasks (or --split-classes)
-    from episodes.class_split import fit_ways
+    from episodes.class_split import dataset_ways
     from episodes.errors import DataError
 
-    ways = args.ways
-    if args.split_classes is None and "class_split" not in ds.meta:  # the N-way train / benchmark would use
-        ways, why = fit_ways(len({it.label for it in ds.items if ds.target in it.modalities}), args.ways)
-        if why is not None:
-            sys.stderr.write(f"note: croma train and benchmark run {ways}-way here: {why}\n")
-            summary["ways"] = {"asked": args.ways, "used": ways, "why": why}
+    ways, why = dataset_ways(ds, args.ways, split_classes=args.split_classes)  # the N-way train / benchmark use
+    if why is not None:
+        sys.stderr.write(f"note: croma train and benchmark run {ways}-way here: {why}\n")
+        summary["ways"] = {"asked": args.ways, "used": ways, "why": why}
     try:
         split = make_class_split(ds, seed=args.seed, ways=ways, split_classes=args.split_classes)
     except DataError as exc:  # too few classes for --ways-way tasks: show the fraction split, say why
