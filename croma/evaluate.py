@@ -173,7 +173,7 @@ def evaluate_kshot(
     Returns:
         A plain dict: ``{"split", "ways", "tasks", "queries", "repeats", "head_init", "finetune",
         "rows": [{"shots", "accuracy_mean", "accuracy_std", "accuracies", "centroid_mean",
-        "centroid_std", "repeats"}], "retrieval": {"gallery", "r1_mean", "r1_std", ...} | None,
+        "centroid_std", "repeats"}], "retrieval": {"gallery", "queries", "r1_mean", "r1_std", "r1_ci95", ...} | None,
         "config": {...}}``. Accuracies in percent.
 
     Raises:
@@ -372,7 +372,9 @@ def format_results(result: Mapping[str, Any]) -> str:
     if ret:
         lines.append(
             f"retrieval (source -> target, gallery {ret['gallery']}): "
-            + ", ".join(f"R@{k} {ret[f'r{k}_mean']:.1f} ± {ret[f'r{k}_std']:.1f}" for k in (1, 5, 10))
+            + ", ".join(f"R@{k} {ret[f'r{k}_mean']:.1f} ± {ret.get(f'r{k}_ci95', ret[f'r{k}_std']):.1f}"
+                        for k in (1, 5, 10))
+            + (f" (± 95% interval over {ret['queries']} queries)" if "queries" in ret else "")
         )
     else:
         lines.append("retrieval: n/a (no strong pairs among the split's classes)")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from croma.meta.functional import FunctionalModel, Params
 from croma.meta.tasks import derive_seed
-from croma.stats import mean_std
+from croma.stats import mean_ci95, mean_std
 from episodes.data import PreparedBenchmark
 
 __all__ = ["retrieval_recalls"]
@@ -24,8 +24,13 @@ def retrieval_recalls(
     ``cfg.retrieval_gallery`` pairs, how often a source item's own target item ranks in the top
     1 / 5 / 10 by cosine similarity (ties count against it). None without two such pairs.
 
+    ``r{k}_std`` is the spread of the per-gallery recalls (0 when every gallery holds all pairs);
+    ``r{k}_ci95`` is the half-width of a 95 % interval over the queries (``1.96 · sd / √n``, each
+    query's hits averaged over the galleries it was drawn into, ``n = queries``): the population a
+    new data set's retrieval is uncertain over.
+
     Returns:
-        ``{"gallery", "repeats", "r1_mean", "r1_std", "r5_mean", ...}`` in percent.
+        ``{"gallery", "repeats", "queries", "r1_mean", "r1_std", "r1_ci95", "r5_mean", ...}`` in percent.
     """
     pairs = bench.pairs
     if pairs.numel() == 0:
@@ -39,9 +44,13 @@ def retrieval_recalls(
         return None
     size = min(cfg.retrieval_gallery, int(pairs.shape[0]))
     recalls: dict[int, list[float]] = {1: [], 5: [], 10: []}
+    hits = {k: torch.zeros(pairs.shape[0], dtype=torch.float64) for k in recalls}  # per query (pair row)
+    drawn = torch.zeros(pairs.shape[0], dtype=torch.float64)
     for r in range(cfg.repeats):
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, cfg.split, "retrieval", r))
-        pick = pairs[torch.randperm(pairs.shape[0], generator=g)[:size]]
+        rows = torch.randperm(pairs.shape[0], generator=g)[:size]
+        pick = pairs[rows]
+        drawn[rows] += 1
         xs = inputs[bench.source][pick[:, 0].to(inputs[bench.source].device)]
         xt = inputs[bench.target][pick[:, 1].to(inputs[bench.target].device)]
         zs = F.normalize(fm(theta, lambda m, v: m.embed(bench.source, v), xs), dim=-1)
@@ -53,8 +62,12 @@ def retrieval_recalls(
         rank = (sim >= true).sum(1) - 1
         rank = torch.where(torch.isfinite(sim).all(1), rank, torch.full_like(rank, sim.shape[1]))
         for k in recalls:
-            recalls[k].append(100.0 * float((rank < k).float().mean()))
-    out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats}
+            found = (rank < k).cpu()
+            recalls[k].append(100.0 * float(found.float().mean()))
+            hits[k][rows] += found.double()
+    seen = drawn > 0
+    out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats, "queries": int(seen.sum())}
     for k, vals in recalls.items():
         out[f"r{k}_mean"], out[f"r{k}_std"] = mean_std(vals)
+        out[f"r{k}_ci95"] = mean_ci95((100.0 * hits[k][seen] / drawn[seen]).tolist())[1]
     return out

@@ -95,6 +95,15 @@ class RunModel:
     iteration: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # a summary: the dataclass default would print every tensor
+        n = sum(int(v.numel()) for v in self.theta.values())
+        k = ", ".join(str(x) for x in self.finetune.get("per_k", {})) or "-"
+        sizes = "/".join(str(len(self.card.get("split", {}).get(s, []))) for s in ("meta_train", "meta_val", "meta_test"))
+        return (f"RunModel(path={str(self.path)!r}, {self.source} -> {self.target}, "
+                f"modalities={self.modalities}, classes {sizes} (meta-train/val/test), "
+                f"{self.config.outer.ways}-way, iteration={self.iteration}, {n:,} parameters, "
+                f"fine-tuning chosen for k={k}, device={self.device})")
+
     @property
     def source(self) -> str:
         return str(self.card["source"])
@@ -275,6 +284,11 @@ class AdaptedModel:
     params: dict[str, torch.Tensor]
     classes: list[Any]
     setting: dict[str, Any]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(map(repr, self.classes[:8])) + (", ..." if len(self.classes) > 8 else "")
+        how = {k: v for k, v in self.setting.items() if k != "note"}
+        return f"AdaptedModel(run={str(self.run.path)!r}, {len(self.classes)} classes [{shown}], setting={how})"
 
     def logits(self, values: Sequence[Any], *, ids: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
         """``float [n, N]`` classifier logits of target-modality ``values``."""

@@ -1,5 +1,7 @@
 """Meta-test: non-interference, batched == sequential, hand-derived accuracies, retrieval."""
 
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,6 +136,18 @@ def test_retrieval_perfect_when_embeddings_coincide_and_matches_naive_ranks():
             hits[k] += rank < k
     for k in hits:
         assert res["retrieval"][f"r{k}_mean"] == pytest.approx(100 * hits[k] / 15, abs=1e-4)
+        # the interval is over the 15 queries (one gallery: each query's hit is 0 or 1)
+        p = hits[k] / 15
+        sd = (p * (1 - p) * 15 / 14) ** 0.5 * 100
+        assert res["retrieval"]["queries"] == 15
+        z = statistics.NormalDist().inv_cdf(0.975)
+        assert res["retrieval"][f"r{k}_ci95"] == pytest.approx(z * sd / 15 ** 0.5, abs=1e-6)
+    # a gallery holding every pair, several times: the per-gallery spread is 0, the interval is not
+    res = evaluate_kshot(model, bench, ecfg(shots=[1], repeats=3, retrieval_gallery=10_000), params=theta)
+    ret = res["retrieval"]
+    assert ret["gallery"] == ret["queries"] == pairs.shape[0] and ret["r1_std"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 < ret["r5_ci95"] or ret["r5_mean"] in (0.0, 100.0)
+    assert "95% interval over" in format_results(res)
 
 
 def test_validation_and_head_choice(setup):

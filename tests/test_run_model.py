@@ -132,6 +132,10 @@ def test_adapt_matches_the_evaluation_of_the_same_episode(trained):
         assert acc == pytest.approx(ref)
         assert pred.scores.shape == (6, 3)
         torch.testing.assert_close(pred.scores.sum(1), torch.ones(6), rtol=0, atol=1e-5)
+    # in a notebook both print a one-line summary, not every tensor of the checkpoint
+    split = "/".join(str(len(model.split[s])) for s in ("meta_train", "meta_val", "meta_test"))
+    assert repr(model).startswith("RunModel(") and f"classes {split}" in repr(model) and len(repr(model)) < 400
+    assert "tensor" not in repr(model) and "tensor" not in repr(adapted) and len(repr(adapted)) < 400
 
 
 def test_predict_and_embed_without_training_data(trained, tmp_path, run_cli):
