@@ -129,6 +129,13 @@ class RunModel:
         return dict(self.card["data"])
 
     @property
+    def sample_rate(self) -> int | None:
+        """The rate (Hz) the audio front-end reads at (a bare waveform array is taken to be at it);
+        None without an audio modality."""
+        t = self.transforms.get("audio")
+        return None if t is None else int(t.frontend.sample_rate)
+
+    @property
     def task_sizes(self) -> Any:
         return self.card.get("task_sizes")
 

@@ -181,12 +181,37 @@ def _waveform(value: np.ndarray | torch.Tensor, sample_rate: int, max_seconds: f
     return np.ascontiguousarray(a[: max(1, int(math.ceil(limit * sample_rate)))], dtype=np.float32)
 
 
+def _waveform_at(pair: tuple, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+    """``(waveform, rate)``: mixed to mono (``[samples, channels]``), checked, resampled to ``sample_rate``."""
+    if len(pair) != 2 or not isinstance(pair[0], (np.ndarray, torch.Tensor)) or isinstance(pair[1], bool) \
+            or not isinstance(pair[1], (int, np.integer)):
+        raise DataError("an audio value given as a pair must be (waveform array, sample rate in Hz as an int), "
+                        f"got a {len(pair)}-tuple of {', '.join(type(v).__name__ for v in pair)}")
+    a = pair[0].detach().cpu().numpy() if isinstance(pair[0], torch.Tensor) else np.asarray(pair[0])
+    sr = int(pair[1])
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise DataError(f"audio sample rate {sr} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if a.ndim == 2 and 1 <= a.shape[1] <= MAX_CHANNELS and a.dtype.kind == "f":
+        a = a.mean(axis=1, dtype=np.float32)
+    limit = MAX_AUDIO_SECONDS if max_seconds is None else min(float(max_seconds), MAX_AUDIO_SECONDS)
+    wav = _waveform(a, sr, limit)  # cropped at the input's own rate
+    if sr != sample_rate:
+        import torchaudio.functional as AF
+
+        orig, new = resample_ratio(sr, int(sample_rate))
+        if orig != new:
+            wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig, new).numpy()
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
     """Read an audio file with soundfile, mix to mono and resample, with bounded memory and time.
 
     Args:
-        path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...), or an already-decoded
-            1-D float waveform (numpy / torch), taken to be at ``sample_rate`` already.
+        path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...); or an already-decoded
+            1-D float waveform (numpy / torch), taken to be at ``sample_rate`` already; or a pair
+            ``(waveform, rate)`` of a decoded waveform (1-D, or ``[samples, channels]`` as
+            ``soundfile.read`` gives it: mixed to mono) and its rate in Hz, resampled here.
         sample_rate: output rate in Hz.
         max_seconds: read at most this many seconds from the start (default and ceiling
             :data:`MAX_AUDIO_SECONDS`); the front-end passes what its frames need.
@@ -204,6 +229,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float 
 
     if isinstance(path, (np.ndarray, torch.Tensor)):  # an already-decoded waveform (records_to_dataset)
         return _waveform(path, sample_rate, max_seconds)
+    if isinstance(path, tuple):  # (waveform, its sample rate), e.g. soundfile.read's result
+        return _waveform_at(path, sample_rate, max_seconds)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: audio file not found")

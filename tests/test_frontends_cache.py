@@ -58,6 +58,13 @@ def test_load_audio_mono_and_resample(tmp_path):
     ref = AF.resample(torch.from_numpy((left + right) / 2), 1, 2).numpy()
     assert up.shape == (1600,) and up.dtype == np.float32
     np.testing.assert_allclose(up, ref, atol=1e-6)
+    # a decoded waveform with its rate (soundfile.read's result) gives what the file gives
+    assert np.array_equal(load_audio(sf.read(tmp_path / "st.wav", dtype="float32"), 16000), up)
+    np.testing.assert_allclose(load_audio((torch.from_numpy((left + right) / 2), 8000), 16000), up, rtol=0, atol=1e-7)
+    with pytest.raises(DataError, match="sample rate in Hz"):
+        load_audio((left, "8000"), 16000)
+    with pytest.raises(DataError, match="outside the supported"):
+        load_audio((left, 10), 16000)
 
 
 def test_load_audio_truncated_and_missing(tmp_path):

@@ -132,6 +132,11 @@ def test_adapt_matches_the_evaluation_of_the_same_episode(trained):
         assert acc == pytest.approx(ref)
         assert pred.scores.shape == (6, 3)
         torch.testing.assert_close(pred.scores.sum(1), torch.ones(6), rtol=0, atol=1e-5)
+    # a decoded waveform with its rate gives the file's prediction; model.sample_rate names the rate
+    import soundfile as sf
+
+    assert model.sample_rate == model.transforms["audio"].frontend.sample_rate
+    assert torch.equal(adapted.logits([sf.read(p) for p in qry]), adapted.logits(qry))  # mono 16-bit: same samples
     # in a notebook both print a one-line summary, not every tensor of the checkpoint
     split = "/".join(str(len(model.split[s])) for s in ("meta_train", "meta_val", "meta_test"))
     assert repr(model).startswith("RunModel(") and f"classes {split}" in repr(model) and len(repr(model)) < 400
