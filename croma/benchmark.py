@@ -92,10 +92,8 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
 
 
 def _knobs(cfg: BenchmarkConfig, preset: dict[str, Any]) -> dict[str, Any]:
-    knobs = dict(preset["knobs"])
-    if cfg.finetune_modes:
-        knobs["finetune_mode_grid"] = list(cfg.finetune_modes)
-    return knobs
+    knobs = dict(preset["knobs"], **({"finetune_mode_grid": list(cfg.finetune_modes)} if cfg.finetune_modes else {}))
+    return knobs if cfg.val_episodes is None else dict(knobs, val_episodes=int(cfg.val_episodes))
 
 
 def _method_hp(cfg: BenchmarkConfig, preset: dict[str, Any], name: str) -> dict[str, Any]:

@@ -191,6 +191,8 @@ class BenchmarkConfig:
             (``--no-extra-modalities`` turns it off).
         finetune_modes: what meta-val may choose to fine-tune at meta-test, ``all`` and / or ``head``
             (``--finetune-modes``).
+        val_episodes: meta-val episodes each candidate fine-tuning setting is scored on, per k,
+            when a run chooses its meta-test setting (``--val-episodes``; default: the preset's, 100).
         loss_hp: the objective's hyper-parameters (``--loss-hp``).
         task_weights: ``{family: weight}`` meta-batch mix of the Reptile methods (``--task-weights``).
         compile_inner: the Reptile methods' batched inner step through ``torch.compile``
@@ -240,6 +242,8 @@ class BenchmarkConfig:
     # fine-tuning modes meta-val may choose for meta-test (None: the preset's; ["head"]: never the
     # whole encoder, which is what makes --preset paper's evaluation slow on a CPU)
     finetune_modes: list[str] | None = None
+    # meta-val episodes per candidate fine-tuning setting and k (None: the preset's val_episodes knob, 100)
+    val_episodes: int | None = None
     # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
     loss_hp: dict[str, Any] = field(default_factory=dict)
     task_weights: dict[str, float] | None = None

@@ -60,6 +60,7 @@ BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "align_batch": (2, True, 65536, True),
     "eval_every": (0, True, 10**8, True),
     "eval_tasks": (1, True, 100000, True),
+    "val_episodes": (1, True, 100000, True),  # meta-val episodes per candidate fine-tuning setting
     "repeats": (1, True, 10000, True),
     "retrieval_gallery": (2, True, 10**6, True),
     "finetune_steps": (0, True, 100000, True),

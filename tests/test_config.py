@@ -303,6 +303,24 @@ def test_finetune_modes_reach_the_meta_val_choice_and_are_checked(run_cli, tmp_p
     assert rc == 2 and "--finetune-modes" in err and not (tmp_path / "o").exists()
 
 
+def test_val_episodes_reach_the_meta_val_choice_and_are_checked(run_cli, tmp_path):
+    """--val-episodes sets the episodes each candidate setting is scored on; unset, the knobs are the
+    preset's exactly (so a run's unit fingerprints, and --resume of older runs, do not change)."""
+    from types import SimpleNamespace
+
+    from croma.benchmark import PRESETS, BenchmarkConfig, _contexts, _knobs
+    from croma.val_choice import meta_val_config
+
+    assert _knobs(BenchmarkConfig(), PRESETS["quick"]) == PRESETS["quick"]["knobs"]
+    cfg = BenchmarkConfig(benchmark="synthetic", val_episodes=7)
+    _, ev, _ = _contexts(cfg, None, PRESETS["quick"])
+    ctx = SimpleNamespace(eval=ev, knobs=_knobs(cfg, PRESETS["quick"]), label_noise=0.0)
+    assert meta_val_config(ctx).tasks == 7 and meta_val_config(ctx).split == "meta_val"
+    for bad in ("0", "x"):
+        rc, _, err = run_cli(["benchmark", "synthetic", "--val-episodes", bad, "--out", str(tmp_path / "o")])
+        assert rc == 2 and "--val-episodes" in err and not (tmp_path / "o").exists()
+
+
 def test_a_methods_own_objective_reaches_ordinary_training(bench, monkeypatch):
     """method_hp {"loss": ..., "loss_hp": ...} of an ordinary-training method is the objective it trains with."""
     import croma.losses as L

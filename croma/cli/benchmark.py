@@ -97,6 +97,10 @@ def add_parser(sub) -> None:
                    metavar="all,head",
                    help="what meta-val may choose to fine-tune at meta-test (default: the preset's, all,head); 'head' "
                    "never fine-tunes whole encoders, which makes --preset paper's evaluation ~10x cheaper on a CPU")
+    p.add_argument("--val-episodes", type=int, default=None, metavar="N",
+                   help="meta-val episodes each candidate fine-tuning setting is scored on, per k, when a run chooses "
+                   "its meta-test setting (default: the preset's, 100); with small --eval-tasks this choice is most of "
+                   "a run's time, so lower both for a quick look")
     p.add_argument("--strict-sizes", action="store_true",
                    help="keep the task sizes exactly as asked (--shots, --queries and the preset's meta-training and "
                    "meta-val sizes): an error when the data cannot fill them; by default meta-training and meta-val "
@@ -114,7 +118,7 @@ def add_parser(sub) -> None:
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "jobs", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
            "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
-           "compile_inner", "strict_sizes", "resume")
+           "val_episodes", "compile_inner", "strict_sizes", "resume")
 # settings a results file must not choose on this machine (paths, where to write)
 _LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress", "resume")
 
