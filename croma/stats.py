@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import torch
 
 __all__ = [
-    "Z95", "QUANTUM", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "mean_ci95", "mean_std", "paired_comparison", "seed_std",
+    "Z95", "QUANTUM", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "mean_ci95", "mean_std", "wilson_interval",
+    "paired_comparison", "seed_std",
     "two_level_draws", "two_level_means", "two_level_interval", "paired_two_level", "interval_text",
 ]
 
@@ -71,6 +72,18 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     var = math.fsum((x - mean) ** 2 for x in v) / (n - 1)
     return mean, Z95 * math.sqrt(var / n)
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score 95 % interval ``(low, high)`` in percent of ``correct`` successes out of ``n``
+    (kept inside [0, 100] and not degenerate at 0 or n correct, unlike ``1.96 · sd / √n``)."""
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"wilson_interval needs 0 <= correct <= n and n > 0 (got {correct} of {n})")
+    p = correct / n
+    den = 1.0 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return 100.0 * max(0.0, mid - half), 100.0 * min(1.0, mid + half)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

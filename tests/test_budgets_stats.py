@@ -29,6 +29,23 @@ def test_mean_ci95_by_hand():
         mean_ci95([1.0, float("nan")])
 
 
+def test_wilson_interval_is_the_score_tests_boundary():
+    """Each bound pi solves |p - pi| = z * sqrt(pi (1 - pi) / n) (the score test's acceptance edge);
+    0 of n gives [0, z^2 / (n + z^2)], never the degenerate [0, 0] of 1.96 * sd / sqrt(n)."""
+    from croma.stats import wilson_interval
+
+    for correct, n in ((6, 14), (1, 3), (50, 100), (99, 100)):
+        low, high = wilson_interval(correct, n)
+        p = correct / n
+        for b in (low / 100, high / 100):
+            assert abs(p - b) == pytest.approx(Z95 * math.sqrt(b * (1 - b) / n), rel=1e-9)
+        assert low < 100 * p < high
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(100 * Z95**2 / (10 + Z95**2), rel=1e-12))
+    assert wilson_interval(10, 10) == (pytest.approx(100 * 10 / (10 + Z95**2), rel=1e-12), pytest.approx(100.0, rel=1e-12))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
 def test_paired_comparison_cancels_shared_episode_variance():
     # episodes differ wildly in difficulty, but a is always exactly 2 points above b
     b = [10.0, 90.0, 40.0, 70.0, 20.0]

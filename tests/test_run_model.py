@@ -169,6 +169,11 @@ def test_predict_and_embed_without_training_data(trained, tmp_path, run_cli):
                                        "--out", str(out)])
             assert rc == 0, err
             assert "accuracy" in stdout and "of 9 queries" in stdout
+            correct = sum(json.loads(line)["predicted"] == json.loads(line)["label"] for line in out.read_text().splitlines())
+            from croma.stats import wilson_interval
+
+            low, high = wilson_interval(correct, 9)
+            assert f"95% interval {low:.1f}-{high:.1f} over the queries" in stdout
             outs.append(out.read_bytes())
         assert outs[0] == outs[1]
         rows = [json.loads(line) for line in outs[0].decode().splitlines()]

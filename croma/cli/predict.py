@@ -70,8 +70,13 @@ def run(args) -> int:
     if q_labs is not None:
         correct = sum(r["predicted"] == r["label"] for r in rows)
         unknown = sum(lab not in set(map(str, pred.classes)) for lab in q_labs)
-        summary.update(accuracy=100.0 * correct / len(rows), correct=correct)
-        lines.append(f"accuracy {summary['accuracy']:.2f}% ({correct} of {len(rows)} queries)"
+        from croma.stats import wilson_interval
+
+        low, high = wilson_interval(correct, len(rows))
+        summary.update(accuracy=100.0 * correct / len(rows), correct=correct, accuracy_ci95_low=low,
+                       accuracy_ci95_high=high)
+        lines.append(f"accuracy {summary['accuracy']:.2f}% ({correct} of {len(rows)} queries; 95% interval "
+                     f"{low:.1f}-{high:.1f} over the queries, for this support set)"
                      + (f"; {unknown} query labels are not support classes (counted as errors)" if unknown else ""))
     if args.out:
         from croma.cli.embed import write_atomically
