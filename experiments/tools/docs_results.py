@@ -180,7 +180,11 @@ def benchmark_parts(name: str, d: dict) -> dict[str, list[str]]:
         table.append(cells)
     out += _table(head, table)
     note = "Accuracy in % on unseen target classes, mean ± 95% interval"
-    out += [note + (f" over {eps} episodes per cell" if eps else "") + "; `+` / `−`: croma above / below that "
+    seeds = int(rows[0].get("train_seeds") or 1) if rows else 1
+    over = (f" over {seeds} training seeds × {eps} episodes per cell (two-level bootstrap)"
+            if eps and seeds > 1 and d.get("interval")
+            else f" over {eps} episodes per cell" if eps else "")
+    out += [note + over + "; `+` / `−`: croma above / below that "
             "method with a paired 95% interval excluding 0." if comps else note + ".", ""]
     parts["table"], out = out, []
     if comps:
