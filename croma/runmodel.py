@@ -257,7 +257,9 @@ class RunModel:
             const = {k: v for k, v in params.items() if not eps.keep(k)}
             adapted, _ = adapt(eps._support_loss, train, const, b, eps.inner)
         final = {**const, **adapted}
-        setting["shots"] = min(counts)
+        setting["shots"] = min(counts)  # the k whose meta-val choice was used
+        if max(counts) != min(counts):
+            setting["shots_max"] = max(counts)  # an unbalanced support set: its largest class
         setting["ways"] = len(classes)
         return AdaptedModel(run=self, params=final, classes=classes, setting=setting)
 

@@ -137,6 +137,9 @@ def test_adapt_matches_the_evaluation_of_the_same_episode(trained):
 
     assert model.sample_rate == model.transforms["audio"].frontend.sample_rate
     assert torch.equal(adapted.logits([sf.read(p) for p in qry]), adapted.logits(qry))  # mono 16-bit: same samples
+    # an unbalanced support set (2, 2, 1 examples): meta-val's 1-shot setting, and it says so
+    unbal = model.adapt(sup[:-1], b["ys"][2].tolist()[:-1])
+    assert unbal.setting["shots"] == 1 and unbal.setting["shots_max"] == 2 and "shots_max" not in adapted.setting
     # in a notebook both print a one-line summary, not every tensor of the checkpoint
     split = "/".join(str(len(model.split[s])) for s in ("meta_train", "meta_val", "meta_test"))
     assert repr(model).startswith("RunModel(") and f"classes {split}" in repr(model) and len(repr(model)) < 400

@@ -62,7 +62,9 @@ def run(args) -> int:
             row["label"] = q_labs[i]
         rows.append(row)
     st = adapted.setting
-    setting = (f"{st['ways']} classes, {st['shots']}-shot support: head init {st['head_init']}, fine-tune "
+    shots = (f"{st['shots']}-shot support" if "shots_max" not in st else
+             f"{st['shots']}-{st['shots_max']} examples per class (meta-val's {st['shots']}-shot setting)")
+    setting = (f"{st['ways']} classes, {shots}: head init {st['head_init']}, fine-tune "
                f"{st['finetune']} for {st['finetune_steps']} steps ({st['finetune_optimizer']}, lr {st['finetune_lr']:g})")
     summary: dict = {"run": str(model.path), "queries": len(rows), "classes": [str(c) for c in pred.classes],
                      "setting": {k: v for k, v in st.items()}}
