@@ -25,6 +25,7 @@ from croma.errors import CromaError
 from croma.evaluate import EvalConfig
 from croma.factory import bench_to, resolve_device
 from croma.log import info
+from croma.meta.inner import inner_loop_text
 from croma.report import (
     EPISODES_FILE,
     EPISODES_KEY,
@@ -238,7 +239,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         seeds_text = f"{n_seeds} training seed{'s' if n_seeds > 1 else ''}"
         where = f"{min(jobs, len(todo))} worker processes" if jobs > 1 and len(todo) > 1 else "this process"
         info(f"{len(methods)} methods x {seeds_text} = {len(units)} runs (budget {budget_text} each) in {where}, "
-             f"{UNIT_THREADS} thread each", stream="stdout")
+             f"{UNIT_THREADS} thread each; Reptile inner loop: {inner_loop_text(train)}", stream="stdout")
         if cfg.resume:
             info(f"resuming: {len(stored)} of {len(units)} runs finished earlier ({Path(cfg.out) / UNITS_DIR}), "
                  f"{len(todo)} to run", stream="stdout")

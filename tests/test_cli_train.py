@@ -50,6 +50,18 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert all(len(r["accuracies"]) == 2 for r in res["rows"])
 
 
+def test_train_says_which_inner_loop_path_runs(tmp_path, run_cli):
+    """One line names the path (batched eager / compiled / sequential) before training; --quiet hides it."""
+    quiet = [f for f in TINY if f != "--quiet"]
+    for extra, said in (([], "inner loop: batched (torch.func vmap over up to 32 tasks per call), eager"),
+                        (["--inner-loop", "sequential"], "inner loop: sequential"),
+                        (["--quiet"], None)):
+        d = tmp_path / f"run{len(extra)}{said is None}"
+        rc, out, err = run_cli(["train", "synthetic", *quiet, "--iterations", "1", "--checkpoint-dir", str(d), *extra])
+        assert rc == 0, err
+        assert (said in err) if said else ("inner loop" not in err + out)
+
+
 @pytest.mark.parametrize(
     "flags, name",
     [(["--meta-lr", "-1"], "--meta-lr"), (["--task-mix", "2"], "--task-mix"), (["--inner-steps", "0"], "--inner-steps"),

@@ -307,6 +307,11 @@ def run_rank(payload: dict) -> int:
         skipped = int(bench.info.get("skipped_total", 0) or 0)
         if skipped:
             sys.stderr.write(f"skipped {skipped} missing or unreadable item(s) (--skip-bad)\n")
+    if payload["progress"] and (env is None or env.rank == 0):
+        from croma.log import info
+        from croma.meta.inner import inner_loop_text
+
+        info(f"inner loop: {inner_loop_text(cfg)}")
     try:
         with error_hints(**TRAIN_HINTS):
             result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,

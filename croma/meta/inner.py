@@ -33,6 +33,7 @@ from croma.meta.functional import Params
 
 __all__ = [
     "InnerConfig",
+    "inner_loop_text",
     "INNER_OPTIMIZERS",
     "InnerOptimizer",
     "task_step",
@@ -379,3 +380,14 @@ def _num_tasks(batch: Mapping[str, torch.Tensor]) -> int:
     if len(sizes) != 1:
         raise ValueError(f"task batch tensors disagree on the number of tasks: {sorted(sizes)}")
     return sizes.pop()
+
+
+def inner_loop_text(cfg) -> str:
+    """Which inner-loop path a :class:`croma.config.TrainConfig` takes, in one phrase (``croma train``
+    and ``croma benchmark`` print it before training)."""
+    if cfg.inner_loop == "sequential":
+        return "sequential (one task at a time, torch.func), eager"
+    if cfg.inner_loop == "higher":
+        return "higher (one task at a time, differentiable optimisers), eager"
+    how = "compiled (torch.compile, --compile-inner)" if cfg.compile_inner else "eager (--compile-inner compiles it)"
+    return f"batched (torch.func vmap over up to {cfg.task_chunk} tasks per call), {how}"
