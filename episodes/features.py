@@ -172,6 +172,21 @@ def _column_std(rows: torch.Tensor) -> torch.Tensor:
     return rows.std(dim=0, keepdim=True).clamp_min(1e-6)
 
 
+#: the fewest meta-train frames per codebook word the compact audio front-end fits a codebook with
+FRAMES_PER_WORD = 4
+
+
+def fitted_audio_words(logmel: torch.Tensor, fit_rows: torch.Tensor, words: int) -> int:
+    """The bag-of-audio-words size a small data set can fit: ``words``, lowered to the meta-train
+    frames over :data:`FRAMES_PER_WORD` when there are too few frames; 0 (statistics only) when
+    that is under 2 words."""
+    if words <= 0:
+        return 0
+    frames = int((logmel[fit_rows].abs().sum(dim=1) > 0).sum())
+    fit = min(int(words), frames // FRAMES_PER_WORD)
+    return fit if fit >= 2 else 0
+
+
 def compact_benchmark(
     bench: PreparedBenchmark, *, texts: Sequence[str] | None = None, text_dim: int = 1024, audio_words: int = 256,
     seed: int = 0, modalities: Sequence[str] | None = None,
@@ -195,6 +210,7 @@ def compact_benchmark(
     """
     data = {}
     fit_rows: dict[str, list[int]] = {}
+    words, words_note = int(audio_words), None
     transform = {m: {"frontend": st.get("frontend", {}), "steps": list(st.get("steps", []))}
                  for m, st in (bench.info.get("transform") or {}).items()}
     train_classes = set(bench.splits.get("meta_train", [])) | set(bench.splits.get("source_train", []))
@@ -215,9 +231,15 @@ def compact_benchmark(
                 train_rows = torch.ones_like(train_rows)
             parts = [audio_stat_features(feats)]
             codebook = None
-            if audio_words:
-                fit = torch.nonzero(train_rows).flatten()
-                bow, codebook = audio_bow_features(feats, fit, words=audio_words, seed=seed, return_codebook=True)
+            fit = torch.nonzero(train_rows).flatten()
+            words = fitted_audio_words(feats, fit, audio_words)
+            if words != audio_words:
+                frames = int((feats[fit].abs().sum(dim=1) > 0).sum())
+                words_note = {"asked": int(audio_words), "used": int(words), "frames": frames,
+                              "why": f"{frames} meta-train audio frames give at most {frames // FRAMES_PER_WORD} words "
+                                     f"at {FRAMES_PER_WORD} frames per word"}
+            if words:
+                bow, codebook = audio_bow_features(feats, fit, words=words, seed=seed, return_codebook=True)
                 parts.append(bow)
             feats = torch.cat(parts, dim=1)
             fit_rows[mod] = torch.nonzero(train_rows).flatten().tolist()
@@ -226,7 +248,7 @@ def compact_benchmark(
             std = _column_std(ref)
             feats = (feats - mean) / std
             if mod in transform:
-                transform[mod]["steps"] += [{"op": "audio-compact", "words": int(audio_words), "codebook": codebook},
+                transform[mod]["steps"] += [{"op": "audio-compact", "words": int(words), "codebook": codebook},
                                             {"op": "standardize", "mean": mean, "std": std}]
         data[mod] = ModalityData(features=feats, labels=md.labels, clusters=md.clusters, ids=md.ids)
     info = dict(bench.info)
@@ -237,8 +259,11 @@ def compact_benchmark(
         info["transform"] = transform
     info["features"] = (
         f"compact (text: {text_dim} hashed char 1-3-grams; audio: log-mel+delta mean/std and a "
-        f"{audio_words}-word bag of audio words fit on meta-train classes)"
+        f"{words}-word bag of audio words fit on meta-train classes"
+        + (f"; asked {audio_words}: {words_note['why']})" if words_note else ")")
     )
+    if words_note:
+        info["audio_words"] = words_note
     return PreparedBenchmark(
         name=bench.name,
         source=bench.source,

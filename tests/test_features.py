@@ -65,3 +65,27 @@ def test_compact_benchmark_keeps_rows_pairs_and_splits():
     # standardisation uses meta-train rows only: their mean is ~0
     rows = c.rows_of_classes("audio", c.splits["meta_train"])
     assert c.data["audio"].features[rows].mean(0).abs().max() < 1e-4
+
+
+def test_compact_audio_codebook_fits_a_small_data_set():
+    """Too few meta-train frames for the asked codebook: the words are lowered to frames / 4 (said in
+    info and the features line), statistics only under 2 words; enough frames keep the asked size."""
+    from episodes.features import FRAMES_PER_WORD, fitted_audio_words
+
+    b = make_synthetic_benchmark(num_classes=10, per_class=6, seed=0)
+    n = b.data["audio"].labels.numel()
+    logmel = torch.randn(n, 5, 30, generator=torch.Generator().manual_seed(1))
+    logmel[:, :, 3:] = 0.0  # 3 frames per clip
+    b.data["audio"] = ModalityData(logmel, b.data["audio"].labels, b.data["audio"].clusters, b.data["audio"].ids)
+    train = [i for i, c in enumerate(b.data["audio"].labels.tolist()) if c in set(b.splits["meta_train"])
+             or c in set(b.splits.get("source_train", []))]
+    frames = 3 * len(train)
+    assert fitted_audio_words(logmel, torch.tensor(train), 256) == frames // FRAMES_PER_WORD
+    assert fitted_audio_words(logmel, torch.tensor(train), 4) == 4  # enough frames: as asked
+    assert fitted_audio_words(logmel, torch.tensor(train[:2]), 256) == 0  # 6 frames: statistics only
+    c = compact_benchmark(b, text_dim=32, audio_words=256, modalities=["audio"])
+    used = frames // FRAMES_PER_WORD
+    assert c.data["audio"].features.shape == (n, 4 * 5 + used)
+    assert c.info["audio_words"]["used"] == used and c.info["audio_words"]["asked"] == 256
+    assert f"a {used}-word bag" in c.info["features"] and "asked 256" in c.info["features"]
+    assert "audio_words" not in compact_benchmark(b, text_dim=32, audio_words=8, modalities=["audio"]).info

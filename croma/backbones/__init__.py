@@ -290,6 +290,12 @@ def load_prepared(
     mods = None if compact else compact_modalities(spec)
     if mods is None or mods:
         bench = compact_benchmark(bench, seed=seed, modalities=mods)
+        lowered = bench.info.get("audio_words")
+        if lowered and loader.get("progress", True):
+            from croma.log import info
+
+            info(f"note: compact audio features use a {lowered['used']}-word bag of audio words (asked "
+                 f"{lowered['asked']}): {lowered['why']}")
     if spec:
         chosen = {m: spec.get(m, DEFAULT_BACKBONES[m] if compact else "sequence") for m in (bench.source, bench.target)}
         note = ", ".join(f"{m}={n}" for m, n in chosen.items())
