@@ -5,7 +5,7 @@ input shapes, the class names and split, a data identity (:func:`data_identity`)
 front-end of every modality (:mod:`episodes.transform`) and the task sizes the run used;
 :func:`finetune_choice` adds meta-val's fine-tuning choice. :mod:`croma.runmodel` loads it
 (``croma.load_model``); :func:`croma.runs.check_same_data` compares it with data given to
-``croma evaluate``. Pure functions of a benchmark: this module imports nothing else of croma.
+``croma evaluate``. Pure functions of a benchmark: this module imports nothing else of croma (but its errors).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from episodes.data import SPLITS, PreparedBenchmark
 
 __all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "class_split_names", "finetune_choice",
-           "split_changes"]
+           "split_changes", "check_card"]
 
 SERVING_FORMAT = "croma-serving/1"
 
@@ -105,3 +105,28 @@ def split_changes(stored: Mapping[str, Sequence[str]], now: Mapping[str, Sequenc
         else:
             moved.append(f"{c!r} {a} -> {b}")
     return moved + new + gone  # the classes that changed split first: they are the leak
+
+
+def check_card(card: Mapping[str, Any], path: Any) -> None:
+    """Raise :class:`croma.errors.CromaError` naming ``path`` when a checkpoint's serving section is malformed."""
+    from croma.errors import CromaError
+
+    def bad(what: str) -> CromaError:
+        return CromaError(f"{path}: malformed 'serving' section: {what} (re-create the run with 'croma train')")
+
+    for key in ("source", "target", "name"):
+        if not isinstance(card.get(key), str):
+            raise bad(f"{key!r} must be text")
+    mods = card.get("modalities")
+    if not isinstance(mods, list) or card["source"] not in mods or card["target"] not in mods:
+        raise bad("'modalities' must list the source and the target")
+    inputs = card.get("inputs")
+    if not isinstance(inputs, dict) or any(
+            not isinstance(inputs.get(m), dict) or not isinstance(inputs[m].get("shape"), list)
+            or not all(isinstance(s, int) and s >= 1 for s in inputs[m]["shape"])
+            or inputs[m].get("dtype") not in ("float32", "float64", "int64", "uint8") for m in mods):
+        raise bad("'inputs' must give a shape and dtype per modality")
+    if not isinstance(card.get("class_names"), list) or not isinstance(card.get("split"), dict):
+        raise bad("'class_names' and 'split' are required")
+    if not isinstance(card.get("transform"), dict) or not isinstance(card.get("data"), dict):
+        raise bad("'transform' and 'data' are required")

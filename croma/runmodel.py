@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from croma.errors import CromaError
 from croma.runcard import (  # noqa: F401 - re-exported: the card's functions, by their old names
     SERVING_FORMAT,
+    check_card,
     class_split_names,
     data_identity,
     finetune_choice,
@@ -364,7 +365,7 @@ def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> 
         raise CromaError(f"{path} was written before croma stored a run's front-end and class split in its checkpoints "
                          "(no 'serving' section): retrain it with this version to use it on new items, or use croma "
                          "evaluate with its training data")
-    _check_card(card, path)
+    check_card(card, path)
     dev = resolve_device(device)
     specs = {m: (tuple(card["inputs"][m]["shape"]), getattr(torch, card["inputs"][m]["dtype"])) for m in card["modalities"]}
     mc = dict(cfg.model)
@@ -392,24 +393,3 @@ def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> 
     return RunModel(path=path, config=cfg, model=model, theta=theta, card=card, transforms=transforms, finetune=ft,
                     device=dev, iteration=int(ckpt.get("iteration", 0)))
 
-
-def _check_card(card: Mapping[str, Any], path: Path) -> None:
-    def bad(what: str) -> CromaError:
-        return CromaError(f"{path}: malformed 'serving' section: {what} (re-create the run with 'croma train')")
-
-    for key in ("source", "target", "name"):
-        if not isinstance(card.get(key), str):
-            raise bad(f"{key!r} must be text")
-    mods = card.get("modalities")
-    if not isinstance(mods, list) or card["source"] not in mods or card["target"] not in mods:
-        raise bad("'modalities' must list the source and the target")
-    inputs = card.get("inputs")
-    if not isinstance(inputs, dict) or any(
-            not isinstance(inputs.get(m), dict) or not isinstance(inputs[m].get("shape"), list)
-            or not all(isinstance(s, int) and s >= 1 for s in inputs[m]["shape"])
-            or inputs[m].get("dtype") not in ("float32", "float64", "int64", "uint8") for m in mods):
-        raise bad("'inputs' must give a shape and dtype per modality")
-    if not isinstance(card.get("class_names"), list) or not isinstance(card.get("split"), dict):
-        raise bad("'class_names' and 'split' are required")
-    if not isinstance(card.get("transform"), dict) or not isinstance(card.get("data"), dict):
-        raise bad("'transform' and 'data' are required")
