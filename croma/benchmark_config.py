@@ -21,6 +21,9 @@ __all__ = ["PRESETS", "QUICK_METHODS", "METHOD_HP_KEYS", "BenchmarkConfig", "see
 QUICK_METHODS = ["pretrain", "align-classify", "align-meta-classify", "croma", "oracle", "unsup-meta",
                  "shared", "shared-align", "shared-confusion", "shared-target-labels"]
 
+# BenchmarkConfig settings a results file must not choose on another machine (paths, where to write)
+LOCAL_SETTINGS = ("data_root", "cache_dir", "manifest", "out", "progress", "resume")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "frontend": "compact",

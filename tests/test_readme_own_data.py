@@ -64,7 +64,7 @@ def test_readme_own_data_commands_run(tmp_path, monkeypatch, run_cli):
     section = _section()
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     commands = [shlex.split(line) for line in block.splitlines() if line.strip().startswith("croma ")]
-    assert [c[1] for c in commands] == ["data", "benchmark", "train", "evaluate", "predict", "embed"]
+    assert [c[1] for c in commands] == ["data", "benchmark", "train", "train", "evaluate", "predict", "embed"]
     outputs = {}
     for argv in commands:
         rc, out, err = run_cli(argv[1:] + FAST.get(argv[1], []))
@@ -76,6 +76,7 @@ def test_readme_own_data_commands_run(tmp_path, monkeypatch, run_cli):
     assert len(rows) == 6 and {r["predicted"] for r in rows} <= {"egret", "crane", "stork"}
     assert (tmp_path / "new" / "embeddings.npz").is_file()
     assert (tmp_path / "runs" / "mydata-table" / "results.json").is_file()
+    assert (tmp_path / "runs" / "mydata-croma" / "best.pt").is_file()  # the table's croma settings, as a run
 
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "croma.load_model" in code and ".adapt(" in code and ".predict(" in code

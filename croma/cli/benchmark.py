@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from croma.benchmark_config import LOCAL_SETTINGS as _LOCAL  # what a results file must not choose here (paths)
 from croma.cli.config_flags import benchmark_names  # the names NAME / BENCH accept (re-exported)
 
 
@@ -119,8 +120,6 @@ _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "pre
            "train_seeds", "jobs", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
            "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
            "val_episodes", "compile_inner", "strict_sizes", "resume")
-# settings a results file must not choose on this machine (paths, where to write)
-_LOCAL = ("data_root", "cache_dir", "manifest", "out", "progress", "resume")
 
 
 def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821

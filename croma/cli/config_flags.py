@@ -75,7 +75,9 @@ def add_config_flags(p: argparse.ArgumentParser, *, what: str) -> None:
     """``--config``, ``--loss-hp`` and ``--task-weights`` (``what``: the file's kind, for help)."""
     p.add_argument("--config", default=None, metavar="FILE",
                    help=f"read {what} settings from FILE: JSON or TOML (nested sections or flat names as the flags), "
-                   "a results.json or a checkpoint (its stored settings); flags given on the command line override it")
+                   "a results.json or a checkpoint (its stored settings"
+                   + ("; a croma benchmark results.json gives the settings its croma row was trained with"
+                      if what == "training" else "") + "); flags given on the command line override it")
     p.add_argument("--loss-hp", action="append", default=None, metavar="KEY=VALUE",
                    help="hyper-parameter of the alignment objective (repeatable or comma-separated), e.g. "
                    "--loss-hp temperature=0.05; 'croma losses' lists each objective's settings")

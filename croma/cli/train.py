@@ -152,9 +152,11 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     if not hasattr(args, "given"):
         unwrap_defaults(args)
     file, kind = read_config(getattr(args, "config", None))
-    if kind == "results":
-        raise ValueError(f"--config {args.config}: a croma benchmark results file; rerun it with "
-                         f"'croma benchmark --config {args.config}' (croma train reads settings files and checkpoints)")
+    table_note = None
+    if kind == "results":  # a benchmark's table: train its croma row's settings (croma.table_settings)
+        from croma.table_settings import settings_from_results
+
+        file, table_note = settings_from_results(args.config, file)
     try:
         from_file = TrainConfig.from_dict(file) if file else None
         if from_file is not None:
@@ -165,7 +167,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     if file:  # only the settings the file names
         named = TrainConfig.flat_keys(file)
         flat = {k: v for k, v in flat.items() if k in named}
-        if kind == "checkpoint":
+        if kind in ("checkpoint", "results"):
             flat = {k: v for k, v in flat.items() if k not in _LOCAL}
     settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
     settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
@@ -176,6 +178,10 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         raise ValueError("--checkpoint-dir DIR is required (where last.pt and best.pt go)")
     cfg = TrainConfig(**settings)
     cfg.validate()
+    if table_note and not getattr(args, "quiet", False):
+        from croma.log import info
+
+        info(f"settings from {args.config}: {table_note}")
     if cfg.loss_hp:
         from croma.factory import build_objective
 
