@@ -39,7 +39,7 @@ def table_train_config(bcfg: Any, method: str = TABLE_METHOD) -> tuple[TrainConf
         raise ValueError(f"croma train reproduces the table's {TABLE_METHOD} settings only (got {method!r})")
     preset = PRESETS[bcfg.preset]
     if bcfg.budget_steps is None and bcfg.budget_seconds is not None:
-        raise ValueError("--config: that table was budgeted in seconds (--budget-seconds); croma train needs a "
+        raise ValueError("that table was budgeted in seconds (--budget-seconds); croma train needs a "
                          "step budget to reproduce: rerun the table with --budget-steps")
     train, _, _ = _contexts(bcfg, None, preset)
     hp = _method_hp(bcfg, preset, method)

@@ -39,4 +39,3 @@ def slow_run_warning(cfg) -> str | None:
             f"the CPU: ~{est / 60:.0f} min for {cfg.iterations} iterations before meta-val (measured ~0.7 s per "
             f"iteration at meta-batch 8 on a 2-core CPU, docs/speed.md); --features compact trains MLP encoders on "
             "vectors in a fraction of that, --compile-inner is ~2.5x faster (--quiet hides this line)")
-
