@@ -191,8 +191,10 @@ def _waveform_at(pair: tuple, sample_rate: int, max_seconds: float | None) -> np
     sr = int(pair[1])
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
         raise DataError(f"audio sample rate {sr} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    if a.ndim == 2 and 1 <= a.shape[1] <= MAX_CHANNELS and a.dtype.kind == "f":
-        a = a.mean(axis=1, dtype=np.float32)
+    if a.ndim == 2 and a.dtype.kind == "f":  # [samples, channels] (soundfile) or [channels, samples] (torchaudio)
+        axis = 1 if a.shape[1] <= min(a.shape[0], MAX_CHANNELS) else 0 if a.shape[0] <= MAX_CHANNELS else None
+        if axis is not None:
+            a = a.mean(axis=axis, dtype=np.float32)
     limit = MAX_AUDIO_SECONDS if max_seconds is None else min(float(max_seconds), MAX_AUDIO_SECONDS)
     wav = _waveform(a, sr, limit)  # cropped at the input's own rate
     if sr != sample_rate:
@@ -211,7 +213,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float 
         path: audio file (any format libsndfile reads: WAV, FLAC, OGG, ...); or an already-decoded
             1-D float waveform (numpy / torch), taken to be at ``sample_rate`` already; or a pair
             ``(waveform, rate)`` of a decoded waveform (1-D, or ``[samples, channels]`` as
-            ``soundfile.read`` gives it: mixed to mono) and its rate in Hz, resampled here.
+            ``soundfile.read`` gives it, or ``[channels, samples]`` as ``torchaudio.load`` does: mixed
+            to mono) and its rate in Hz, resampled here.
         sample_rate: output rate in Hz.
         max_seconds: read at most this many seconds from the start (default and ceiling
             :data:`MAX_AUDIO_SECONDS`); the front-end passes what its frames need.

@@ -61,6 +61,8 @@ def test_load_audio_mono_and_resample(tmp_path):
     # a decoded waveform with its rate (soundfile.read's result) gives what the file gives
     assert np.array_equal(load_audio(sf.read(tmp_path / "st.wav", dtype="float32"), 16000), up)
     np.testing.assert_allclose(load_audio((torch.from_numpy((left + right) / 2), 8000), 16000), up, rtol=0, atol=1e-7)
+    channels_first = torch.from_numpy(np.stack([left, right]))  # torchaudio.load's layout
+    np.testing.assert_allclose(load_audio((channels_first, 8000), 16000), up, rtol=0, atol=1e-7)
     with pytest.raises(DataError, match="sample rate in Hz"):
         load_audio((left, "8000"), 16000)
     with pytest.raises(DataError, match="outside the supported"):
