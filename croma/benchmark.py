@@ -94,7 +94,8 @@ def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[Trai
 
 def _knobs(cfg: BenchmarkConfig, preset: dict[str, Any]) -> dict[str, Any]:
     knobs = dict(preset["knobs"], **({"finetune_mode_grid": list(cfg.finetune_modes)} if cfg.finetune_modes else {}))
-    return knobs if cfg.val_episodes is None else dict(knobs, val_episodes=int(cfg.val_episodes))
+    over = {"val_episodes": cfg.val_episodes, "val_halving": True if cfg.val_halving else None}
+    return dict(knobs, **{k: v for k, v in over.items() if v is not None})
 
 
 def _method_hp(cfg: BenchmarkConfig, preset: dict[str, Any], name: str) -> dict[str, Any]:

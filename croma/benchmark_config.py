@@ -196,6 +196,9 @@ class BenchmarkConfig:
             (``--finetune-modes``).
         val_episodes: meta-val episodes each candidate fine-tuning setting is scored on, per k,
             when a run chooses its meta-test setting (``--val-episodes``; default: the preset's, 100).
+        val_halving: compare those candidates by successive halving (``--val-halving``,
+            :func:`croma.evaluate.successive_halving`): most are scored on a prefix of the episodes;
+            the choice can differ from scoring every candidate on every episode.
         loss_hp: the objective's hyper-parameters (``--loss-hp``).
         task_weights: ``{family: weight}`` meta-batch mix of the Reptile methods (``--task-weights``).
         compile_inner: the Reptile methods' batched inner step through ``torch.compile``
@@ -247,6 +250,8 @@ class BenchmarkConfig:
     finetune_modes: list[str] | None = None
     # meta-val episodes per candidate fine-tuning setting and k (None: the preset's val_episodes knob, 100)
     val_episodes: int | None = None
+    # choose the meta-test setting by successive halving of the candidates (the val_halving knob)
+    val_halving: bool = False
     # the alignment objective's hyper-parameters and the meta-batch's task families (Reptile methods)
     loss_hp: dict[str, Any] = field(default_factory=dict)
     task_weights: dict[str, float] | None = None

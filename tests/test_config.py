@@ -321,6 +321,27 @@ def test_val_episodes_reach_the_meta_val_choice_and_are_checked(run_cli, tmp_pat
         assert rc == 2 and "--val-episodes" in err and not (tmp_path / "o").exists()
 
 
+def test_val_halving_flag_reaches_the_meta_val_choice(run_cli, tmp_path, monkeypatch):
+    """--val-halving turns on the val_halving knob (successive halving of the candidates); unset, the
+    knobs stay the preset's."""
+    import importlib
+
+    from croma.benchmark import PRESETS, BenchmarkConfig, _knobs
+
+    E = importlib.import_module("croma.evaluate")  # the module (croma.evaluate is also a function's name)
+
+    assert _knobs(BenchmarkConfig(val_halving=True), PRESETS["quick"])["val_halving"] is True
+    assert "val_halving" not in _knobs(BenchmarkConfig(), PRESETS["quick"])
+    calls = []
+    real = E.successive_halving
+    monkeypatch.setattr(E, "successive_halving", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    rc, _, err = run_cli(["benchmark", "synthetic", "--ways", "3", "--methods", "pretrain", "--budget-steps", "10",
+                          "--eval-tasks", "3", "--shots", "1", "5", "--train-seeds", "1", "--jobs", "1", "--val-episodes",
+                          "8", "--val-halving", "--quiet", "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    assert calls == [8, 8]  # one halving per meta-test k, over the --val-episodes episodes
+
+
 def test_a_methods_own_objective_reaches_ordinary_training(bench, monkeypatch):
     """method_hp {"loss": ..., "loss_hp": ...} of an ordinary-training method is the objective it trains with."""
     import croma.losses as L

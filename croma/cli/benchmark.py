@@ -102,6 +102,9 @@ def add_parser(sub) -> None:
                    help="meta-val episodes each candidate fine-tuning setting is scored on, per k, when a run chooses "
                    "its meta-test setting (default: the preset's, 100); with small --eval-tasks this choice is most of "
                    "a run's time, so lower both for a quick look")
+    p.add_argument("--val-halving", action="store_true",
+                   help="compare the candidate fine-tuning settings by successive halving (most scored on a prefix "
+                   "of the meta-val episodes): a faster choice that can differ from scoring every candidate fully")
     p.add_argument("--strict-sizes", action="store_true",
                    help="keep the task sizes exactly as asked (--shots, --queries and the preset's meta-training and "
                    "meta-val sizes): an error when the data cannot fill them; by default meta-training and meta-val "
@@ -119,7 +122,7 @@ def add_parser(sub) -> None:
 _DIRECT = ("shots", "repeats", "ways", "eval_tasks", "loss", "label_noise", "preset", "budget_steps", "budget_seconds",
            "train_seeds", "jobs", "device", "seed", "out", "data_root", "cache_dir", "manifest", "source", "target",
            "oracle_warm_start", "audio_model", "skip_bad", "split_classes", "extra_modalities", "finetune_modes",
-           "val_episodes", "compile_inner", "strict_sizes", "resume")
+           "val_episodes", "val_halving", "compile_inner", "strict_sizes", "resume")
 
 
 def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
