@@ -86,6 +86,11 @@ def format_table(result: dict[str, Any]) -> str:
     labelled = [m for m in methods if _uses_labels(next(r for r in rows if r["method"] == m))]
     if labelled:
         out.append(f"meta-trained with target labels of the meta-train classes (croma uses none): {', '.join(labelled)}")
+    bc = (result.get("config") or {}).get("benchmark_config") or {}
+    if bc.get("val_episodes") is not None or bc.get("val_halving"):  # a lighter meta-val choice than the preset's
+        how = [f"{bc['val_episodes']} meta-val episodes per candidate"] if bc.get("val_episodes") is not None else []
+        out.append("fine-tuning setting chosen on " + ", ".join(how + (["by successive halving"] if bc.get("val_halving")
+                                                                         else [])) + " (--val-episodes / --val-halving)")
     return "\n".join(out)
 
 

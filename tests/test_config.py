@@ -340,6 +340,10 @@ def test_val_halving_flag_reaches_the_meta_val_choice(run_cli, tmp_path, monkeyp
                           "8", "--val-halving", "--quiet", "--out", str(tmp_path / "o")])
     assert rc == 0, err
     assert calls == [8, 8]  # one halving per meta-test k, over the --val-episodes episodes
+    from croma.report_tables import format_table
+
+    table = format_table(json.loads((tmp_path / "o" / "results.json").read_text()))
+    assert "fine-tuning setting chosen on 8 meta-val episodes per candidate, by successive halving" in table
 
 
 def test_a_methods_own_objective_reaches_ordinary_training(bench, monkeypatch):
