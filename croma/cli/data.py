@@ -138,8 +138,7 @@ def run_inspect(args) -> int:
     from episodes.errors import DataError
 
     ways, why = dataset_ways(ds, args.ways, split_classes=args.split_classes)  # the N-way train / benchmark use
-    if why is not None:
-        sys.stderr.write(f"note: croma train and benchmark run {ways}-way here: {why}\n")
+    if why is not None:  # said after the split it explains (below)
         summary["ways"] = {"asked": args.ways, "used": ways, "why": why}
     try:
         split = make_class_split(ds, seed=args.seed, ways=ways, split_classes=args.split_classes)
@@ -154,8 +153,10 @@ def run_inspect(args) -> int:
                          "source_train": len(source_classes - held_out)}
     if args.skip_bad:
         _report_skipped(int(ds.meta.get("skipped", 0) or 0))
+    note = None if why is None else f"note: croma train and benchmark run {ways}-way here: {why}\n"
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stderr.write(note or "")
         return 0
     out = [f"{summary['name']}: {summary['source']} -> {summary['target']}"]
     for m, n in summary["items"].items():
@@ -167,6 +168,9 @@ def run_inspect(args) -> int:
         out.append(f"  {k:10s} {len(names):4d} target classes: {shown}")
     out.append(f"  source_train {summary['splits']['source_train']} source classes")
     sys.stdout.write("\n".join(out) + "\n")
+    if note:
+        sys.stdout.flush()
+        sys.stderr.write(note)
     return 0
 
 
