@@ -47,7 +47,11 @@ def test_train_from_a_table_uses_the_settings_croma_was_trained_with(tmp_path, r
                                str(run)])
     assert rc == 0, err
     assert "settings from" in err and "the table's croma settings" in err and "= 10 iterations" in err
-    assert "trained 10/10 iterations" in stdout
+    assert "trained 10/10 iterations" in stdout and "given flags change" not in err
+    rc, stdout, err = run_cli(["train", "synthetic", "--config", str(out / "results.json"), "--checkpoint-dir",
+                               str(tmp_path / "run3"), "--iterations", "3"])
+    assert rc == 0, err
+    assert "given flags change iterations=3" in err and "trained 3/3 iterations" in stdout
 
 
 def test_a_table_budgeted_in_seconds_is_refused_with_one_line(tmp_path, run_cli):

@@ -181,7 +181,9 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     if table_note and not getattr(args, "quiet", False):
         from croma.log import info
 
-        info(f"settings from {args.config}: {table_note}")
+        mine = cfg.flat()
+        over = [f"{k}={mine[k]}" for k, v in flat.items() if k not in _LOCAL and k != "device" and mine.get(k) != v]
+        info(f"settings from {args.config}: {table_note}" + (f"; given flags change {', '.join(over)}" if over else ""))
     if cfg.loss_hp:
         from croma.factory import build_objective
 
