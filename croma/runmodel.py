@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from croma.adapted import AdaptedModel, Prediction, _EvalLike, _forward  # noqa: F401 - Prediction re-exported
 from croma.errors import CromaError
 from croma.runcard import (  # noqa: F401 - re-exported: the card's functions, by their old names
     SERVING_FORMAT,
@@ -44,24 +44,6 @@ __all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "finetune_choice",
 
 
 # ---------------------------------------------------------------------- loading
-
-@dataclass
-class Prediction:
-    """What :meth:`AdaptedModel.predict` returns (``labels, scores = prediction`` unpacks it).
-
-    Attributes:
-        labels: one label per value, from ``classes``.
-        scores: ``float [n, N]`` class probabilities (softmax of the logits).
-        classes: the N classes of the support set, in the order of ``scores``' columns.
-    """
-
-    labels: list[Any]
-    scores: torch.Tensor
-    classes: list[Any]
-
-    def __iter__(self):  # labels, scores = model.predict(values)
-        return iter((self.labels, self.scores))
-
 
 @dataclass
 class RunModel:
@@ -210,13 +192,24 @@ class RunModel:
         Raises:
             CromaError: fewer than 2 classes, labels and values of different lengths, bad settings.
         """
+        values, labels = list(values), list(labels)
+        return self._adapt(lambda: self.features(self.target, values, ids=ids), len(values), labels, steps=steps,
+                           lr=lr, finetune=finetune, head_init=head_init, optimizer=optimizer)
+
+    def adapt_features(self, x: torch.Tensor, labels: Sequence[Hashable], **settings: Any) -> "AdaptedModel":
+        """:meth:`adapt` on encoder inputs already made by :meth:`features` (``[n, *shape]``), e.g.
+        many support sets drawn from one featurised pool; ``settings`` as :meth:`adapt`'s."""
+        return self._adapt(lambda: x.to(self.device), int(x.shape[0]), list(labels), **settings)
+
+    def _adapt(self, make_x: Any, n: int, labels: list, *, steps: int | None = None, lr: float | None = None,
+               finetune: str | None = None, head_init: str | None = None,
+               optimizer: str | None = None) -> "AdaptedModel":
         from croma.evaluate import FINETUNE_MODES, HEAD_INITS
         from croma.finetune import _Episodes
         from croma.meta.inner import InnerConfig, adapt
 
-        values, labels = list(values), list(labels)
-        if len(values) != len(labels):
-            raise CromaError(f"adapt: {len(values)} support items but {len(labels)} labels")
+        if n != len(labels):
+            raise CromaError(f"adapt: {n} support items but {len(labels)} labels")
         classes = sorted(set(labels), key=lambda c: (str(c), repr(c)))
         if len(classes) < 2:
             raise CromaError(f"adapt: the support set has {len(classes)} class ({', '.join(map(str, classes)) or 'none'}); "
@@ -241,7 +234,7 @@ class RunModel:
             setting["head_init"] = "prototype"
             setting["note"] = (f"head init meta needs {ways} classes (the run's ways); {len(classes)} given: "
                                "prototype head used")
-        xs = self.features(self.target, values, ids=ids)
+        xs = make_x()
         ys = torch.tensor([classes.index(c) for c in labels], dtype=torch.long, device=self.device)
         ev = _EvalLike(ways=len(classes), head_init=setting["head_init"], finetune=setting["finetune"],
                        finetune_steps=int(setting["finetune_steps"]), finetune_lr=float(lr_v),
@@ -263,73 +256,6 @@ class RunModel:
             setting["shots_max"] = max(counts)  # an unbalanced support set: its largest class
         setting["ways"] = len(classes)
         return AdaptedModel(run=self, params=final, classes=classes, setting=setting)
-
-
-@dataclass
-class _EvalLike:
-    """The fields of :class:`croma.evaluate.EvalConfig` that fine-tuning reads."""
-
-    ways: int
-    head_init: str
-    finetune: str
-    finetune_steps: int
-    finetune_lr: float
-    finetune_optimizer: str
-    prototype_scale: float = 1.0
-
-
-@dataclass
-class AdaptedModel:
-    """A run fine-tuned on a support set (:meth:`RunModel.adapt`): ``predict`` new items.
-
-    Attributes:
-        run: the :class:`RunModel` it was adapted from.
-        params: the fine-tuned parameters ``{name: tensor}``.
-        classes: the support set's classes; the classifier's row ``c`` is ``classes[c]``.
-        setting: how it was fine-tuned (``head_init``, ``finetune``, steps, learning rate,
-            optimiser, ``shots``, ``ways``).
-    """
-
-    run: RunModel
-    params: dict[str, torch.Tensor]
-    classes: list[Any]
-    setting: dict[str, Any]
-
-    def __repr__(self) -> str:
-        shown = ", ".join(map(repr, self.classes[:8])) + (", ..." if len(self.classes) > 8 else "")
-        how = {k: v for k, v in self.setting.items() if k != "note"}
-        return f"AdaptedModel(run={str(self.run.path)!r}, {len(self.classes)} classes [{shown}], setting={how})"
-
-    def logits(self, values: Sequence[Any], *, ids: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
-        """``float [n, N]`` classifier logits of target-modality ``values``."""
-        t = self.run.target
-        x = self.run.features(t, values, ids=ids)
-        return _forward(self.run.model, self.params, lambda m, v: m.classify(m.embed(t, v)), x, batch_size)
-
-    def predict(self, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> Prediction:
-        """Labels and class probabilities of ``values``."""
-        logits = self.logits(values, ids=ids)
-        scores = F.softmax(logits.double(), dim=-1).float()
-        idx = logits.argmax(-1).tolist()
-        return Prediction(labels=[self.classes[i] for i in idx], scores=scores, classes=list(self.classes))
-
-    def embed(self, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> torch.Tensor:
-        """Embeddings ``[n, E]`` of target-modality values with the fine-tuned parameters."""
-        t = self.run.target
-        x = self.run.features(t, values, ids=ids)
-        return _forward(self.run.model, self.params, lambda m, v: m.embed(t, v), x, None)
-
-
-def _forward(model: torch.nn.Module, params: Mapping[str, torch.Tensor], fn: Any, x: torch.Tensor,
-             batch_size: int | None) -> torch.Tensor:
-    """``fn(model, x)`` run functionally with ``params``, without gradients, in row batches of
-    ``batch_size`` (None: one pass), on CPU."""
-    from croma.meta.functional import FunctionalModel
-
-    fm = FunctionalModel(model)
-    step = batch_size or max(1, x.shape[0])
-    with torch.no_grad():
-        return torch.cat([fm(params, fn, x[i : i + step]) for i in range(0, x.shape[0], step)]).cpu()
 
 
 def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> RunModel:

@@ -246,3 +246,42 @@ def test_evaluate_refuses_other_data(trained, tmp_path, run_cli):
     fewer = _write_manifest(data, drop=1)
     rc, _, err = run_cli(["evaluate", str(run), "--manifest", str(fewer), *common])
     assert rc == 2 and "items were added, removed or relabelled" in err and "53 now" in err
+
+
+def test_evaluate_new_classes_is_many_predicts(trained, tmp_path, run_cli):
+    """`croma evaluate RUN --new-classes FILE`: each episode's accuracy is what adapt + predict on that
+    episode's files gives (the pool featurised once, the same fine-tuning), with an interval over
+    episodes; a k the classes cannot serve is dropped and said; a missing file is one line."""
+    from croma.new_classes import evaluate_new_classes
+    from croma.runmodel import load_model
+    from croma.stats import mean_ci95
+    from episodes.samplers import ClassificationTaskSampler
+
+    data, _, run, _ = trained
+    model = load_model(run)
+    classes = [int(c[1:]) for c in model.split["meta_test"]]
+    pool = _write(tmp_path / "pool.jsonl", _rows(data, classes, range(PER)))
+    rc, out, err = run_cli(["evaluate", str(run), "--new-classes", str(pool), "--shots", "1", "2", "6",
+                            "--repeats", "1", "--eval-tasks", "3", "--json"])
+    assert rc == 0, err
+    res = json.loads(out[out.index("{"):])
+    assert res["ways"] == 3 and res["episodes"] == 3 and [r["shots"] for r in res["rows"]] == [1, 2]
+    assert res["dropped"][0]["shots"] == 6 and "k=6 dropped" in out  # 6 items: 6-shot leaves no query
+    assert "± is the 95% interval over 3 episodes" in out
+    paths = [str(data / "wav" / f"c{c}_{i}.wav") for c in classes for i in range(PER)]
+    labels = [f"L{c}" for c in classes for i in range(PER)]
+    y = torch.tensor([sorted(set(labels)).index(lab) for lab in labels])
+    for r in res["rows"]:
+        k, q = r["shots"], r["queries"]
+        sampler = ClassificationTaskSampler(y, [0, 1, 2], ways=3, shots=k, queries=q, seed=k)
+        for i, acc in enumerate(r["accuracies"]):
+            t = sampler.sample(i)
+            adapted = model.adapt([paths[j] for j in t.support_rows.tolist()], t.support_labels.tolist())
+            pred = adapted.predict([paths[j] for j in t.query_rows.tolist()])
+            assert acc == pytest.approx(100.0 * float(np.mean([p == int(lab) for p, lab in zip(pred.labels,
+                                                                  t.query_labels.tolist())])))
+        assert r["accuracy_ci95"] == pytest.approx(mean_ci95(r["accuracies"])[1])
+    with pytest.raises(Exception, match="2 classes"):
+        evaluate_new_classes(model, paths[:PER], labels[:PER])
+    rc, _, err = run_cli(["evaluate", str(run), "--new-classes", str(tmp_path / "nope.jsonl")])
+    assert rc == 2 and err.count("\n") == 1 and "nope.jsonl" in err

@@ -48,6 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--strict-sizes", action="store_true",
                    help="episode sizes exactly as given (default: a k the classes cannot serve is dropped and the "
                    "query count lowered, with one line saying so)")
+    p.add_argument("--new-classes", default=None, metavar="FILE.jsonl",
+                   help="k-shot episodes over YOUR labelled classes instead of the run's meta-test split: manifest "
+                   "rows of the run's target modality (classes the run never saw); --repeats x --eval-tasks episodes "
+                   "per k, fine-tuned as 'croma predict' does; no training data needed")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split the episodes across N local processes (torch.distributed; gloo on CPU, "
@@ -61,7 +65,7 @@ def add_parser(sub) -> None:
 # the parsed flags that travel to the --nproc worker processes (plain data only)
 _FIELDS = ("run_dir", "shots", "repeats", "eval_tasks", "ways", "eval_queries", "head_init", "finetune", "finetune_steps",
            "finetune_lr", "label_noise", "split", "checkpoint", "device", "seed", "data_root", "cache_dir", "json",
-           "dist_timeout", "manifest", "strict_sizes")
+           "dist_timeout", "manifest", "strict_sizes", "new_classes")
 
 
 def _validate(args) -> None:
@@ -84,6 +88,8 @@ def run(args) -> int:
     from croma.errors import CromaError
 
     _validate(args)
+    if args.new_classes:
+        return _run_new_classes(args)
     env = env_world()
     if args.nproc > 1 and env is not None:
         raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
@@ -100,6 +106,38 @@ def run(args) -> int:
         _check_checkpoint(args)  # a missing run: one error here rather than one per process
         return _launch({k: getattr(args, k) for k in _FIELDS}, args.nproc)
     return run_rank(argparse.Namespace(**{k: getattr(args, k) for k in _FIELDS}))
+
+
+def _run_new_classes(args) -> int:
+    """``--new-classes FILE``: :func:`croma.new_classes.evaluate_new_classes` on FILE's labelled rows."""
+    from croma.errors import CromaError
+    from croma.new_classes import evaluate_new_classes
+    from croma.runmodel import load_model
+    from episodes.datasets.rows import load_rows
+    from episodes.errors import DataError
+
+    if args.nproc > 1:
+        raise CromaError("--new-classes runs in one process: drop --nproc")
+    model = load_model(args.run_dir, which=args.checkpoint, device="cpu" if args.device == "auto" else args.device)
+    try:
+        ids, vals, labs = load_rows(args.new_classes, model.target, labels="required", flag="--new-classes")
+    except DataError as exc:
+        raise CromaError(str(exc)) from None
+    res = evaluate_new_classes(model, vals, labs, shots=args.shots, episodes=args.repeats * args.eval_tasks,
+                               ways=args.ways, queries=args.eval_queries, seed=args.seed or 0, ids=ids)
+    print(f"{args.new_classes}: {res['ways']}-way episodes over {len(res['classes'])} new classes ({res['items']} "
+          f"items), {res['episodes']} episodes per k, fine-tuned as meta-val chose for each k")
+    print(f"{'shots':>5}  {'queries':>7}  {'accuracy (%)':>16}  setting")
+    for r in res["rows"]:
+        st = r["setting"] or {}
+        print(f"{r['shots']:>5}  {r['queries']:>7}  {r['accuracy_mean']:6.2f} ± {r['accuracy_ci95']:5.2f}  "
+              f"{st.get('head_init')}/{st.get('finetune_steps')}/{st.get('finetune')}")
+    print(f"± is the 95% interval over {res['episodes']} episodes (1.96·sd/√n) of this one trained run")
+    for d in res["dropped"]:
+        print(f"k={d['shots']} dropped: {d['why']}")
+    if args.json:
+        print(json.dumps(res, indent=1))
+    return 0
 
 
 def _check_checkpoint(args) -> None:
