@@ -229,7 +229,8 @@ def run_units(
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(units)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(bench, os.getpid(), progress))
     try:
-        pending = {pool.submit(_work, u): u for u in units}
+        with _workers_start_ignoring_ctrl_c():  # the pool starts its workers inside submit()
+            pending = {pool.submit(_work, u): u for u in units}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -242,6 +243,29 @@ def run_units(
         raise
     pool.shutdown(wait=True)
     return results
+
+
+@contextmanager
+def _workers_start_ignoring_ctrl_c():
+    """Workers started inside this block inherit an ignored SIGINT through exec, so Python installs no
+    KeyboardInterrupt handler in them: a Ctrl-C while a worker is still importing croma (before
+    :func:`_init_worker` runs) cannot print a traceback there; the parent stops the run."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # ignored, so the workers inherit SIG_IGN through exec; also blocked, so a Ctrl-C in these
+    # milliseconds stays pending (Linux never discards a blocked signal) and reaches the parent's own
+    # handler once it is restored and unblocked: nothing is lost
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
