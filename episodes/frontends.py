@@ -181,8 +181,46 @@ def _waveform(value: np.ndarray | torch.Tensor, sample_rate: int, max_seconds: f
     return np.ascontiguousarray(a[: max(1, int(math.ceil(limit * sample_rate)))], dtype=np.float32)
 
 
+def _resampled(wav: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
+    """``wav`` (``float32 [samples]`` at ``rate``) at ``out_rate`` (torchaudio's windowed sinc)."""
+    if rate != out_rate:
+        import torchaudio.functional as AF
+
+        orig, new = resample_ratio(rate, int(out_rate))
+        if orig != new:
+            wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig, new).numpy()
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def mono_waveform(a: np.ndarray, rate: int, out_rate: int, where: str, max_seconds: float | None = None) -> np.ndarray:
+    """A decoded float waveform at ``rate`` Hz (``[samples]``, ``[channels, samples]`` or
+    ``[samples, channels]``: the shorter axis is the channels, mixed) -> ``float32 [samples]`` at
+    ``out_rate``: checked, cropped to ``max_seconds`` (default and ceiling :data:`MAX_AUDIO_SECONDS`),
+    resampled. Raises :class:`DataError` naming ``where``."""
+    if a.dtype.kind != "f":
+        raise DataError(f"{where}: audio has dtype {a.dtype}; expected a float waveform in [-1, 1] (integer PCM: "
+                        "divide int16 samples by 32768)")
+    if a.ndim == 2:
+        ch_axis = 0 if a.shape[0] <= a.shape[1] else 1
+        if a.shape[ch_axis] > MAX_CHANNELS:
+            raise DataError(f"{where}: audio has shape {tuple(a.shape)}; expected [samples] or [channels <= "
+                            f"{MAX_CHANNELS}, samples]")
+        a = a.mean(axis=ch_axis)
+    if a.ndim != 1 or a.size == 0:
+        raise DataError(f"{where}: audio has shape {tuple(a.shape)}; expected a non-empty 1-D waveform or [channels, "
+                        "samples]")
+    if not np.isfinite(a).all():
+        raise DataError(f"{where}: audio holds NaN or infinite samples")
+    limit = MAX_AUDIO_SECONDS if max_seconds is None else min(float(max_seconds), MAX_AUDIO_SECONDS)
+    a = np.ascontiguousarray(a[: int(math.ceil(limit * rate))], dtype=np.float32)
+    a = _resampled(a, rate, out_rate)
+    if a.size == 0:
+        raise DataError(f"{where}: audio is too short to resample from {rate} to {out_rate} Hz")
+    return a
+
+
 def _waveform_at(pair: tuple, sample_rate: int, max_seconds: float | None) -> np.ndarray:
-    """``(waveform, rate)``: mixed to mono (``[samples, channels]``), checked, resampled to ``sample_rate``."""
+    """``(waveform, rate)``: checked, mixed to mono and resampled by :func:`mono_waveform`."""
     if len(pair) != 2 or not isinstance(pair[0], (np.ndarray, torch.Tensor)) or isinstance(pair[1], bool) \
             or not isinstance(pair[1], (int, np.integer)):
         raise DataError("an audio value given as a pair must be (waveform array, sample rate in Hz as an int), "
@@ -191,19 +229,7 @@ def _waveform_at(pair: tuple, sample_rate: int, max_seconds: float | None) -> np
     sr = int(pair[1])
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
         raise DataError(f"audio sample rate {sr} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    if a.ndim == 2 and a.dtype.kind == "f":  # [samples, channels] (soundfile) or [channels, samples] (torchaudio)
-        axis = 1 if a.shape[1] <= min(a.shape[0], MAX_CHANNELS) else 0 if a.shape[0] <= MAX_CHANNELS else None
-        if axis is not None:
-            a = a.mean(axis=axis, dtype=np.float32)
-    limit = MAX_AUDIO_SECONDS if max_seconds is None else min(float(max_seconds), MAX_AUDIO_SECONDS)
-    wav = _waveform(a, sr, limit)  # cropped at the input's own rate
-    if sr != sample_rate:
-        import torchaudio.functional as AF
-
-        orig, new = resample_ratio(sr, int(sample_rate))
-        if orig != new:
-            wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig, new).numpy()
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return mono_waveform(a, sr, int(sample_rate), "audio array", max_seconds)
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
@@ -268,13 +294,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float 
         raise DataError(f"{p}: audio file holds no samples (empty or truncated)")
     if not np.isfinite(wav).all():
         raise DataError(f"{p}: audio file holds non-finite samples")
-    if sr != sample_rate:
-        import torchaudio.functional as AF
-
-        orig, new = resample_ratio(sr, int(sample_rate))
-        if orig != new:
-            wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig, new).numpy()
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return _resampled(wav, sr, int(sample_rate))
 
 
 class LogMel:

@@ -50,7 +50,7 @@ import torch
 from episodes.data import MODALITIES, CrossModalDataset, canonical_modality
 from episodes.datasets.manifest import records_to_dataset
 from episodes.errors import DataError
-from episodes.frontends import MAX_AUDIO_SECONDS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, resample_ratio
+from episodes.frontends import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, mono_waveform
 
 __all__ = ["from_torch_dataset", "item_records"]  # from_hf_dataset: episodes.datasets.adapters_hf
 
@@ -253,30 +253,7 @@ def _audio(value: Any, where: str, root: Path | None, rate: int | None, audio_ra
         else:
             raise DataError(f"{where}: audio dict holds none of 'array', 'bytes', 'path' (keys: {', '.join(map(str, value))})")
     a = _as_array(value, "audio", where)
-    if a.dtype.kind != "f":
-        raise DataError(f"{where}: audio has dtype {a.dtype}; expected a float waveform in [-1, 1] (integer PCM: "
-                        "divide int16 samples by 32768)")
-    if a.ndim == 2:
-        ch_axis = 0 if a.shape[0] <= a.shape[1] else 1
-        if a.shape[ch_axis] > MAX_CHANNELS:
-            raise DataError(f"{where}: audio has shape {tuple(a.shape)}; expected [samples] or [channels <= "
-                            f"{MAX_CHANNELS}, samples]")
-        a = a.mean(axis=ch_axis)
-    if a.ndim != 1 or a.size == 0:
-        raise DataError(f"{where}: audio has shape {tuple(a.shape)}; expected a non-empty 1-D waveform or [channels, "
-                        "samples]")
-    if not np.isfinite(a).all():
-        raise DataError(f"{where}: audio holds NaN or infinite samples")
-    src_rate = audio_rate if rate is None else rate
-    a = np.ascontiguousarray(a[: int(math.ceil(MAX_AUDIO_SECONDS * src_rate))], dtype=np.float32)
-    if src_rate != audio_rate:
-        import torchaudio.functional as AF
-
-        p, q = resample_ratio(src_rate, audio_rate)
-        a = AF.resample(torch.from_numpy(a), p, q).numpy()
-        if a.size == 0:
-            raise DataError(f"{where}: audio is too short to resample from {src_rate} to {audio_rate} Hz")
-    return a
+    return mono_waveform(a, audio_rate if rate is None else rate, audio_rate, where)
 
 
 def item_records(items: Iterable[Any], fields: Mapping[str, Any], *, name: str, classes: Sequence[str] | None = None,
