@@ -32,6 +32,9 @@ def table_train_config(bcfg: Any, method: str = TABLE_METHOD) -> tuple[TrainConf
         ValueError: a method other than croma, or a seconds budget (a table budgeted in seconds has
             no fixed iteration count to reproduce).
     """
+    from croma.baselines.common import with_method_hp
+    from croma.baselines.meta_learning import croma_task_weights
+    from croma.baselines.reptile_runs import step_schedule
     from croma.benchmark import _contexts, _knobs, _method_hp
     from croma.benchmark_config import PRESETS
 
@@ -41,20 +44,11 @@ def table_train_config(bcfg: Any, method: str = TABLE_METHOD) -> tuple[TrainConf
     if bcfg.budget_steps is None and bcfg.budget_seconds is not None:
         raise ValueError("that table was budgeted in seconds (--budget-seconds); croma train needs a "
                          "step budget to reproduce: rerun the table with --budget-steps")
-    train, _, _ = _contexts(bcfg, None, preset)
-    hp = _method_hp(bcfg, preset, method)
-    over: dict[str, Any] = {k: hp[k] for k in ("inner_lr", "task_mix", "meta_lr", "loss") if k in hp}
-    if "loss_hp" in hp:
-        over["loss_hp"] = {**train.loss_hp, **dict(hp["loss_hp"])}
-    train = replace(train, **over) if over else train
-    mix = float(train.task_mix)  # as croma.baselines.meta_learning.croma
-    weights = dict(train.task_weights) if train.task_weights else {"align": mix, "source_cls": 1.0 - mix}
+    train = with_method_hp(_contexts(bcfg, None, preset)[0], _method_hp(bcfg, preset, method))
     steps = int(bcfg.budget_steps if bcfg.budget_steps is not None else preset["budget_steps"])
-    per_iteration = train.meta_batch * train.inner_steps
-    iterations = max(1, steps // per_iteration)
-    checks = max(1, int(_knobs(bcfg, preset).get("val_checks", 6)))
+    iterations, every = step_schedule(train, steps, int(_knobs(bcfg, preset).get("val_checks", 6)))
     cfg = replace(
-        train, task_weights=weights, iterations=iterations, eval_every=max(1, iterations // checks), head_init="meta",
+        train, task_weights=croma_task_weights(train), iterations=iterations, eval_every=every, head_init="meta",
         val_label_noise=bcfg.label_noise, features=preset["frontend"], backbones=dict(bcfg.backbones or {}),
         audio_model=bcfg.audio_model, source=bcfg.source, target=bcfg.target, skip_bad=bcfg.skip_bad,
         split_classes=bcfg.split_classes, extra_modalities=bcfg.extra_modalities, seed=bcfg.seed,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -74,11 +74,8 @@ class MethodContext:
         return self.knobs.get(name, default)
 
     def method_train(self) -> TrainConfig:
-        """``train`` with this method's own settings (``inner_lr``, ``task_mix``, ``meta_lr``, ``loss``, ``loss_hp``)."""
-        over = {k: self.hp[k] for k in ("inner_lr", "task_mix", "meta_lr", "loss") if k in self.hp}
-        if "loss_hp" in self.hp:
-            over["loss_hp"] = {**self.train.loss_hp, **dict(self.hp["loss_hp"])}
-        return replace(self.train, **over) if over else self.train
+        """``train`` with this method's own settings (:func:`with_method_hp`)."""
+        return with_method_hp(self.train, self.hp)
 
     def budget(self, fraction: float = 1.0) -> "Budget":
         """This method's budget, or a fraction of it (a method with two phases splits it)."""
@@ -87,6 +84,14 @@ class MethodContext:
         if self.budget_seconds is None:
             raise ValueError("a method needs budget_steps or budget_seconds")
         return Budget(seconds=float(self.budget_seconds) * fraction)
+
+
+def with_method_hp(train: TrainConfig, hp: Mapping[str, Any]) -> TrainConfig:
+    """``train`` with a method's own settings (``inner_lr``, ``task_mix``, ``meta_lr``, ``loss``, ``loss_hp``)."""
+    over = {k: hp[k] for k in ("inner_lr", "task_mix", "meta_lr", "loss") if k in hp}
+    if "loss_hp" in hp:
+        over["loss_hp"] = {**train.loss_hp, **dict(hp["loss_hp"])}
+    return replace(train, **over) if over else train
 
 
 @dataclass(frozen=True)

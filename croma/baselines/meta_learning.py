@@ -8,6 +8,13 @@ from croma.baselines.ordinary import ordinary_train
 from croma.baselines.reptile_runs import budgeted_reptile
 
 
+def croma_task_weights(train) -> dict[str, float]:
+    """croma's meta-batch mix: ``task_mix`` alignment, the rest source classification
+    (``--task-weights``, any families, replaces it)."""
+    mix = float(train.task_mix)
+    return dict(train.task_weights) if train.task_weights else {"align": mix, "source_cls": 1.0 - mix}
+
+
 @register_method(
     "croma",
     family="meta_learning",
@@ -16,10 +23,8 @@ from croma.baselines.reptile_runs import budgeted_reptile
 )
 def croma(ctx: MethodContext):
     model = fresh_model(ctx)
-    train = ctx.method_train()
-    mix = float(train.task_mix)  # --task-weights (any families) replaces the align / source mix
-    weights = dict(train.task_weights) if train.task_weights else {"align": mix, "source_cls": 1.0 - mix}
-    params, info = budgeted_reptile(ctx, model=model, task_weights=weights, budget=ctx.budget())
+    params, info = budgeted_reptile(ctx, model=model, task_weights=croma_task_weights(ctx.method_train()),
+                                    budget=ctx.budget())
     return finish(
         ctx, model, params, train_seconds=info["seconds"], outer_steps=info["outer_steps"],
         optimizer_steps=info["optimizer_steps"], counts=target_pool_counts(ctx.bench, align=True), notes=info,

@@ -44,6 +44,13 @@ def task_examples(cfg: TrainConfig, align_items: int | None = None) -> int:
     return sum(per_task.get(fam, 0) * count for fam, count in task_plan(cfg)) * cfg.inner_steps
 
 
+def step_schedule(cfg: TrainConfig, steps: int, checks: int) -> tuple[int, int]:
+    """``(iterations, eval_every)`` of a budget of ``steps`` optimiser steps: ``max(1, steps //
+    (meta_batch * inner_steps))`` outer iterations, meta-val ``checks`` times, evenly spaced."""
+    iterations = max(1, int(steps) // (cfg.meta_batch * cfg.inner_steps))
+    return iterations, max(1, iterations // max(1, int(checks)))
+
+
 def budgeted_reptile(
     ctx: MethodContext,
     *,
@@ -74,11 +81,9 @@ def budgeted_reptile(
         ctx.method_train(), task_weights=dict(task_weights), checkpoint_dir=None, checkpoint_every=0,
         head_init="meta", val_label_noise=ctx.label_noise, **(overrides or {}),
     )
-    checks = max(1, int(ctx.knobs.get("val_checks", 6)))
-    per_iteration = base.meta_batch * base.inner_steps
     if budget.steps is not None:
-        iterations = max(1, int(budget.steps) // per_iteration)
-        cfg = replace(base, iterations=iterations, eval_every=max(1, iterations // checks))
+        iterations, every = step_schedule(base, int(budget.steps), int(ctx.knobs.get("val_checks", 6)))
+        cfg = replace(base, iterations=iterations, eval_every=every)
     else:
         cfg = replace(
             base, iterations=10**9, meta_lr_final=base.meta_lr, eval_every=int(ctx.knobs.get("val_every", 25)),
@@ -123,7 +128,7 @@ def budgeted_reptile(
     align_items = align.items_per_task() if isinstance(align, AlignMultiFamily) else None
     info = {
         "outer_steps": steps,
-        "optimizer_steps": steps * per_iteration,
+        "optimizer_steps": steps * base.meta_batch * base.inner_steps,
         "examples": steps * task_examples(cfg, align_items),
         "seconds": seconds,
         "start_val": start_val,
