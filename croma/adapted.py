@@ -67,10 +67,11 @@ class AdaptedModel:
 
     def logits(self, values: Sequence[Any], *, ids: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
         """``float [n, N]`` classifier logits of target-modality ``values``."""
-        return self._logits_x(self.run.features(self.run.target, values, ids=ids), batch_size)
+        return self.logits_features(self.run.features(self.run.target, values, ids=ids), batch_size)
 
-    def _logits_x(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Logits of encoder inputs already made by the run's front-end."""
+    def logits_features(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """:meth:`logits` of encoder inputs already made by the run's front-end (``RunModel.features``),
+        the counterpart of ``RunModel.adapt_features``."""
         t = self.run.target
         return _forward(self.run.model, self.params, lambda m, v: m.classify(m.embed(t, v)), x, batch_size)
 

@@ -73,7 +73,7 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
         for i in range(int(episodes)):
             t = sampler.sample(i)
             adapted = model.adapt_features(x[t.support_rows], t.support_labels.tolist())
-            pred = adapted._logits_x(x[t.query_rows]).argmax(-1).cpu()
+            pred = adapted.logits_features(x[t.query_rows]).argmax(-1).cpu()
             predicted = torch.tensor([int(adapted.classes[j]) for j in pred.tolist()])
             accs.append(100.0 * float((predicted == t.query_labels).double().mean()))
             setting = setting or {key: v for key, v in adapted.setting.items() if key != "note"}

@@ -83,6 +83,8 @@ def format_table(result: dict[str, Any]) -> str:
             out.append("+ / -: croma above / below this method, paired 95% interval over the same episodes excludes 0")
     else:
         out.append("accuracy in % on unseen target classes, mean ± std over repeats")
+    if with_ci:
+        out += _interval_caveats(result, rows)
     labelled = [m for m in methods if _uses_labels(next(r for r in rows if r["method"] == m))]
     if labelled:
         out.append(f"meta-trained with target labels of the meta-train classes (croma uses none): {', '.join(labelled)}")
@@ -92,6 +94,24 @@ def format_table(result: dict[str, Any]) -> str:
         out.append("fine-tuning setting chosen on " + ", ".join(how + (["by successive halving"] if bc.get("val_halving")
                                                                          else [])) + " (--val-episodes / --val-halving)")
     return "\n".join(out)
+
+
+def _interval_caveats(result: dict[str, Any], rows: list[dict]) -> list[str]:
+    """What a cell's ± does not cover, said under the table where it matters: a zero-width interval
+    (every episode scored the same, typically 100 %) and a meta-test split of few classes (the
+    episodes then redraw the same classes and items; another class split is a larger change)."""
+    out = []
+    flat = [r for r in rows if r.get("accuracy_ci95") == 0 and r.get("episodes", 0) > 1]
+    if flat:
+        cells = ", ".join(f"{r['method']} {int(r['shots'])}-shot" for r in flat[:3]) + (", ..." if len(flat) > 3 else "")
+        out.append(f"± 0.0 ({cells}): every episode of every seed scored the same, so resampling them shows no "
+                   "spread; that is not certainty (more episodes, classes or queries could)")
+    test = ((result.get("config") or {}).get("splits") or {}).get("meta_test")
+    ways = result.get("ways")
+    if isinstance(test, list) and isinstance(ways, int) and 0 < len(test) < 3 * ways:
+        out.append(f"meta-test has {len(test)} classes for {ways}-way episodes: the ± covers training seeds and episodes "
+                   "drawn from these classes, not another choice of classes (--seed draws another class split)")
+    return out
 
 
 def _uses_labels(row: dict) -> bool:

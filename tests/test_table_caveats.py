@@ -1,0 +1,25 @@
+"""The table says what its ± does not cover: a zero-width interval and a meta-test of few classes."""
+
+from croma.report_tables import format_table
+
+
+def _result(test_classes, ci95=(1.2, 0.0)):
+    rows = [{"method": m, "shots": 5, "accuracy_mean": mean, "accuracy_ci95": c, "episodes": 20,
+             "target_samples": 80, "target_labels": 0, "train_seconds": 0.0, "optimizer_steps": 0}
+            for m, mean, c in (("croma", 98.0, ci95[0]), ("pretrain", 100.0, ci95[1]))]
+    return {"benchmark": "manifest", "ways": 5, "rows": rows, "train_seeds": 1, "interval": "two-level",
+            "config": {"splits": {"meta_train": ["a"] * 20, "meta_val": ["b"] * 5, "meta_test": test_classes}}}
+
+
+def test_a_zero_width_interval_is_named_and_not_called_certainty():
+    table = format_table(_result([f"c{i}" for i in range(20)]))
+    assert "100.0 ± 0.0" in table
+    line = next(l for l in table.splitlines() if l.startswith("± 0.0"))
+    assert "pretrain 5-shot" in line and "croma" not in line and "not certainty" in line
+    assert "meta-test has" not in table  # 20 classes for 5-way: not few
+
+
+def test_a_meta_test_of_few_classes_says_the_interval_is_over_those_classes():
+    table = format_table(_result([f"c{i}" for i in range(5)], ci95=(1.2, 0.4)))
+    assert "meta-test has 5 classes for 5-way episodes" in table and "--seed" in table
+    assert "± 0.0" not in table
