@@ -57,13 +57,23 @@ def format_table(result: dict[str, Any]) -> str:
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     title = (
         f"{result.get('benchmark')} | {result.get('ways')}-way | loss={result.get('loss')} | "
-        f"label noise={result.get('label_noise')} | preset={result.get('preset')} | seed={result.get('seed')}"
+        f"label noise={result.get('label_noise')} | preset={result.get('preset')} | seed={_seeds(result.get('seed'))}"
     )
     if result.get("budget_steps"):
         title += f" | budget={result['budget_steps']} steps/method"
     out = [title, fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(l) for l in lines]
-    if with_ci and two_level:
+    pooled = result.get("splits") if isinstance(result.get("splits"), list) else None
+    if with_ci and pooled:
+        n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
+        seeds = result.get("train_seeds") or 1
+        out.append(f"accuracy in % on unseen target classes, mean over {len(pooled)} class splits (--seed "
+                   f"{', '.join(str(s.get('seed')) for s in pooled)}) x {seeds} training seed{'s' if seeds != 1 else ''} x "
+                   f"{n} episodes ± half the 95% interval (three-level bootstrap: splits, seeds, then episodes)")
+        if marks:
+            out.append("+ / -: croma above / below this method, paired 95% interval (same splits, seeds and episodes) "
+                       "excludes 0")
+    elif with_ci and two_level:
         n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
         seeds = result.get("train_seeds") or 1
         out.append(
@@ -84,7 +94,7 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         out.append("accuracy in % on unseen target classes, mean ± std over repeats")
     if with_ci:
-        out += _interval_caveats(result, rows)
+        out += _interval_caveats(result, rows, pooled=bool(pooled))
     labelled = [m for m in methods if _uses_labels(next(r for r in rows if r["method"] == m))]
     if labelled:
         out.append(f"meta-trained with target labels of the meta-train classes (croma uses none): {', '.join(labelled)}")
@@ -96,7 +106,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _interval_caveats(result: dict[str, Any], rows: list[dict]) -> list[str]:
+def _interval_caveats(result: dict[str, Any], rows: list[dict], pooled: bool = False) -> list[str]:
     """What a cell's ± does not cover, said under the table where it matters: a zero-width interval
     (every episode scored the same, typically 100 %) and a meta-test split of few classes (the
     episodes then redraw the same classes and items; another class split is a larger change)."""
@@ -108,10 +118,15 @@ def _interval_caveats(result: dict[str, Any], rows: list[dict]) -> list[str]:
                    "spread; that is not certainty (more episodes, classes or queries could)")
     test = ((result.get("config") or {}).get("splits") or {}).get("meta_test")
     ways = result.get("ways")
-    if isinstance(test, list) and isinstance(ways, int) and 0 < len(test) < 3 * ways:
+    if not pooled and isinstance(test, list) and isinstance(ways, int) and 0 < len(test) < 3 * ways:
         out.append(f"meta-test has {len(test)} classes for {ways}-way episodes: the ± covers training seeds and episodes "
-                   "drawn from these classes, not another choice of classes (--seed draws another class split)")
+                   "drawn from these classes, not another choice of classes (rerun with other --seed values, which "
+                   "draw other class splits, and pool them: croma report DIR1 DIR2 ...)")
     return out
+
+
+def _seeds(seed: Any) -> str:
+    return ",".join(map(str, seed)) if isinstance(seed, list) else str(seed)
 
 
 def _uses_labels(row: dict) -> bool:

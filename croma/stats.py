@@ -39,6 +39,7 @@ __all__ = [
     "Z95", "QUANTUM", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "mean_ci95", "mean_std", "wilson_interval",
     "paired_comparison", "seed_std",
     "two_level_draws", "two_level_means", "two_level_interval", "paired_two_level", "interval_text",
+    "split_level_means", "split_level_interval", "paired_split_level",
 ]
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
@@ -276,3 +277,71 @@ def paired_two_level(a: Any, b: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, se
     r = two_level_interval(d, resamples=resamples, seed=seed, mode=mode, level=level)
     return {"mean_diff": r["mean"], "ci95_low": r["ci95_low"], "ci95_high": r["ci95_high"],
             "episodes": r["episodes"], "seeds": r["seeds"], "resamples": r["resamples"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# three levels: class splits, then training seeds, then episodes
+
+
+def split_level_means(x: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                      mode: str = "shared") -> torch.Tensor:
+    """Bootstrap distribution of the mean over (split, seed, episode) cells of runs on ``P`` class
+    splits (the same command with another ``--seed``): each resample draws ``P`` splits with
+    replacement and, for the ``j``-th drawn split, a two-level draw of its seeds and episodes
+    (:func:`two_level_means`, its own draw per slot; episodes differ between splits, so nothing is
+    shared across them).
+
+    Args:
+        x: accuracies ``[..., P, S, E]``; leading dimensions are resampled with the same draws.
+        resamples, seed, mode: as :func:`two_level_draws` (``mode`` applies within a split).
+
+    Returns:
+        float64 ``[..., resamples]``, exact as :func:`two_level_means` (integer sums of quanta).
+
+    Draws: the split indices ``randint(P, (resamples, P))`` on ``torch.Generator().manual_seed(seed)``;
+    slot ``j`` of resample ``b`` uses two-level draw ``b * P + j`` of :func:`two_level_draws` with
+    ``resamples * P`` resamples and generator seed ``seed + 1``.
+    """
+    q = _quantised(x)
+    if q.dim() < 3:
+        raise ValueError(f"per-split accuracies must be [..., splits, seeds, episodes] (got shape {tuple(q.shape)})")
+    P, S, E = q.shape[-3], q.shape[-2], q.shape[-1]
+    # every split scored on every slot's two-level draw: integer totals [..., P, resamples * P]
+    totals = two_level_means(q * QUANTUM, resamples=resamples * P, seed=seed + 1, mode=mode) * (S * E)
+    totals = torch.round(totals / QUANTUM).reshape(*q.shape[:-2], resamples, P)  # [..., P(split), b, j(slot)]
+    split_idx = torch.randint(P, (resamples, P), generator=torch.Generator().manual_seed(int(seed)))
+    lead = q.shape[:-3]
+    picked = torch.gather(totals.movedim(-3, -1), -1, split_idx.expand(*lead, resamples, P).unsqueeze(-1)).squeeze(-1)
+    return picked.sum(-1) / (P * S * E) * QUANTUM
+
+
+def split_level_interval(x: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                         mode: str = "shared", level: float = 0.95) -> dict[str, Any]:
+    """Mean over splits, seeds and episodes with its three-level percentile bootstrap interval
+    (:func:`split_level_means`); ``x`` is ``[..., P, S, E]``. Returns the keys of
+    :func:`two_level_interval` and ``"splits"``."""
+    t = _quantised(x) * QUANTUM
+    if t.dim() < 3:
+        raise ValueError(f"per-split accuracies must be [..., splits, seeds, episodes] (got shape {tuple(t.shape)})")
+    stats = split_level_means(t, resamples=resamples, seed=seed, mode=mode)
+    lo, hi = _percentiles(stats, level)
+    q = _quantised(t)
+    mean = q.sum(dim=(-3, -2, -1)) / (q.shape[-3] * q.shape[-2] * q.shape[-1]) * QUANTUM
+    out = lambda v: v.tolist()  # noqa: E731
+    return {"mean": out(mean), "ci95_low": out(lo), "ci95_high": out(hi), "ci95": out((hi - lo) / 2),
+            "splits": int(t.shape[-3]), "seeds": int(t.shape[-2]), "episodes": int(t.shape[-1]),
+            "resamples": int(resamples)}
+
+
+def paired_split_level(a: Any, b: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       mode: str = "shared", level: float = 0.95) -> dict[str, Any]:
+    """Paired difference ``a - b`` over the same splits, seeds and episodes (``[..., P, S, E]``),
+    three-level bootstrap interval; keys as :func:`paired_two_level` and ``"splits"``."""
+    ta, tb = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if ta.shape != tb.shape:
+        raise ValueError(f"paired comparison needs the same splits, seeds and episodes: {tuple(ta.shape)} against "
+                         f"{tuple(tb.shape)}")
+    d = (_quantised(ta) - _quantised(tb)) * QUANTUM
+    r = split_level_interval(d, resamples=resamples, seed=seed, mode=mode, level=level)
+    return {"mean_diff": r["mean"], "ci95_low": r["ci95_low"], "ci95_high": r["ci95_high"], "episodes": r["episodes"],
+            "seeds": r["seeds"], "splits": r["splits"], "resamples": r["resamples"]}

@@ -10,7 +10,14 @@
 
 Tests over ~5 s carry ``@pytest.mark.slow``; ``make test`` runs everything, ``pytest -m "not slow"``
 is the fast loop.
+
+A shell that starts the suite in the background (``make test &``, ``nohup``) hands it SIGINT
+ignored, and every ``croma`` subprocess would inherit that: the tests that press Ctrl-C on one
+would wait for an exit that cannot come. The suite restores Python's own Ctrl-C handler first, so
+its subprocesses start with the disposition a terminal gives them.
 """
+
+import signal
 
 import pytest
 import torch
@@ -18,6 +25,8 @@ import torch
 from episodes.datasets.synthetic import make_synthetic_benchmark
 
 torch.set_num_threads(1)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
