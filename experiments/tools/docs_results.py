@@ -181,7 +181,10 @@ def benchmark_parts(name: str, d: dict) -> dict[str, list[str]]:
     out += _table(head, table)
     note = "Accuracy in % on unseen target classes, mean ± 95% interval"
     seeds = int(rows[0].get("train_seeds") or 1) if rows else 1
-    over = (f" over {seeds} training seeds × {eps} episodes per cell (two-level bootstrap)"
+    pooled = d.get("splits") if isinstance(d.get("splits"), list) else None  # croma report DIR1 DIR2 ...
+    over = (f" over {len(pooled)} class splits × {seeds} training seed{'s' if seeds != 1 else ''} × {eps} episodes "
+            "per cell (three-level bootstrap: splits, seeds, episodes)" if pooled and eps
+            else f" over {seeds} training seeds × {eps} episodes per cell (two-level bootstrap)"
             if eps and seeds > 1 and d.get("interval")
             else f" over {eps} episodes per cell" if eps else "")
     out += [note + over + "; `+` / `−`: croma above / below that "
@@ -200,7 +203,8 @@ def benchmark_parts(name: str, d: dict) -> dict[str, list[str]]:
                     f"{_signed(c['mean_diff'])} [{_signed(c['ci95_low'], False)}, {_signed(c['ci95_high'], False)}]"
                     if c.get("ci95_low") is not None else _signed(c["mean_diff"])))
             ctab.append(cells)
-        out += ["Paired differences (accuracy points, 95% interval over the same episodes):", ""]
+        same = "splits, seeds and episodes" if pooled else "episodes"
+        out += [f"Paired differences (accuracy points, 95% interval over the same {same}):", ""]
         out += _table(["difference"] + [f"{k}-shot" for k in shots], ctab)
     parts["comparisons"], out = out, []
     if any("centroid_mean" in r or "head_init" in r for r in rows):
