@@ -287,11 +287,69 @@ def test_slow_run_warning_before_sequence_training_on_cpu(tmp_path, run_cli, mon
     assert T.slow_run_warning(cfg("--iterations", "2000", "--encoder", "text=mlp", "--encoder", "audio=mlp")) is None
     monkeypatch.setattr(T, "run_rank", lambda payload: 0)  # the warning comes before any work
     rc, _, err = run_cli(["train", "udhr-speech", "--iterations", "2000", "--device", "cpu", "--checkpoint-dir",
-                          str(tmp_path / "r1")])
+                          str(tmp_path / "r1"), "--no-compile-inner"])
     assert rc == 0 and err.count("warning: sequence features") == 1
     rc, _, err = run_cli(["train", "udhr-speech", "--iterations", "2000", "--device", "cpu", "--checkpoint-dir",
-                          str(tmp_path / "r2"), "--quiet"])
+                          str(tmp_path / "r2"), "--quiet", "--no-compile-inner"])
     assert rc == 0 and err == ""
+
+
+def test_croma_train_compiles_the_inner_step_where_it_was_measured_to_pay(tmp_path, run_cli, monkeypatch):
+    """Sequence features through cnn1d encoders on the CPU for >= AUTO_COMPILE_ITERATIONS iterations,
+    with a C++ compiler: compiled unless a flag or a file chose; a resumed run keeps its mode."""
+    import shutil
+
+    import croma.cli.slow_runs as S
+    import croma.cli.train as T
+    from croma.cli import build_parser
+
+    def cfg(*flags):
+        return T.config_from_args(build_parser().parse_args(["train", "udhr-speech", "--device", "cpu",
+                                                             "--checkpoint-dir", str(tmp_path / "x"), *flags]))
+
+    n = str(S.AUTO_COMPILE_ITERATIONS)
+    real_cxx_found = S._cxx_found
+    reason = S.auto_compile_reason(cfg("--iterations", n))
+    assert reason is None if not S._cxx_found() else ("cnn1d" in reason and n in reason)
+    monkeypatch.setattr(S, "_cxx_found", lambda: True)
+    assert S.auto_compile_reason(cfg("--iterations", n)) is not None
+    assert S.auto_compile_reason(cfg("--iterations", str(S.AUTO_COMPILE_ITERATIONS - 1))) is None  # short
+    assert S.auto_compile_reason(cfg("--iterations", n, "--features", "compact")) is None  # MLP encoders
+    assert S.auto_compile_reason(cfg("--iterations", n, "--inner-loop", "sequential")) is None
+    assert S.auto_compile_reason(cfg("--iterations", n, "--encoder", "audio=lstm")) is None  # not measured
+    images = T.config_from_args(build_parser().parse_args(["train", "cifar-esc50", "--device", "cpu", "--iterations", n,
+                                                           "--checkpoint-dir", str(tmp_path / "y")]))
+    assert S.auto_compile_reason(images) is None  # cnn2d on images: not measured
+    with monkeypatch.context() as m:
+        m.setattr(S, "_cxx_found", real_cxx_found)
+        m.setattr(shutil, "which", lambda name: None)
+        assert S.auto_compile_reason(cfg("--iterations", n)) is None  # no C++ compiler: eager
+
+    payloads = []
+    real_run_rank = T.run_rank
+    monkeypatch.setattr(T, "run_rank", lambda payload: payloads.append(payload) or 0)
+    base = ["train", "udhr-speech", "--iterations", n, "--device", "cpu"]
+    assert run_cli(base + ["--checkpoint-dir", str(tmp_path / "a")])[0] == 0
+    assert payloads[-1]["config"]["inner"]["compile"] is True and "cnn1d" in payloads[-1]["compile_reason"]
+    assert run_cli(base + ["--checkpoint-dir", str(tmp_path / "b"), "--no-compile-inner"])[0] == 0
+    assert payloads[-1]["config"]["inner"]["compile"] is False and payloads[-1]["compile_reason"] is None
+    assert run_cli(base + ["--checkpoint-dir", str(tmp_path / "c"), "--compile-inner"])[0] == 0
+    assert payloads[-1]["config"]["inner"]["compile"] is True and payloads[-1]["compile_reason"] is None
+    conf = tmp_path / "eager.toml"
+    conf.write_text("[inner]\ncompile = false\n")
+    assert run_cli(base + ["--checkpoint-dir", str(tmp_path / "d"), "--config", str(conf)])[0] == 0
+    assert payloads[-1]["config"]["inner"]["compile"] is False  # the file chose
+
+    # --resume keeps the mode the run started with (a changed mode would be refused as another setting)
+    import croma.meta.inner as inner
+
+    monkeypatch.setattr(T, "run_rank", real_run_rank)
+    monkeypatch.setattr(inner, "_COMPILE_BACKEND", "eager")  # graph capture without code generation
+    run = tmp_path / "started-compiled"
+    assert run_cli(["train", "synthetic", *SIZES, "--quiet", "--checkpoint-dir", str(run), "--compile-inner"])[0] == 0
+    monkeypatch.setattr(T, "run_rank", lambda payload: payloads.append(payload) or 0)
+    assert run_cli(["train", "synthetic", *SIZES, "--quiet", "--checkpoint-dir", str(run), "--resume"])[0] == 0
+    assert payloads[-1]["config"]["inner"]["compile"] is True and "resumed" in payloads[-1]["compile_reason"]
 
 
 def test_tensorboard_gets_the_hyper_parameters(tmp_path, run_cli):

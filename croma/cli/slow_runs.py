@@ -1,8 +1,10 @@
-"""The one-line warning ``croma train`` prints before a run whose features make it slow on a CPU."""
+"""The one-line warning ``croma train`` prints before a run whose features make it slow on a CPU,
+and ``croma train``'s own choice of the compiled inner step for such a run (:func:`auto_compile_reason`)."""
 
 from __future__ import annotations
 
-__all__ = ["slow_run_warning", "SEQUENCE_S_PER_ITERATION", "SLOW_WARN_S"]
+__all__ = ["slow_run_warning", "auto_compile_reason", "choose_compile", "SEQUENCE_S_PER_ITERATION", "SLOW_WARN_S",
+           "AUTO_COMPILE_ITERATIONS"]
 
 # the modalities of the built-in data sets (a manifest's come from --source / --target)
 _MODALITIES = {"udhr-speech": ("text", "audio"), "cifar-esc50": ("image", "audio"), "yummly": ("text", "image"),
@@ -11,6 +13,52 @@ _MODALITIES = {"udhr-speech": ("text", "audio"), "cifar-esc50": ("image", "audio
 # steps), eager, 2-core CPU: 0.69-0.72 s per iteration (docs/speed.md, "Speed")
 SEQUENCE_S_PER_ITERATION = 0.7
 SLOW_WARN_S = 300.0
+# measured on the same workload (docs/speed.md): the compiled step saves ~0.45 s per iteration; a compile on
+# a cold cache took 77 s quiet and 415 s under load (break-even 170 / 320 iterations), on a warm cache 8-19 s
+AUTO_COMPILE_ITERATIONS = 400
+
+
+def _slow_modalities(cfg) -> tuple[list[str], dict]:
+    """The modalities whose encoders are cnn1d / lstm on sequence features, and the chosen encoders."""
+    d = cfg.data
+    mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
+    chosen = dict(cfg.model.get("encoders") or {})
+    backbones = dict(d.backbones or {})
+    slow = [m for m in mods if m in ("text", "audio") and m not in backbones
+            and chosen.get(m, "bert" if m == "text" and cfg.model.get("text_model") else "cnn1d") in ("cnn1d", "lstm")]
+    return slow, chosen
+
+
+def _cxx_found() -> bool:
+    import os
+    import shutil
+
+    return any(shutil.which(c) for c in ([os.environ["CXX"]] if os.environ.get("CXX") else []) + ["g++", "c++", "clang++"])
+
+
+def auto_compile_reason(cfg) -> str | None:
+    """Why ``croma train`` compiles this run's inner step when no flag or file chose (None: it does not).
+
+    Only where it was measured to pay: the batched inner loop on the CPU, sequence features whose
+    encoders are all cnn1d (text and audio, no image, no pretrained backbone), at least
+    :data:`AUTO_COMPILE_ITERATIONS` iterations (past the cold-cache break-even), and a C++ compiler on
+    the PATH (inductor needs one). The compiled step rounds differently from the eager one (the
+    statistics were compared on meta-val: docs/speed.md); ``--no-compile-inner`` keeps it eager.
+    """
+    from croma.factory import resolve_device
+
+    d = cfg.data
+    if (cfg.compile_inner or cfg.inner_loop != "batched" or d.features != "sequence"
+            or resolve_device(cfg.device).type != "cpu" or cfg.iterations < AUTO_COMPILE_ITERATIONS):
+        return None
+    mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
+    slow, chosen = _slow_modalities(cfg)
+    if not mods or len(slow) != len(mods) or any(chosen.get(m, "cnn1d") != "cnn1d" for m in slow):
+        return None
+    if not _cxx_found():
+        return None
+    return (f"cnn1d encoders on sequence features for {cfg.iterations} iterations "
+            f"(>= {AUTO_COMPILE_ITERATIONS}: the one-off compile pays for itself)")
 
 
 def slow_run_warning(cfg) -> str | None:
@@ -23,11 +71,7 @@ def slow_run_warning(cfg) -> str | None:
     d = cfg.data
     if d.features != "sequence" or cfg.compile_inner or resolve_device(cfg.device).type != "cpu":
         return None
-    mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
-    chosen = dict(cfg.model.get("encoders") or {})
-    backbones = dict(d.backbones or {})
-    slow = [m for m in mods if m in ("text", "audio") and m not in backbones
-            and chosen.get(m, "bert" if m == "text" and cfg.model.get("text_model") else "cnn1d") in ("cnn1d", "lstm")]
+    slow, chosen = _slow_modalities(cfg)
     if not slow:
         return None
     base = TrainConfig()
@@ -39,3 +83,21 @@ def slow_run_warning(cfg) -> str | None:
             f"the CPU: ~{est / 60:.0f} min for {cfg.iterations} iterations before meta-val (measured ~0.7 s per "
             f"iteration at meta-batch 8 on a 2-core CPU, docs/speed.md); --features compact trains MLP encoders on "
             "vectors in a fraction of that, --compile-inner is ~2.5x faster (--quiet hides this line)")
+
+
+def choose_compile(args, cfg, env, last) -> str | None:
+    """``croma train``: set ``cfg.compile_inner`` where no flag or file chose it (``args.compile_named``).
+    A resumed run (``last``: its last.pt) keeps the mode it was started with; a new one compiles where
+    :func:`auto_compile_reason` says it pays, in one process only (not under ``--nproc`` / torchrun:
+    ``env``). Returns why it compiles (None: as chosen, or eager)."""
+    if getattr(args, "compile_named", True) or env is not None or args.nproc > 1:
+        return None
+    if args.resume and last.exists():
+        from croma.checkpoint import load_checkpoint, train_config
+
+        cfg.compile_inner = bool(train_config(load_checkpoint(last), last).compile_inner)
+        return "the mode the resumed run started with" if cfg.compile_inner else None
+    reason = auto_compile_reason(cfg)
+    if reason:
+        cfg.compile_inner = True
+    return reason

@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from croma.cli.config_flags import benchmark_names  # the names NAME / BENCH accept (re-exported)
-from croma.cli.slow_runs import SEQUENCE_S_PER_ITERATION, SLOW_WARN_S, slow_run_warning  # noqa: F401 - re-exported
+from croma.cli.slow_runs import AUTO_COMPILE_ITERATIONS, SEQUENCE_S_PER_ITERATION, SLOW_WARN_S, choose_compile, slow_run_warning  # noqa: F401, E501
 
 
 def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's names, read when asked
@@ -78,8 +78,12 @@ def add_parser(sub) -> None:
                    "between processes, so results do not depend on --nproc (more chunks than processes keep them "
                    f"all busy; smaller chunks cost speed per process; 0: one chunk per task family; default {d.task_chunk})")
     p.add_argument("--compile-inner", action="store_true",
-                   help="run the batched inner step through torch.compile (faster per step after a one-off compile "
-                   "of each chunk shape: tens of seconds on CPU; see 'croma bench meta --compile')")
+                   help="run the batched inner step through torch.compile (a one-off compile per chunk shape, then "
+                   "faster steps; 'croma bench meta --compile'); unless this or --no-compile-inner is given, croma "
+                   f"train compiles cnn1d encoders on sequence features on the CPU for >= {AUTO_COMPILE_ITERATIONS} "
+                   "iterations when a C++ compiler is found")
+    p.add_argument("--no-compile-inner", dest="compile_inner", action="store_false",
+                   help="keep the inner step eager where croma train would compile it (it rounds differently)")
     p.add_argument("--meta-lr", type=float, default=d.meta_lr, help=f"outer step size at the start (default {d.meta_lr:g})")
     p.add_argument("--meta-lr-final", type=float, default=d.meta_lr_final,
                    help=f"outer step size at the end (linear; default {d.meta_lr_final:g})")
@@ -169,6 +173,8 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         flat = {k: v for k, v in flat.items() if k in named}
         if kind in ("checkpoint", "results"):
             flat = {k: v for k, v in flat.items() if k not in _LOCAL}
+    # croma train chooses the compiled inner step only where nothing else did (_choose_compile)
+    args.compile_named = kind == "results" or "compile_inner" in flat or given(args, "compile_inner")
     settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
     settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
     apply_flags(args, settings, direct=_DIRECT, lists=("eval_shots",), name=args.bench, label="BENCH")
@@ -219,6 +225,7 @@ def run(args) -> int:
             check_run_files(cfg.checkpoint_dir, "--checkpoint-dir")
             if last.exists() and not args.resume:
                 raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+            args.compile_reason = choose_compile(args, cfg, env, last)
             return _run_checked(args, cfg)
     except BaseException:
         _remove_if_empty(made)  # a run refused before it wrote anything leaves no empty folder behind
@@ -252,6 +259,7 @@ def _run_checked(args, cfg) -> int:
 
         require("tensorboard", purpose="--tensorboard")
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
+               "compile_reason": getattr(args, "compile_reason", None),
                "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard)}
     if args.nproc > 1:
         import torch
@@ -319,7 +327,7 @@ def run_rank(payload: dict) -> int:
         from croma.log import info
         from croma.meta.inner import inner_loop_text
 
-        info(f"inner loop: {inner_loop_text(cfg)}")
+        info(f"inner loop: {inner_loop_text(cfg, payload.get('compile_reason'))}")
     try:
         with error_hints(**TRAIN_HINTS):
             result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,

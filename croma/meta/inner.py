@@ -238,11 +238,14 @@ def _compiled(fn):
     A backend that cannot build code (on CPU inductor needs a C++ compiler) raises
     :class:`croma.errors.CromaError` naming ``--compile-inner`` instead of PyTorch's traceback.
     """
+    import logging
     import warnings
 
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # families x chunk shapes
+    # a CPU-only machine: torch.utils.cpp_extension logs "No CUDA runtime is found" at every compile
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     # inductor's own use of a deprecated helper (torch 2.14) would print a FutureWarning per compile
     warnings.filterwarnings("ignore", message=r".*_prims_common\.check.*", category=FutureWarning)
     compiled = torch.compile(fn, dynamic=False, backend=_COMPILE_BACKEND)
@@ -256,7 +259,8 @@ def _compiled(fn):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise CromaError(
                 f"--compile-inner: torch.compile could not build the inner step ({first}); on CPU it needs a "
-                "working C++ compiler (g++ or clang); run without --compile-inner"
+                "working C++ compiler (g++ or clang); run without --compile-inner (or with --no-compile-inner "
+                "where croma train chose it)"
             ) from None
 
     return run
@@ -382,12 +386,15 @@ def _num_tasks(batch: Mapping[str, torch.Tensor]) -> int:
     return sizes.pop()
 
 
-def inner_loop_text(cfg) -> str:
+def inner_loop_text(cfg, chosen: str | None = None) -> str:
     """Which inner-loop path a :class:`croma.config.TrainConfig` takes, in one phrase (``croma train``
-    and ``croma benchmark`` print it before training)."""
+    and ``croma benchmark`` print it before training); ``chosen``: why ``croma train`` compiled it
+    when no flag asked (``croma.cli.slow_runs.auto_compile_reason``)."""
     if cfg.inner_loop == "sequential":
         return "sequential (one task at a time, torch.func), eager"
     if cfg.inner_loop == "higher":
         return "higher (one task at a time, differentiable optimisers), eager"
-    how = "compiled (torch.compile, --compile-inner)" if cfg.compile_inner else "eager (--compile-inner compiles it)"
+    how = ("eager (--compile-inner compiles it)" if not cfg.compile_inner
+           else f"compiled (torch.compile, chosen by croma train: {chosen}; --no-compile-inner keeps it eager)" if chosen
+           else "compiled (torch.compile, --compile-inner)")
     return f"batched (torch.func vmap over up to {cfg.task_chunk} tasks per call), {how}"
