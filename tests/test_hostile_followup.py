@@ -209,7 +209,7 @@ def test_every_train_flag_name_is_a_flat_setting():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     train = sub.choices["train"]
     not_settings = {"help", "resume", "quiet", "progress", "tensorboard", "config", "nproc", "dist_timeout",
-                    "no_extra_modalities"}  # the last: the negation of the flat setting extra_modalities
+                    "no_extra_modalities", "no_compile_inner"}  # the last two: negations of flat settings
     values = {"loss_hp": {"temperature": 0.1}, "task_weights": {"align": 1.0}, "split_classes": [2, 1, 1],
               "backbone": {"image": "pixels"}, "encoder": {"image": "mlp"}, "eval_shots": [1], "outer": "fomaml",
               "skip_bad": True, "compile_inner": True, "strict_sizes": True}
