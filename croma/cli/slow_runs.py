@@ -57,8 +57,8 @@ def auto_compile_reason(cfg) -> str | None:
         return None
     if not _cxx_found():
         return None
-    return (f"cnn1d encoders on sequence features for {cfg.iterations} iterations (>= {AUTO_COMPILE_ITERATIONS}: "
-            "the compile in the first iterations, 10 s to minutes once per machine, pays for itself)")
+    return (f"cnn1d encoders on sequence features, {cfg.iterations} iterations >= {AUTO_COMPILE_ITERATIONS}; the first "
+            "iterations compile it, 10 s to minutes once per machine")
 
 
 def slow_run_warning(cfg) -> str | None:
