@@ -2,6 +2,7 @@
 one table over splits, training seeds and episodes with a three-level bootstrap interval."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -43,7 +44,8 @@ def test_a_split_effect_widens_the_interval_beyond_seeds_and_episodes():
 
 @pytest.fixture(scope="module")
 def split_dirs(tmp_path_factory):
-    """The same tiny benchmark on class splits --seed 0, 1, 2, and seed 0 again with another budget."""
+    """The same tiny benchmark on class splits --seed 0, 1, 2; copies of seed 0 as a second folder of the
+    same split (s0c) and as another experiment (s0b: its results.json says another budget)."""
     import contextlib
     import io
 
@@ -56,16 +58,19 @@ def split_dirs(tmp_path_factory):
                                            "finetune_grid": [0], "finetune_mode_grid": ["all"]})
     mp.setitem(PRESETS["quick"], "train", {**PRESETS["quick"]["train"], "eval_tasks": 4, "finetune_steps": 2})
     try:
-        for name, extra in (("s0", ["--seed", "0"]), ("s1", ["--seed", "1"]), ("s2", ["--seed", "2"]),
-                            ("s0b", ["--seed", "0", "--budget-steps", "20"]), ("s0c", ["--seed", "0"])):
+        for name, extra in (("s0", ["--seed", "0"]), ("s1", ["--seed", "1"]), ("s2", ["--seed", "2"])):
             with contextlib.redirect_stdout(io.StringIO()):
                 assert main(ARGV + extra + ["--out", str(root / name)]) == 0
     finally:
         mp.undo()
+    shutil.copytree(root / "s0", root / "s0c")
+    shutil.copytree(root / "s0", root / "s0b")
+    res = json.loads((root / "s0b" / "results.json").read_text())
+    (root / "s0b" / "results.json").write_text(json.dumps({**res, "budget_steps": 20}))
     return root
 
 
-@pytest.mark.slow  # five tiny benchmark runs (~20 s)
+@pytest.mark.slow  # three tiny benchmark runs (~12 s)
 def test_report_pools_class_splits(split_dirs, run_cli):
     dirs = [str(split_dirs / n) for n in ("s0", "s1", "s2")]
     out = split_dirs / "pooled.json"
