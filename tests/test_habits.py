@@ -297,6 +297,7 @@ def test_slow_run_warning_before_sequence_training_on_cpu(tmp_path, run_cli, mon
 def test_croma_train_compiles_the_inner_step_where_it_was_measured_to_pay(tmp_path, run_cli, monkeypatch):
     """Sequence features through cnn1d encoders on the CPU for >= AUTO_COMPILE_ITERATIONS iterations,
     with a C++ compiler: compiled unless a flag or a file chose; a resumed run keeps its mode."""
+    import json
     import shutil
 
     import croma.cli.slow_runs as S
@@ -320,6 +321,14 @@ def test_croma_train_compiles_the_inner_step_where_it_was_measured_to_pay(tmp_pa
     images = T.config_from_args(build_parser().parse_args(["train", "cifar-esc50", "--device", "cpu", "--iterations", n,
                                                            "--checkpoint-dir", str(tmp_path / "y")]))
     assert S.auto_compile_reason(images) is None  # cnn2d on images: not measured
+    rows = [{"id": "a", "label": "x", "text": "t", "audio": "a.wav"}, {"id": "b", "label": "y", "image": "b.png"}]
+    for name, keep, extra, compiles in (("speech.jsonl", rows[:1], [], True), ("mixed.jsonl", rows, [], False),
+                                        ("mixed.jsonl", rows, ["--no-extra-modalities"], True)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in keep))
+        m = T.config_from_args(build_parser().parse_args(
+            ["train", "manifest", "--manifest", str(tmp_path / name), "--source", "text", "--target", "audio",
+             "--device", "cpu", "--iterations", n, "--checkpoint-dir", str(tmp_path / "z"), *extra]))
+        assert (S.auto_compile_reason(m) is not None) == compiles, (name, extra)  # an extra image: cnn2d, eager
     with monkeypatch.context() as m:
         m.setattr(S, "_cxx_found", real_cxx_found)
         m.setattr(shutil, "which", lambda name: None)

@@ -36,6 +36,21 @@ def _cxx_found() -> bool:
     return any(shutil.which(c) for c in ([os.environ["CXX"]] if os.environ.get("CXX") else []) + ["g++", "c++", "clang++"])
 
 
+def _manifest_has_image(path) -> bool:
+    """Whether a manifest row holds an image (True when the file cannot be read: the loader says why later)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for line in fh:
+                line = line.strip()
+                if line and not line.startswith("#") and "image" in json.loads(line):
+                    return True
+    except (OSError, ValueError, TypeError):
+        return True
+    return False
+
+
 def auto_compile_reason(cfg) -> str | None:
     """Why ``croma train`` compiles this run's inner step when no flag or file chose (None: it does not).
 
@@ -55,6 +70,8 @@ def auto_compile_reason(cfg) -> str | None:
     slow, chosen = _slow_modalities(cfg)
     if not mods or len(slow) != len(mods) or any(chosen.get(m, "cnn1d") != "cnn1d" for m in slow):
         return None
+    if d.benchmark == "manifest" and d.extra_modalities and _manifest_has_image(d.manifest):
+        return None  # an extra image modality would bring a cnn2d encoder into the compiled step: not measured
     if not _cxx_found():
         return None
     return (f"cnn1d encoders on sequence features, {cfg.iterations} iterations >= {AUTO_COMPILE_ITERATIONS}; the first "
