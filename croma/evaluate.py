@@ -368,6 +368,10 @@ def format_results(result: Mapping[str, Any]) -> str:
         lines.append(f"{r['shots']:>5}  {acc:>16}  {cen:>20}")
     if eps:
         lines.append(f"± is the 95% interval over {eps} episodes (1.96·sd/√n)")
+        flat = [str(r["shots"]) for r in result["rows"] if r.get("accuracy_ci95") == 0 and (r.get("episodes") or 0) > 1]
+        if flat:
+            lines.append(f"± 0.00 (k={', '.join(flat)}): every episode scored the same; no spread to measure, "
+                         "not certainty")
     ret = result.get("retrieval")
     if ret:
         lines.append(

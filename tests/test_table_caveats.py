@@ -23,3 +23,14 @@ def test_a_meta_test_of_few_classes_says_the_interval_is_over_those_classes():
     table = format_table(_result([f"c{i}" for i in range(5)], ci95=(1.2, 0.4)))
     assert "meta-test has 5 classes for 5-way episodes" in table and "--seed" in table
     assert "± 0.0" not in table
+
+
+def test_croma_evaluate_names_a_zero_width_interval_too():
+    from croma.evaluate import format_results
+
+    rows = [{"shots": k, "accuracy_mean": m, "accuracy_std": 0.0, "accuracy_ci95": c, "episodes": 40}
+            for k, m, c in ((1, 81.5, 2.1), (5, 100.0, 0.0))]
+    text = format_results({"split": "meta_test", "ways": 5, "tasks": 8, "repeats": 5, "queries": 5,
+                           "head_init": "meta", "finetune": "all", "rows": rows})
+    assert "100.00 ±  0.00" in text
+    assert "± 0.00 (k=5): every episode scored the same" in text and "k=1" not in text
