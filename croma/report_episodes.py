@@ -200,6 +200,12 @@ def rebuild(results_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
     Raises:
         CromaError: a missing or unreadable file, episodes that are not paired.
     """
+    result, diffs, _ = rebuilt(results_dir)
+    return result, diffs
+
+
+def rebuilt(results_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """:func:`rebuild` and the folder's :func:`read_episodes` it was computed from (read once)."""
     from croma.errors import CromaError
 
     d = Path(results_dir)
@@ -238,7 +244,7 @@ def rebuild(results_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
             if o is None or o.get(key) != c[key]:
                 diffs.append(f"croma - {c['baseline']} {c['shots']}-shot {key}: results.json "
                              f"{None if o is None else o.get(key)!r}, episodes.csv {c[key]!r}")
-    return result, diffs
+    return result, diffs, ep
 
 
 def _interval_line(ep: dict[str, Any], settings: dict[str, Any] | None) -> str:

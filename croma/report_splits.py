@@ -3,7 +3,7 @@
 A benchmark's interval covers training seeds and meta-test episodes, both drawn on *one* class split.
 With few meta-test classes (a small data set: 5 classes for 5-way) which classes land in meta-test
 can move a table more than either: the same command with another ``--seed`` draws another split.
-:func:`pool_splits` reads such folders (each checked by :func:`croma.report_episodes.rebuild`),
+:func:`pool_splits` reads such folders (each checked by :func:`croma.report_episodes.rebuild`, its episodes read once),
 checks that they are the same experiment on different splits, and gives one table whose cells are
 means over splits, seeds and episodes with a three-level bootstrap interval
 (:func:`croma.stats.split_level_interval`; croma's comparisons paired within each split by seed
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 # what must agree between the folders (results.json keys): the same experiment, split aside
@@ -42,16 +41,16 @@ def pool_splits(dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any], list
     import torch
 
     from croma.errors import CromaError
-    from croma.report_episodes import _kw, read_episodes, rebuild
+    from croma.report_episodes import _kw, rebuilt
     from croma.stats import paired_split_level, split_level_interval
 
     if len(dirs) < 2:
         raise CromaError("pooling class splits needs at least 2 benchmark folders (the same command with other --seed)")
     built, eps, diffs = [], [], []
     for d in dirs:
-        result, dd = rebuild(d)
+        result, dd, ep = rebuilt(d)
         built.append(result)
-        eps.append(read_episodes(Path(d) / "episodes.csv"))
+        eps.append(ep)
         diffs += [f"{d}: {x}" for x in dd]
     first, name0 = built[0], str(dirs[0])
     for d, r, ep in zip(dirs[1:], built[1:], eps[1:]):

@@ -64,9 +64,9 @@ def format_table(result: dict[str, Any]) -> str:
     out = [title, fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(l) for l in lines]
     pooled = result.get("splits") if isinstance(result.get("splits"), list) else None
+    n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
+    seeds = result.get("train_seeds") or 1
     if with_ci and pooled:
-        n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
-        seeds = result.get("train_seeds") or 1
         out.append(f"accuracy in % on unseen target classes, mean over {len(pooled)} class splits (--seed "
                    f"{', '.join(str(s.get('seed')) for s in pooled)}) x {seeds} training seed{'s' if seeds != 1 else ''} x "
                    f"{n} episodes ± half the 95% interval (three-level bootstrap: splits, seeds, then episodes)")
@@ -74,8 +74,6 @@ def format_table(result: dict[str, Any]) -> str:
             out.append("+ / -: croma above / below this method, paired 95% interval (same splits, seeds and episodes) "
                        "excludes 0")
     elif with_ci and two_level:
-        n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
-        seeds = result.get("train_seeds") or 1
         out.append(
             f"accuracy in % on unseen target classes, mean over {seeds} training seed{'s' if seeds != 1 else ''} x "
             f"{n} episodes ± half the 95% interval (two-level bootstrap: seeds, then episodes)"
@@ -83,8 +81,6 @@ def format_table(result: dict[str, Any]) -> str:
         if marks:
             out.append("+ / -: croma above / below this method, paired 95% interval (same seeds and episodes) excludes 0")
     elif with_ci:
-        n = next((r.get("episodes") for r in rows if r.get("episodes")), None)
-        seeds = result.get("train_seeds") or 1
         out.append(
             f"accuracy in % on unseen target classes, mean ± 95% interval over {n} episodes per cell"
             + (f" (each episode averaged over {seeds} training seeds)" if seeds > 1 else "")

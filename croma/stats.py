@@ -201,6 +201,12 @@ def two_level_means(x: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int =
         drawn seeds ``s_bj`` and episodes, in multiples of :data:`QUANTUM` (exact).
     """
     q = _quantised(x)
+    return _two_level_totals(q, resamples, seed, mode) / (q.shape[-2] * q.shape[-1]) * QUANTUM
+
+
+def _two_level_totals(q: torch.Tensor, resamples: int, seed: int, mode: str) -> torch.Tensor:
+    """:func:`two_level_means` before its division: per resample the sum over the drawn (seed,
+    episode) cells of the quantised accuracies ``q`` ``[..., S, E]``, an exact integer in float64."""
     S, E = q.shape[-2], q.shape[-1]
     seed_idx, counts = two_level_draws(S, E, resamples, seed, mode)
     lead = q.shape[:-2]
@@ -218,7 +224,7 @@ def two_level_means(x: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int =
         for j in range(S):  # the j-th drawn seed: its own episode draw
             w = scored(counts[:, j, :])
             total = total + torch.gather(w, -1, seed_idx[:, j:j + 1].expand(*lead, resamples, 1)).squeeze(-1)
-    return total / (S * E) * QUANTUM
+    return total
 
 
 def _percentiles(stats: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,8 +313,8 @@ def split_level_means(x: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int
         raise ValueError(f"per-split accuracies must be [..., splits, seeds, episodes] (got shape {tuple(q.shape)})")
     P, S, E = q.shape[-3], q.shape[-2], q.shape[-1]
     # every split scored on every slot's two-level draw: integer totals [..., P, resamples * P]
-    totals = two_level_means(q * QUANTUM, resamples=resamples * P, seed=seed + 1, mode=mode) * (S * E)
-    totals = torch.round(totals / QUANTUM).reshape(*q.shape[:-2], resamples, P)  # [..., P(split), b, j(slot)]
+    totals = _two_level_totals(q, resamples * P, seed + 1, mode)
+    totals = totals.reshape(*q.shape[:-2], resamples, P)  # [..., P(split), b, j(slot)]
     split_idx = torch.randint(P, (resamples, P), generator=torch.Generator().manual_seed(int(seed)))
     lead = q.shape[:-3]
     picked = torch.gather(totals.movedim(-3, -1), -1, split_idx.expand(*lead, resamples, P).unsqueeze(-1)).squeeze(-1)
@@ -320,13 +326,10 @@ def split_level_interval(x: Any, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: 
     """Mean over splits, seeds and episodes with its three-level percentile bootstrap interval
     (:func:`split_level_means`); ``x`` is ``[..., P, S, E]``. Returns the keys of
     :func:`two_level_interval` and ``"splits"``."""
-    t = _quantised(x) * QUANTUM
-    if t.dim() < 3:
-        raise ValueError(f"per-split accuracies must be [..., splits, seeds, episodes] (got shape {tuple(t.shape)})")
-    stats = split_level_means(t, resamples=resamples, seed=seed, mode=mode)
+    t = torch.as_tensor(x, dtype=torch.float64)
+    stats = split_level_means(t, resamples=resamples, seed=seed, mode=mode)  # checks the shape
     lo, hi = _percentiles(stats, level)
-    q = _quantised(t)
-    mean = q.sum(dim=(-3, -2, -1)) / (q.shape[-3] * q.shape[-2] * q.shape[-1]) * QUANTUM
+    mean = _grid_mean(t.reshape(*t.shape[:-3], -1, t.shape[-1]))  # over splits x seeds, then episodes
     out = lambda v: v.tolist()  # noqa: E731
     return {"mean": out(mean), "ci95_low": out(lo), "ci95_high": out(hi), "ci95": out((hi - lo) / 2),
             "splits": int(t.shape[-3]), "seeds": int(t.shape[-2]), "episodes": int(t.shape[-1]),

@@ -18,15 +18,16 @@ SLOW_WARN_S = 300.0
 AUTO_COMPILE_ITERATIONS = 400
 
 
-def _slow_modalities(cfg) -> tuple[list[str], dict]:
-    """The modalities whose encoders are cnn1d / lstm on sequence features, and the chosen encoders."""
+def _slow_modalities(cfg) -> tuple[tuple[str, ...], list[str], dict]:
+    """The run's source / target modalities, those of them whose encoders are cnn1d / lstm on
+    sequence features, and the chosen encoders."""
     d = cfg.data
     mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
     chosen = dict(cfg.model.get("encoders") or {})
     backbones = dict(d.backbones or {})
     slow = [m for m in mods if m in ("text", "audio") and m not in backbones
             and chosen.get(m, "bert" if m == "text" and cfg.model.get("text_model") else "cnn1d") in ("cnn1d", "lstm")]
-    return slow, chosen
+    return mods, slow, chosen
 
 
 def _cxx_found() -> bool:
@@ -66,8 +67,7 @@ def auto_compile_reason(cfg) -> str | None:
     if (cfg.compile_inner or cfg.inner_loop != "batched" or d.features != "sequence"
             or resolve_device(cfg.device).type != "cpu" or cfg.iterations < AUTO_COMPILE_ITERATIONS):
         return None
-    mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
-    slow, chosen = _slow_modalities(cfg)
+    mods, slow, chosen = _slow_modalities(cfg)
     if not mods or len(slow) != len(mods) or any(chosen.get(m, "cnn1d") != "cnn1d" for m in slow):
         return None
     if d.benchmark == "manifest" and d.extra_modalities and _manifest_has_image(d.manifest):
@@ -88,7 +88,7 @@ def slow_run_warning(cfg) -> str | None:
     d = cfg.data
     if d.features != "sequence" or cfg.compile_inner or resolve_device(cfg.device).type != "cpu":
         return None
-    slow, chosen = _slow_modalities(cfg)
+    _, slow, chosen = _slow_modalities(cfg)
     if not slow:
         return None
     base = TrainConfig()

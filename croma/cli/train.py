@@ -173,7 +173,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         flat = {k: v for k, v in flat.items() if k in named}
         if kind in ("checkpoint", "results"):
             flat = {k: v for k, v in flat.items() if k not in _LOCAL}
-    # croma train chooses the compiled inner step only where nothing else did (_choose_compile)
+    # croma train chooses the compiled inner step only where nothing else did (slow_runs.choose_compile)
     args.compile_named = kind == "results" or "compile_inner" in flat or given(args, "compile_inner")
     settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
     settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
