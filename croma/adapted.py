@@ -14,7 +14,9 @@ __all__ = ["AdaptedModel", "Prediction"]
 
 @dataclass
 class Prediction:
-    """What :meth:`AdaptedModel.predict` returns (``labels, scores = prediction`` unpacks it).
+    """What :meth:`AdaptedModel.predict` returns: reads like the pair ``(labels, scores)``
+    (``labels, scores = prediction``; ``prediction[0]`` is ``labels``, ``prediction[1]`` is
+    ``scores``, ``len(prediction) == 2``), with ``classes`` as an attribute.
 
     Attributes:
         labels: one label per value, from ``classes``.
@@ -26,8 +28,17 @@ class Prediction:
     scores: torch.Tensor
     classes: list[Any]
 
+    def _pair(self) -> tuple[list[Any], torch.Tensor]:
+        return (self.labels, self.scores)
+
     def __iter__(self):  # labels, scores = model.predict(values)
-        return iter((self.labels, self.scores))
+        return iter(self._pair())
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index):  # model.predict(values)[0]: the labels, as a tuple indexes (slices too)
+        return self._pair()[index]
 
 
 @dataclass

@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from croma.baselines import get_method, methods_for
+from croma.bench_data import load_for_benchmark, skipped_items  # noqa: F401  (re-exported)
 from croma.bench_units import UNIT_THREADS, Unit, auto_jobs, peak_rss_mib, run_units
 from croma.benchmark_config import PRESETS, QUICK_METHODS, BenchmarkConfig, seeds_of  # noqa: F401  (re-exported)
 from croma.config import TrainConfig
@@ -43,23 +44,6 @@ from croma.stats import interval_text, mean_ci95, mean_std
 from croma.task_sizes import fit_run_sizes
 from croma.unit_store import UNITS_DIR, finished_units, kept_note, save_unit, with_partials
 from croma.unit_store import plain as _plain
-
-
-def load_for_benchmark(cfg: BenchmarkConfig):
-    """Load and front-end the benchmark as the preset and the backbone choices say (splits sized
-    for ``cfg.ways``-way tasks; see :func:`croma.backbones.load_prepared`)."""
-    from croma.backbones import load_prepared
-
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {cfg.preset!r})")
-    return load_prepared(
-        cfg.benchmark, compact=PRESETS[cfg.preset]["frontend"] == "compact", backbones=cfg.backbones,
-        image_weights=cfg.model.get("image_weights"), text_model=cfg.model.get("text_model"),
-        audio_model=cfg.audio_model, ways=cfg.ways, split_classes=cfg.split_classes,
-        device=str(resolve_device(cfg.device)), data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source,
-        target=cfg.target, seed=cfg.seed, cache_dir=cfg.cache_dir, progress=cfg.progress, skip_bad=cfg.skip_bad,
-        fit_ways=not cfg.strict_sizes, **({} if cfg.extra_modalities or cfg.benchmark != "manifest" else {"extra": ()}),
-    )
 
 
 def _contexts(cfg: BenchmarkConfig, bench, preset: dict[str, Any]) -> tuple[TrainConfig, EvalConfig, int]:
@@ -165,7 +149,7 @@ def noise_folder(rate: float) -> str:
     return f"noise_{float(rate):g}"
 
 
-def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
+def run_benchmark(cfg: BenchmarkConfig, bench=None, *, on_data: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Run every chosen method and (when ``cfg.out``) write results.json/csv/png.
 
     Each method is trained ``cfg.train_seeds`` times (default: the preset's) (training seeds ``seed, seed+1, ...``) under
@@ -178,6 +162,8 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     Args:
         cfg: the run's settings (validated here).
         bench: a prepared benchmark to use instead of loading ``cfg.benchmark`` (None: loaded).
+        on_data: called with the prepared benchmark once it is loaded, before the first method trains
+            (``croma benchmark`` says there how many items ``--skip-bad`` left out).
 
     Returns:
         The ``results.json`` dict (accuracies in percent).
@@ -198,6 +184,8 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     t_load = time.perf_counter()
     bench = bench if bench is not None else load_for_benchmark(cfg)
     load_seconds = time.perf_counter() - t_load
+    if on_data is not None:
+        on_data(bench)
     bench = bench_to(bench, device)
     applicable = methods_for(bench)
     if cfg.methods == ["all"]:
@@ -347,6 +335,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
         "episodes_file": EPISODES_FILE,
         "machine": machine_info(),
         "task_sizes": sizes.to_dict(),
+        "skipped_items": skipped_items(bench),  # missing or unreadable items --skip-bad left out of the data
         "config": {
             "benchmark_config": _plain(asdict(cfg)),
             "train": train.to_dict(),
@@ -368,14 +357,18 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None) -> dict[str, Any]:
     return result
 
 
-def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float]) -> list[dict[str, Any]]:
-    """Run the benchmark at each noise rate (data loaded once); write per-rate results and the plots."""
+def run_noise_sweep(cfg: BenchmarkConfig, rates: list[float], *,
+                    on_data: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark at each noise rate (data loaded once, then given to ``on_data``, as in
+    :func:`run_benchmark`); write per-rate results and the plots."""
     from pathlib import Path
 
     check_noise_rates(rates)
     for rate in rates:  # every rate's settings before the data loads and the first rate trains
         check_settings(replace(cfg, label_noise=float(rate)))
     bench = load_for_benchmark(cfg)
+    if on_data is not None:
+        on_data(bench)
     results = []
     for rate in rates:
         sub = replace(cfg, label_noise=float(rate), out=None if cfg.out is None else str(Path(cfg.out) / noise_folder(rate)))

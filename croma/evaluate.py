@@ -365,7 +365,7 @@ def format_results(result: Mapping[str, Any]) -> str:
         spread, cspread = r.get("accuracy_ci95", r["accuracy_std"]), r.get("centroid_ci95", r.get("centroid_std"))
         acc = f"{r['accuracy_mean']:6.2f} ± {spread:5.2f}"
         cen = f"{r['centroid_mean']:6.2f} ± {cspread:5.2f}" if "centroid_mean" in r else "-"
-        lines.append(f"{r['shots']:>5}  {acc:>16}  {cen:>20}")
+        lines.append(f"{r['shots']:>5}  {acc:>16}  {cen:>20}" + (f"  {r['setting']}" if r.get("setting") else ""))
     if eps:
         lines.append(f"± is the 95% interval over {eps} episodes (1.96·sd/√n)")
         flat = [str(r["shots"]) for r in result["rows"] if r.get("accuracy_ci95") == 0 and (r.get("episodes") or 0) > 1]
@@ -376,9 +376,12 @@ def format_results(result: Mapping[str, Any]) -> str:
     if ret:
         lines.append(
             f"retrieval (source -> target, gallery {ret['gallery']}): "
-            + ", ".join(f"R@{k} {ret[f'r{k}_mean']:.1f} ± {ret.get(f'r{k}_ci95', ret[f'r{k}_std']):.1f}"
+            + ", ".join(f"R@{k} {ret[f'r{k}_mean']:.1f} [{ret[f'r{k}_ci95_low']:.1f}, {ret[f'r{k}_ci95_high']:.1f}]"
+                        if f"r{k}_ci95_low" in ret else
+                        f"R@{k} {ret[f'r{k}_mean']:.1f} ± {ret.get(f'r{k}_ci95', ret[f'r{k}_std']):.1f}"
                         for k in (1, 5, 10))
-            + (f" (± 95% interval over {ret['queries']} queries)" if "queries" in ret else "")
+            + (f" ([Wilson 95% interval] over {ret['queries']} queries)" if "r1_ci95_low" in ret
+               else f" (± 95% interval over {ret['queries']} queries)" if "queries" in ret else "")
         )
     else:
         lines.append("retrieval: n/a (no strong pairs among the split's classes)")

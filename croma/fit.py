@@ -319,6 +319,8 @@ def train(
     dist: Any = None,
     callback: Callable[[dict], Any] | None = None,
     tensorboard: bool = False,
+    validate: Callable[[Any, Mapping[str, torch.Tensor]], float] | None = None,
+    keep_start: bool = False,
 ) -> TrainResult:
     """Meta-train with CROMA (see :class:`CromaTrainer`); the one-call entry point.
 
@@ -334,6 +336,11 @@ def train(
             (a dict: ``iteration``, ``<family>_loss``, ``val_acc`` or None, ``seconds``,
             ``optimizer_steps``...), also when no ``checkpoint_dir`` is set.
         tensorboard: also log the rows to ``<checkpoint_dir>/tensorboard`` (extra ``[tensorboard]``).
+        validate: the meta-val score that selects ``best`` (``validate(model, theta)`` -> percent;
+            None: :meth:`CromaTrainer.validate`), e.g. a benchmark's
+            :func:`croma.baselines.common.meta_val_score`.
+        keep_start: score the untrained start first and keep it as ``best`` (iteration 0) until a
+            meta-val check beats it, as ``croma benchmark`` selects (a fresh run only).
 
     Returns:
         A :class:`TrainResult`: the final and the best meta-parameters, the iterations run, the
@@ -342,4 +349,15 @@ def train(
     trainer = CromaTrainer(cfg, bench, model=model, loss_module=loss_module, progress=progress, dist=dist,
                            tensorboard=tensorboard)
     on_iteration = None if callback is None else (lambda _trainer, row: callback(dict(row)))
+    if validate is not None:
+        trainer.validate = lambda theta=None: validate(trainer.model, dict(trainer.theta if theta is None else theta))
+    if keep_start and not (resume and trainer.checkpointer.path("last.pt") is not None
+                           and trainer.checkpointer.path("last.pt").is_file()):
+        trainer.best_val, trainer.best_iteration = trainer.validate(), 0
+        trainer.best_theta = {k: v.clone() for k, v in trainer.theta.items()}
+        if trainer.is_writer and cfg.checkpoint_dir:  # best.pt holds the start until meta-val finds better
+            from croma.runlock import new_run_id
+
+            trainer.checkpointer.run_id = new_run_id()
+            trainer.checkpointer.save("best", trainer.theta, trainer.progress_state())
     return trainer.fit(resume=resume, on_iteration=on_iteration)

@@ -23,7 +23,8 @@ __all__ = ["evaluate_new_classes"]
 
 def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Hashable], *,
                          shots: Sequence[int] = (1, 5), episodes: int = 100, ways: int | None = None,
-                         queries: int = 5, seed: int = 0, ids: Sequence[str] | None = None) -> dict[str, Any]:
+                         queries: int = 5, seed: int = 0, ids: Sequence[str] | None = None,
+                         **settings: Any) -> dict[str, Any]:
     """Episodes of ``ways`` classes drawn from ``labels``' classes, per k in ``shots``.
 
     Args:
@@ -33,6 +34,9 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
         queries: query items per class, lowered for a k when fewer than N classes have ``k +
             queries`` items (down to 1); a k that cannot be served with one query is dropped.
         seed: episode seed.
+        settings: fine-tuning settings that replace meta-val's choice for every k, as
+            :meth:`croma.runmodel.RunModel.adapt` takes them (``steps``, ``lr``, ``finetune``,
+            ``head_init``, ``optimizer``); None values are left to the choice.
 
     Returns:
         ``{"ways", "classes", "items", "episodes", "rows": [{"shots", "queries", "accuracy_mean",
@@ -44,6 +48,7 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
     from episodes.samplers import ClassificationTaskSampler
 
     values, labels = list(values), list(labels)
+    settings = {key: v for key, v in settings.items() if v is not None}
     if len(values) != len(labels):
         raise CromaError(f"new classes: {len(values)} items but {len(labels)} labels")
     names = sorted(set(labels), key=lambda c: (str(c), repr(c)))
@@ -72,7 +77,7 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
         accs, setting = [], None
         for i in range(int(episodes)):
             t = sampler.sample(i)
-            adapted = model.adapt_features(x[t.support_rows], t.support_labels.tolist())
+            adapted = model.adapt_features(x[t.support_rows], t.support_labels.tolist(), **settings)
             pred = adapted.logits_features(x[t.query_rows]).argmax(-1).cpu()
             predicted = torch.tensor([int(adapted.classes[j]) for j in pred.tolist()])
             accs.append(100.0 * float((predicted == t.query_labels).double().mean()))

@@ -11,7 +11,7 @@ from a saved file.
                "accuracy_ci95", "episodes", "accuracy_seed_std", "examples",
                "target_samples", "target_labels", ...}],
      "comparisons": [{"method", "baseline", "shots", "mean_diff", "ci95_low", "ci95_high", "episodes"}],
-     "config": {...}}
+     "task_sizes": {...}, "skipped_items": <items --skip-bad left out>, "config": {...}}
 
 ``accuracy_ci95`` is half the width of the row's 95% interval (``accuracy_ci95_low`` /
 ``accuracy_ci95_high``: its bounds); ``comparisons`` are paired over the same seeds and episodes
@@ -138,25 +138,46 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _bars(rows: list[dict[str, Any]]) -> tuple[list[list[float]], str]:
+    """Error bars of ``rows`` as the table's ± gives them: ``([below...], [above...])`` (matplotlib's
+    asymmetric ``yerr``) and what they are. Rows with the 95% interval's bounds (``accuracy_ci95_low`` /
+    ``accuracy_ci95_high``) give those; rows with its half-width alone (older files) give it both ways;
+    files with no interval at all give ``accuracy_std`` (over repeats), as their table does."""
+    if rows and all(r.get("accuracy_ci95") is not None for r in rows):
+        below, above = [], []
+        for r in rows:
+            m = float(r["accuracy_mean"])
+            lo, hi = r.get("accuracy_ci95_low"), r.get("accuracy_ci95_high")
+            if lo is None or hi is None:
+                lo, hi = m - float(r["accuracy_ci95"]), m + float(r["accuracy_ci95"])
+            below.append(max(0.0, m - float(lo)))  # a mean rounded past a degenerate interval's bound: no bar
+            above.append(max(0.0, float(hi) - m))
+        return [below, above], "error bars: 95% interval"
+    std = [float(r.get("accuracy_std") or 0.0) for r in rows]
+    return [std, std], "error bars: std over repeats"
+
+
 def accuracy_figure(result: dict[str, Any]):
-    """:class:`matplotlib.figure.Figure`: accuracy against shots, one line per method, std error bars.
+    """:class:`matplotlib.figure.Figure`: accuracy against shots, one line per method, error bars
+    from the 95% interval the table's ± gives (asymmetric where the interval is); x ticks at the shots.
 
     Args:
         result: what :func:`croma.benchmark.run_benchmark` returns (``rows`` with ``method``,
-            ``shots``, ``accuracy_mean``, ``accuracy_std``).
+            ``shots``, ``accuracy_mean``, ``accuracy_ci95_low`` / ``accuracy_ci95_high``; files
+            without an interval: ``accuracy_std``).
     """
     fig, ax = _new_figure()
     rows = result["rows"]
+    what = _bars(rows)[1]
     for m in _methods_in_order(rows):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["shots"])
-        ax.errorbar(
-            [r["shots"] for r in rs], [r["accuracy_mean"] for r in rs], yerr=[r["accuracy_std"] for r in rs],
-            marker="o", capsize=3, label=m,
-        )
+        ax.errorbar([r["shots"] for r in rs], [r["accuracy_mean"] for r in rs], yerr=_bars(rs)[0],
+                    marker="o", capsize=3, label=m)
     ways = result.get("ways")
     if ways:
         ax.axhline(100.0 / ways, color="grey", linestyle=":", linewidth=1, label="chance")
-    ax.set_xlabel("shots (k)")
+    ax.set_xticks(sorted({int(r["shots"]) for r in rows}))  # the k that were run, not 1.5, 2.5, ...
+    ax.set_xlabel(f"shots (k); {what}")
     ax.set_ylabel("accuracy on unseen target classes (%)")
     ax.set_title(f"{result.get('benchmark')}: {ways}-way, loss={result.get('loss')}, noise={result.get('label_noise')}")
     ax.legend(fontsize=8)
@@ -171,20 +192,20 @@ def plot_accuracy_vs_shots(result: dict[str, Any]) -> bytes:
 
 def noise_sweep_figure(results: list[dict[str, Any]], shots: int):
     """:class:`matplotlib.figure.Figure`: accuracy against label-noise rate at ``shots``, one line
-    per method (paper Fig. 7). ``results``: what :func:`croma.benchmark.run_noise_sweep` returns."""
+    per method (paper Fig. 7), error bars as :func:`accuracy_figure`'s. ``results``: what
+    :func:`croma.benchmark.run_noise_sweep` returns."""
     fig, ax = _new_figure()
     methods = _methods_in_order(r for res in results for r in res["rows"])
     for m in methods:
-        xs, ys, es = [], [], []
+        xs, rs = [], []
         for res in sorted(results, key=lambda r: r["label_noise"]):
             for r in res["rows"]:
                 if r["method"] == m and int(r["shots"]) == shots:
                     xs.append(res["label_noise"])
-                    ys.append(r["accuracy_mean"])
-                    es.append(r["accuracy_std"])
+                    rs.append(r)
         if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
-    ax.set_xlabel("symmetric label-noise rate on target labels")
+            ax.errorbar(xs, [r["accuracy_mean"] for r in rs], yerr=_bars(rs)[0], marker="o", capsize=3, label=m)
+    ax.set_xlabel(f"symmetric label-noise rate on target labels; {_bars([r for res in results for r in res['rows']])[1]}")
     ax.set_ylabel(f"{shots}-shot accuracy (%)")
     ax.set_title(f"{results[0].get('benchmark')}: robustness to label noise")
     ax.legend(fontsize=8)

@@ -90,7 +90,7 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         out.append("accuracy in % on unseen target classes, mean ± std over repeats")
     if with_ci:
-        out += _interval_caveats(result, rows, pooled=bool(pooled))
+        out += _interval_caveats(result, rows, pooled=bool(pooled)) + _kept_start_lines(result)
     labelled = [m for m in methods if _uses_labels(next(r for r in rows if r["method"] == m))]
     if labelled:
         out.append(f"meta-trained with target labels of the meta-train classes (croma uses none): {', '.join(labelled)}")
@@ -119,6 +119,25 @@ def _interval_caveats(result: dict[str, Any], rows: list[dict], pooled: bool = F
                    "drawn from these classes, not another choice of classes (rerun with other --seed values, which "
                    "draw other class splits, and pool them: croma report DIR1 DIR2 ...)")
     return out
+
+
+def _kept_start_lines(result: dict[str, Any]) -> list[str]:
+    """Methods whose training never beat their untrained start on meta-val (``best_iteration`` /
+    ``best_step`` 0 in a seed's notes): their row measures the model before training."""
+    kept: dict[str, tuple[int, int]] = {}
+    for name, m in ((result.get("config") or {}).get("methods") or {}).items():
+        seeds = [s.get("notes") or {} for s in (m or {}).get("seeds") or [] if isinstance(s, dict)]
+        marks = [n.get("best_iteration", n.get("best_step")) for n in seeds if isinstance(n, dict)]
+        marks = [b for b in marks if isinstance(b, int) and not isinstance(b, bool)]
+        if marks and 0 in marks:
+            kept[name] = (marks.count(0), len(marks))
+    if not kept:
+        return []
+    every = [n for n, (z, t) in kept.items() if z == t]
+    some = [f"{n} on {z} of {t} seeds" for n, (z, t) in kept.items() if z < t]
+    parts = ([f"{', '.join(every)}: on every seed" if len(every) > 1 else f"{every[0]}: on every seed"] if every else []) + some
+    return [f"meta-val kept the untrained start ({'; '.join(parts)}): no check during training beat it, so such a "
+            "row measures the model before its training (a larger --budget-steps trains longer between checks)"]
 
 
 def _seeds(seed: Any) -> str:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from croma.meta.functional import FunctionalModel, Params
 from croma.meta.tasks import derive_seed
-from croma.stats import mean_ci95, mean_std
+from croma.stats import mean_ci95, mean_std, wilson_interval
 from episodes.data import PreparedBenchmark
 
 __all__ = ["retrieval_recalls"]
@@ -27,7 +27,8 @@ def retrieval_recalls(
     ``r{k}_std`` is the spread of the per-gallery recalls (0 when every gallery holds all pairs);
     ``r{k}_ci95`` is the half-width of a 95 % interval over the queries (``1.96 · sd / √n``, each
     query's hits averaged over the galleries it was drawn into, ``n = queries``): the population a
-    new data set's retrieval is uncertain over.
+    new data set's retrieval is uncertain over. ``r{k}_ci95_low`` / ``r{k}_ci95_high``: Wilson's
+    95 % interval over the same queries, inside [0, 100] (what ``croma evaluate`` prints).
 
     Returns:
         ``{"gallery", "repeats", "queries", "r1_mean", "r1_std", "r1_ci95", "r5_mean", ...}`` in percent.
@@ -69,5 +70,9 @@ def retrieval_recalls(
     out: dict[str, Any] = {"gallery": size, "repeats": cfg.repeats, "queries": int(seen.sum())}
     for k, vals in recalls.items():
         out[f"r{k}_mean"], out[f"r{k}_std"] = mean_std(vals)
-        out[f"r{k}_ci95"] = mean_ci95((100.0 * hits[k][seen] / drawn[seen]).tolist())[1]
+        per_query = (hits[k][seen] / drawn[seen]).tolist()
+        out[f"r{k}_ci95"] = mean_ci95([100.0 * v for v in per_query])[1]
+        # Wilson's interval over the queries (each query's hit fraction summed: exact successes when
+        # every gallery holds every pair), kept inside [0, 100] where 1.96 sd / sqrt(n) is not
+        out[f"r{k}_ci95_low"], out[f"r{k}_ci95_high"] = wilson_interval(sum(per_query), len(per_query))
     return out

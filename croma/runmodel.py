@@ -81,11 +81,13 @@ class RunModel:
     def __repr__(self) -> str:  # a summary: the dataclass default would print every tensor
         n = sum(int(v.numel()) for v in self.theta.values())
         k = ", ".join(str(x) for x in self.finetune.get("per_k", {})) or "-"
+        how = (f"fine-tuning chosen on meta-val for k={k}" if self.finetune.get("chosen_on") == "meta_val"
+               else "fine-tuning: the training setting for every k")
         sizes = "/".join(str(len(self.card.get("split", {}).get(s, []))) for s in ("meta_train", "meta_val", "meta_test"))
         return (f"RunModel(path={str(self.path)!r}, {self.source} -> {self.target}, "
                 f"modalities={self.modalities}, classes {sizes} (meta-train/val/test), "
                 f"{self.config.outer.ways}-way, iteration={self.iteration}, {n:,} parameters, "
-                f"fine-tuning chosen for k={k}, device={self.device})")
+                f"{how}, device={self.device})")
 
     @property
     def source(self) -> str:

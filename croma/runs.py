@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from croma.checkpoint import check_parameters, checkpoint_path, load_checkpoint, train_config
 from croma.errors import CromaError
@@ -108,12 +108,17 @@ def check_same_data(ckpt: dict[str, Any], bench: Any, path: Path, *, manifest: s
             between splits, or how the items differ.
     """
     from croma.runcard import class_split_names, data_identity, split_changes
+    from episodes.data import SPLITS
 
     card = ckpt.get("serving")
     if not isinstance(card, dict) or not isinstance(card.get("split"), dict) or not isinstance(card.get("data"), dict):
         return
     what = f"--manifest {manifest}" if manifest else f"benchmark {bench.name}"
-    moved = split_changes(card["split"], class_split_names(bench))
+    # the user's own change first (classes new to the run's split, then classes gone from it: a rename
+    # is both), then the classes that change moved between splits; a phrase's ending says which it is
+    order = [tuple(f" {how} {s}" for s in SPLITS) for how in ("new in", "gone from")]
+    moved = sorted(split_changes(card["split"], class_split_names(bench)),
+                   key=lambda p: next((i for i, ends in enumerate(order) if p.endswith(ends)), len(order)))
     if moved:
         more = f" and {len(moved) - 6} more" if len(moved) > 6 else ""
         raise CromaError(f"{what} is not the data {path} was trained on: its class split differs "
@@ -190,16 +195,51 @@ def evaluate_run(
     cfg.validate()
     cfg, sizes_line = fit_episode_sizes(bench, cfg, strict=strict_sizes)
     head_scores = ckpt.get("head_scores")
-    chosen = head_init or (eval_cfg.head_init if eval_cfg is not None else None) or ckpt.get("head_init") or "meta"
-    if chosen == "auto":
-        chosen, head_scores = choose_head_init(model, bench, cfg, params=theta, dist=dist)
-    cfg.head_init = chosen
-    result = evaluate_kshot(model, bench, cfg, params=theta, dist=dist)
+    per_k = _chosen_per_k(ckpt)
+    if per_k and eval_cfg is None and head_init is None and all(
+            overrides.get(k) is None for k in ("finetune", "finetune_steps", "finetune_lr")):
+        result = _evaluate_per_k(model, bench, cfg, per_k, theta, dist)  # the setting meta-val chose per k
+    else:
+        chosen = head_init or (eval_cfg.head_init if eval_cfg is not None else None) or ckpt.get("head_init") or "meta"
+        if chosen == "auto":
+            chosen, head_scores = choose_head_init(model, bench, cfg, params=theta, dist=dist)
+        cfg.head_init = chosen
+        result = evaluate_kshot(model, bench, cfg, params=theta, dist=dist)
     result["iteration"] = int(ckpt["iteration"])
     result["checkpoint"] = ckpt.get("kind", which)
     result["head_scores"] = head_scores
     if sizes_line:
         result["task_sizes"] = sizes_line
+    return result
+
+
+def _chosen_per_k(ckpt: Mapping[str, Any]) -> dict[int, dict[str, Any]] | None:
+    """``{k: setting}`` a checkpoint's card holds when its fine-tuning was chosen per k on meta-val
+    (:mod:`croma.table_choice`), else None."""
+    ft = (ckpt.get("serving") or {}).get("finetune") or {}
+    if ft.get("chosen_on") != "meta_val" or not ft.get("per_k"):
+        return None
+    return {int(k): dict(v) for k, v in ft["per_k"].items()}
+
+
+def _evaluate_per_k(model, bench, cfg: EvalConfig, per_k: Mapping[int, Mapping[str, Any]], theta, dist) -> dict[str, Any]:
+    """:func:`evaluate_kshot` one k at a time (as ``croma benchmark`` meta-tests), each with the
+    setting chosen for the nearest k (ties to the smaller); retrieval once. Rows carry ``setting``."""
+    result: dict[str, Any] | None = None
+    for i, k in enumerate(cfg.shots):
+        near = min(per_k, key=lambda c: (abs(c - int(k)), c))
+        st = per_k[near]
+        one = replace(cfg, shots=[int(k)], head_init=st["head_init"], finetune=st["finetune"],
+                      finetune_steps=int(st["finetune_steps"]), finetune_lr=float(st["finetune_lr"]),
+                      retrieval=cfg.retrieval and i == 0)
+        res = evaluate_kshot(model, bench, one, params=theta, dist=dist)
+        res["rows"][0]["setting"] = (f"{st['head_init']}/{st['finetune_steps']}/{st['finetune_lr']:g}/{st['finetune']}"
+                                     + ("" if near == int(k) else f" (k={near}'s choice: meta-val chose none for k={k})"))
+        if result is None:
+            result = dict(res, head_init="chosen per k on meta-val", finetune="as chosen per k")
+        else:
+            result["rows"].extend(res["rows"])
+    assert result is not None
     return result
 
 

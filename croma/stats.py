@@ -75,9 +75,12 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean, Z95 * math.sqrt(var / n)
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score 95 % interval ``(low, high)`` in percent of ``correct`` successes out of ``n``
-    (kept inside [0, 100] and not degenerate at 0 or n correct, unlike ``1.96 · sd / √n``)."""
+    (kept inside [0, 100] and not degenerate at 0 or n correct, unlike ``1.96 · sd / √n``);
+    ``correct`` may be fractional (summed per-item hit rates)."""
+    if n > 0 and -1e-9 <= correct <= n + 1e-9:  # a sum of hit rates may round just past 0 or n
+        correct = min(max(float(correct), 0.0), float(n))
     if n <= 0 or not 0 <= correct <= n:
         raise ValueError(f"wilson_interval needs 0 <= correct <= n and n > 0 (got {correct} of {n})")
     p = correct / n

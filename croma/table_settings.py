@@ -6,8 +6,8 @@ who read the table and wants *that* model, to evaluate, predict and embed with, 
 ``croma train --config RESULTS.json`` (:func:`table_train_config`): the same data settings (front-end,
 backbones, class split, task sizes), the same model, inner and outer loop, the same budget turned
 into outer iterations as the benchmark turns it (``max(1, steps // (meta_batch * inner_steps))``,
-:mod:`croma.baselines.reptile_runs`) and meta-val checked as often. The run selects ``best.pt`` on
-meta-val with ``croma train``'s own check, so its kept iteration can differ from the table's.
+:mod:`croma.baselines.reptile_runs`) and meta-val checked as often. The run selects ``best.pt`` and chooses its meta-test fine-tuning per k
+as the table does (:mod:`croma.table_choice`).
 """
 
 from __future__ import annotations

@@ -211,7 +211,8 @@ def fit_task_sizes(
             out.shots = min(shots, c)
             noun = _NOUNS[worst]
             out.reasons.append(f"only {_having(counts[worst], c + 1)} of {len(counts[worst])} {noun[0]} have "
-                               f"{c + 1} {noun[1]}")
+                               f"{c + 1} {noun[1]}" + (" (half of a class's paired source items are kept for alignment)"
+                                                      if worst == "source_cls" else ""))
 
     # alignment batch: at most the pairs available (>= 2)
     if align_batch is not None and align_pairs is not None and align_batch > align_pairs:

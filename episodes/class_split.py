@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Sequence
 
 import torch
@@ -17,7 +18,7 @@ from episodes.data import SPLITS, CrossModalDataset
 from episodes.errors import DataError
 from episodes.samplers import episode_generator
 
-__all__ = ["split_counts", "make_class_split", "fit_ways", "dataset_ways"]
+__all__ = ["split_counts", "make_class_split", "fit_ways", "dataset_ways", "single_item_classes"]
 
 
 def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: int | None = None,
@@ -99,18 +100,29 @@ def dataset_ways(dataset: CrossModalDataset, ways: int, *, fractions: Sequence[f
 
 
 def _seeded_split(classes: list[str], seed: int, fractions: Sequence[float], *, ways: int | None = None,
-                  counts: Sequence[int] | None = None, name: str = "data set") -> dict[str, list[str]]:
+                  counts: Sequence[int] | None = None, name: str = "data set",
+                  single: Sequence[str] = ()) -> dict[str, list[str]]:
     n = len(classes)
     _, n_val, n_test = split_counts(n, fractions=fractions, ways=ways, counts=counts, name=name)
     if n_val == 0 and n_test == 0:
         return {"meta_train": list(classes), "meta_val": [], "meta_test": []}
-    perm = torch.randperm(n, generator=episode_generator(seed, 0, "class-split")).tolist()
-    shuffled = [classes[i] for i in perm]
+    # a class with one target item cannot serve a meta-val / meta-test episode (k >= 1 plus a query):
+    # it stays in meta-train, where its pairs still align, when the others can fill meta-val and meta-test
+    few = set(single) if len(classes) - len(set(single)) >= n_val + n_test else set()
+    drawn = [c for c in classes if c not in few]
+    perm = torch.randperm(len(drawn), generator=episode_generator(seed, 0, "class-split")).tolist()
+    shuffled = [drawn[i] for i in perm]
     return {
-        "meta_train": sorted(shuffled[n_val + n_test:]),
+        "meta_train": sorted(shuffled[n_val + n_test:] + sorted(few)),
         "meta_val": sorted(shuffled[:n_val]),
         "meta_test": sorted(shuffled[n_val:n_val + n_test]),
     }
+
+
+def single_item_classes(dataset: CrossModalDataset) -> list[str]:
+    """Target classes with fewer than 2 target-modality items (no k-shot episode can use them)."""
+    per = Counter(it.label for it in dataset.items if dataset.target in it.modalities)
+    return sorted(c for c, v in per.items() if v < 2)
 
 
 def make_class_split(dataset: CrossModalDataset, *, seed: int = 0, split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
@@ -121,8 +133,10 @@ def make_class_split(dataset: CrossModalDataset, *, seed: int = 0, split_fractio
     Uses ``class_split`` if given, else ``dataset.meta["class_split"]`` (the loader's documented
     split; ``split_classes`` then does not apply), else a seeded split whose sizes
     :func:`split_counts` gives (``split_fractions``, raised to ``ways`` classes per split when
-    there are ``3 x ways`` classes, or exactly ``split_classes``). Classes not present among
-    the target items are dropped from an explicit split.
+    there are ``3 x ways`` classes, or exactly ``split_classes``); there, classes with one target
+    item stay in meta-train when the others fill meta-val and meta-test (:func:`single_item_classes`;
+    with none, the split is as before). Classes not present among the target items are dropped
+    from an explicit split.
 
     Returns:
         ``{"meta_train", "meta_val", "meta_test"}`` -> sorted label names, pairwise disjoint.
@@ -134,7 +148,8 @@ def make_class_split(dataset: CrossModalDataset, *, seed: int = 0, split_fractio
     targets = sorted({it.label for it in dataset.items if dataset.target in it.modalities})
     explicit = class_split if class_split is not None else dataset.meta.get("class_split")
     if explicit is None:
-        return _seeded_split(targets, seed, split_fractions, ways=ways, counts=split_classes, name=dataset.name)
+        return _seeded_split(targets, seed, split_fractions, ways=ways, counts=split_classes, name=dataset.name,
+                             single=single_item_classes(dataset))
     if split_classes is not None:
         raise DataError(f"--split-classes: {dataset.name} has a fixed, documented class split; the counts apply only "
                         "to data sets split by seed (manifest, ...)")

@@ -185,6 +185,9 @@ def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
         if type(exc).__name__ == "DecompressionBombError":  # PIL's own bound, met while reading the header
             n = re.search(r"\((\d+) pixels\)", msg)
             raise DataError(_too_large(p, f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else msg)) from None
+        if str(p).lower().endswith((".svg", ".svgz")):  # vector graphics: PIL reads raster formats only
+            raise DataError(f"{p}: SVG (vector) images are not read; convert them to PNG first "
+                            "(e.g. rsvg-convert -w 64 -h 64 in.svg -o out.png)") from None
         raise DataError(f"{p}: unreadable or truncated image file ({msg})") from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 

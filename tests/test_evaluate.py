@@ -142,12 +142,19 @@ def test_retrieval_perfect_when_embeddings_coincide_and_matches_naive_ranks():
         assert res["retrieval"]["queries"] == 15
         z = statistics.NormalDist().inv_cdf(0.975)
         assert res["retrieval"][f"r{k}_ci95"] == pytest.approx(z * sd / 15 ** 0.5, abs=1e-6)
+        # Wilson's interval of hits[k] of 15 (what the table prints): inside [0, 100], around the mean
+        from croma.stats import wilson_interval
+
+        low, high = res["retrieval"][f"r{k}_ci95_low"], res["retrieval"][f"r{k}_ci95_high"]
+        assert (low, high) == pytest.approx(wilson_interval(hits[k], 15), abs=1e-9)
+        assert 0.0 <= low <= 100 * p <= high <= 100.0
     # a gallery holding every pair, several times: the per-gallery spread is 0, the interval is not
     res = evaluate_kshot(model, bench, ecfg(shots=[1], repeats=3, retrieval_gallery=10_000), params=theta)
     ret = res["retrieval"]
     assert ret["gallery"] == ret["queries"] == pairs.shape[0] and ret["r1_std"] == pytest.approx(0.0, abs=1e-9)
     assert 0.0 < ret["r5_ci95"] or ret["r5_mean"] in (0.0, 100.0)
-    assert "95% interval over" in format_results(res)
+    assert "[Wilson 95% interval] over" in format_results(res)
+    assert f"R@1 {ret['r1_mean']:.1f} [{ret['r1_ci95_low']:.1f}, {ret['r1_ci95_high']:.1f}]" in format_results(res)
 
 
 def test_validation_and_head_choice(setup):

@@ -395,6 +395,31 @@ def test_train_skip_bad_reports_how_many_it_left_out(run_cli, tmp_path, monkeypa
     assert "skipped 2 missing or unreadable item(s) (--skip-bad)" in err and "trained 1/1" in out
 
 
+@pytest.mark.parametrize("sweep", [False, True], ids=["one-run", "noise-sweep"])
+def test_benchmark_skip_bad_says_and_keeps_how_many_it_left_out(run_cli, tmp_path, monkeypatch, sweep):
+    """croma benchmark --skip-bad prints croma train's line once (the data loads once, a noise sweep
+    included) and every results.json keeps the count; without the flag the same manifest is refused."""
+    monkeypatch.setenv("CROMA_CACHE", str(tmp_path / "cache"))
+    rows = _rows(tmp_path, classes=6, per=8)
+    rows.append({"id": "gone", "label": "L0", "text": "x", "image": "img/gone.jpg"})  # a missing file
+    cut = tmp_path / rows[3]["image"]
+    cut.write_bytes(cut.read_bytes()[:40])  # a truncated JPEG
+    man = tmp_path / "m.jsonl"
+    man.write_text(_body(rows))
+    out = tmp_path / "out"
+    argv = ["benchmark", "manifest", "--manifest", str(man), "--source", "text", "--target", "image", "--quiet",
+            "--device", "cpu", "--methods", "pretrain", "--budget-steps", "1", "--train-seeds", "1", "--repeats", "1",
+            "--eval-tasks", "1", "--shots", "1", "--ways", "2", "--val-episodes", "1", "--out", str(out),
+            *(["--noise-sweep", "0,0.2"] if sweep else [])]
+    rc, _, err = run_cli(argv)
+    assert rc == 2 and err.startswith("error: ") and "gone.jpg" in err, err  # strict without --skip-bad
+    rc, _, err = run_cli([*argv, "--skip-bad"])
+    assert rc == 0, err
+    assert err.count("skipped 2 missing or unreadable item(s) (--skip-bad)\n") == 1, err
+    files = [out / "noise_0" / "results.json", out / "noise_0.2" / "results.json"] if sweep else [out / "results.json"]
+    assert [json.loads(f.read_text())["skipped_items"] for f in files] == [2] * len(files)
+
+
 @pytest.mark.skipif(os.sep == "\\", reason="backslash is the separator there")
 def test_windows_separators_and_tilde_get_a_hint(run_cli, tmp_path):
     rows = _rows(tmp_path)
@@ -480,3 +505,14 @@ def test_float_tiff_in_unit_range_is_scaled_and_nan_refused(tmp_path):
     Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(bad)
     with pytest.raises(DataError, match="n.tif: unreadable or truncated image file.*NaN"):
         load_image_uint8(bad, 4)
+
+
+def test_an_svg_image_says_to_convert_it(tmp_path):
+    """An SVG (a vector format PIL does not read) is named as such with what to do, not called corrupt."""
+    from episodes.errors import DataError
+    from episodes.images import load_image_uint8
+
+    p = tmp_path / "icon.svg"
+    p.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>')
+    with pytest.raises(DataError, match=r"icon.svg: SVG \(vector\) images are not read; convert them to PNG"):
+        load_image_uint8(p, 4)

@@ -131,6 +131,7 @@ def test_adapt_matches_the_evaluation_of_the_same_episode(trained):
         acc = float(np.mean([p == y for p, y in zip(pred.labels, b["yq"][t].tolist())]))
         assert acc == pytest.approx(ref)
         assert pred.scores.shape == (6, 3)
+        assert pred[0] is pred.labels and pred[1] is pred.scores and len(pred) == 2  # indexes as it unpacks
         torch.testing.assert_close(pred.scores.sum(1), torch.ones(6), rtol=0, atol=1e-5)
     # a decoded waveform with its rate gives the file's prediction; model.sample_rate names the rate
     import soundfile as sf
@@ -144,6 +145,20 @@ def test_adapt_matches_the_evaluation_of_the_same_episode(trained):
     split = "/".join(str(len(model.split[s])) for s in ("meta_train", "meta_val", "meta_test"))
     assert repr(model).startswith("RunModel(") and f"classes {split}" in repr(model) and len(repr(model)) < 400
     assert "tensor" not in repr(model) and "tensor" not in repr(adapted) and len(repr(adapted)) < 400
+
+
+def test_prediction_indexes_as_it_unpacks():
+    """``clf.predict(x)[0]`` is the labels and ``[1]`` the scores, as ``labels, scores = clf.predict(x)``
+    unpacks; the attributes stay."""
+    from croma.adapted import Prediction
+
+    scores = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    pred = Prediction(labels=["cat", "dog"], scores=scores, classes=["cat", "dog"])
+    labels, sc = pred
+    assert pred[0] is labels is pred.labels and pred[1] is sc is pred.scores and pred.classes == ["cat", "dog"]
+    assert len(pred) == 2 and pred[-1] is scores and pred[:] == (pred.labels, scores) and list(pred) == list(pred[:])
+    with pytest.raises(IndexError):
+        pred[2]
 
 
 def test_predict_and_embed_without_training_data(trained, tmp_path, run_cli):
@@ -209,6 +224,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, run_cli):
                                                                                   "audio": "nowhere.wav"}])
     rc, _, err = run_cli(["predict", str(run), "--support", str(missing), "--query", str(query), "--out", str(out)])
     assert rc == 2 and "nowhere.wav" in err and len(err.strip().splitlines()) == 1
+    assert "--skip-bad" not in err and "fix or remove that --support row" in err  # predict has no --skip-bad
     unlabelled = _write(tmp_path / "nolabel.jsonl", _rows(data, [0, 1], range(2), labels=False))
     rc, _, err = run_cli(["predict", str(run), "--support", str(unlabelled), "--query", str(query)])
     assert rc == 2 and "missing 'label'" in err
@@ -218,6 +234,13 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, run_cli):
     rc, _, err = run_cli(["predict", str(run), "--support", str(text_rows), "--query", str(query)])
     assert rc == 2 and "no 'audio' value" in err
     assert not out.exists() and not (tmp_path / "e.npz").exists()
+    # embed reads a whole manifest: rows without the asked modality are left out and counted
+    mixed = _write(tmp_path / "mixed.jsonl", _rows(data, [0, 1], range(2)) + [{"id": "t1", "label": "L0", "text": "hi"}])
+    rc, stdout, err = run_cli(["embed", str(run), "--modality", "audio", "--input", str(mixed), "--out",
+                               str(tmp_path / "m.npz")])
+    assert rc == 0, err
+    assert "wrote 4 audio embeddings" in stdout and "left out 1 row(s) with no 'audio' value" in stdout
+    assert list(np.load(tmp_path / "m.npz")["ids"]) == ["c0_0", "c0_1", "c1_0", "c1_1"]
 
 
 def test_a_run_without_serving_section_says_what_is_missing(trained, tmp_path):
@@ -243,6 +266,13 @@ def test_evaluate_refuses_other_data(trained, tmp_path, run_cli):
     renamed = _write_manifest(data, rename={f"L{c}": f"M{c}" for c in range(CLASSES)})
     rc, _, err = run_cli(["evaluate", str(run), "--manifest", str(renamed), *common])
     assert rc == 2 and str(renamed) in err and "class split differs" in err and "'M" in err
+    # one class renamed (L4 -> ox): the rename itself is named first, before any class it moved
+    ox = _write_manifest(data, rename={"L4": "ox"})
+    rc, _, err = run_cli(["evaluate", str(run), "--manifest", str(ox), *common])
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    listed = err[err.index("differs (") + len("differs ("):err.index("), so meta-test")].split("; ")
+    assert listed[0].startswith("'ox' new in ") and listed[1].startswith("'L4' gone from "), err
+    assert all(" -> " in p for p in listed[2:]), err
     fewer = _write_manifest(data, drop=1)
     rc, _, err = run_cli(["evaluate", str(run), "--manifest", str(fewer), *common])
     assert rc == 2 and "items were added, removed or relabelled" in err and "53 now" in err
@@ -285,3 +315,28 @@ def test_evaluate_new_classes_is_many_predicts(trained, tmp_path, run_cli):
         evaluate_new_classes(model, paths[:PER], labels[:PER])
     rc, _, err = run_cli(["evaluate", str(run), "--new-classes", str(tmp_path / "nope.jsonl")])
     assert rc == 2 and err.count("\n") == 1 and "nope.jsonl" in err
+
+
+def test_evaluate_new_classes_takes_the_fine_tuning_flags(trained, tmp_path, run_cli):
+    """`--head-init/--finetune/--finetune-steps/--finetune-lr` reach every episode's fine-tuning under
+    `--new-classes` (the header and each row say which setting ran); flags that act on the run's own
+    data are refused in one line rather than ignored."""
+    data, _, run, _ = trained
+    from croma.runmodel import load_model
+
+    classes = [int(c[1:]) for c in load_model(run).split["meta_test"]]
+    pool = _write(tmp_path / "pool.jsonl", _rows(data, classes, range(PER)))
+    base = ["evaluate", str(run), "--new-classes", str(pool), "--shots", "1", "--repeats", "1", "--eval-tasks", "2",
+            "--json"]
+    rc, out, err = run_cli([*base, "--head-init", "zero", "--finetune", "head", "--finetune-steps", "3",
+                            "--finetune-lr", "0.05"])
+    assert rc == 0, err
+    setting = json.loads(out[out.index("{"):])["rows"][0]["setting"]
+    assert (setting["head_init"], setting["finetune"], setting["finetune_steps"]) == ("zero", "head", 3)
+    assert setting["finetune_lr"] == pytest.approx(0.05)
+    assert "--head-init zero" in out and "zero/3/0.05/head" in out
+    rc, out, _ = run_cli(base)
+    assert rc == 0 and "as the run's card says" in out
+    for extra in (["--split", "meta_val"], ["--label-noise", "0.2"], ["--strict-sizes"], ["--head-init", "auto"]):
+        rc, _, err = run_cli([*base, *extra])
+        assert rc == 2 and err.count("\n") == 1 and extra[0] in err and str(pool) in err

@@ -122,3 +122,39 @@ def test_data_inspect_shows_the_split_train_and_benchmark_make(tmp_path, capsys)
         s = json.loads(capsys.readouterr().out)["splits"]
         assert [s["meta_train"], s["meta_val"], s["meta_test"]] == sizes, extra
         assert s["source_train"] == sizes[0]  # the source classes that are not held out
+
+
+def test_single_item_classes_stay_in_meta_train_and_inspect_says_so(tmp_path, capsys):
+    """A class with one target item cannot serve a k-shot episode: a seeded split keeps it in
+    meta-train whenever the other classes fill meta-val and meta-test; a data set without such
+    classes splits exactly as before; `croma data inspect` names them."""
+    from episodes.class_split import _seeded_split, make_class_split, single_item_classes
+    from episodes.datasets import load_dataset
+
+    man = _manifest(tmp_path / "d", classes=22, per_class=2)
+    lines = man.read_text().splitlines()
+    singles = {"c03", "c07", "c11", "c19"}
+    man.write_text("\n".join(l for l in lines if not any(f'"label": "{c}"' in l and '_1"' in l.split(",")[0]
+                                                          for c in singles)) + "\n")
+    ds = load_dataset("manifest", manifest=str(man), source="text", target="image")
+    assert single_item_classes(ds) == sorted(singles)
+    for seed in range(6):
+        split = make_class_split(ds, seed=seed, ways=5)
+        assert singles <= set(split["meta_train"]) and [len(split[k]) for k in ("meta_val", "meta_test")] == [5, 5]
+        # without single-item classes the seeded split is the one it always was: one permutation of all
+        import torch
+
+        from episodes.samplers import episode_generator
+
+        full = load_dataset("manifest", manifest=str(_manifest(tmp_path / f"full{seed}", classes=22, per_class=2)),
+                            source="text", target="image")
+        names = sorted({it.label for it in full.items})
+        perm = [names[i] for i in torch.randperm(22, generator=episode_generator(seed, 0, "class-split")).tolist()]
+        assert make_class_split(full, seed=seed, ways=5) == {"meta_train": sorted(perm[10:]),
+                                                             "meta_val": sorted(perm[:5]), "meta_test": sorted(perm[5:10])}
+    # when the others cannot fill meta-val and meta-test, every class is drawn as before
+    crowded = _seeded_split([f"k{i}" for i in range(15)], 0, (0.6, 0.2, 0.2), ways=5, single=[f"k{i}" for i in range(8)])
+    assert crowded == _seeded_split([f"k{i}" for i in range(15)], 0, (0.6, 0.2, 0.2), ways=5)
+    assert main(["data", "inspect", "manifest", "--manifest", str(man), "--source", "text", "--target", "image"]) == 0
+    out = capsys.readouterr().out
+    assert "4 target classes have a single item (c03, c07, c11, c19)" in out and "meta-train" in out

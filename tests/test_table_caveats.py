@@ -34,3 +34,20 @@ def test_croma_evaluate_names_a_zero_width_interval_too():
                            "head_init": "meta", "finetune": "all", "rows": rows})
     assert "100.00 ±  0.00" in text
     assert "± 0.00 (k=5): every episode scored the same" in text and "k=1" not in text
+
+
+def test_a_method_that_kept_its_untrained_start_is_named():
+    """A method whose meta-val checks never beat its untrained start (best_iteration / best_step 0
+    in a seed's notes) is named under the table, with how many seeds; one that trained is not."""
+    result = _result([f"c{i}" for i in range(20)], ci95=(1.2, 0.4))
+    result["config"]["methods"] = {
+        "croma": {"seeds": [{"notes": {"best_iteration": 0}}, {"notes": {"best_iteration": 0}}]},
+        "shared": {"seeds": [{"notes": {"best_step": 0}}, {"notes": {"best_step": 500}}]},
+        "oracle": {"seeds": [{"notes": {"best_iteration": 7}}, {"notes": {"best_iteration": 3}}]},
+        "pretrain": {"seeds": [{"notes": {}}, {"notes": {}}]},
+    }
+    line = next(l for l in format_table(result).splitlines() if l.startswith("meta-val kept the untrained start"))
+    assert "croma: on every seed" in line and "shared on 1 of 2 seeds" in line
+    assert "oracle" not in line and "pretrain" not in line
+    del result["config"]["methods"]
+    assert "untrained start" not in format_table(result)

@@ -48,6 +48,33 @@ def test_train_from_a_table_uses_the_settings_croma_was_trained_with(tmp_path, r
     assert rc == 0, err
     assert "settings from" in err and "the table's croma settings" in err and "= 10 iterations" in err
     assert "trained 10/10 iterations" in stdout and "given flags change" not in err
+    # the run keeps what the table's croma unit kept (the untrained start a candidate, the benchmark's
+    # meta-val score) and fine-tunes each k as that unit chose on meta-val, so croma evaluate on the
+    # table's episodes gives the table's cell
+    table = json.loads((out / "results.json").read_text())
+    unit = json.loads(next((out / "units").glob("croma-seed4.json")).read_text())["facts"]
+    from croma.runmodel import load_model
+
+    model = load_model(run)
+    ckpt = __import__("torch").load(run / "best.pt", weights_only=True)
+    assert ckpt["best_iteration"] == unit["notes"]["best_iteration"]
+    assert ckpt["best_val"] == pytest.approx(unit["notes"]["best_val"], abs=1e-9)
+    assert model.finetune["chosen_on"] == "meta_val" and "chosen on meta-val for k=1" in repr(model)
+    for k, ch in unit["eval_choice"].items():
+        mine = model.finetune["per_k"][k]
+        assert {f: mine[f] for f in ("head_init", "finetune", "finetune_steps", "finetune_lr")} == \
+            {f: ch[f] for f in ("head_init", "finetune", "finetune_steps", "finetune_lr")}
+    assert "meta-test fine-tuning chosen on meta-val as the table chooses" in stdout
+    ev = table["config"]["eval"]
+    rc, stdout, err = run_cli(["evaluate", str(run), "--shots", "1", "--seed", str(ev["seed"]), "--repeats",
+                               str(ev["repeats"]), "--eval-tasks", str(ev["tasks"]), "--json"])
+    assert rc == 0, err
+    row = json.loads(stdout[stdout.index("{"):])["rows"][0]
+    cell = next(r for r in table["rows"] if r["method"] == "croma" and r["shots"] == 1)
+    # the same episodes and arithmetic; the table's mean went through float32 percents (each within
+    # 100 * 2**-24 = 6e-6 of its exact value), so the means agree to that
+    assert row["accuracy_mean"] == pytest.approx(cell["accuracy_mean"], abs=6e-6)
+    assert row["setting"] == f"{cell['head_init']}/{cell['finetune_steps']}/{cell['finetune_lr']:g}/{cell['finetune']}"
     rc, stdout, err = run_cli(["train", "synthetic", "--config", str(out / "results.json"), "--checkpoint-dir",
                                str(tmp_path / "run3"), "--iterations", "3"])
     assert rc == 0, err

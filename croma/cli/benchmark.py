@@ -214,18 +214,31 @@ def _hints(cfg) -> dict:
     }
 
 
+def _report_skipped(cfg):
+    """Under --skip-bad, the callback that says once, when the data has loaded, how many items it left out
+    (the line croma train prints; results.json keeps the count as ``skipped_items``)."""
+    from croma.bench_data import skipped_items, skipped_line
+
+    def report(bench) -> None:
+        if cfg.skip_bad and (n := skipped_items(bench)):
+            sys.stderr.write(skipped_line(n) + "\n")
+            sys.stderr.flush()
+
+    return report
+
+
 def _run(args, cfg) -> int:
     from croma.benchmark import run_benchmark, run_noise_sweep
     from croma.report import format_table
 
     if args.noise_sweep:
-        results = run_noise_sweep(cfg, args.noise_sweep)
+        results = run_noise_sweep(cfg, args.noise_sweep, on_data=_report_skipped(cfg))
         for res in results:
             print(format_table(res))
             print()
         print(f"wrote {cfg.out}/noise_sweep.json and noise_sweep_<k>shot.png")
         return 0
-    result = run_benchmark(cfg)
+    result = run_benchmark(cfg, on_data=_report_skipped(cfg))
     print(format_table(result))
     print(f"wall time {result['wall_seconds']:.0f} s; wrote {cfg.out}/results.json, results.csv, results.png")
     sys.stdout.flush()

@@ -167,6 +167,13 @@ def run_inspect(args) -> int:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         out.append(f"  {k:10s} {len(names):4d} target classes: {shown}")
     out.append(f"  source_train {summary['splits']['source_train']} source classes")
+    from episodes.class_split import single_item_classes
+
+    few = single_item_classes(ds)
+    if few:  # no k-shot episode can use them (k >= 1 plus a query)
+        out.append(f"  {len(few)} target class{'es have' if len(few) > 1 else ' has'} a single item "
+                   f"({', '.join(few[:5])}{', ...' if len(few) > 5 else ''}): no episode can use "
+                   f"{'them' if len(few) > 1 else 'it'}; a seeded split keeps such classes in meta-train")
     sys.stdout.write("\n".join(out) + "\n")
     if note:
         sys.stdout.flush()

@@ -57,7 +57,8 @@ def run(args) -> int:
     model = load_model(args.run_dir, which=args.checkpoint, device=args.device)
     mod = model._modality(args.modality)
     try:
-        ids, values, labels = load_rows(args.input, mod, labels="optional", flag="--input")
+        left: list[str] = []  # rows of a manifest that hold other modalities only
+        ids, values, labels = load_rows(args.input, mod, labels="optional", flag="--input", skipped=left)
     except DataError as exc:
         raise CromaError(str(exc)) from None
     z = model.embed(mod, values, ids=ids)
@@ -67,6 +68,7 @@ def run(args) -> int:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_atomically(args.out, buf.getvalue(), "--out")
-    print(f"wrote {len(ids)} {mod} embeddings of size {z.shape[1]} to {args.out}")
+    print(f"wrote {len(ids)} {mod} embeddings of size {z.shape[1]} to {args.out}"
+          + (f"; left out {len(left)} row(s) with no {mod!r} value (first: {left[0]})" if left else ""))
     sys.stdout.flush()
     return 0

@@ -118,26 +118,41 @@ def _run_new_classes(args) -> int:
 
     if args.nproc > 1:
         raise CromaError("--new-classes runs in one process: drop --nproc")
+    unused = [flag for flag, on in (("--split", args.split != "meta_test"), ("--label-noise", bool(args.label_noise)),
+                                    ("--manifest", args.manifest), ("--strict-sizes", args.strict_sizes),
+                                    ("--data-root", args.data_root), ("--cache-dir", args.cache_dir),
+                                    ("--head-init auto", args.head_init == "auto")) if on]
+    if unused:  # they act on the run's own data; FILE's episodes have none of it
+        raise CromaError(f"--new-classes draws its episodes from {args.new_classes} alone: drop {', '.join(unused)}")
+    settings = {"head_init": args.head_init, "finetune": args.finetune, "steps": args.finetune_steps,
+                "lr": args.finetune_lr}
+    given = {k: v for k, v in settings.items() if v is not None}
     model = load_model(args.run_dir, which=args.checkpoint, device="cpu" if args.device == "auto" else args.device)
     try:
         ids, vals, labs = load_rows(args.new_classes, model.target, labels="required", flag="--new-classes")
     except DataError as exc:
         raise CromaError(str(exc)) from None
     res = evaluate_new_classes(model, vals, labs, shots=args.shots, episodes=args.repeats * args.eval_tasks,
-                               ways=args.ways, queries=args.eval_queries, seed=args.seed or 0, ids=ids)
+                               ways=args.ways, queries=args.eval_queries, seed=args.seed or 0, ids=ids, **given)
+    how = ("fine-tuned as the run's card says for each k" if not given else "fine-tuned with the given "
+           + ", ".join(f"--{_NEW_FLAGS[k]} {v}" for k, v in given.items()) + " (the card's setting for the rest)")
     print(f"{args.new_classes}: {res['ways']}-way episodes over {len(res['classes'])} new classes ({res['items']} "
-          f"items), {res['episodes']} episodes per k, fine-tuned as meta-val chose for each k")
-    print(f"{'shots':>5}  {'queries':>7}  {'accuracy (%)':>16}  setting")
+          f"items), {res['episodes']} episodes per k, {how}")
+    print(f"{'shots':>5}  {'queries':>7}  {'accuracy (%)':>16}  setting (head/steps/lr/what)")
     for r in res["rows"]:
         st = r["setting"] or {}
         print(f"{r['shots']:>5}  {r['queries']:>7}  {r['accuracy_mean']:6.2f} ± {r['accuracy_ci95']:5.2f}  "
-              f"{st.get('head_init')}/{st.get('finetune_steps')}/{st.get('finetune')}")
+              f"{st.get('head_init')}/{st.get('finetune_steps')}/{st.get('finetune_lr')}/{st.get('finetune')}")
     print(f"± is the 95% interval over {res['episodes']} episodes (1.96·sd/√n) of this one trained run")
     for d in res["dropped"]:
         print(f"k={d['shots']} dropped: {d['why']}")
     if args.json:
         print(json.dumps(res, indent=1))
     return 0
+
+
+# --new-classes: the settings RunModel.adapt takes, by the flag that sets them
+_NEW_FLAGS = {"head_init": "head-init", "finetune": "finetune", "steps": "finetune-steps", "lr": "finetune-lr"}
 
 
 def _check_checkpoint(args) -> None:

@@ -1,10 +1,14 @@
 """The one-line warning ``croma train`` prints before a run whose features make it slow on a CPU,
-and ``croma train``'s own choice of the compiled inner step for such a run (:func:`auto_compile_reason`)."""
+``croma train``'s own choice of the compiled inner step for such a run (:func:`auto_compile_reason`),
+and what it says and sets up before and after training (:func:`announce`, :func:`choose_table_finetune`)."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 __all__ = ["slow_run_warning", "auto_compile_reason", "choose_compile", "SEQUENCE_S_PER_ITERATION", "SLOW_WARN_S",
-           "AUTO_COMPILE_ITERATIONS"]
+           "AUTO_COMPILE_ITERATIONS", "announce", "choose_table_finetune"]
 
 # the modalities of the built-in data sets (a manifest's come from --source / --target)
 _MODALITIES = {"udhr-speech": ("text", "audio"), "cifar-esc50": ("image", "audio"), "yummly": ("text", "image"),
@@ -118,3 +122,35 @@ def choose_compile(args, cfg, env, last) -> str | None:
     if reason:
         cfg.compile_inner = True
     return reason
+
+
+def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any, dict]:
+    """Before ``croma train`` trains: say what ``--skip-bad`` skipped and which inner loop runs
+    (the writer only), and for a table's settings (``payload["table"]``, ``--config RESULTS.json``)
+    build the table's selection (:mod:`croma.table_choice`). Returns ``(table context or None,
+    keyword arguments for croma.fit.train)``."""
+    if bench is not None and cfg.data.skip_bad and writer:
+        skipped = int(bench.info.get("skipped_total", 0) or 0)
+        if skipped:
+            sys.stderr.write(f"skipped {skipped} missing or unreadable item(s) (--skip-bad)\n")
+    if payload["progress"] and writer:
+        from croma.log import info
+        from croma.meta.inner import inner_loop_text
+
+        info(f"inner loop: {inner_loop_text(cfg, payload.get('compile_reason'))}")
+    if not payload.get("table"):
+        return None, {}
+    from croma.table_choice import table_context, table_validate
+
+    ctx = table_context(payload["table"], bench, cfg)
+    return ctx, {"validate": table_validate(ctx), "keep_start": True}
+
+
+def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool) -> None:
+    """After a table-settings run finished: meta-val's fine-tuning choice per k, as the table makes
+    it, into ``best.pt`` (:func:`croma.table_choice.choose_finetune`), said in one line."""
+    from croma.table_choice import choice_line, choose_finetune
+
+    finetune = choose_finetune(ctx, cfg.checkpoint_dir)
+    if not quiet:
+        print(choice_line(finetune))

@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from croma.cli.config_flags import benchmark_names  # the names NAME / BENCH accept (re-exported)
-from croma.cli.slow_runs import AUTO_COMPILE_ITERATIONS, SEQUENCE_S_PER_ITERATION, SLOW_WARN_S, choose_compile, slow_run_warning  # noqa: F401, E501
+from croma.cli.slow_runs import AUTO_COMPILE_ITERATIONS, announce, choose_compile, choose_table_finetune, slow_run_warning
 
 
 def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's names, read when asked
@@ -160,6 +160,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     if kind == "results":  # a benchmark's table: train its croma row's settings (croma.table_settings)
         from croma.table_settings import settings_from_results
 
+        args.table_results = dict(file.get("benchmark_config") or {})
         file, table_note = settings_from_results(args.config, file)
     try:
         from_file = TrainConfig.from_dict(file) if file else None
@@ -259,7 +260,7 @@ def _run_checked(args, cfg) -> int:
 
         require("tensorboard", purpose="--tensorboard")
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
-               "compile_reason": getattr(args, "compile_reason", None),
+               "compile_reason": getattr(args, "compile_reason", None), "table": getattr(args, "table_results", None),
                "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard)}
     if args.nproc > 1:
         import torch
@@ -317,21 +318,13 @@ def run_rank(payload: dict) -> int:
             torch.cuda.set_device(dev)
             cfg.device = str(dev)
         dist = Distributed(env, dev, timeout_s=payload.get("dist_timeout", 120.0))
-    elif cfg.data.skip_bad:  # the same load train() would do, here so that the skipped count is reported
+    elif cfg.data.skip_bad or payload.get("table"):  # the load train() would do: the skipped count is reported
         bench = load_bench(cfg, progress=payload["progress"])
-    if bench is not None and cfg.data.skip_bad and (env is None or env.rank == 0):
-        skipped = int(bench.info.get("skipped_total", 0) or 0)
-        if skipped:
-            sys.stderr.write(f"skipped {skipped} missing or unreadable item(s) (--skip-bad)\n")
-    if payload["progress"] and (env is None or env.rank == 0):
-        from croma.log import info
-        from croma.meta.inner import inner_loop_text
-
-        info(f"inner loop: {inner_loop_text(cfg, payload.get('compile_reason'))}")
+    table, table_kw = announce(cfg, bench, payload, writer=env is None or env.rank == 0)
     try:
         with error_hints(**TRAIN_HINTS):
             result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,
-                           tensorboard=payload.get("tensorboard", False))
+                           tensorboard=payload.get("tensorboard", False), **table_kw)
     except BaseException:
         if dist is not None:
             _leave(dist)
@@ -349,6 +342,8 @@ def run_rank(payload: dict) -> int:
             f"trained {result.iteration}/{cfg.iterations} iterations{procs}; best meta-val accuracy {best}; "
             f"head init {result.head_init}; {'wrote ' if files else ''}{wrote}"
         )
+        if table is not None and result.finished:
+            choose_table_finetune(table, cfg, quiet=not payload["progress"])
         sys.stdout.flush()
     return 0
 

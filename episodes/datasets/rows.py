@@ -15,13 +15,14 @@ __all__ = ["load_rows"]
 
 
 def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional",
-              flag: str = "--input") -> tuple[list[str], list[Any], list[str] | None]:
+              flag: str = "--input", skipped: list[str] | None = None) -> tuple[list[str], list[Any], list[str] | None]:
     """Manifest-format rows of one modality, for a trained run (``croma predict`` / ``croma embed``).
 
     Each line is ``{"id": ..., "label": ..., "<modality>": value}`` as in :func:`load_manifest`
     (paths relative to the file's folder); other modality keys are ignored. ``labels``:
     ``required`` (every row has one), ``optional`` (all rows or none; a mix is refused), or
-    ``ignore``.
+    ``ignore``. ``skipped``: a list that, when given, receives the rows (``file: line N``) that
+    hold no ``modality`` value, which are then left out instead of refused.
 
     Returns:
         ``(ids, values, labels or None)``.
@@ -42,6 +43,9 @@ def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
         keys = [k for k in rec if k not in ("id", "label", "cluster") and _canonical_or_none(k) == mod]
+        if not keys and skipped is not None:
+            skipped.append(where)
+            continue
         if not keys:
             raise DataError(f"{where}: no {mod!r} value (the run's {mod} modality; {flag} rows are {_FORMAT})")
         has_label = rec.get("label") not in (None, "")
@@ -49,7 +53,10 @@ def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional
             raise DataError(f"{where}: missing 'label' ({flag} rows need one)")
         sub = {"id": rec.get("id"), "label": rec["label"] if has_label and labels != "ignore" else "?",
                keys[0]: rec[keys[0]]}
-        item = _item(sub, where, p.parent, seen, skip_bad=False)
+        try:
+            item = _item(sub, where, p.parent, seen, skip_bad=False)
+        except DataError as exc:  # these commands have no --skip-bad: the row is to be fixed or removed
+            raise DataError(str(exc).replace("(use --skip-bad to leave it out)", f"(fix or remove that {flag} row)")) from None
         assert item is not None
         ids.append(item.id)
         values.append(item.modalities[mod])

@@ -1,0 +1,38 @@
+"""The data of ``croma benchmark``: loading it as the preset and backbone choices say, and what the
+loader left out under ``--skip-bad`` (printed once by the command, kept in results.json as
+``skipped_items``)."""
+
+from __future__ import annotations
+
+from croma.benchmark_config import PRESETS, BenchmarkConfig
+from croma.factory import resolve_device
+
+__all__ = ["load_for_benchmark", "skipped_items", "skipped_line"]
+
+
+def load_for_benchmark(cfg: BenchmarkConfig):
+    """Load and front-end the benchmark as the preset and the backbone choices say (splits sized
+    for ``cfg.ways``-way tasks; see :func:`croma.backbones.load_prepared`)."""
+    from croma.backbones import load_prepared
+
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)} (got {cfg.preset!r})")
+    return load_prepared(
+        cfg.benchmark, compact=PRESETS[cfg.preset]["frontend"] == "compact", backbones=cfg.backbones,
+        image_weights=cfg.model.get("image_weights"), text_model=cfg.model.get("text_model"),
+        audio_model=cfg.audio_model, ways=cfg.ways, split_classes=cfg.split_classes,
+        device=str(resolve_device(cfg.device)), data_root=cfg.data_root, manifest=cfg.manifest, source=cfg.source,
+        target=cfg.target, seed=cfg.seed, cache_dir=cfg.cache_dir, progress=cfg.progress, skip_bad=cfg.skip_bad,
+        fit_ways=not cfg.strict_sizes, **({} if cfg.extra_modalities or cfg.benchmark != "manifest" else {"extra": ()}),
+    )
+
+
+def skipped_items(bench) -> int:
+    """How many missing or unreadable items the loader left out of ``bench`` (``--skip-bad``; 0 without it)."""
+    info = getattr(bench, "info", None) or {}
+    return int(info.get("skipped_total", 0) or 0)
+
+
+def skipped_line(n: int) -> str:
+    """The line ``croma train`` / ``croma benchmark`` / ``croma data prepare`` print for ``n`` left-out items."""
+    return f"skipped {n} missing or unreadable item(s) (--skip-bad)"
