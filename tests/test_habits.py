@@ -382,3 +382,39 @@ def test_tensorboard_gets_the_hyper_parameters(tmp_path, run_cli):
     exp = HParamsPluginData.FromString(acc.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
     assert [m.name.tag for m in exp.metric_infos] == ["meta_val/accuracy"]
     assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_a_long_run_says_its_measured_pace_once(run_cli, tmp_path, monkeypatch):
+    """After PACE_ITERATIONS timed iterations `croma train` says, once, how long the rest takes when
+    that is over SLOW_WARN_S (measured in the run, whatever the encoders); silent when it is not,
+    under --quiet, and after the up-front sequence-feature warning."""
+    import io
+    import types
+
+    import croma.cli.slow_runs as S
+
+    now = {"t": 0.0}
+    monkeypatch.setattr("time.perf_counter", lambda: now["t"])
+
+    def run(iterations):
+        out = io.StringIO()
+        note = S.pace_note(types.SimpleNamespace(iterations=iterations), stream=out)
+        for it in range(1, 30):
+            now["t"] = 2.0 * it  # 2 s per iteration
+            note({"iteration": it})
+        return out.getvalue()
+
+    said = run(1000)
+    assert said.count("\n") == 1
+    assert "2.00 s per iteration here: the other 989 of 1000 iterations take ~33 min more" in said
+    assert run(150) == ""  # 139 x 2 s left: under 300 s
+    monkeypatch.undo()
+    # wired into croma train: a threshold of 0 s makes any run long enough to say it
+    monkeypatch.setattr(S, "SLOW_WARN_S", 0.0)
+    monkeypatch.setattr(S, "PACE_ITERATIONS", 2)
+    base = ["train", "synthetic", "--iterations", "6", "--eval-every", "0", "--ways", "3", "--embed-dim", "8",
+            "--hidden", "8"]
+    rc, _, err = run_cli([*base, "--checkpoint-dir", str(tmp_path / "a")])
+    assert rc == 0 and err.count("s per iteration here") == 1 and "--iterations N trains fewer" in err
+    rc, _, err = run_cli([*base, "--quiet", "--checkpoint-dir", str(tmp_path / "b")])
+    assert rc == 0 and "per iteration here" not in err

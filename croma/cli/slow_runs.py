@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 __all__ = ["slow_run_warning", "auto_compile_reason", "choose_compile", "SEQUENCE_S_PER_ITERATION", "SLOW_WARN_S",
-           "AUTO_COMPILE_ITERATIONS", "announce", "choose_table_finetune"]
+           "AUTO_COMPILE_ITERATIONS", "announce", "choose_table_finetune", "pace_note"]
 
 # the modalities of the built-in data sets (a manifest's come from --source / --target)
 _MODALITIES = {"udhr-speech": ("text", "audio"), "cifar-esc50": ("image", "audio"), "yummly": ("text", "image"),
@@ -138,12 +138,47 @@ def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any,
         from croma.meta.inner import inner_loop_text
 
         info(f"inner loop: {inner_loop_text(cfg, payload.get('compile_reason'))}")
+    kw: dict = {"callback": pace_note(cfg)} if payload["progress"] and writer and not payload.get("warned") else {}
     if not payload.get("table"):
-        return None, {}
+        return None, kw
     from croma.table_choice import table_context, table_validate
 
     ctx = table_context(payload["table"], bench, cfg)
-    return ctx, {"validate": table_validate(ctx), "keep_start": True}
+    return ctx, {**kw, "validate": table_validate(ctx), "keep_start": True}
+
+
+#: iterations timed (after the first, which may compile or fault pages in) before the pace note
+PACE_ITERATIONS = 10
+
+
+def pace_note(cfg: Any, *, warn_s: float | None = None, stream: Any = None):
+    """A ``croma.fit.train`` callback that, once :data:`PACE_ITERATIONS` iterations have been timed
+    in this process, says in one line how long the rest will take when that is over ``warn_s``
+    seconds (default :data:`SLOW_WARN_S`; any encoder, modality or device: measured, not estimated)."""
+    import time
+
+    state: dict = {}
+
+    def on_row(row: dict) -> None:
+        it = int(row["iteration"])
+        if "done" in state:
+            return
+        if "t0" not in state:
+            state.update(t0=time.perf_counter(), it0=it)
+            return
+        if it - state["it0"] < PACE_ITERATIONS:
+            return
+        state["done"] = True
+        per_it = (time.perf_counter() - state["t0"]) / (it - state["it0"])
+        left = per_it * max(0, cfg.iterations - it)
+        if left >= (SLOW_WARN_S if warn_s is None else warn_s):
+            (stream or sys.stderr).write(
+                f"note: {per_it:.2f} s per iteration here: the other {cfg.iterations - it} of {cfg.iterations} "
+                f"iterations take ~{left / 60:.0f} min more, meta-val checks on top; --iterations N trains fewer, "
+                "and Ctrl-C keeps last.pt / best.pt for --resume\n")
+            (stream or sys.stderr).flush()
+
+    return on_row
 
 
 def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool) -> None:

@@ -261,7 +261,7 @@ def _run_checked(args, cfg) -> int:
         require("tensorboard", purpose="--tensorboard")
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
                "compile_reason": getattr(args, "compile_reason", None), "table": getattr(args, "table_results", None),
-               "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard)}
+               "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard), "warned": bool(line)}
     if args.nproc > 1:
         import torch
 
