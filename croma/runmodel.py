@@ -4,12 +4,13 @@ Every checkpoint a run writes carries a ``serving`` section (:func:`serving_card
 and their input shapes, the class names and the class split, a data identity, the fitted
 front-end of every modality (:mod:`episodes.transform`: n-gram settings, codebook,
 standardisation statistics, image size, backbone name and weights digest) and the task sizes the
-run used. With the checkpoint's configuration, meta-parameters and meta-val's choice of
-fine-tuning, that is enough to use the run on new items without its training data::
+run used. With the checkpoint's configuration, meta-parameters and its fine-tuning per k (chosen on
+meta-val as the table chose for a run trained from a table's results.json, :mod:`croma.table_choice`;
+else the training setting), that is enough to use the run on new items without its training data::
 
     model = croma.load_model("runs/mine")              # best.pt of a run folder
     z = model.embed("image", ["a.png", "b.png"])       # [2, E] embeddings
-    clf = model.adapt(support_values, support_labels)  # fine-tuned as meta-val chose for that k
+    clf = model.adapt(support_values, support_labels)  # fine-tuned as the run's card says for that k
     labels, scores = clf.predict(query_values)         # predicted labels, [n, N] probabilities
 
 Nothing here reads the training manifest or the feature cache; pretrained backbone weights are
@@ -63,7 +64,8 @@ class RunModel:
         source, target: modality names; ``modalities``: every modality with an encoder.
         class_names, split: the training classes and their split (``{split: [names]}``).
         data: the training data's identity (:func:`data_identity`).
-        finetune: meta-val's fine-tuning choice (:func:`finetune_choice`).
+        finetune: the fine-tuning per k (:func:`finetune_choice`; ``chosen_on == "meta_val"`` when
+            chosen on meta-val, :mod:`croma.table_choice`).
         task_sizes: the task sizes the run used (None when not recorded).
     """
 
@@ -162,8 +164,8 @@ class RunModel:
         return _forward(self.model, self.theta, lambda mod, v: mod.embed(m, v), x, batch_size)
 
     def setting_for(self, shots: int) -> dict[str, Any]:
-        """Meta-val's fine-tuning setting for ``shots`` examples per class (the nearest k it chose
-        for; ties go to the smaller k)."""
+        """The run's fine-tuning setting for ``shots`` examples per class (the nearest k the card has
+        one for; ties go to the smaller k)."""
         per_k = {int(k): v for k, v in (self.finetune.get("per_k") or {}).items()}
         if not per_k:
             return dict(self.finetune["default"])
