@@ -202,7 +202,7 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None, *, on_data: Callable[[Any], 
     # families croma runs (and the oracle's), meta-val and the meta-test k
     families = {"align", "source_cls", *(train.task_weights or {})} | ({"target_cls"} if "oracle" in methods else set())
     train, ev, sizes = fit_run_sizes(train, bench, families=sorted(families), eval_cfg=ev)
-    if sizes.changed and cfg.progress:
+    if (sizes.changed or sizes.align_clusters is not None) and cfg.progress:  # or weak alignment
         info(sizes.line(), stream="stdout")
     rows: list[dict[str, Any]] = []
     per_method: dict[str, Any] = {}

@@ -79,7 +79,7 @@ class MetaLearner:
         # task sizes the data can fill (croma.task_sizes): a copy of cfg when lowered, never cfg itself
         self.cfg, _, self.task_sizes = fit_run_sizes(cfg, self.bench, families=[f for f, _ in self.plan],
                                                      meta_val=bool(cfg.eval_every) or cfg.head_init == "auto")
-        if self.task_sizes.changed and progress and self.is_writer:
+        if (self.task_sizes.changed or self.task_sizes.align_clusters is not None) and progress and self.is_writer:
             from croma.log import info
 
             info(self.task_sizes.line())

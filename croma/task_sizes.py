@@ -92,6 +92,7 @@ class TaskSizes:
     reasons: list[str] = field(default_factory=list)
     capacity: dict[str, int] = field(default_factory=dict)
     strict: bool = False
+    align_clusters: int | None = None  # weak alignment: concept clusters with items on both sides
 
     def used(self) -> dict[str, Any]:
         """The sizes used, per family (plain types)."""
@@ -113,14 +114,18 @@ class TaskSizes:
         "capacity"}`` (``bench.info["task_sizes"]``, results.json's ``task_sizes``)."""
         return {"ways": self.ways, "strict": self.strict, "changed": self.changed, "requested": self.requested,
                 "used": self.used(), "dropped": [dict(d) for d in self.dropped], "reasons": list(self.reasons),
-                "capacity": dict(self.capacity)}
+                "capacity": dict(self.capacity),
+                **({"align_clusters": self.align_clusters} if self.align_clusters is not None else {})}
 
     def line(self) -> str:
         """One line: the sizes used, what was asked where they differ, and why."""
         req = self.requested
         r_tr = req["meta_train"]
         train = f"meta-train {self.ways}-way {self.shots}-shot {self.queries}-query"
-        if self.align_batch is not None:
+        if self.align_batch is not None and self.align_clusters is not None:  # the sampler takes one pair per cluster
+            train += (f", weak alignment: {min(self.align_batch, self.align_clusters)} pairs per task, one per concept "
+                      f"cluster ({self.align_clusters} clusters have both modalities)")
+        elif self.align_batch is not None:
             train += f", {self.align_batch} pairs per alignment task"
         asked = [f"{r_tr['ways']}-way"] if r_tr.get("ways", self.ways) != self.ways else []
         if (r_tr["shots"], r_tr["queries"]) != (self.shots, self.queries):
@@ -211,7 +216,7 @@ def fit_task_sizes(
             out.shots = min(shots, c)
             noun = _NOUNS[worst]
             out.reasons.append(f"only {_having(counts[worst], c + 1)} of {len(counts[worst])} {noun[0]} have "
-                               f"{c + 1} {noun[1]}" + (" (half of a class's paired source items are kept for alignment)"
+                               f"{c + 1} {noun[1]}" + (" (half of a class's alignable source items are kept for alignment)"
                                                       if worst == "source_cls" else ""))
 
     # alignment batch: at most the pairs available (>= 2)
@@ -304,6 +309,28 @@ def align_pair_count(bench: Any) -> int | None:
     return int(keep.sum())
 
 
+def align_cluster_count(bench: Any) -> int | None:
+    """Concept clusters with alignment rows of both modalities, which weak alignment tasks draw one
+    pair from each; None for strong or multi-way alignment.
+
+    Raises:
+        CromaError: weak alignment with fewer than 2 such clusters (no alignment task can be drawn),
+            before any training.
+    """
+    from croma.meta.multimodal import uses_multi_alignment
+
+    if bench.align_mode != "weak" or uses_multi_alignment(bench):
+        return None
+    sc, tc = (torch.as_tensor(bench.data[m].clusters, dtype=torch.long).cpu() for m in (bench.source, bench.target))
+    srows, trows = (torch.as_tensor(r, dtype=torch.long).cpu() for r in (bench.align_source_rows, bench.align_target_rows))
+    both = set(sc[srows].tolist()) & set(tc[trows].tolist()) - {-1}
+    if len(both) < 2:
+        raise CromaError(f"task sizes: weak alignment needs >= 2 concept clusters with {bench.source} and {bench.target} "
+                         f"items of meta-train classes; {len(both)} found (give the rows a 'cluster' shared across "
+                         "the modalities, or items holding both modalities: strong pairs)")
+    return len(both)
+
+
 def fitted_ways(cfg: Any, bench: Any) -> Any:
     """``cfg`` at the N-way the data's class split was sized for when it lowered ``cfg.ways``
     (``bench.info["ways"]``: :func:`episodes.class_split.fit_ways`), else ``cfg`` itself."""
@@ -346,6 +373,8 @@ def fit_run_sizes(cfg: Any, bench: Any, *, families: Sequence[str], meta_val: bo
         test_queries=None if eval_cfg is None else eval_cfg.queries,
         val_serves_test=eval_cfg is not None, strict=bool(getattr(cfg, "strict_sizes", False)),
     )
+    if uses_align:
+        sizes.align_clusters = align_cluster_count(bench)
     if cfg.ways != asked:
         sizes.requested["meta_train"]["ways"] = asked
         sizes.reasons.insert(0, bench.info["ways"]["why"])

@@ -158,3 +158,42 @@ def test_single_item_classes_stay_in_meta_train_and_inspect_says_so(tmp_path, ca
     assert main(["data", "inspect", "manifest", "--manifest", str(man), "--source", "text", "--target", "image"]) == 0
     out = capsys.readouterr().out
     assert "4 target classes have a single item (c03, c07, c11, c19)" in out and "meta-train" in out
+
+
+def _weak_manifest(folder, clusters=True, classes=16, per_class=4):
+    """Text rows and image rows in separate lines, sharing only a `cluster` (weak pairs) or nothing."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    lines = []
+    for c in range(classes):
+        for j in range(per_class):
+            Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / f"{c}_{j}.png")
+            extra = {"cluster": f"k{c}"} if clusters else {}
+            lines.append(json.dumps({"id": f"t{c}_{j}", "label": f"c{c:02d}", "text": f"word {c} {j}", **extra}))
+            lines.append(json.dumps({"id": f"i{c}_{j}", "label": f"c{c:02d}", "image": f"{c}_{j}.png", **extra}))
+    path = folder / "weak.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_weak_alignment_is_named_and_a_manifest_without_it_is_refused_before_training(tmp_path, capsys, run_cli):
+    """Weak pairs only: the task-sizes line says weak alignment and how many pairs a task really
+    holds (one per cluster with both modalities); without usable clusters `data inspect` says no
+    alignment is possible and `croma benchmark` refuses in one line before any unit runs."""
+    weak = _weak_manifest(tmp_path / "w")
+    flags = ["--source", "text", "--target", "image", "--cache-dir", str(tmp_path / "c")]
+    rc, out, err = run_cli(["train", "manifest", "--manifest", str(weak), *flags, "--features", "compact",
+                            "--iterations", "1", "--eval-every", "0", "--checkpoint-dir", str(tmp_path / "r")])
+    assert rc == 0, err
+    # 16 classes split 6 / 5 / 5 at 5-way: the 6 meta-train classes' clusters hold both modalities
+    assert "weak alignment: 6 pairs per task, one per concept cluster (6 clusters have both modalities)" in err, err
+    none = _weak_manifest(tmp_path / "n", clusters=False)
+    assert main(["data", "inspect", "manifest", "--manifest", str(none), "--source", "text", "--target", "image"]) == 0
+    assert "alignment: none possible" in capsys.readouterr().out
+    out_dir = tmp_path / "table"
+    rc, _, err = run_cli(["benchmark", "manifest", "--manifest", str(none), *flags, "--methods", "pretrain,croma",
+                          "--train-seeds", "1", "--budget-steps", "40", "--quiet", "--out", str(out_dir)])
+    assert rc == 2 and err.count("\n") == 1 and "weak alignment needs >= 2 concept clusters" in err
+    assert not out_dir.exists()

@@ -43,8 +43,8 @@ def test_meta_training_lowers_queries_first_then_shots_down_to_one():
     # 3 items: queries down to 0, then shots 5 -> 3 (the loss uses support and query items alike)
     s = _fit({"source_cls": [3] * 5})
     assert (s.shots, s.queries) == (3, 0)
-    assert s.reasons == ["only 0 of 5 source-train classes have 4 classification items (half of a class's paired "
-                         "source items are kept for alignment)"]
+    assert s.reasons == ["only 0 of 5 source-train classes have 4 classification items (half of a class's "
+                         "alignable source items are kept for alignment)"]
     # the floor: one item per class
     assert (lambda t: (t.shots, t.queries))(_fit({"source_cls": [1, 1, 1, 1, 1]})) == (1, 0)
     # the tightest family counts (the oracle's target tasks beside croma's source tasks)

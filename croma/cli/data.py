@@ -162,6 +162,11 @@ def run_inspect(args) -> int:
     for m, n in summary["items"].items():
         out.append(f"  {m:6s} {n:7d} items, {summary['classes'][m]:5d} classes")
     out.append(f"  strong pairs: {summary['strong_pairs']}   concept clusters with both sides: {summary['clusters']}")
+    if summary["strong_pairs"] == 0:
+        out.append("  alignment: " + ("weak (one pair per concept cluster per task)" if summary["clusters"] >= 2 else
+                                      "none possible: no item holds both modalities and fewer than 2 clusters have "
+                                      "both; croma train and benchmark will refuse (give 'cluster' values shared "
+                                      "across the modalities)"))
     for k in ("meta_train", "meta_val", "meta_test"):
         names = split[k]
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
