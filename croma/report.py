@@ -237,12 +237,18 @@ def figures(result: dict[str, Any] | list[dict[str, Any]], shots: Iterable[int] 
     return {f"noise_sweep_{k}shot": noise_sweep_figure(result, int(k)) for k in shots}
 
 
+def sweep_shots(results: list[dict[str, Any]], shots: Iterable[int]) -> list[int]:
+    """The k of ``shots`` that a noise sweep's runs meta-tested (a k the data could not serve was dropped)."""
+    ran = {int(r["shots"]) for res in results for r in res.get("rows", [])}
+    return [int(k) for k in shots if int(k) in ran]
+
+
 def write_noise_sweep(results: list[dict[str, Any]], out_dir: str | os.PathLike, shots: Iterable[int]) -> list[Path]:
-    """Write ``noise_sweep.json`` and ``noise_sweep_<k>shot.png`` for each k."""
+    """Write ``noise_sweep.json`` and ``noise_sweep_<k>shot.png`` for each k the runs meta-tested."""
     out = Path(out_dir)
     runs = [results_json_dict(r) for r in results]
     data = {out / "noise_sweep.json": (json.dumps({"runs": runs}, indent=2) + "\n").encode()}
-    for k in shots:
+    for k in sweep_shots(results, shots):
         data[out / f"noise_sweep_{k}shot.png"] = plot_noise_sweep(results, int(k))
     _write_set(data)  # all or none, like write_results
     return list(data)

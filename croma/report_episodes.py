@@ -213,6 +213,10 @@ def rebuilt(results_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str], 
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        rates = sorted(str(p) for p in d.glob("noise_*") if (p / "results.json").is_file())
+        if (d / "noise_sweep.json").is_file() and rates:  # a --noise-sweep folder: one run per rate below it
+            raise CromaError(f"{d} holds a noise sweep: report one rate's run at a time ({', '.join(rates[:3])}"
+                             f"{', ...' if len(rates) > 3 else ''})") from None
         raise CromaError(f"{path}: not found (give the --out folder of a croma benchmark run)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CromaError(f"cannot read {path}: {exc}") from None

@@ -312,3 +312,17 @@ def test_benchmark_config_from_dict_takes_flat_model_names_as_the_cli_does():
     assert BenchmarkConfig.from_dict({}) == BenchmarkConfig()
     with pytest.raises(ValueError, match="'hiddn'"):
         BenchmarkConfig.from_dict({"hiddn": 16})
+
+
+def test_a_noise_sweep_plots_only_the_k_it_meta_tested_and_report_points_at_its_rates(run_cli, tmp_path):
+    """A k the data cannot serve is dropped from every rate's run, so the sweep writes no empty plot
+    for it and names the files it wrote; `croma report` on the sweep folder names the rates' folders."""
+    out = tmp_path / "o"
+    rc, stdout, err = run_cli(["benchmark", "synthetic", "--ways", "2", "--methods", "pretrain", "--shots", "1", "900",
+                               "--noise-sweep", "0,0.2", "--train-seeds", "1", "--eval-tasks", "3", "--val-episodes", "3",
+                               "--device", "cpu", "--out", str(out)])
+    assert rc == 0, err
+    assert (out / "noise_sweep_1shot.png").is_file() and not (out / "noise_sweep_900shot.png").exists()
+    assert f"wrote {out}/noise_sweep.json and noise_sweep_1shot.png" in stdout
+    rc, _, err = run_cli(["report", str(out)])
+    assert rc == 2 and err.count("\n") == 1 and "holds a noise sweep" in err and "noise_0" in err

@@ -66,6 +66,9 @@ def test_train_from_a_table_uses_the_settings_croma_was_trained_with(tmp_path, r
             {f: ch[f] for f in ("head_init", "finetune", "finetune_steps", "finetune_lr")}
     assert "meta-test fine-tuning chosen on meta-val as the table chooses" in stdout
     ev = table["config"]["eval"]
+    assert (f"the table's meta-test episodes: croma evaluate {run} --seed {ev['seed']} --repeats {ev['repeats']} "
+            f"--eval-tasks {ev['tasks']} --queries {ev['queries']} --shots 1") in stdout
+    assert "head init" not in stdout  # the per-k choice, not the training head, is what meta-test uses
     rc, stdout, err = run_cli(["evaluate", str(run), "--shots", "1", "--seed", str(ev["seed"]), "--repeats",
                                str(ev["repeats"]), "--eval-tasks", str(ev["tasks"]), "--json"])
     assert rc == 0, err

@@ -236,7 +236,10 @@ def _run(args, cfg) -> int:
         for res in results:
             print(format_table(res))
             print()
-        print(f"wrote {cfg.out}/noise_sweep.json and noise_sweep_<k>shot.png")
+        from croma.report import sweep_shots
+
+        pngs = ", ".join(f"noise_sweep_{k}shot.png" for k in sweep_shots(results, cfg.shots))
+        print(f"wrote {cfg.out}/noise_sweep.json and {pngs}" if cfg.out else "no --out: nothing written")
         return 0
     result = run_benchmark(cfg, on_data=_report_skipped(cfg))
     print(format_table(result))

@@ -187,5 +187,14 @@ def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool) -> None:
     from croma.table_choice import choice_line, choose_finetune
 
     finetune = choose_finetune(ctx, cfg.checkpoint_dir)
-    if not quiet:
-        print(choice_line(finetune))
+    if quiet:
+        return
+    print(choice_line(finetune))
+    from croma.checkpoint import load_checkpoint
+
+    if load_checkpoint(f"{cfg.checkpoint_dir}/best.pt").get("best_iteration") == 0:
+        print("best.pt is the untrained start: no meta-val check during training beat it (the table marks such rows)")
+    ev = ctx.eval
+    print(f"the table's meta-test episodes: croma evaluate {cfg.checkpoint_dir} --seed {ev.seed} --repeats {ev.repeats} "
+          f"--eval-tasks {ev.tasks} --queries {ev.queries} --shots {' '.join(str(k) for k in ev.shots)}"
+          + (" --manifest ..." if cfg.data.benchmark == "manifest" else ""))

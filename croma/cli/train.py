@@ -340,7 +340,7 @@ def run_rank(payload: dict) -> int:
         wrote = f"{cfg.checkpoint_dir}/" + " and ".join(files) if files else f"no checkpoint in {cfg.checkpoint_dir}"
         print(
             f"trained {result.iteration}/{cfg.iterations} iterations{procs}; best meta-val accuracy {best}; "
-            f"head init {result.head_init}; {'wrote ' if files else ''}{wrote}"
+            f"{'' if table is not None else f'head init {result.head_init}; '}{'wrote ' if files else ''}{wrote}"
         )
         if table is not None and result.finished:
             choose_table_finetune(table, cfg, quiet=not payload["progress"])
