@@ -18,7 +18,7 @@ from episodes.data import SPLITS, CrossModalDataset
 from episodes.errors import DataError
 from episodes.samplers import episode_generator
 
-__all__ = ["split_counts", "make_class_split", "fit_ways", "dataset_ways", "single_item_classes"]
+__all__ = ["split_counts", "make_class_split", "fit_ways", "dataset_ways", "single_item_classes", "cluster_overlaps"]
 
 
 def split_counts(n: int, *, fractions: Sequence[float] = (0.6, 0.2, 0.2), ways: int | None = None,
@@ -123,6 +123,23 @@ def single_item_classes(dataset: CrossModalDataset) -> list[str]:
     """Target classes with fewer than 2 target-modality items (no k-shot episode can use them)."""
     per = Counter(it.label for it in dataset.items if dataset.target in it.modalities)
     return sorted(c for c, v in per.items() if v < 2)
+
+
+def cluster_overlaps(dataset: CrossModalDataset, split: dict[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """``(source class, held-out target class)`` pairs of different names whose items share a concept
+    cluster: the source class is not held out (its name is no meta-val / meta-test class), so
+    source classification trains on a concept whose target items are held out."""
+    held = set(split.get("meta_val", [])) | set(split.get("meta_test", []))
+    held_clusters: dict[str, set[str]] = {}
+    src_clusters: dict[str, set[str]] = {}
+    for it in dataset.items:
+        if it.cluster is None:
+            continue
+        if dataset.target in it.modalities and it.label in held:
+            held_clusters.setdefault(it.cluster, set()).add(it.label)
+        if dataset.source in it.modalities and it.label not in held:
+            src_clusters.setdefault(it.label, set()).add(it.cluster)
+    return sorted({(s, t) for s, cl in src_clusters.items() for c in cl for t in held_clusters.get(c, ()) if s != t})
 
 
 def make_class_split(dataset: CrossModalDataset, *, seed: int = 0, split_fractions: Sequence[float] = (0.6, 0.2, 0.2),

@@ -197,3 +197,25 @@ def test_weak_alignment_is_named_and_a_manifest_without_it_is_refused_before_tra
                           "--train-seeds", "1", "--budget-steps", "40", "--quiet", "--out", str(out_dir)])
     assert rc == 2 and err.count("\n") == 1 and "weak alignment needs >= 2 concept clusters" in err
     assert not out_dir.exists()
+
+
+def test_inspect_names_source_classes_that_share_a_cluster_with_held_out_targets(tmp_path, capsys):
+    """Labels namespaced per modality (txt/c00 for text rows, c00 for image rows) in one cluster: the
+    text class is not held out with its image class, so inspect says source training sees it."""
+    from episodes.class_split import cluster_overlaps, make_class_split
+    from episodes.datasets import load_dataset
+
+    weak = _weak_manifest(tmp_path / "w")
+    rows = [json.loads(line) for line in weak.read_text().splitlines()]
+    for r in rows:
+        if "text" in r:
+            r["label"] = "txt/" + r["label"]
+    ns = tmp_path / "w" / "ns.jsonl"
+    ns.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_dataset("manifest", manifest=str(ns), source="text", target="image")
+    split = make_class_split(ds, seed=0, ways=5)
+    held = split["meta_val"] + split["meta_test"]
+    assert cluster_overlaps(ds, split) == sorted(("txt/" + c, c) for c in held)
+    assert cluster_overlaps(load_dataset("manifest", manifest=str(weak), source="text", target="image"), split) == []
+    assert main(["data", "inspect", "manifest", "--manifest", str(ns), "--source", "text", "--target", "image"]) == 0
+    assert f"note: {len(held)} source-train class(es) share a concept cluster" in capsys.readouterr().out

@@ -172,8 +172,14 @@ def run_inspect(args) -> int:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         out.append(f"  {k:10s} {len(names):4d} target classes: {shown}")
     out.append(f"  source_train {summary['splits']['source_train']} source classes")
-    from episodes.class_split import single_item_classes
+    from episodes.class_split import cluster_overlaps, single_item_classes
 
+    leaks = cluster_overlaps(ds, split)
+    if leaks:  # e.g. labels namespaced per modality (img/cat, aud/cat) sharing a cluster
+        shown = ", ".join(f"{a} ~ {b}" for a, b in leaks[:3]) + (", ..." if len(leaks) > 3 else "")
+        out.append(f"  note: {len(leaks)} source-train class(es) share a concept cluster with a meta-val / meta-test "
+                   f"target class ({shown}): source classification trains on those concepts; give such classes "
+                   "one label across the modalities to hold them out")
     few = single_item_classes(ds)
     if few:  # no k-shot episode can use them (k >= 1 plus a query)
         out.append(f"  {len(few)} target class{'es have' if len(few) > 1 else ' has'} a single item "
