@@ -310,13 +310,8 @@ def align_pair_count(bench: Any) -> int | None:
 
 
 def align_cluster_count(bench: Any) -> int | None:
-    """Concept clusters with alignment rows of both modalities, which weak alignment tasks draw one
-    pair from each; None for strong or multi-way alignment.
-
-    Raises:
-        CromaError: weak alignment with fewer than 2 such clusters (no alignment task can be drawn),
-            before any training.
-    """
+    """Concept clusters with alignment rows of both modalities (a weak alignment task draws one pair
+    from each); None for strong or multi-way alignment. Raises CromaError under 2 (before training)."""
     from croma.meta.multimodal import uses_multi_alignment
 
     if bench.align_mode != "weak" or uses_multi_alignment(bench):
