@@ -140,7 +140,8 @@ def _episode_batch(
         from croma.errors import hint
 
         # the flags controlling these sizes depend on the command running (croma.errors.error_hints)
-        advice = hint(f"{cfg.split}_episodes", "use fewer --ways, --shots or --queries", ways=cfg.ways, shots=shots,
+        advice = hint(f"{cfg.split}_episodes", "use fewer ways, shots or queries (EvalConfig; --ways, --shots, "
+                      "--queries)", ways=cfg.ways, shots=shots,
                       queries=cfg.queries)
         raise DataError(f"{bench.name} {cfg.split} episodes ({target}, {shots}-shot): {exc}; {advice}") from exc
     t = sampler.sample_many(int(start), int(cfg.tasks if count is None else count))

@@ -188,7 +188,7 @@ def test_croma_evaluate_keeps_its_own_hint(bench):
     from episodes.errors import DataError
 
     x = bench.data[bench.target].features
-    with pytest.raises(DataError, match=r"use fewer --ways, --shots or --queries$"):
+    with pytest.raises(DataError, match=r"use fewer ways, shots or queries \(EvalConfig; --ways, --shots, --queries\)$"):
         _episode_batch(bench, x, EvalConfig(ways=2, queries=100, split="meta_val"), 1, 0)
 
 

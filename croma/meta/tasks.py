@@ -258,8 +258,8 @@ class _ClsFamily(TaskFamily):
             )
         except DataError as exc:
             which = "source" if self.modality_attr == "source" else "target"
-            advice = hint(f"{self.name}_tasks", "use fewer --ways, --shots or --queries", ways=ways, shots=shots,
-                          queries=queries)
+            advice = hint(f"{self.name}_tasks", "use fewer ways, shots or queries (TrainConfig; --ways, --shots, "
+                          "--queries)", ways=ways, shots=shots, queries=queries)
             raise DataError(f"{bench.name} {which} classification tasks for meta-training ({self.modality}, "
                             f"{ways}-way {shots}-shot, {queries} queries): {exc}; {advice}") from exc
         self._filter = _prefix_filter(
