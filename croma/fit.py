@@ -360,4 +360,5 @@ def train(
 
             trainer.checkpointer.run_id = new_run_id()
             trainer.checkpointer.save("best", trainer.theta, trainer.progress_state())
+            trainer.checkpointer.save("last", trainer.theta, trainer.progress_state())  # --resume continues from here
     return trainer.fit(resume=resume, on_iteration=on_iteration)

@@ -226,7 +226,7 @@ def select_eval(
         if kept is not None:
             scores[name] = {int(k): float(v) for k, v in kept.items()}
             continue
-        unit_note(f"meta-val choice: setting {i + 1} of {len(grid)} ({name})")
+        unit_note(f"meta-val choice: scoring setting {i + 1} of {len(grid)} ({name})")
         t0, c0 = time.perf_counter(), time.process_time()
         res = evaluate_kshot(model, ctx.bench, replace(base, **g), params=params, inputs=inputs)
         scores[name] = {int(r["shots"]): r["accuracy_mean"] for r in res["rows"]}

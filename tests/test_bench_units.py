@@ -106,7 +106,7 @@ def test_a_unit_in_a_worker_reports_its_phases(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert all(ln.startswith("[croma] seed 0: ") and ln.endswith(" in)") for ln in lines), lines
     text = "\n".join(lines)
-    for phase in ("training: meta-val check", "trained in", "meta-val choice: setting 1 of", "meta-test, 1-shot"):
+    for phase in ("training: meta-val check", "trained in", "meta-val choice: scoring setting 1 of", "meta-test, 1-shot"):
         assert phase in text, (phase, lines)
     log.unit_note("outside a unit")  # silent
     assert capsys.readouterr().out == ""

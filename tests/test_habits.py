@@ -418,3 +418,22 @@ def test_a_long_run_says_its_measured_pace_once(run_cli, tmp_path, monkeypatch):
     assert rc == 0 and err.count("s per iteration here") == 1 and "--iterations N trains fewer" in err
     rc, _, err = run_cli([*base, "--quiet", "--checkpoint-dir", str(tmp_path / "b")])
     assert rc == 0 and "per iteration here" not in err
+
+
+def test_a_lone_best_pt_is_kept_and_resume_with_nothing_to_continue_says_so(run_cli, tmp_path):
+    """A folder holding best.pt but no last.pt (a run stopped before its first last.pt, or a full disk)
+    is refused, with or without --resume, and best.pt is left as it was; --resume where there is
+    nothing at all says that a new run starts."""
+    base = ["train", "synthetic", "--iterations", "2", "--eval-every", "0", "--ways", "3", "--embed-dim", "8",
+            "--hidden", "8"]
+    run = tmp_path / "r"
+    rc, _, err = run_cli([*base, "--checkpoint-dir", str(run)])
+    assert rc == 0, err
+    (run / "last.pt").unlink()
+    before = (run / "best.pt").read_bytes()
+    for extra in ([], ["--resume"]):
+        rc, _, err = run_cli([*base, "--checkpoint-dir", str(run), *extra])
+        assert rc == 2 and err.count("\n") == 1 and "best.pt is there but no last.pt" in err
+        assert (run / "best.pt").read_bytes() == before
+    rc, _, err = run_cli([*base, "--checkpoint-dir", str(tmp_path / "new"), "--resume"])
+    assert rc == 0 and "note: --resume: no last.pt in" in err and (tmp_path / "new" / "last.pt").is_file()

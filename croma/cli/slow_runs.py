@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 __all__ = ["slow_run_warning", "auto_compile_reason", "choose_compile", "SEQUENCE_S_PER_ITERATION", "SLOW_WARN_S",
-           "AUTO_COMPILE_ITERATIONS", "announce", "choose_table_finetune", "pace_note"]
+           "AUTO_COMPILE_ITERATIONS", "announce", "choose_table_finetune", "pace_note", "check_leftovers"]
 
 # the modalities of the built-in data sets (a manifest's come from --source / --target)
 _MODALITIES = {"udhr-speech": ("text", "audio"), "cifar-esc50": ("image", "audio"), "yummly": ("text", "image"),
@@ -197,4 +197,21 @@ def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool) -> None:
     ev = ctx.eval
     print(f"the table's meta-test episodes: croma evaluate {cfg.checkpoint_dir} --seed {ev.seed} --repeats {ev.repeats} "
           f"--eval-tasks {ev.tasks} --queries {ev.queries} --shots {' '.join(str(k) for k in ev.shots)}"
-          + (" --manifest ..." if cfg.data.benchmark == "manifest" else ""))
+          + (f" --manifest {cfg.data.manifest}" if cfg.data.benchmark == "manifest" else ""))
+
+
+def check_leftovers(last: Any, *, resume: bool, quiet: bool) -> None:
+    """Before ``croma train`` writes into a folder without ``last.pt`` (``last``: its path): a ``best.pt``
+    left by a run that stopped before its first ``last.pt`` (interrupted early, a full disk) is
+    refused rather than overwritten; ``--resume`` with nothing to continue says that a new run starts."""
+    from croma.errors import CromaError
+
+    if last.exists():
+        return
+    best = last.parent / "best.pt"
+    if best.exists():
+        raise CromaError(f"{best} is there but no last.pt (an earlier run stopped before its first last.pt, or the "
+                         "disk filled): nothing to continue; evaluate that best.pt, or move it away, or choose another "
+                         "--checkpoint-dir")
+    if resume and not quiet:
+        sys.stderr.write(f"note: --resume: no last.pt in {last.parent}, so a new run starts at iteration 0\n")

@@ -213,6 +213,7 @@ def run(args) -> int:
     if args.nproc > 1 and env is not None:
         raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
     from croma.checkpoint import ensure_output_dir
+    from croma.cli.slow_runs import check_leftovers
     from croma.runlock import check_run_files, lock_run_folder
 
     last = Path(cfg.checkpoint_dir) / "last.pt"
@@ -226,6 +227,7 @@ def run(args) -> int:
             check_run_files(cfg.checkpoint_dir, "--checkpoint-dir")
             if last.exists() and not args.resume:
                 raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
+            check_leftovers(last, resume=args.resume, quiet=args.quiet)
             args.compile_reason = choose_compile(args, cfg, env, last)
             return _run_checked(args, cfg)
     except BaseException:
