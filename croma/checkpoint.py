@@ -102,6 +102,15 @@ def remove_if_empty(folders: list[Path]) -> None:
             continue
 
 
+def missing_checkpoint(path: Path) -> str:
+    """What to say for a checkpoint that is not there; a ``croma benchmark`` folder (results.json,
+    no model) is named as such, with the command that trains its croma row as a model."""
+    if (path.parent / "results.json").is_file():
+        return (f"{path.parent} is a croma benchmark results folder (a table, no model): train its croma row as a "
+                f"model with 'croma train ... --config {path.parent / 'results.json'} --checkpoint-dir DIR', then use DIR")
+    return f"checkpoint {path} not found (train first with 'croma train ... --checkpoint-dir {path.parent}')"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
@@ -110,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise CromaError(f"checkpoint {path} not found (train first with 'croma train ... --checkpoint-dir {path.parent}')")
+        raise CromaError(missing_checkpoint(path))
     try:
         import warnings
 

@@ -27,6 +27,14 @@ def test_train_from_a_table_uses_the_settings_croma_was_trained_with(tmp_path, r
     assert rc == 0, err
     assert len(seen) == 1
     monkeypatch.setattr(rr, "CromaTrainer", real)
+    # a table folder is not a model: evaluate / predict say how to make one from it
+    from croma.errors import CromaError
+    from croma.runmodel import load_model
+
+    rc, _, err = run_cli(["evaluate", str(out)])
+    assert rc == 2 and "is a croma benchmark results folder" in err and f"--config {out / 'results.json'}" in err
+    with pytest.raises(CromaError, match="benchmark results folder"):
+        load_model(out)
 
     from croma.cli import build_parser
     from croma.cli.train import config_from_args

@@ -166,7 +166,9 @@ def _check_checkpoint(args) -> None:
     if args.checkpoint == "best" and not path.is_file() and Path(args.run_dir).is_dir():
         path = checkpoint_path(args.run_dir, "last")
     if not path.is_file():
-        raise CromaError(f"checkpoint {path} not found (train first with 'croma train ... --checkpoint-dir {path.parent}')")
+        from croma.checkpoint import missing_checkpoint
+
+        raise CromaError(missing_checkpoint(path))
 
 
 def run_rank(args) -> int:
