@@ -135,7 +135,7 @@ def _kept_start_lines(result: dict[str, Any]) -> list[str]:
         return []
     every = [n for n, (z, t) in kept.items() if z == t]
     some = [f"{n} on {z} of {t} seeds" for n, (z, t) in kept.items() if z < t]
-    parts = ([f"{', '.join(every)}: on every seed" if len(every) > 1 else f"{every[0]}: on every seed"] if every else []) + some
+    parts = ([f"{', '.join(every)}: on every seed"] if every else []) + some
     return [f"meta-val kept the untrained start ({'; '.join(parts)}): no check during training beat it, so such a "
             "row measures the model before its training (a larger --budget-steps trains longer between checks)"]
 

@@ -18,7 +18,7 @@ import torch
 from episodes.data import SPLITS, PreparedBenchmark
 
 __all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "class_split_names", "finetune_choice",
-           "split_changes", "check_card"]
+           "split_changes", "check_card", "nearest_k"]
 
 SERVING_FORMAT = "croma-serving/1"
 
@@ -88,9 +88,16 @@ def _cpu(value: Any) -> Any:
     return value
 
 
+def nearest_k(per_k: Mapping[int, Any], shots: int) -> int:
+    """The k of ``per_k`` (a card's per-k fine-tuning) nearest ``shots``; ties go to the smaller k."""
+    return min(per_k, key=lambda c: (abs(c - int(shots)), c))
+
+
 def split_changes(stored: Mapping[str, Sequence[str]], now: Mapping[str, Sequence[str]]) -> list[str]:
     """Classes whose split differs between a run's stored split and a new one, as phrases
-    (``'cat' meta_test -> meta_train``; ``'cow' new in meta_val``; ``'dog' gone from meta_test``)."""
+    (``'cow' new in meta_val``; ``'dog' gone from meta_test``; ``'cat' meta_test -> meta_train``): the
+    classes new to the split and gone from it first (the user's own change: a rename is both), then
+    the classes that change moved between splits."""
     where_s = {c: k for k in SPLITS for c in stored.get(k, [])}
     where_n = {c: k for k in SPLITS for c in now.get(k, [])}
     moved, new, gone = [], [], []
@@ -104,7 +111,7 @@ def split_changes(stored: Mapping[str, Sequence[str]], now: Mapping[str, Sequenc
             gone.append(f"{c!r} gone from {a}")
         else:
             moved.append(f"{c!r} {a} -> {b}")
-    return moved + new + gone  # the classes that changed split first: they are the leak
+    return new + gone + moved
 
 
 def check_card(card: Mapping[str, Any], path: Any) -> None:

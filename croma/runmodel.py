@@ -34,6 +34,7 @@ from croma.runcard import (  # noqa: F401 - re-exported: the card's functions, b
     class_split_names,
     data_identity,
     finetune_choice,
+    nearest_k,
     serving_card,
     split_changes,
 )
@@ -169,8 +170,7 @@ class RunModel:
         per_k = {int(k): v for k, v in (self.finetune.get("per_k") or {}).items()}
         if not per_k:
             return dict(self.finetune["default"])
-        k = min(per_k, key=lambda c: (abs(c - shots), c))
-        return dict(per_k[k])
+        return dict(per_k[nearest_k(per_k, shots)])
 
     def adapt(self, values: Sequence[Any], labels: Sequence[Hashable], *, steps: int | None = None,
               lr: float | None = None, finetune: str | None = None, head_init: str | None = None,

@@ -108,17 +108,12 @@ def check_same_data(ckpt: dict[str, Any], bench: Any, path: Path, *, manifest: s
             between splits, or how the items differ.
     """
     from croma.runcard import class_split_names, data_identity, split_changes
-    from episodes.data import SPLITS
 
     card = ckpt.get("serving")
     if not isinstance(card, dict) or not isinstance(card.get("split"), dict) or not isinstance(card.get("data"), dict):
         return
     what = f"--manifest {manifest}" if manifest else f"benchmark {bench.name}"
-    # the user's own change first (classes new to the run's split, then classes gone from it: a rename
-    # is both), then the classes that change moved between splits; a phrase's ending says which it is
-    order = [tuple(f" {how} {s}" for s in SPLITS) for how in ("new in", "gone from")]
-    moved = sorted(split_changes(card["split"], class_split_names(bench)),
-                   key=lambda p: next((i for i, ends in enumerate(order) if p.endswith(ends)), len(order)))
+    moved = split_changes(card["split"], class_split_names(bench))  # the user's own change first
     if moved:
         more = f" and {len(moved) - 6} more" if len(moved) > 6 else ""
         raise CromaError(f"{what} is not the data {path} was trained on: its class split differs "
@@ -224,10 +219,13 @@ def _chosen_per_k(ckpt: Mapping[str, Any]) -> dict[int, dict[str, Any]] | None:
 
 def _evaluate_per_k(model, bench, cfg: EvalConfig, per_k: Mapping[int, Mapping[str, Any]], theta, dist) -> dict[str, Any]:
     """:func:`evaluate_kshot` one k at a time (as ``croma benchmark`` meta-tests), each with the
-    setting chosen for the nearest k (ties to the smaller); retrieval once. Rows carry ``setting``."""
+    setting chosen for the nearest k (:func:`croma.runcard.nearest_k`, as :meth:`RunModel.setting_for`);
+    retrieval once. Rows carry ``setting``."""
+    from croma.runcard import nearest_k
+
     result: dict[str, Any] | None = None
     for i, k in enumerate(cfg.shots):
-        near = min(per_k, key=lambda c: (abs(c - int(k)), c))
+        near = nearest_k(per_k, int(k))
         st = per_k[near]
         one = replace(cfg, shots=[int(k)], head_init=st["head_init"], finetune=st["finetune"],
                       finetune_steps=int(st["finetune_steps"]), finetune_lr=float(st["finetune_lr"]),

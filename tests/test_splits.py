@@ -35,20 +35,27 @@ def test_split_counts_errors_name_the_numbers():
         split_counts(22, ways=5, counts=(14, 4, 4))
 
 
-def _manifest(folder, classes=22, per_class=2):
+def _write_manifest(folder, name, rows_of, *, classes, per_class, seed):
+    """``folder/name``: for each class ``c`` and item ``j`` an 8x8 random PNG ``c_j.png`` and the
+    manifest rows ``rows_of(c, j)`` (dicts) that use it."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     lines = []
     for c in range(classes):
         for j in range(per_class):
             Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / f"{c}_{j}.png")
-            lines.append(json.dumps({"id": f"{c}_{j}", "label": f"c{c:02d}", "text": f"caption {c} {j}",
-                                     "image": f"{c}_{j}.png"}))
-    path = folder / "m.jsonl"
+            lines += [json.dumps(row) for row in rows_of(c, j)]
+    path = folder / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _manifest(folder, classes=22, per_class=2):
+    return _write_manifest(folder, "m.jsonl", lambda c, j: [{"id": f"{c}_{j}", "label": f"c{c:02d}", "text": f"caption {c} {j}",
+                                                           "image": f"{c}_{j}.png"}],
+                           classes=classes, per_class=per_class, seed=0)
 
 
 def test_22_class_manifest_runs_5_way_by_default(tmp_path):
@@ -162,20 +169,12 @@ def test_single_item_classes_stay_in_meta_train_and_inspect_says_so(tmp_path, ca
 
 def _weak_manifest(folder, clusters=True, classes=16, per_class=4):
     """Text rows and image rows in separate lines, sharing only a `cluster` (weak pairs) or nothing."""
-    from PIL import Image
+    def rows(c, j):
+        extra = {"cluster": f"k{c}"} if clusters else {}
+        return [{"id": f"t{c}_{j}", "label": f"c{c:02d}", "text": f"word {c} {j}", **extra},
+                {"id": f"i{c}_{j}", "label": f"c{c:02d}", "image": f"{c}_{j}.png", **extra}]
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    lines = []
-    for c in range(classes):
-        for j in range(per_class):
-            Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / f"{c}_{j}.png")
-            extra = {"cluster": f"k{c}"} if clusters else {}
-            lines.append(json.dumps({"id": f"t{c}_{j}", "label": f"c{c:02d}", "text": f"word {c} {j}", **extra}))
-            lines.append(json.dumps({"id": f"i{c}_{j}", "label": f"c{c:02d}", "image": f"{c}_{j}.png", **extra}))
-    path = folder / "weak.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _write_manifest(folder, "weak.jsonl", rows, classes=classes, per_class=per_class, seed=1)
 
 
 def test_weak_alignment_is_named_and_a_manifest_without_it_is_refused_before_training(tmp_path, capsys, run_cli):

@@ -96,7 +96,9 @@ def _loader_kwargs(args) -> dict:
 
 def _report_skipped(n: int) -> None:
     if n:
-        sys.stderr.write(f"skipped {n} missing or unreadable item(s) (--skip-bad)\n")
+        from croma.bench_data import skipped_line
+
+        sys.stderr.write(skipped_line(n) + "\n")
 
 
 def _counts_only(name: str) -> dict:

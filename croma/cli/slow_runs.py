@@ -130,9 +130,10 @@ def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any,
     build the table's selection (:mod:`croma.table_choice`). Returns ``(table context or None,
     keyword arguments for croma.fit.train)``."""
     if bench is not None and cfg.data.skip_bad and writer:
-        skipped = int(bench.info.get("skipped_total", 0) or 0)
-        if skipped:
-            sys.stderr.write(f"skipped {skipped} missing or unreadable item(s) (--skip-bad)\n")
+        from croma.bench_data import skipped_items, skipped_line
+
+        if skipped := skipped_items(bench):
+            sys.stderr.write(skipped_line(skipped) + "\n")
     if payload["progress"] and writer:
         from croma.log import info
         from croma.meta.inner import inner_loop_text
