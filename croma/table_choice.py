@@ -43,10 +43,8 @@ def table_context(results_config: Mapping[str, Any], bench: Any, cfg: Any):
     train, ev, _ = _contexts(bcfg, bench, preset)
     train = replace(train, device=cfg.device)
     families = {"align", "source_cls", *(train.task_weights or {})}
-    before = dict(bench.info.get("task_sizes") or {}) if isinstance(getattr(bench, "info", None), dict) else None
-    train, ev, _ = fit_run_sizes(train, bench, families=sorted(families), eval_cfg=ev)
-    if before is not None:  # the run's own sizes are what its card records
-        bench.info["task_sizes"] = before
+    # the benchmark's sizes on this data; the run's own are what bench.info and its card record
+    train, ev, _ = fit_run_sizes(train, bench, families=sorted(families), eval_cfg=ev, record=False)
     return MethodContext(bench=bench, train=replace(train, seed=int(cfg.seed)), eval=ev, label_noise=bcfg.label_noise,
                          knobs=_knobs(bcfg, preset), hp=_method_hp(bcfg, preset, "croma"))
 

@@ -336,9 +336,10 @@ def fitted_ways(cfg: Any, bench: Any) -> Any:
 
 
 def fit_run_sizes(cfg: Any, bench: Any, *, families: Sequence[str], meta_val: bool = True,
-                  eval_cfg: Any = None) -> tuple[Any, Any, TaskSizes]:
+                  eval_cfg: Any = None, record: bool = True) -> tuple[Any, Any, TaskSizes]:
     """Fit a run's :class:`~croma.config.TrainConfig` (and a meta-test
-    :class:`~croma.evaluate.EvalConfig`) to ``bench`` and record the sizes in ``bench.info["task_sizes"]``.
+    :class:`~croma.evaluate.EvalConfig`) to ``bench`` and record the sizes in ``bench.info["task_sizes"]``
+    (not with ``record=False``: sizes computed beside the run's own).
 
     Args:
         cfg: the training configuration (never changed; a changed copy is returned).
@@ -382,10 +383,9 @@ def fit_run_sizes(cfg: Any, bench: Any, *, families: Sequence[str], meta_val: bo
         cfg = cfg.replace(**over)
         if eval_cfg is not None:
             eval_cfg = replace(eval_cfg, shots=list(sizes.test_shots), queries=sizes.test_queries)
-    record = sizes.to_dict()
-    old = bench.info.get("task_sizes") if isinstance(bench.info, dict) else None
-    if not (old and not sizes.changed and _agrees(old, record)):  # keep a fuller record of the same sizes
-        bench.info["task_sizes"] = record
+    new, old = sizes.to_dict(), (bench.info.get("task_sizes") if isinstance(bench.info, dict) else None)
+    if record and not (old and not sizes.changed and _agrees(old, new)):  # keep a fuller record of the same sizes
+        bench.info["task_sizes"] = new
     return cfg, eval_cfg, sizes
 
 

@@ -182,18 +182,17 @@ def pace_note(cfg: Any, *, warn_s: float | None = None, stream: Any = None):
     return on_row
 
 
-def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool) -> None:
+def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool, kept_start: bool) -> None:
     """After a table-settings run finished: meta-val's fine-tuning choice per k, as the table makes
-    it, into ``best.pt`` (:func:`croma.table_choice.choose_finetune`), said in one line."""
+    it, into ``best.pt`` (:func:`croma.table_choice.choose_finetune`), said in one line; ``kept_start``:
+    ``best.pt`` is the untrained start."""
     from croma.table_choice import choice_line, choose_finetune
 
     finetune = choose_finetune(ctx, cfg.checkpoint_dir)
     if quiet:
         return
     print(choice_line(finetune))
-    from croma.checkpoint import load_checkpoint
-
-    if load_checkpoint(f"{cfg.checkpoint_dir}/best.pt").get("best_iteration") == 0:
+    if kept_start:
         print("best.pt is the untrained start: no meta-val check during training beat it (the table marks such rows)")
     ev = ctx.eval
     print(f"the table's meta-test episodes: croma evaluate {cfg.checkpoint_dir} --seed {ev.seed} --repeats {ev.repeats} "

@@ -345,7 +345,7 @@ def run_rank(payload: dict) -> int:
             f"{'' if table is not None else f'head init {result.head_init}; '}{'wrote ' if files else ''}{wrote}"
         )
         if table is not None and result.finished:
-            choose_table_finetune(table, cfg, quiet=not payload["progress"])
+            choose_table_finetune(table, cfg, quiet=not payload["progress"], kept_start=result.best_iteration == 0)
         sys.stdout.flush()
     return 0
 
