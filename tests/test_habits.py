@@ -300,8 +300,8 @@ def test_croma_train_compiles_the_inner_step_where_it_was_measured_to_pay(tmp_pa
     import json
     import shutil
 
-    import croma.cli.slow_runs as S
     import croma.cli.train as T
+    import croma.cli.train_steps as S
     from croma.cli import build_parser
 
     def cfg(*flags):
@@ -391,7 +391,7 @@ def test_a_long_run_says_its_measured_pace_once(run_cli, tmp_path, monkeypatch):
     import io
     import types
 
-    import croma.cli.slow_runs as S
+    import croma.cli.train_steps as S
 
     now = {"t": 0.0}
     monkeypatch.setattr("time.perf_counter", lambda: now["t"])

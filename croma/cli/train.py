@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from croma.cli.config_flags import benchmark_names  # the names NAME / BENCH accept (re-exported)
-from croma.cli.slow_runs import AUTO_COMPILE_ITERATIONS, announce, choose_compile, choose_table_finetune, slow_run_warning
+from croma.cli.train_steps import AUTO_COMPILE_ITERATIONS, announce, choose_compile, choose_table_finetune, slow_run_warning
 
 
 def __getattr__(name: str):  # ``BENCHMARKS`` kept for importers: the registry's names, read when asked
@@ -174,7 +174,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         flat = {k: v for k, v in flat.items() if k in named}
         if kind in ("checkpoint", "results"):
             flat = {k: v for k, v in flat.items() if k not in _LOCAL}
-    # croma train chooses the compiled inner step only where nothing else did (slow_runs.choose_compile)
+    # croma train chooses the compiled inner step only where nothing else did (train_steps.choose_compile)
     args.compile_named = kind == "results" or "compile_inner" in flat or given(args, "compile_inner")
     settings: dict = {"device": CLI_DEFAULTS["device"], **flat}
     settings["model"] = {**CLI_DEFAULTS["model"], **flat.get("model", {})}
@@ -213,7 +213,7 @@ def run(args) -> int:
     if args.nproc > 1 and env is not None:
         raise CromaError(f"--nproc {args.nproc} under torchrun (WORLD_SIZE={env.world_size}): let torchrun start the processes and drop --nproc")
     from croma.checkpoint import ensure_output_dir
-    from croma.cli.slow_runs import check_leftovers
+    from croma.cli.train_steps import check_leftovers
     from croma.runlock import check_run_files, lock_run_folder
 
     last = Path(cfg.checkpoint_dir) / "last.pt"

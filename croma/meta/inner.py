@@ -389,7 +389,7 @@ def _num_tasks(batch: Mapping[str, torch.Tensor]) -> int:
 def inner_loop_text(cfg, chosen: str | None = None) -> str:
     """Which inner-loop path a :class:`croma.config.TrainConfig` takes, in one phrase (``croma train``
     and ``croma benchmark`` print it before training); ``chosen``: why ``croma train`` compiled it
-    when no flag asked (``croma.cli.slow_runs.auto_compile_reason``)."""
+    when no flag asked (``croma.cli.train_steps.auto_compile_reason``)."""
     if cfg.inner_loop == "sequential":
         return "sequential (one task at a time, torch.func), eager"
     if cfg.inner_loop == "higher":

@@ -1,6 +1,9 @@
-"""The one-line warning ``croma train`` prints before a run whose features make it slow on a CPU,
-``croma train``'s own choice of the compiled inner step for such a run (:func:`auto_compile_reason`),
-and what it says and sets up before and after training (:func:`announce`, :func:`choose_table_finetune`)."""
+"""The steps ``croma train`` takes around training: before it, the one-line warning for a run whose
+features make it slow on a CPU (:func:`slow_run_warning`), its own choice of the compiled inner step
+(:func:`auto_compile_reason`), what ``--skip-bad`` skipped and which inner loop runs (:func:`announce`)
+and the refusal of a folder with a ``best.pt`` but no ``last.pt`` (:func:`check_leftovers`); during it,
+the once-only estimate of the time left (:func:`pace_note`); after it, meta-val's per-k fine-tuning
+choice for a run trained from a table (:func:`choose_table_finetune`)."""
 
 from __future__ import annotations
 
