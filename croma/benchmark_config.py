@@ -281,6 +281,15 @@ class BenchmarkConfig:
             raise ValueError(f"--shots must be one or more integers >= 1 (got {self.shots})")
         if self.methods is not None and not self.methods:
             raise ValueError("--methods must name one or more methods (got an empty list)")
+        if self.methods is not None and self.methods != ["all"]:
+            from croma.baselines import list_methods
+            from croma.config import near_match
+
+            known = list_methods()
+            unknown = [m for m in self.methods if m not in known]
+            if unknown:
+                raise ValueError(f"--methods: unknown method {unknown[0]!r}{near_match(unknown, known)}; available: "
+                                 f"{', '.join(known)}")
         if self.finetune_modes is not None and (not self.finetune_modes
                                                 or any(m not in ("all", "head") for m in self.finetune_modes)):
             raise ValueError(f"--finetune-modes must be all, head or all,head (got {self.finetune_modes})")
@@ -335,7 +344,10 @@ class BenchmarkConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown benchmark setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(names))})")
+            from croma.config import near_match
+
+            raise ValueError(f"unknown benchmark setting(s) {', '.join(map(repr, unknown))}{near_match(unknown, names)} "
+                             f"(known: {', '.join(sorted(names))})")
         return cls(**dict(d))
 
 

@@ -37,6 +37,7 @@ from croma.config_sections import (  # noqa: F401 - re-exported: croma.config is
     RunConfig,
     _flat_name,
     _section,
+    near_match,
     nest_model_settings,
     plain,
 )
@@ -220,11 +221,8 @@ class TrainConfig:
         """
         given = {k: v for k, v in locals().items() if v is not _UNSET and k not in _POSITIONAL}
         if unknown:
-            import difflib
-
             key = next(iter(unknown))
-            near = difflib.get_close_matches(key, [*FLAT, *MODEL_FLAT], n=1)
-            raise TypeError(f"TrainConfig got an unknown setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise TypeError(f"TrainConfig got an unknown setting {key!r}" + near_match([key], [*FLAT, *MODEL_FLAT]))
         if isinstance(outer, str):  # the --outer flag's name for the outer algorithm
             given, outer = {"algorithm": outer, **given}, None
         for name, value in (("data", data), ("inner", inner), ("outer", outer), ("eval", eval), ("run", run)):
@@ -281,7 +279,8 @@ class TrainConfig:
         flat = {_flat_name(k, v): v for k, v in d.items() if _flat_name(k, v) in FLAT or _flat_name(k) in MODEL_FLAT}
         unknown = sorted(k for k in d if k not in SECTIONS and k != "model" and _flat_name(k, d[k]) not in flat)
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} in the training configuration")
+            raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} in the training configuration"
+                             + near_match(unknown, [*FLAT, *MODEL_FLAT, *SECTIONS, "model"]))
         sections = {k: v for k, v in d.items() if (k in SECTIONS or k == "model") and _flat_name(k, v) not in flat}
         return cls(**sections, **flat)
 

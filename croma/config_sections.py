@@ -180,3 +180,14 @@ def _section(cls: type, value: Any, where: str):
                              f"(known: {', '.join(sorted(names))})")
         return cls(**copy.deepcopy(dict(value)))
     raise TypeError(f"configuration section {where!r} must be a mapping (got {type(value).__name__})")
+
+
+def near_match(unknown, known) -> str:
+    """`` (did you mean 'shots'?)`` for the first unknown setting name with a close known one, else ``""``."""
+    import difflib
+
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+        if near:
+            return f" (did you mean {near[0]!r}?)"
+    return ""

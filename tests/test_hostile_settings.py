@@ -114,6 +114,46 @@ def test_a_results_json_is_checked_like_the_flags(run_cli, tmp_path, settings, n
     assert not (tmp_path / "out").exists()
 
 
+BENCH_FILE_CASES = [
+    ("shots", "shots = [0]", "bench.toml: --shots must be a list of integers in [1, 1000]"),
+    ("queries", "queries = 0", "bench.toml: --queries must be"),
+    ("typo", "shot = [1]", "unknown benchmark setting(s) 'shot' (did you mean 'shots'?)"),
+    ("methods", 'methods = "pretrain,nope"', "unknown method 'nope'"),
+]
+
+
+@pytest.mark.parametrize("name, text, needle", BENCH_FILE_CASES, ids=[c[0] for c in BENCH_FILE_CASES])
+def test_a_benchmark_settings_file_value_is_named_with_the_file(run_cli, tmp_path, name, text, needle):
+    """A bad value from ``croma benchmark --config FILE`` names the file as well as the setting (the user
+    edits the file, not a flag they never typed); a flag given on the command line is named as the flag."""
+    path = tmp_path / "bench.toml"
+    path.write_text(f'benchmark = "synthetic"\n{text}\n')
+    rc, _, err = run_cli(["benchmark", "--config", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    _one_line(rc, err, needle, "bench.toml")
+    assert not (tmp_path / "out").exists()
+    if name == "shots":
+        rc, _, err = run_cli(["benchmark", "--config", str(path), "--shots", "0", "--out", str(tmp_path / "out")])
+        _one_line(rc, err, "--shots")
+        assert "bench.toml" not in err
+
+
+def test_a_benchmark_settings_file_takes_methods_as_the_flag_does(tmp_path):
+    from croma.cli import build_parser
+    from croma.cli.benchmark import config_from_args
+
+    path = tmp_path / "bench.toml"
+    path.write_text('benchmark = "synthetic"\nmethods = "croma, pretrain"\n')
+    assert config_from_args(build_parser().parse_args(["benchmark", "--config", str(path)])).methods == ["croma", "pretrain"]
+
+
+def test_a_training_settings_file_typo_gets_a_near_match(run_cli, tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("itrations = 10\n")
+    rc, _, err = run_cli(["train", "synthetic", "--config", str(path), "--checkpoint-dir", str(tmp_path / "r")])
+    _one_line(rc, err, "run.toml", "'itrations'", "(did you mean 'iterations'?)")
+    assert not (tmp_path / "r").exists()
+
+
 API_CASES = [
     (lambda: TrainConfig(inner_lr="0.1"), "--inner-lr"),
     (lambda: TrainConfig(device=5), "--device must be text"),

@@ -130,7 +130,7 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     the defaults, ``--config FILE`` (a settings file, or a results.json to rerun), then the flags
     given on the command line (``--method-hp`` merged over the file's ``method_hp``)."""
     from croma.benchmark import BenchmarkConfig
-    from croma.cli.config_flags import apply_flags, given, merge_method_hp, method_hp, read_config, unwrap_defaults
+    from croma.cli.config_flags import apply_flags, from_file, given, merge_method_hp, method_hp, read_config, unwrap_defaults
 
     if not hasattr(args, "given"):
         unwrap_defaults(args)
@@ -145,6 +145,8 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
 
         file = nest_model_settings(file)
     try:
+        if kind == "file" and isinstance(file.get("methods"), str):  # methods = "croma,pretrain", as the flag
+            file["methods"] = _methods(file["methods"])
         base = BenchmarkConfig.from_dict(file)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"--config {args.config}: {exc}") from None
@@ -158,7 +160,8 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     if hp is not None:  # merged over the file's, method by method and key by key
         settings["method_hp"] = merge_method_hp(settings.get("method_hp"), hp)
     cfg = BenchmarkConfig(**settings)
-    cfg.validate()
+    with from_file(args, file):  # a value the file set (and no flag overrode) is named with the file
+        cfg.validate()
     if args.noise_sweep is not None:
         from croma.benchmark import check_noise_rates
 

@@ -10,6 +10,8 @@ destinations in ``args.given`` (:func:`unwrap_defaults`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 from typing import Any
 
 __all__ = ["Default", "mark_defaults", "unwrap_defaults", "add_config_flags", "given", "read_config", "benchmark_names",
@@ -185,6 +187,22 @@ def read_config(path: str | None) -> tuple[dict[str, Any], str]:
     from croma.factory import read_settings
 
     return read_settings(path)
+
+
+@contextlib.contextmanager
+def from_file(args: argparse.Namespace, file: dict[str, Any]):
+    """Around a configuration's ``validate()``: a ``ValueError`` that names a flag (``--shots must
+    ...``) whose value came from ``--config FILE`` (and not from the command line) says so, as
+    ``--config FILE: --shots must ...`` (as ``croma train`` does), so that the user edits the file."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        m = re.match(r"--([a-z][a-z0-9-]*)\b", text)
+        dest = m.group(1).replace("-", "_") if m else None
+        if dest is None or dest not in file or given(args, dest) or not getattr(args, "config", None):
+            raise
+        raise ValueError(f"--config {args.config}: {text}") from None
 
 
 def apply_flags(args: argparse.Namespace, settings: dict[str, Any], *, direct: tuple[str, ...], lists: tuple[str, ...],
