@@ -7,7 +7,7 @@ from __future__ import annotations
 from croma.benchmark_config import PRESETS, BenchmarkConfig
 from croma.factory import resolve_device
 
-__all__ = ["load_for_benchmark", "skipped_items", "skipped_line"]
+__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line"]
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -36,3 +36,17 @@ def skipped_items(bench) -> int:
 def skipped_line(n: int) -> str:
     """The line ``croma train`` / ``croma benchmark`` / ``croma data prepare`` print for ``n`` left-out items."""
     return f"skipped {n} missing or unreadable item(s) (--skip-bad)"
+
+
+def extra_line(extras, source: str, target: str, *, dropped: int = 0) -> str | None:
+    """The line ``croma train`` / ``croma benchmark`` / ``croma data inspect`` print for a manifest's
+    modalities besides ``--source`` / ``--target`` (``extras``; None when there are none): they join the
+    alignment tasks, paired with the source and the target, and ``--no-extra-modalities`` leaves them out."""
+    extras = [m for m in extras or () if m not in (source, target)]
+    if not extras:
+        return None
+    names = ", ".join(extras)
+    one = len(extras) == 1
+    left = f"; {dropped} of its items, of classes neither side has, are left out" if dropped else ""
+    return (f"extra modalit{'y' if one else 'ies'} {names}: join{'s' if one else ''} the alignment tasks beside "
+            f"{source} -> {target}{left} (--no-extra-modalities leaves {'it' if one else 'them'} out)")

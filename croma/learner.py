@@ -79,10 +79,16 @@ class MetaLearner:
         # task sizes the data can fill (croma.task_sizes): a copy of cfg when lowered, never cfg itself
         self.cfg, _, self.task_sizes = fit_run_sizes(cfg, self.bench, families=[f for f, _ in self.plan],
                                                      meta_val=bool(cfg.eval_every) or cfg.head_init == "auto")
-        if (self.task_sizes.changed or self.task_sizes.align_clusters is not None) and progress and self.is_writer:
+        if progress and self.is_writer:
+            from croma.bench_data import extra_line
             from croma.log import info
 
-            info(self.task_sizes.line())
+            if self.task_sizes.changed or self.task_sizes.align_clusters is not None:
+                info(self.task_sizes.line())
+            bi = self.bench.info or {}  # said here when this learner loaded the data, else by whoever did
+            if bench is None and (line := extra_line(bi.get("extra_modalities"), self.bench.source, self.bench.target,
+                                  dropped=int(bi.get("extra_dropped", 0) or 0))):
+                info(line)
         cfg = self.cfg
         self.model.eval()  # no dropout randomness under vmap; no BatchNorm statistics updates
         self.fm = FunctionalModel(self.model)

@@ -263,6 +263,7 @@ def dataset_summary(dataset: CrossModalDataset, *, seed: int = 0, split_fraction
     Returns:
         ``{"name", "source", "target", "items": {modality: count}, "classes": {modality:
         distinct labels}, "strong_pairs", "clusters" (clusters with items on both sides),
+        "extra_modalities" (those besides source and target that join the alignment tasks),
         "splits": {"meta_train", "meta_val", "meta_test", "source_train": class counts}}``.
     """
     src, tgt = dataset.source, dataset.target
@@ -285,6 +286,7 @@ def dataset_summary(dataset: CrossModalDataset, *, seed: int = 0, split_fraction
         "classes": {m: len(labels[m]) for m in order},
         "strong_pairs": len(dataset.strong_pair_items()),
         "clusters": len(src_clusters & tgt_clusters),
+        "extra_modalities": [m for m in dataset.extra if m not in (src, tgt)],
         "splits": {**{k: len(split[k]) for k in SPLITS},
                    "source_train": len(labels.get(src, set()) - held_out)},
     }

@@ -13,7 +13,7 @@ import fixtures_layouts as F  # noqa: E402
 
 from croma.cli import main  # noqa: E402
 
-KEYS = {"name", "source", "target", "items", "classes", "strong_pairs", "clusters", "splits"}
+KEYS = {"name", "source", "target", "items", "classes", "strong_pairs", "clusters", "extra_modalities", "splits"}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def test_inspect_json_cifar_esc50(tmp_path, capsys):
     # 7 ESC-50 categories x 2 clips; clusters with both sides: dog, cat, bird
     assert obj == {"name": "cifar-esc50", "source": "image", "target": "audio",
                    "items": {"image": 18, "audio": 14}, "classes": {"image": 16, "audio": 7},
-                   "strong_pairs": 0, "clusters": 3,
+                   "strong_pairs": 0, "clusters": 3, "extra_modalities": [],
                    "splits": {"meta_train": 3, "meta_val": 1, "meta_test": 3, "source_train": 16}}
 
 
@@ -121,4 +121,4 @@ def test_inspect_udhr_speech_small(tmp_path, capsys, monkeypatch):
     obj = _json(capsys, ["data", "inspect", "udhr-speech", "--json", "--cache-dir", str(tmp_path / "c")])
     assert obj == {"name": "udhr-speech", "source": "text", "target": "audio", "items": {"text": 6, "audio": 6},
                    "classes": {"text": 3, "audio": 3}, "strong_pairs": 6, "clusters": 0,
-                   "splits": {"meta_train": 1, "meta_val": 1, "meta_test": 1, "source_train": 1}}
+                   "extra_modalities": [], "splits": {"meta_train": 1, "meta_val": 1, "meta_test": 1, "source_train": 1}}

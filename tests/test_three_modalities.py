@@ -250,3 +250,24 @@ def test_no_extra_modalities_flag_keeps_source_and_target(run, tmp_path):
     ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ckpt["config"]["data"]["extra_modalities"] is False
     assert not any(k.startswith("encoders.image.") for k in ckpt["model"])
+
+
+def test_extra_modalities_are_named_before_training(run, tmp_path, capsys):
+    """``croma data inspect`` and ``croma train`` say that the manifest's image joins the alignment tasks
+    (and how to leave it out); with ``--no-extra-modalities`` train says nothing of it."""
+    base = ["manifest", "--manifest", str(run["manifest"]), "--source", "text", "--target", "audio",
+            "--cache-dir", str(run["cache"])]
+    assert main(["data", "inspect", *base]) == 0
+    out = capsys.readouterr().out
+    assert "extra modality image: joins the alignment tasks beside text -> audio (--no-extra-modalities" in out
+    assert main(["data", "inspect", *base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["extra_modalities"] == ["image"]
+    train = ["train", *base, "--iterations", "1", "--ways", "2", "--shots", "1", "--queries", "1", "--align-batch",
+             "4", "--meta-batch", "2", "--inner-steps", "1", "--eval-every", "0", "--embed-dim", "8", "--hidden", "8",
+             "--device", "cpu", "--seed", "3", "--no-compile-inner"]
+    assert main([*train, "--checkpoint-dir", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err.count("extra modality image: joins the alignment tasks") == 1
+    assert main([*train, "--checkpoint-dir", str(tmp_path / "s"), "--skip-bad"]) == 0  # croma train loads the data
+    assert capsys.readouterr().err.count("extra modality image: joins the alignment tasks") == 1
+    assert main([*train, "--checkpoint-dir", str(tmp_path / "b"), "--no-extra-modalities"]) == 0
+    assert "extra modalit" not in capsys.readouterr().err

@@ -217,14 +217,19 @@ def _hints(cfg) -> dict:
     }
 
 
-def _report_skipped(cfg):
-    """Under --skip-bad, the callback that says once, when the data has loaded, how many items it left out
-    (the line croma train prints; results.json keeps the count as ``skipped_items``)."""
-    from croma.bench_data import skipped_items, skipped_line
+def _on_data(cfg):
+    """The callback that says once, when the data has loaded, how many items --skip-bad left out (the line
+    croma train prints; results.json keeps the count as ``skipped_items``) and which extra modalities join."""
+    from croma.bench_data import extra_line, skipped_items, skipped_line
 
     def report(bench) -> None:
         if cfg.skip_bad and (n := skipped_items(bench)):
             sys.stderr.write(skipped_line(n) + "\n")
+            sys.stderr.flush()
+        bi = getattr(bench, "info", None) or {}
+        if cfg.progress and (line := extra_line(bi.get("extra_modalities"), bench.source, bench.target,
+                                                dropped=int(bi.get("extra_dropped", 0) or 0))):
+            sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
     return report
@@ -235,7 +240,7 @@ def _run(args, cfg) -> int:
     from croma.report import format_table
 
     if args.noise_sweep:
-        results = run_noise_sweep(cfg, args.noise_sweep, on_data=_report_skipped(cfg))
+        results = run_noise_sweep(cfg, args.noise_sweep, on_data=_on_data(cfg))
         for res in results:
             print(format_table(res))
             print()
@@ -244,7 +249,7 @@ def _run(args, cfg) -> int:
         pngs = ", ".join(f"noise_sweep_{k}shot.png" for k in sweep_shots(results, cfg.shots))
         print(f"wrote {cfg.out}/noise_sweep.json and {pngs}" if cfg.out else "no --out: nothing written")
         return 0
-    result = run_benchmark(cfg, on_data=_report_skipped(cfg))
+    result = run_benchmark(cfg, on_data=_on_data(cfg))
     print(format_table(result))
     print(f"wall time {result['wall_seconds']:.0f} s; wrote {cfg.out}/results.json, results.csv, results.png")
     sys.stdout.flush()

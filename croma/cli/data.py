@@ -164,6 +164,10 @@ def run_inspect(args) -> int:
     for m, n in summary["items"].items():
         out.append(f"  {m:6s} {n:7d} items, {summary['classes'][m]:5d} classes")
     out.append(f"  strong pairs: {summary['strong_pairs']}   concept clusters with both sides: {summary['clusters']}")
+    from croma.bench_data import extra_line
+
+    if line := extra_line(summary["extra_modalities"], ds.source, ds.target):
+        out.append(f"  {line}")
     if summary["strong_pairs"] == 0:
         out.append("  alignment: " + ("weak (one pair per concept cluster per task)" if summary["clusters"] >= 2 else
                                       "none possible: no item holds both modalities and fewer than 2 clusters have "

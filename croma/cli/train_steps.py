@@ -128,8 +128,8 @@ def choose_compile(args, cfg, env, last) -> str | None:
 
 
 def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any, dict]:
-    """Before ``croma train`` trains: say what ``--skip-bad`` skipped and which inner loop runs
-    (the writer only), and for a table's settings (``payload["table"]``, ``--config RESULTS.json``)
+    """Before ``croma train`` trains: say what ``--skip-bad`` skipped, which extra modalities join the
+    alignment tasks and which inner loop runs (the writer only), and for a table's settings (``payload["table"]``, ``--config RESULTS.json``)
     build the table's selection (:mod:`croma.table_choice`). Returns ``(table context or None,
     keyword arguments for croma.fit.train)``."""
     if bench is not None and cfg.data.skip_bad and writer:
@@ -138,8 +138,14 @@ def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any,
         if skipped := skipped_items(bench):
             sys.stderr.write(skipped_line(skipped) + "\n")
     if payload["progress"] and writer:
+        from croma.bench_data import extra_line
         from croma.log import info
         from croma.meta.inner import inner_loop_text
+
+        bi = getattr(bench, "info", None) or {}  # a bench loaded here (else croma.learner says it when it loads)
+        if bench is not None and (line := extra_line(bi.get("extra_modalities"), bench.source, bench.target,
+                                                     dropped=int(bi.get("extra_dropped", 0) or 0))):
+            info(line)
 
         info(f"inner loop: {inner_loop_text(cfg, payload.get('compile_reason'))}")
     kw: dict = {"callback": pace_note(cfg)} if payload["progress"] and writer and not payload.get("warned") else {}
