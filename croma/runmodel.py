@@ -150,7 +150,7 @@ class RunModel:
         try:
             x, _ = self.transforms[m](values, ids=ids)
         except DataError as exc:
-            raise CromaError(str(exc)) from None
+            raise CromaError(str(exc) + _not_a_path_hint(m, values, self.transforms)) from None
         want = tuple(self.card["inputs"][m]["shape"])
         if tuple(x.shape[1:]) != want:
             raise CromaError(f"{m} features of shape {tuple(x.shape[1:])}, the run's encoder takes {want}")
@@ -323,3 +323,15 @@ def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> 
     return RunModel(path=path, config=cfg, model=model, theta=theta, card=card, transforms=transforms, finetune=ft,
                     device=dev, iteration=int(ckpt.get("iteration", 0)))
 
+
+
+def _not_a_path_hint(modality: str, values: list, transforms: dict) -> str:
+    """For image / audio items given as text that is no file (``"a grey heron"``, not a path): what the
+    modality takes, and the run's text modality when it has one (``""`` otherwise)."""
+    import os
+
+    text = [v for v in values if isinstance(v, str)]
+    if modality == "text" or not text or any(os.path.splitext(v)[1] or os.path.exists(v) for v in text):
+        return ""
+    other = " (the run's text modality takes strings)" if "text" in transforms else ""
+    return f"; {modality} items are file paths or decoded arrays, and {text[0]!r} looks like text{other}"

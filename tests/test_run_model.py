@@ -243,6 +243,20 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, run_cli):
     assert list(np.load(tmp_path / "m.npz")["ids"]) == ["c0_0", "c0_1", "c1_0", "c1_1"]
 
 
+def test_text_given_to_the_audio_modality_is_named_as_text(trained):
+    """``adapt`` / ``predict`` of the audio target on sentences: the message says the items look like
+    text and that the run's text modality takes strings; a missing file path keeps the plain message."""
+    from croma.errors import CromaError
+    from croma.runmodel import load_model
+
+    model = load_model(trained[2])
+    with pytest.raises(CromaError, match=r"'a dog barking' looks like text \(the run's text modality takes strings\)"):
+        model.adapt(["a dog barking", "a dog", "rain", "heavy rain"], ["d", "d", "r", "r"])
+    with pytest.raises(CromaError) as err:
+        model.adapt(["nowhere.wav", "gone.wav"], ["d", "r"])
+    assert "nowhere.wav" in str(err.value) and "looks like text" not in str(err.value)
+
+
 def test_a_run_without_serving_section_says_what_is_missing(trained, tmp_path):
     from croma.checkpoint import load_checkpoint, save_checkpoint
     from croma.errors import CromaError
