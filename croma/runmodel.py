@@ -137,7 +137,8 @@ class RunModel:
         return m
 
     def features(self, modality: str, values: Sequence[Any], *, ids: Sequence[str] | None = None) -> torch.Tensor:
-        """The encoder inputs of ``values`` (text strings; image / audio paths or decoded arrays),
+        """The encoder inputs of ``values`` (text strings; image paths, PIL images or ``[H, W, 3]`` arrays:
+        uint8, uint16 or floats in [0, 1]; audio paths or decoded waveforms),
         made by the run's fitted front-end: ``[n, *shape]`` on the run's device.
 
         Raises:

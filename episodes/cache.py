@@ -101,7 +101,8 @@ def inputs_digest(entries: Iterable[tuple[str, Any]]) -> str:
     """Digest of ``(item id, value)`` pairs, in order.
 
     A ``str`` value that names an existing file contributes its :func:`file_identity`; other
-    strings contribute themselves; numpy arrays / tensors contribute their bytes, shape and dtype.
+    strings contribute themselves; numpy arrays / tensors contribute their bytes, shape and dtype,
+    PIL images their mode, size and pixels.
     """
     import numpy as np
 
@@ -114,8 +115,13 @@ def inputs_digest(entries: Iterable[tuple[str, Any]]) -> str:
             h.update(b"s:" + value.encode("utf-8", "surrogatepass"))
         elif isinstance(value, (np.ndarray, torch.Tensor)):
             a = value.numpy() if isinstance(value, torch.Tensor) else value
-            h.update(f"a:{a.shape}:{a.dtype}:".encode())
+            # arrays other than uint8: "a2", since image arrays of other dtypes are scaled by dtype
+            # (episodes.images.as_uint8) where they were once cast, so entries built before are not reused
+            h.update(f"{'a' if a.dtype == np.uint8 else 'a2'}:{a.shape}:{a.dtype}:".encode())
             h.update(np.ascontiguousarray(a).tobytes())
+        elif type(value).__module__.startswith("PIL.") and hasattr(value, "tobytes"):  # a PIL image: its pixels
+            h.update(f"p:{value.mode}:{value.size}:".encode())
+            h.update(value.tobytes())
         else:
             h.update(b"r:" + repr(value).encode("utf-8", "surrogatepass"))
         h.update(b"\1")

@@ -3,7 +3,8 @@
 * :func:`load_image_uint8` (PIL decode, reduced for large images, RGB with transparency composited
   over white, bilinear resize; more than :data:`MAX_IMAGE_PIXELS` refused from the header),
   :func:`load_image` (the same, ImageNet-normalised), :func:`normalize_images`.
-* :func:`images_from_arrays` for already-decoded ``uint8`` arrays (CIFAR).
+* :func:`images_from_arrays` for already-decoded arrays (CIFAR's ``uint8`` rows; ``uint16`` and
+  floats in [0, 1] too, :func:`as_uint8`).
 
 Re-exported by :mod:`episodes.frontends`, which also holds the text and audio front-ends.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "load_image_uint8",
     "normalize_images",
     "images_from_arrays",
+    "as_uint8",
 ]
 
 
@@ -156,6 +158,15 @@ def load_image_uint8(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
     Raises:
         DataError: missing, unreadable, truncated or too large image (names the file; the size).
     """
+    if type(path).__module__.startswith("PIL."):  # an already-opened PIL image: decoded as a file would be
+        from PIL import Image
+
+        if not isinstance(path, Image.Image):
+            raise DataError(f"image values are file paths, arrays [H, W, 3] or PIL images (got {type(path).__name__})")
+        return torch.from_numpy(np.asarray(_to_rgb(path).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+                                .transpose(2, 0, 1).copy())
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"image values are file paths, arrays [H, W, 3] or PIL images (got {type(path).__name__})")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
@@ -217,18 +228,50 @@ def load_image(path: str | os.PathLike, size: int = 32) -> torch.Tensor:
     return normalize_images(load_image_uint8(path, size)[None])[0]
 
 
+def as_uint8(a: np.ndarray) -> np.ndarray:
+    """Image values on the 0-255 ``uint8`` scale, by the array's dtype (see :func:`images_from_arrays`)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.size == 0:
+        return a.astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise DataError("image arrays hold non-finite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(f"float image arrays must hold values in [0, 1] (got {lo:g} to {hi:g}); for the 0-255 "
+                            "scale give uint8 arrays (array.astype('uint8'))")
+        return np.rint(a * 255.0).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if a.dtype == np.uint16:
+            return np.rint(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        if lo < 0 or hi > 255:
+            raise DataError(f"integer image arrays must hold values in 0-255 (got {lo} to {hi}; uint16 arrays are "
+                            "read as 0-65535)")
+        return a.astype(np.uint8)
+    raise DataError(f"image arrays must hold numbers (got dtype {a.dtype})")
+
+
 def images_from_arrays(arrays: Any, size: int = 32) -> torch.Tensor:
     """Already-decoded RGB images -> ``uint8 [n, 3, size, size]``.
 
     Args:
-        arrays: ``uint8`` array ``[n, H, W, 3]`` (HWC, as CIFAR rows reshaped) or a sequence of
-            ``[H, W, 3]`` arrays of one shape.
+        arrays: array ``[n, H, W, 3]`` (HWC, as CIFAR rows reshaped) or a sequence of ``[H, W, 3]``
+            arrays of one shape: ``uint8`` (0-255), ``uint16`` (0-65535), other integers in 0-255,
+            or floats in [0, 1] (as ``skimage.img_as_float`` or ``ToTensor`` give them).
         size: output side; resized bilinearly when it differs from ``H``/``W``.
+
+    Raises:
+        DataError: another shape, non-finite values, or values outside the dtype's range (a float
+            array in 0-255 is refused rather than read as mostly white).
     """
     a = np.asarray(arrays) if not isinstance(arrays, np.ndarray) else arrays
     if a.ndim != 4 or a.shape[-1] != 3:
         raise DataError(f"image arrays must be [n, H, W, 3], got shape {tuple(a.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(a.astype(np.uint8, copy=False).transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(np.ascontiguousarray(as_uint8(a).transpose(0, 3, 1, 2)))
     if x.shape[-1] != size or x.shape[-2] != size:
         x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False)
         x = x.round().clamp_(0, 255).to(torch.uint8)

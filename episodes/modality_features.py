@@ -32,6 +32,7 @@ from episodes.frontends import (
     normalize_images,
     text_to_bytes,
 )
+from episodes.images import as_uint8
 
 __all__ = ["CACHE_FORMAT", "compute_features", "embedding_cache_key"]
 
@@ -105,7 +106,7 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
         shapes = {v.shape for v in values}
         if len(shapes) == 1 and len(next(iter(shapes))) == 3 and next(iter(shapes))[-1] == 3:
             # stack the CHW views (contiguous for CIFAR rows): one memcpy per image, no transpose pass
-            chw = torch.from_numpy(np.stack([v.transpose(2, 0, 1) for v in values]).astype(np.uint8, copy=False))
+            chw = torch.from_numpy(as_uint8(np.stack([v.transpose(2, 0, 1) for v in values])))  # by dtype
             s = settings.image_size
             if chw.shape[-1] != s or chw.shape[-2] != s:
                 chw = images_from_arrays(chw.permute(0, 2, 3, 1).numpy(), s)

@@ -125,6 +125,24 @@ def test_images_from_arrays_layout():
     assert images_from_arrays(a, size=2).shape == (2, 3, 2, 2)
 
 
+def test_image_arrays_are_scaled_by_their_dtype():
+    """uint8 0-255, uint16 0-65535, bool, other integers in 0-255 and floats in [0, 1] all give the same
+    uint8 image; a float array on the 0-255 scale (or out of range) is refused, not read as white."""
+    from episodes.errors import DataError
+
+    a = np.random.default_rng(0).integers(0, 256, size=(2, 4, 4, 3)).astype(np.uint8)
+    want = images_from_arrays(a, size=4)
+    assert torch.equal(images_from_arrays(a.astype(np.float32) / 255.0, size=4), want)
+    assert torch.equal(images_from_arrays(a.astype(np.float64) / 255.0, size=4), want)
+    assert torch.equal(images_from_arrays(a.astype(np.uint16) * 257, size=4), want)
+    assert torch.equal(images_from_arrays(a.astype(np.int64), size=4), want)
+    assert torch.equal(images_from_arrays(a > 127, size=4), images_from_arrays((a > 127).astype(np.uint8) * 255, size=4))
+    for bad, needle in ((a.astype(np.float32), r"values in \[0, 1\] \(got 0 to 25"), (a.astype(np.int64) - 5, "0-255"),
+                        (np.full((1, 2, 2, 3), np.nan, np.float32), "non-finite")):
+        with pytest.raises(DataError, match=needle):
+            images_from_arrays(bad, size=4)
+
+
 def test_frontend_settings_validation():
     with pytest.raises(ValueError, match="max_frames"):
         FrontendSettings(max_frames=0)
@@ -233,3 +251,23 @@ def test_restricted_unpickler_reads_numpy_dict(tmp_path):
     (tmp_path / "junk").write_bytes(b"not a pickle at all")
     with pytest.raises(DataError, match="junk"):
         load_restricted_pickle(tmp_path / "junk")
+
+
+def test_pil_images_load_as_their_files_and_key_by_their_pixels(tmp_path):
+    """A PIL image decodes as its file does (transparency over white); two images differing only in
+    pixels get different cache digests (not their repr, which carries a memory address)."""
+    from PIL import Image
+
+    from episodes.cache import inputs_digest
+    from episodes.errors import DataError
+    from episodes.images import load_image_uint8
+
+    rgba = np.random.default_rng(1).integers(0, 256, size=(9, 7, 4)).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        assert torch.equal(load_image_uint8(im, 8), load_image_uint8(tmp_path / "a.png", 8))
+    a, b = Image.fromarray(rgba[..., :3]), Image.fromarray(255 - rgba[..., :3])
+    assert inputs_digest([("x", a)]) != inputs_digest([("x", b)])
+    assert inputs_digest([("x", a)]) == inputs_digest([("x", Image.fromarray(rgba[..., :3].copy()))])
+    with pytest.raises(DataError, match="file paths, arrays .* or PIL images \\(got bytes\\)"):
+        load_image_uint8(b"\x89PNG", 8)

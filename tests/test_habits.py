@@ -285,7 +285,16 @@ def test_slow_run_warning_before_sequence_training_on_cpu(tmp_path, run_cli, mon
     assert T.slow_run_warning(cfg("--iterations", "2000", "--features", "compact")) is None
     assert T.slow_run_warning(cfg("--iterations", "20")) is None  # short: no warning
     assert T.slow_run_warning(cfg("--iterations", "2000", "--encoder", "text=mlp", "--encoder", "audio=mlp")) is None
-    monkeypatch.setattr(T, "run_rank", lambda payload: 0)  # the warning comes before any work
+    # the warning comes once the data has loaded, before training (stand-ins for both)
+    from types import SimpleNamespace
+
+    import croma.factory
+    import croma.fit
+
+    monkeypatch.setattr(croma.factory, "load_bench", lambda cfg, progress=False: SimpleNamespace(
+        info={}, source="text", target="audio"))
+    monkeypatch.setattr(croma.fit, "train", lambda *a, **k: SimpleNamespace(
+        iteration=0, best_val=None, best_iteration=None, head_init="meta", finished=True))
     rc, _, err = run_cli(["train", "udhr-speech", "--iterations", "2000", "--device", "cpu", "--checkpoint-dir",
                           str(tmp_path / "r1"), "--no-compile-inner"])
     assert rc == 0 and err.count("warning: sequence features") == 1
@@ -437,3 +446,24 @@ def test_a_lone_best_pt_is_kept_and_resume_with_nothing_to_continue_says_so(run_
         assert (run / "best.pt").read_bytes() == before
     rc, _, err = run_cli([*base, "--checkpoint-dir", str(tmp_path / "new"), "--resume"])
     assert rc == 0 and "note: --resume: no last.pt in" in err and (tmp_path / "new" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("case", ["corrupt", "no-manifest", "bad-target"])
+def test_a_data_error_of_croma_train_is_one_line_even_with_notes_due(tmp_path, run_cli, case):
+    """Notes croma train makes before training (the slow-run warning of sequence features, an empty
+    --resume, the inner loop) wait until the data has loaded, so a data error stays the only line."""
+    from fixtures_layouts import write_manifest
+
+    manifest = write_manifest(tmp_path / "data")
+    if case == "corrupt":
+        (tmp_path / "data" / "wav" / "a1.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    argv = ["train", "manifest", "--manifest", str(manifest) if case != "no-manifest" else str(tmp_path / "nope.jsonl"),
+            "--source", "text", "--target", "speech" if case != "bad-target" else "imag", "--iterations", "2000",
+            "--device", "cpu", "--no-compile-inner", "--resume", "--cache-dir", str(tmp_path / "c"),
+            "--checkpoint-dir", str(tmp_path / "run")]
+    rc, _, err = run_cli(argv)
+    import re
+
+    said = [ln for ln in err.splitlines() if not re.search(r"\d+% \(\d+/\d+\) \|", ln)]  # not the load's progress
+    assert rc == 2 and len(said) == 1 and said[0].startswith("error: "), err
+    assert not (tmp_path / "run").exists()

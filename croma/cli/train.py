@@ -227,7 +227,7 @@ def run(args) -> int:
             check_run_files(cfg.checkpoint_dir, "--checkpoint-dir")
             if last.exists() and not args.resume:
                 raise CromaError(f"{last} exists: pass --resume to continue that run, or choose another --checkpoint-dir")
-            check_leftovers(last, resume=args.resume, quiet=args.quiet)
+            args.resume_note = check_leftovers(last, resume=args.resume, quiet=args.quiet)
             args.compile_reason = choose_compile(args, cfg, env, last)
             return _run_checked(args, cfg)
     except BaseException:
@@ -251,19 +251,15 @@ def _remove_if_empty(folders) -> None:
 def _run_checked(args, cfg) -> int:
     from croma.errors import CromaError
 
-    line = slow_run_warning(cfg)
-    if line:
-        from croma.log import warning
-
-        warning(line)
-
+    line = slow_run_warning(cfg)  # said once the data has loaded (train_steps.announce): an error stays one line
     if args.tensorboard:  # before any work: a one-line error naming the extra
         from episodes.extras import require
 
         require("tensorboard", purpose="--tensorboard")
     payload = {"config": cfg.to_dict(), "resume": bool(args.resume), "progress": not args.quiet,
                "compile_reason": getattr(args, "compile_reason", None), "table": getattr(args, "table_results", None),
-               "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard), "warned": bool(line)}
+               "dist_timeout": float(args.dist_timeout), "tensorboard": bool(args.tensorboard), "warned": bool(line),
+               "notes": [n for n in (getattr(args, "resume_note", None), line) if n]}
     if args.nproc > 1:
         import torch
 
@@ -320,7 +316,7 @@ def run_rank(payload: dict) -> int:
             torch.cuda.set_device(dev)
             cfg.device = str(dev)
         dist = Distributed(env, dev, timeout_s=payload.get("dist_timeout", 120.0))
-    elif cfg.data.skip_bad or payload.get("table"):  # the load train() would do: the skipped count is reported
+    else:  # the load train() would do, here so that a data error comes before any note (one line)
         bench = load_bench(cfg, progress=payload["progress"])
     table, table_kw = announce(cfg, bench, payload, writer=env is None or env.rank == 0)
     try:

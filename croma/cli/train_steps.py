@@ -128,10 +128,19 @@ def choose_compile(args, cfg, env, last) -> str | None:
 
 
 def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any, dict]:
-    """Before ``croma train`` trains: say what ``--skip-bad`` skipped, which extra modalities join the
+    """Before ``croma train`` trains, once its data has loaded: the notes made before (``payload["notes"]``:
+    the slow-run warning, an empty ``--resume``), what ``--skip-bad`` skipped, which extra modalities join the
     alignment tasks and which inner loop runs (the writer only), and for a table's settings (``payload["table"]``, ``--config RESULTS.json``)
     build the table's selection (:mod:`croma.table_choice`). Returns ``(table context or None,
     keyword arguments for croma.fit.train)``."""
+    if writer:  # the notes croma train made before the data loaded (a data error stays one line)
+        from croma.log import warning
+
+        for note in payload.get("notes", ()):
+            if note.startswith("warning: "):
+                warning(note)
+            else:
+                sys.stderr.write(note + "\n")
     if bench is not None and cfg.data.skip_bad and writer:
         from croma.bench_data import skipped_items, skipped_line
 
@@ -209,10 +218,11 @@ def choose_table_finetune(ctx: Any, cfg: Any, *, quiet: bool, kept_start: bool) 
           + (f" --manifest {cfg.data.manifest}" if cfg.data.benchmark == "manifest" else ""))
 
 
-def check_leftovers(last: Any, *, resume: bool, quiet: bool) -> None:
+def check_leftovers(last: Any, *, resume: bool, quiet: bool) -> str | None:
     """Before ``croma train`` writes into a folder without ``last.pt`` (``last``: its path): a ``best.pt``
     left by a run that stopped before its first ``last.pt`` (interrupted early, a full disk) is
-    refused rather than overwritten; ``--resume`` with nothing to continue says that a new run starts."""
+    refused rather than overwritten. Returns the note for ``--resume`` with nothing to continue (a new run
+    starts), which :func:`announce` prints once the data has loaded, or None."""
     from croma.errors import CromaError
 
     if last.exists():
@@ -223,4 +233,5 @@ def check_leftovers(last: Any, *, resume: bool, quiet: bool) -> None:
                          "disk filled): nothing to continue; evaluate that best.pt, or move it away, or choose another "
                          "--checkpoint-dir")
     if resume and not quiet:
-        sys.stderr.write(f"note: --resume: no last.pt in {last.parent}, so a new run starts at iteration 0\n")
+        return f"note: --resume: no last.pt in {last.parent}, so a new run starts at iteration 0"
+    return None
