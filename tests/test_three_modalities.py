@@ -266,8 +266,11 @@ def test_extra_modalities_are_named_before_training(run, tmp_path, capsys):
              "4", "--meta-batch", "2", "--inner-steps", "1", "--eval-every", "0", "--embed-dim", "8", "--hidden", "8",
              "--device", "cpu", "--seed", "3", "--no-compile-inner"]
     assert main([*train, "--checkpoint-dir", str(tmp_path / "a")]) == 0
-    assert capsys.readouterr().err.count("extra modality image: joins the alignment tasks") == 1
+    err = capsys.readouterr().err
+    assert err.count("extra modality image: joins the alignment tasks") == 1
+    assert err.count("images go in as raw pixels") == 1 and "--backbone image=efficientnet-lite0" in err
     assert main([*train, "--checkpoint-dir", str(tmp_path / "s"), "--skip-bad"]) == 0  # croma train loads the data
     assert capsys.readouterr().err.count("extra modality image: joins the alignment tasks") == 1
     assert main([*train, "--checkpoint-dir", str(tmp_path / "b"), "--no-extra-modalities"]) == 0
-    assert "extra modalit" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "extra modalit" not in err and "raw pixels" not in err  # text -> audio: no image at all
