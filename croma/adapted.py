@@ -52,6 +52,7 @@ class _EvalLike:
     finetune_lr: float
     finetune_optimizer: str
     prototype_scale: float = 1.0
+    inner_loop: str = "batched"  # many episodes at once (croma.new_classes); one support set is one task
 
 
 @dataclass

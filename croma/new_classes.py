@@ -74,14 +74,7 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
             continue
         sampler = ClassificationTaskSampler(y, list(range(len(names))), ways=n_way, shots=k, queries=q,
                                             seed=int(seed) * 1000 + k)
-        accs, setting = [], None
-        for i in range(int(episodes)):
-            t = sampler.sample(i)
-            adapted = model.adapt_features(x[t.support_rows], t.support_labels.tolist(), **settings)
-            pred = adapted.logits_features(x[t.query_rows]).argmax(-1).cpu()
-            predicted = torch.tensor([int(adapted.classes[j]) for j in pred.tolist()])
-            accs.append(100.0 * float((predicted == t.query_labels).double().mean()))
-            setting = setting or {key: v for key, v in adapted.setting.items() if key != "note"}
+        accs, setting = _episode_accuracies(model, x, sampler, n_way, k, int(episodes), settings)
         mean, half = mean_ci95(accs)
         rows.append({"shots": k, "queries": q, "accuracy_mean": mean, "accuracy_ci95": half, "accuracies": accs,
                      "setting": setting})
@@ -89,3 +82,31 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
         raise CromaError("new classes: no k fits: " + "; ".join(f"k={d['shots']}: {d['why']}" for d in dropped))
     return {"ways": n_way, "classes": [str(c) for c in names], "items": len(values), "episodes": int(episodes),
             "rows": rows, "dropped": dropped}
+
+
+def _episode_accuracies(model: Any, x: torch.Tensor, sampler: Any, n_way: int, k: int, episodes: int,
+                        settings: dict) -> tuple[list[float], dict]:
+    """Query accuracies (%) of episodes ``0 .. episodes-1`` and the setting they ran: each episode
+    fine-tuned as ``model.adapt`` fine-tunes its support set, a chunk of episodes at a time as one
+    batched computation (:class:`croma.finetune._Episodes`, as meta-test runs; the same numbers as
+    one ``adapt`` + ``predict`` per episode up to rounding)."""
+    from croma.finetune import _Episodes
+
+    setting, ev = model._finetune_setting(n_way, k, **settings)
+    setting = {key: v for key, v in setting.items() if key != "note"}
+    setting.update(shots=k, ways=n_way)
+    eps = _Episodes(model.model, model.target, ev, names=list(model.theta))
+    # adapt orders an episode's labels 0..N-1 by their text ("10" before "2"): the same order here
+    order = sorted(range(n_way), key=lambda c: (str(c), repr(c)))
+    local = torch.tensor([order.index(c) for c in range(n_way)], device=x.device)
+    z_all = eps.embed_all(model.theta, x) if (eps.frozen_embedding or ev.head_init == "prototype") else None
+    accs: list[float] = []
+    for start in range(0, episodes, eps.chunk):
+        t = sampler.sample_many(start, min(eps.chunk, episodes - start))
+        rs, rq = t.support_rows.to(x.device), t.query_rows.to(x.device)
+        b = {"xs": x[rs], "ys": local[t.support_labels.to(x.device)], "xq": x[rq],
+             "yq": local[t.query_labels.to(x.device)], "rs": rs, "rq": rq}
+        with torch.enable_grad():
+            acc = eps.accuracies(model.theta, b, z_all)
+        accs += [100.0 * float(a) for a in acc.double().tolist()]
+    return accs, setting

@@ -209,9 +209,8 @@ class RunModel:
     def _adapt(self, make_x: Any, n: int, labels: list, *, steps: int | None = None, lr: float | None = None,
                finetune: str | None = None, head_init: str | None = None,
                optimizer: str | None = None) -> "AdaptedModel":
-        from croma.evaluate import FINETUNE_MODES, HEAD_INITS
         from croma.finetune import _Episodes
-        from croma.meta.inner import InnerConfig, adapt
+        from croma.meta.inner import adapt
 
         if n != len(labels):
             raise CromaError(f"adapt: {n} support items but {len(labels)} labels")
@@ -220,7 +219,33 @@ class RunModel:
             raise CromaError(f"adapt: the support set has {len(classes)} class ({', '.join(map(str, classes)) or 'none'}); "
                              "give labelled examples of at least 2 classes")
         counts = [labels.count(c) for c in classes]
-        setting = self.setting_for(min(counts))
+        setting, ev = self._finetune_setting(len(classes), min(counts), steps=steps, lr=lr, finetune=finetune,
+                                             head_init=head_init, optimizer=optimizer)
+        xs = make_x()
+        ys = torch.tensor([classes.index(c) for c in labels], dtype=torch.long, device=self.device)
+        eps = _Episodes(self.model, self.target, ev, names=list(self.theta))
+        b = {"xs": xs, "ys": ys}
+        with torch.enable_grad():
+            params = {**self.theta, **eps.head(self.theta, b)}
+            train = {k: v for k, v in params.items() if eps.keep(k)}
+            const = {k: v for k, v in params.items() if not eps.keep(k)}
+            adapted, _ = adapt(eps._support_loss, train, const, b, eps.inner)
+        final = {**const, **adapted}
+        setting["shots"] = min(counts)  # the k whose meta-val choice was used
+        if max(counts) != min(counts):
+            setting["shots_max"] = max(counts)  # an unbalanced support set: its largest class
+        setting["ways"] = len(classes)
+        return AdaptedModel(run=self, params=final, classes=classes, setting=setting)
+
+    def _finetune_setting(self, n_classes: int, k: int, *, steps: int | None = None, lr: float | None = None,
+                          finetune: str | None = None, head_init: str | None = None,
+                          optimizer: str | None = None) -> tuple[dict[str, Any], _EvalLike]:
+        """The fine-tuning of ``n_classes``-way ``k``-shot support sets: meta-val's choice for ``k``
+        (:meth:`setting_for`) with the given settings over it, checked; and its :class:`_EvalLike`."""
+        from croma.evaluate import FINETUNE_MODES, HEAD_INITS
+        from croma.meta.inner import InnerConfig
+
+        setting = self.setting_for(k)
         for key, v in (("finetune_steps", steps), ("finetune_lr", lr), ("finetune", finetune),
                        ("head_init", head_init), ("finetune_optimizer", optimizer)):
             if v is not None:
@@ -235,32 +260,18 @@ class RunModel:
         if not (isinstance(lr_v, (int, float)) and math.isfinite(lr_v) and lr_v > 0):
             raise CromaError(f"--lr must be a finite number > 0 (got {lr_v!r})")
         ways = int(self.theta["classifier.weight"].shape[0])
-        if setting["head_init"] == "meta" and len(classes) != ways:
+        if setting["head_init"] == "meta" and n_classes != ways:
             setting["head_init"] = "prototype"
-            setting["note"] = (f"head init meta needs {ways} classes (the run's ways); {len(classes)} given: "
+            setting["note"] = (f"head init meta needs {ways} classes (the run's ways); {n_classes} given: "
                                "prototype head used")
-        xs = make_x()
-        ys = torch.tensor([classes.index(c) for c in labels], dtype=torch.long, device=self.device)
-        ev = _EvalLike(ways=len(classes), head_init=setting["head_init"], finetune=setting["finetune"],
+        ev = _EvalLike(ways=n_classes, head_init=setting["head_init"], finetune=setting["finetune"],
                        finetune_steps=int(setting["finetune_steps"]), finetune_lr=float(lr_v),
                        finetune_optimizer=setting["finetune_optimizer"])
         try:
             InnerConfig(steps=ev.finetune_steps, lr=ev.finetune_lr, optimizer=ev.finetune_optimizer)
         except ValueError as exc:
             raise CromaError(str(exc)) from None
-        eps = _Episodes(self.model, self.target, ev, names=list(self.theta))
-        b = {"xs": xs, "ys": ys}
-        with torch.enable_grad():
-            params = {**self.theta, **eps.head(self.theta, b)}
-            train = {k: v for k, v in params.items() if eps.keep(k)}
-            const = {k: v for k, v in params.items() if not eps.keep(k)}
-            adapted, _ = adapt(eps._support_loss, train, const, b, eps.inner)
-        final = {**const, **adapted}
-        setting["shots"] = min(counts)  # the k whose meta-val choice was used
-        if max(counts) != min(counts):
-            setting["shots_max"] = max(counts)  # an unbalanced support set: its largest class
-        setting["ways"] = len(classes)
-        return AdaptedModel(run=self, params=final, classes=classes, setting=setting)
+        return setting, ev
 
 
 def load_model(run: str | Path, *, which: str = "best", device: str = "cpu") -> RunModel:

@@ -51,8 +51,26 @@ def test_train_from_a_table_uses_the_settings_croma_was_trained_with(tmp_path, r
     assert mine == theirs and cfg.features == "compact"
     assert cfg.inner_lr == 0.002 and cfg.model["embed_dim"] == 16 and cfg.seed == 4 and cfg.iterations == 400 // 40
 
-    rc, stdout, err = run_cli(["train", "synthetic", "--config", str(out / "results.json"), "--checkpoint-dir",
-                               str(run)])
+    # the run trains with the units' one thread whatever the process has (rounding, so the model, follows it)
+    import torch
+
+    import croma.fit
+
+    threads, real_train = [], croma.fit.train
+
+    def counting(*a, **k):
+        threads.append(torch.get_num_threads())
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(croma.fit, "train", counting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rc, stdout, err = run_cli(["train", "synthetic", "--config", str(out / "results.json"), "--checkpoint-dir",
+                                   str(run)])
+        assert threads == [1] and torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
     assert rc == 0, err
     assert "settings from" in err and "the table's croma settings" in err and "= 10 iterations" in err
     assert "trained 10/10 iterations" in stdout and "given flags change" not in err

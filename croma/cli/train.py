@@ -319,8 +319,12 @@ def run_rank(payload: dict) -> int:
     else:  # the load train() would do, here so that a data error comes before any note (one line)
         bench = load_bench(cfg, progress=payload["progress"])
     table, table_kw = announce(cfg, bench, payload, writer=env is None or env.rank == 0)
-    try:
-        with error_hints(**TRAIN_HINTS):
+    from contextlib import nullcontext
+
+    from croma.bench_units import unit_threads
+
+    try:  # a table's croma trains with its units' thread count: the same rounding, the same model
+        with error_hints(**TRAIN_HINTS), unit_threads() if table is not None and env is None else nullcontext():
             result = train(cfg, bench, resume=payload["resume"], progress=payload["progress"], dist=dist,
                            tensorboard=payload.get("tensorboard", False), **table_kw)
     except BaseException:
@@ -341,7 +345,8 @@ def run_rank(payload: dict) -> int:
             f"{'' if table is not None else f'head init {result.head_init}; '}{'wrote ' if files else ''}{wrote}"
         )
         if table is not None and result.finished:
-            choose_table_finetune(table, cfg, quiet=not payload["progress"], kept_start=result.best_iteration == 0)
+            with unit_threads():
+                choose_table_finetune(table, cfg, quiet=not payload["progress"], kept_start=result.best_iteration == 0)
         sys.stdout.flush()
     return 0
 
