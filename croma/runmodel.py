@@ -171,7 +171,11 @@ class RunModel:
         per_k = {int(k): v for k, v in (self.finetune.get("per_k") or {}).items()}
         if not per_k:
             return dict(self.finetune["default"])
-        return dict(per_k[nearest_k(per_k, shots)])
+        near = nearest_k(per_k, shots)
+        out = dict(per_k[near])
+        if near != shots:  # e.g. 2 shots: meta-val chose for k=1, and its score is that k's
+            out["chosen_for_k"] = near
+        return out
 
     def adapt(self, values: Sequence[Any], labels: Sequence[Hashable], *, steps: int | None = None,
               lr: float | None = None, finetune: str | None = None, head_init: str | None = None,
@@ -192,7 +196,10 @@ class RunModel:
             ids: optional item ids, one per value, passed to the front-end.
 
         Returns:
-            An :class:`AdaptedModel`; ``.setting`` says how it was fine-tuned.
+            An :class:`AdaptedModel`; ``.setting`` says how it was fine-tuned: the fine-tuning
+            fields, ``shots`` (the support set's smallest class; ``shots_max`` its largest when
+            they differ), ``ways``, and ``chosen_for_k`` when meta-val's choice came from the
+            nearest k the run has one for (its ``meta_val`` score is that k's).
 
         Raises:
             CromaError: fewer than 2 classes, labels and values of different lengths, bad settings.

@@ -284,6 +284,9 @@ def test_manifest_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="missing 'label'"):
         path.write_text(json.dumps({"id": "q", "text": "t"}) + "\n")
         load_dataset("manifest", manifest=path, source="text", target="audio")
+    with pytest.raises(DataError, match="line 1: empty 'label': label must be a non-empty string"):
+        path.write_text(json.dumps({"id": "q", "label": "", "text": "t"}) + "\n")
+        load_dataset("manifest", manifest=path, source="text", target="audio")
 
 
 # ---------------------------------------------------------------- registry, roots, splits

@@ -86,6 +86,7 @@ def test_train_from_a_table_uses_the_settings_croma_was_trained_with(tmp_path, r
     assert ckpt["best_iteration"] == unit["notes"]["best_iteration"]
     assert ckpt["best_val"] == pytest.approx(unit["notes"]["best_val"], abs=1e-9)
     assert model.finetune["chosen_on"] == "meta_val" and "chosen on meta-val for k=1" in repr(model)
+    assert model.setting_for(3)["chosen_for_k"] == 1 and "chosen_for_k" not in model.setting_for(1)  # says whose
     for k, ch in unit["eval_choice"].items():
         mine = model.finetune["per_k"][k]
         assert {f: mine[f] for f in ("head_init", "finetune", "finetune_steps", "finetune_lr")} == \

@@ -136,8 +136,10 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object ({_FORMAT})")
     for key in ("id", "label"):
-        if key not in rec or rec[key] is None or str(rec[key]) == "":
+        if key not in rec or rec[key] is None:
             raise DataError(f"{where}: missing {key!r} ({_FORMAT})")
+        if str(rec[key]) == "":
+            raise DataError(f"{where}: empty {key!r}: {key} must be a non-empty string or an integer")
     item_id, label = _name(rec["id"], "id", where), _name(rec["label"], "label", where)
     if item_id in seen:
         raise DataError(f"{where}: duplicate id {item_id!r}")
