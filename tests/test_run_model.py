@@ -225,6 +225,12 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, run_cli):
     rc, _, err = run_cli(["predict", str(run), "--support", str(missing), "--query", str(query), "--out", str(out)])
     assert rc == 2 and "nowhere.wav" in err and len(err.strip().splitlines()) == 1
     assert "--skip-bad" not in err and "fix or remove that --support row" in err  # predict has no --skip-bad
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")  # found while decoding, not reading rows
+    corrupt = _write(tmp_path / "corrupt.jsonl", _rows(data, [0, 1], range(2)) + [{"id": "x", "label": "L1",
+                                                                                  "audio": str(tmp_path / "bad.wav")}])
+    rc, _, err = run_cli(["predict", str(run), "--support", str(corrupt), "--query", str(query), "--out", str(out)])
+    assert rc == 2 and err.count("\n") == 1 and "bad.wav: unreadable" in err
+    assert "(item 'x', " in err and "corrupt.jsonl: line 5; fix or remove that --support row)" in err
     unlabelled = _write(tmp_path / "nolabel.jsonl", _rows(data, [0, 1], range(2), labels=False))
     rc, _, err = run_cli(["predict", str(run), "--support", str(unlabelled), "--query", str(query)])
     assert rc == 2 and "missing 'label'" in err

@@ -9,6 +9,7 @@ needed: the run folder holds the fitted front-end (:mod:`croma.runmodel`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -46,14 +47,18 @@ def run(args) -> int:
 
     model = load_model(args.run_dir, which=args.checkpoint, device=args.device)
     target = model.target
+    s_where: list[str] = []
+    q_where: list[str] = []
     try:
-        s_ids, s_vals, s_labs = load_rows(args.support, target, labels="required", flag="--support")
-        q_ids, q_vals, q_labs = load_rows(args.query, target, labels="optional", flag="--query")
+        s_ids, s_vals, s_labs = load_rows(args.support, target, labels="required", flag="--support", wheres=s_where)
+        q_ids, q_vals, q_labs = load_rows(args.query, target, labels="optional", flag="--query", wheres=q_where)
     except DataError as exc:
         raise CromaError(str(exc)) from None
-    adapted = model.adapt(s_vals, s_labs, ids=s_ids, steps=args.finetune_steps, lr=args.finetune_lr,
-                          finetune=args.finetune, head_init=args.head_init)
-    pred = adapted.predict(q_vals, ids=q_ids)
+    with _naming_the_row(s_vals, s_ids, s_where, "--support"):
+        adapted = model.adapt(s_vals, s_labs, ids=s_ids, steps=args.finetune_steps, lr=args.finetune_lr,
+                              finetune=args.finetune, head_init=args.head_init)
+    with _naming_the_row(q_vals, q_ids, q_where, "--query"):
+        pred = adapted.predict(q_vals, ids=q_ids)
     rows = []
     for i, qid in enumerate(q_ids):
         row = {"id": qid, "predicted": pred.labels[i],
@@ -97,3 +102,19 @@ def run(args) -> int:
             print(line)
     sys.stdout.flush()
     return 0
+
+
+@contextlib.contextmanager
+def _naming_the_row(values: list, ids: list, wheres: list, flag: str):
+    """An unreadable file found while decoding (``PATH: unreadable ...``) names its item and row, as a
+    missing file does when the rows are read."""
+    from croma.errors import CromaError
+
+    try:
+        yield
+    except CromaError as exc:
+        msg = str(exc)
+        for v, item_id, where in zip(values, ids, wheres):
+            if isinstance(v, str) and msg.startswith(v + ":"):
+                raise CromaError(f"{msg} (item {item_id!r}, {where}; fix or remove that {flag} row)") from None
+        raise

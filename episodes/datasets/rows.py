@@ -15,14 +15,16 @@ __all__ = ["load_rows"]
 
 
 def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional",
-              flag: str = "--input", skipped: list[str] | None = None) -> tuple[list[str], list[Any], list[str] | None]:
+              flag: str = "--input", skipped: list[str] | None = None,
+              wheres: list[str] | None = None) -> tuple[list[str], list[Any], list[str] | None]:
     """Manifest-format rows of one modality, for a trained run (``croma predict`` / ``croma embed``).
 
     Each line is ``{"id": ..., "label": ..., "<modality>": value}`` as in :func:`load_manifest`
     (paths relative to the file's folder); other modality keys are ignored. ``labels``:
     ``required`` (every row has one), ``optional`` (all rows or none; a mix is refused), or
     ``ignore``. ``skipped``: a list that, when given, receives the rows (``file: line N``) that
-    hold no ``modality`` value, which are then left out instead of refused.
+    hold no ``modality`` value, which are then left out instead of refused. ``wheres``: a list
+    that, when given, receives each returned row's ``file: line N`` (for messages about its item).
 
     Returns:
         ``(ids, values, labels or None)``.
@@ -59,6 +61,8 @@ def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional
             raise DataError(str(exc).replace("(use --skip-bad to leave it out)", f"(fix or remove that {flag} row)")) from None
         assert item is not None
         ids.append(item.id)
+        if wheres is not None:
+            wheres.append(where)
         values.append(item.modalities[mod])
         labs.append(item.label if has_label and labels != "ignore" else None)
     if not ids:
