@@ -193,10 +193,14 @@ def pace_note(cfg: Any, *, warn_s: float | None = None, stream: Any = None):
         per_it = (time.perf_counter() - state["t0"]) / (it - state["it0"])
         left = per_it * max(0, cfg.iterations - it)
         if left >= (SLOW_WARN_S if warn_s is None else warn_s):
+            every = int(cfg.checkpoint_every or 0)
+            keep = (f"last.pt is written every {every} iterations (~{every * per_it / 60:.0f} min here; "
+                    "--checkpoint-every N changes it) and --resume continues from it after Ctrl-C"
+                    if every else "last.pt is written at the end only (--checkpoint-every 0)")
             (stream or sys.stderr).write(
                 f"note: {per_it:.2f} s per iteration here: the other {cfg.iterations - it} of {cfg.iterations} "
-                f"iterations take ~{left / 60:.0f} min more, meta-val checks on top; --iterations N trains fewer, "
-                "and Ctrl-C keeps last.pt / best.pt for --resume\n")
+                f"iterations take ~{left / 60:.0f} min more, meta-val checks on top; --iterations N trains fewer; "
+                f"{keep}\n")
             (stream or sys.stderr).flush()
 
     return on_row
