@@ -181,9 +181,14 @@ def test_cache_reuse_and_rebuild(tmp_path):
     assert ds3.meta["synthesised"] == 2 and ds3.meta["reused"] == 2
     assert np.array_equal(sf.read(paths[0])[0], good)
     assert sf.info(paths[3]).frames > 16000
-    # other seed -> other voice parameters -> re-synthesised
+    # other seed -> other voice parameters -> synthesised once into files of its own; both seeds'
+    # files then stay (going back and forth synthesises nothing)
     ds4 = us.load_udhr_speech(seed=1, **kw)
     assert ds4.meta["synthesised"] == 4
+    assert all(it.modalities["audio"].endswith(".s1.wav") for it in ds4.items)
+    assert us.load_udhr_speech(**kw).meta["synthesised"] == 0
+    assert us.load_udhr_speech(seed=1, **kw).meta["synthesised"] == 0
+    assert [os.stat(p).st_mtime_ns for p in paths[1:3]] == mtimes[1:3]  # seed 0's files untouched
 
 
 @needs_backend

@@ -11,8 +11,8 @@ Data
 Speech
     Synthesised by espeak-ng (:mod:`episodes.tts`: the ``espeakng-loader`` wheel's library, or
     the ``espeak-ng`` program) on first use and cached as 16 kHz mono 16-bit WAV under
-    ``<cache_dir>/udhr-speech/v1/<lang>/<k>.wav`` (``cache_dir`` defaults to ``$CROMA_CACHE``
-    or ``~/.cache/croma``), written atomically. Every utterance gets its own voice variant
+    ``<cache_dir>/udhr-speech/v1/<lang>/<k>.wav`` (``<k>.s<seed>.wav`` for a seed other than 0;
+    ``cache_dir`` defaults to ``$CROMA_CACHE`` or ``~/.cache/croma``), written atomically. Every utterance gets its own voice variant
     (``+m1..+m7``, ``+f1..+f4``), rate (130-210 wpm), pitch (30-70) and pitch range (30-80),
     drawn from a generator that is a pure function of ``(seed, lang, k)``
     (:func:`synthesis_params`), so a class is not one waveform. With the library backend the
@@ -230,9 +230,11 @@ def load_udhr_speech(
     for code in langs:
         lang = by_code[code]
         for k in range(chunks_per_language):
-            key = f"{code}/{k}"
+            # each seed's voices are cached apart (seed 0 where they always were): another --seed
+            # synthesises once, and going back to a seed finds its files again
+            key = f"{code}/{k}" if seed == 0 else f"{code}/{k}@s{seed}"
             text = lang["chunks"][k]
-            path = base / code / f"{k}.wav"
+            path = base / code / (f"{k}.wav" if seed == 0 else f"{k}.s{seed}.wav")
             params = synthesis_params(seed, code, k, lang["voice"])
             want = _entry_for(text, params, sample_rate, backend_id)
             plan.append((key, code, text, k, path))
