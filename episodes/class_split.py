@@ -127,17 +127,22 @@ def single_item_classes(dataset: CrossModalDataset) -> list[str]:
 
 def cluster_overlaps(dataset: CrossModalDataset, split: dict[str, Sequence[str]]) -> list[tuple[str, str]]:
     """``(source class, held-out target class)`` pairs of different names whose items share a concept
-    cluster: the source class is not held out (its name is no meta-val / meta-test class), so
-    source classification trains on a concept whose target items are held out."""
+    cluster and that look like one concept labelled per modality (``img/cat`` / ``aud/cat``): the
+    source class has no target items and the held-out class no source items. The source class is
+    not held out (its name is no meta-val / meta-test class), so source classification trains on a
+    concept whose target items are held out. Different concepts that share a cluster and label both
+    modalities alike (``mail-send`` / ``mail-unread`` in ``mail``) are not such pairs."""
     held = set(split.get("meta_val", [])) | set(split.get("meta_test", []))
     held_clusters: dict[str, set[str]] = {}
     src_clusters: dict[str, set[str]] = {}
+    with_source = {it.label for it in dataset.items if dataset.source in it.modalities}
+    with_target = {it.label for it in dataset.items if dataset.target in it.modalities}
     for it in dataset.items:
         if it.cluster is None:
             continue
-        if dataset.target in it.modalities and it.label in held:
+        if dataset.target in it.modalities and it.label in held and it.label not in with_source:
             held_clusters.setdefault(it.cluster, set()).add(it.label)
-        if dataset.source in it.modalities and it.label not in held:
+        if dataset.source in it.modalities and it.label not in held and it.label not in with_target:
             src_clusters.setdefault(it.label, set()).add(it.cluster)
     return sorted({(s, t) for s, cl in src_clusters.items() for c in cl for t in held_clusters.get(c, ()) if s != t})
 

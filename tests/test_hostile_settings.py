@@ -366,3 +366,21 @@ def test_tomli_is_declared_for_python_before_3_11():
     assert cfg["options"]["python_requires"].strip() == ">=3.10"
     reqs = [r.strip() for r in cfg["options"]["install_requires"].splitlines() if r.strip()]
     assert any(r.startswith("tomli") and 'python_version < "3.11"' in r for r in reqs), reqs
+
+
+def test_label_noise_with_a_noise_sweep_is_refused_in_one_line(run_cli, tmp_path):
+    """The sweep sets each run's rate: a --label-noise beside it would be silently ignored."""
+    rc, _, err = run_cli(["benchmark", "synthetic", "--noise-sweep", "0,0.2", "--label-noise", "0.1", "--out",
+                          str(tmp_path / "out")])
+    _one_line(rc, err, "--label-noise 0.1 and --noise-sweep")
+    assert not (tmp_path / "out").exists()
+
+
+def test_rows_without_the_asked_modality_are_counted_in_the_message(tmp_path):
+    from episodes.datasets.rows import load_rows
+    from episodes.errors import DataError
+
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"id": f"i{i}", "text": "x"}) + "\n" for i in range(3)))
+    with pytest.raises(DataError, match=r"none of its 3 rows holds a value of the asked modality 'image'"):
+        load_rows(path, "image", skipped=[])

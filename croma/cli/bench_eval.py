@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--real", action="store_true",
                    help="use udhr-speech's quick-preset features from the feature cache (synthesised on first use, "
                    "~30 s) instead of random vectors of the same shapes")
-    p.add_argument("--cache-dir", default=None, help="feature cache for --real (default $CROMA_CACHE or ~/.cache/croma)")
+    p.add_argument("--cache-dir", default=None, help="feature cache for --real (default $CROMA_CACHE, else $XDG_CACHE_HOME/croma or ~/.cache/croma)")
     p.add_argument("--episodes", type=int, default=50, help="batched episodes per (k, setting) (default 50: one chunk)")
     p.add_argument("--sequential-episodes", type=int, default=10,
                    help="of those, how many also run one at a time (default 10; the reference is slow)")

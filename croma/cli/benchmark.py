@@ -165,6 +165,10 @@ def config_from_args(args) -> "BenchmarkConfig":  # noqa: F821
     if args.noise_sweep is not None:
         from croma.benchmark import check_noise_rates
 
+        if cfg.label_noise:  # the sweep sets the rate of each of its runs: one of the two
+            raise ValueError(f"--label-noise {cfg.label_noise:g} and --noise-sweep: the sweep sets each run's noise "
+                             "rate; give one of them (add the rate to the sweep's list)")
+
         check_noise_rates(args.noise_sweep)
     return cfg
 

@@ -183,9 +183,11 @@ def run_inspect(args) -> int:
     leaks = cluster_overlaps(ds, split)
     if leaks:  # e.g. labels namespaced per modality (img/cat, aud/cat) sharing a cluster
         shown = ", ".join(f"{a} ~ {b}" for a, b in leaks[:3]) + (", ..." if len(leaks) > 3 else "")
-        out.append(f"  note: {len(leaks)} source-train class(es) share a concept cluster with a meta-val / meta-test "
-                   f"target class ({shown}): source classification trains on those concepts; give such classes "
-                   "one label across the modalities to hold them out")
+        n_src = len({a for a, _ in leaks})
+        out.append(f"  note: {n_src} source-train class{'es' if n_src > 1 else ''} share{'' if n_src > 1 else 's'} a "
+                   f"concept cluster with a meta-val / meta-test target class under another label ({shown}): source "
+                   "classification trains on those concepts; give a concept one label across the modalities to "
+                   "hold it out")
     few = single_item_classes(ds)
     if few:  # no k-shot episode can use them (k >= 1 plus a query)
         out.append(f"  {len(few)} target class{'es have' if len(few) > 1 else ' has'} a single item "

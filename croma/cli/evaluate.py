@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=None,
                    help="directory holding the data sets (default $CROMA_DATA; never the path stored in the checkpoint)")
     p.add_argument("--cache-dir", default=None,
-                   help="feature cache directory (default $CROMA_CACHE or ~/.cache/croma; never the checkpoint's)")
+                   help="feature cache directory (default $CROMA_CACHE, else $XDG_CACHE_HOME/croma or ~/.cache/croma; never the checkpoint's)")
     p.add_argument("--manifest", default=None, metavar="PATH",
                    help="JSONL manifest of a run trained on BENCH=manifest (required then; never the checkpoint's)")
     p.add_argument("--strict-sizes", action="store_true",

@@ -65,6 +65,8 @@ def load_rows(path: str | os.PathLike, modality: str, *, labels: str = "optional
             wheres.append(where)
         values.append(item.modalities[mod])
         labs.append(item.label if has_label and labels != "ignore" else None)
+    if not ids and skipped:
+        raise DataError(f"{flag} {p}: none of its {len(skipped)} rows holds a value of the asked modality {mod!r}")
     if not ids:
         raise DataError(f"{flag} {p}: holds no rows ({_FORMAT})")
     given = [x is not None for x in labs]
