@@ -20,7 +20,8 @@ def _human(n: int) -> str:
 
 
 def _cache_dir_flag(p) -> None:
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help="cache root (default: $CROMA_CACHE, else $XDG_CACHE_HOME/croma or ~/.cache/croma)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache root (default: $CROMA_CACHE, else $XDG_CACHE_HOME/croma or ~/.cache/croma)")
 
 
 def add_parser(sub) -> None:
