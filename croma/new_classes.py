@@ -24,7 +24,7 @@ __all__ = ["evaluate_new_classes"]
 def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Hashable], *,
                          shots: Sequence[int] = (1, 5), episodes: int = 100, ways: int | None = None,
                          queries: int = 5, seed: int = 0, ids: Sequence[str] | None = None,
-                         **settings: Any) -> dict[str, Any]:
+                         progress: bool = False, **settings: Any) -> dict[str, Any]:
     """Episodes of ``ways`` classes drawn from ``labels``' classes, per k in ``shots``.
 
     Args:
@@ -34,6 +34,7 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
         queries: query items per class, lowered for a k when fewer than N classes have ``k +
             queries`` items (down to 1); a k that cannot be served with one query is dropped.
         seed: episode seed.
+        progress: a progress bar over the episodes, with the time left (stderr).
         settings: fine-tuning settings that replace meta-val's choice for every k, as
             :meth:`croma.runmodel.RunModel.adapt` takes them (``steps``, ``lr``, ``finetune``,
             ``head_init``, ``optimizer``); None values are left to the choice.
@@ -64,7 +65,11 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
     counts = torch.bincount(y, minlength=len(names))
     x = model.features(model.target, values, ids=ids)  # once, through the run's front-end
     rows, dropped = [], []
-    for k in sorted({int(k) for k in shots}):
+    from episodes.progress import progress_bar
+
+    ks = sorted({int(k) for k in shots})
+    bar = progress_bar(total=len(ks) * int(episodes), desc="new classes", unit="episode", disable=not progress)
+    for k in ks:
         q = int(queries)
         while q >= 1 and int((counts >= k + q).sum()) < n_way:
             q -= 1
@@ -74,10 +79,11 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
             continue
         sampler = ClassificationTaskSampler(y, list(range(len(names))), ways=n_way, shots=k, queries=q,
                                             seed=int(seed) * 1000 + k)
-        accs, setting = _episode_accuracies(model, x, sampler, n_way, k, int(episodes), settings)
+        accs, setting = _episode_accuracies(model, x, sampler, n_way, k, int(episodes), settings, bar)
         mean, half = mean_ci95(accs)
         rows.append({"shots": k, "queries": q, "accuracy_mean": mean, "accuracy_ci95": half, "accuracies": accs,
                      "setting": setting})
+    bar.close()
     if not rows:
         raise CromaError("new classes: no k fits: " + "; ".join(f"k={d['shots']}: {d['why']}" for d in dropped))
     return {"ways": n_way, "classes": [str(c) for c in names], "items": len(values), "episodes": int(episodes),
@@ -85,7 +91,7 @@ def evaluate_new_classes(model: Any, values: Sequence[Any], labels: Sequence[Has
 
 
 def _episode_accuracies(model: Any, x: torch.Tensor, sampler: Any, n_way: int, k: int, episodes: int,
-                        settings: dict) -> tuple[list[float], dict]:
+                        settings: dict, bar: Any = None) -> tuple[list[float], dict]:
     """Query accuracies (%) of episodes ``0 .. episodes-1`` and the setting they ran: each episode
     fine-tuned as ``model.adapt`` fine-tunes its support set, a chunk of episodes at a time as one
     batched computation (:class:`croma.finetune._Episodes`, as meta-test runs; the same numbers as
@@ -109,4 +115,6 @@ def _episode_accuracies(model: Any, x: torch.Tensor, sampler: Any, n_way: int, k
         with torch.enable_grad():
             acc = eps.accuracies(model.theta, b, z_all)
         accs += [100.0 * float(a) for a in acc.double().tolist()]
+        if bar is not None:
+            bar.update(int(acc.shape[0]))
     return accs, setting

@@ -298,7 +298,7 @@ def test_evaluate_refuses_other_data(trained, tmp_path, run_cli):
     assert rc == 2 and "items were added, removed or relabelled" in err and "53 now" in err
 
 
-def test_evaluate_new_classes_is_many_predicts(trained, tmp_path, run_cli):
+def test_evaluate_new_classes_is_many_predicts(trained, tmp_path, run_cli, capsys):
     """`croma evaluate RUN --new-classes FILE`: each episode's accuracy is what adapt + predict on that
     episode's files gives (the pool featurised once, the same fine-tuning), with an interval over
     episodes; a k the classes cannot serve is dropped and said; a missing file is one line."""
@@ -333,6 +333,10 @@ def test_evaluate_new_classes_is_many_predicts(trained, tmp_path, run_cli):
         assert r["accuracy_ci95"] == pytest.approx(mean_ci95(r["accuracies"])[1])
     with pytest.raises(Exception, match="2 classes"):
         evaluate_new_classes(model, paths[:PER], labels[:PER])
+    # the Python call's progress bar (the CLI shows it on a terminal) counts the episodes, the same numbers
+    again = evaluate_new_classes(model, paths, labels, shots=[1], episodes=3, progress=True)
+    assert again["rows"][0]["accuracies"] == res["rows"][0]["accuracies"]
+    assert "new classes: 100% (3/3)" in capsys.readouterr().err
     rc, _, err = run_cli(["evaluate", str(run), "--new-classes", str(tmp_path / "nope.jsonl")])
     assert rc == 2 and err.count("\n") == 1 and "nope.jsonl" in err
 

@@ -133,7 +133,8 @@ def _run_new_classes(args) -> int:
     except DataError as exc:
         raise CromaError(str(exc)) from None
     res = evaluate_new_classes(model, vals, labs, shots=args.shots, episodes=args.repeats * args.eval_tasks,
-                               ways=args.ways, queries=args.eval_queries, seed=args.seed or 0, ids=ids, **given)
+                               ways=args.ways, queries=args.eval_queries, seed=args.seed or 0, ids=ids,
+                               progress=sys.stderr.isatty(), **given)
     how = ("fine-tuned as the run's card says for each k" if not given else "fine-tuned with the given "
            + ", ".join(f"--{_NEW_FLAGS[k]} {v}" for k, v in given.items()) + " (the card's setting for the rest)")
     print(f"{args.new_classes}: {res['ways']}-way episodes over {len(res['classes'])} new classes ({res['items']} "
