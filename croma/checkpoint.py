@@ -292,6 +292,9 @@ class Checkpointer:
             "head_init": progress.get("head_init", self.cfg.head_init),
             "head_scores": progress.get("head_scores"),
             "history": [dict(h) for h in progress.get("history", [])],
+            # the family losses summed since the last history entry (non-empty only in a checkpoint
+            # written between entries, croma.fit.CHECKPOINT_SECONDS): a resumed history is the same
+            **({"acc": {k: [float(x) for x in v] for k, v in progress["acc"].items()}} if progress.get("acc") else {}),
             **self._serving(progress),
             **({"run_id": self.run_id} if self.run_id else {}),
         }
@@ -350,7 +353,8 @@ class Checkpointer:
         out = {"theta": params(ckpt["model"]), "best_theta": None, "iteration": int(ckpt["iteration"]),
                "best_val": ckpt.get("best_val"), "best_iteration": ckpt.get("best_iteration"),
                "head_init": ckpt.get("head_init", self.cfg.head_init), "head_scores": ckpt.get("head_scores"),
-               "history": list(ckpt.get("history", [])), "run_id": ckpt.get("run_id")}
+               "history": list(ckpt.get("history", [])), "run_id": ckpt.get("run_id"),
+               "acc": {k: list(v) for k, v in dict(ckpt.get("acc") or {}).items()}}
         best = self.path("best.pt")
         if out["best_val"] is not None and (best.is_file() or self.is_writer):
             if not best.is_file():

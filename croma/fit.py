@@ -3,8 +3,8 @@
 :class:`CromaTrainer` runs :class:`croma.learner.MetaLearner`'s pure outer step until
 ``cfg.iterations`` (or ``stop_after`` / ``time_budget_s``). Every ``eval_every`` iterations the
 meta-val accuracy (fixed episodes) selects ``best.pt``; meta-test is never used for selection.
-``last.pt`` is written every ``checkpoint_every`` iterations and at the end
-(:class:`croma.checkpoint.Checkpointer`); ``resume=True`` continues from it to bitwise the same
+``last.pt`` is written every ``checkpoint_every`` iterations, every :data:`CHECKPOINT_SECONDS`
+of a slow single-process run, and at the end (:class:`croma.checkpoint.Checkpointer`); ``resume=True`` continues from it to bitwise the same
 parameters as an uninterrupted run (CPU): everything a step depends on is
 ``(theta, seed, iteration)``. Pass a :class:`croma.distributed.Distributed` as ``dist`` to share
 each meta-batch and the meta-val episodes between ranks; only rank 0 writes checkpoints and
@@ -29,7 +29,13 @@ from croma.learner import MetaLearner
 from croma.meta.functional import Params
 from episodes.data import PreparedBenchmark
 
-__all__ = ["CromaTrainer", "TrainResult", "train"]
+__all__ = ["CromaTrainer", "TrainResult", "train", "CHECKPOINT_SECONDS"]
+
+#: besides every ``checkpoint_every`` iterations, ``last.pt`` is written once this many seconds have
+#: passed since the last write (single process), so that Ctrl-C or SIGTERM in a slow run loses at most
+#: about this much training; which iterations it lands on does not change any number (the loss sums
+#: since the last history entry travel with it: :meth:`CromaTrainer.progress_state`)
+CHECKPOINT_SECONDS = 300.0
 
 
 @dataclass
@@ -142,7 +148,7 @@ class CromaTrainer(MetaLearner):
         """What a checkpoint stores besides parameters and configuration."""
         return {"iteration": self.iteration, "epsilon_next": self.epsilon(self.iteration), "best_val": self.best_val,
                 "best_iteration": self.best_iteration, "head_init": self.head_init, "head_scores": self.head_scores,
-                "history": self.history}
+                "history": self.history, "acc": self._acc}
 
     def state(self, kind: str, theta: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """The checkpoint payload (see :mod:`croma.checkpoint`)."""
@@ -173,6 +179,7 @@ class CromaTrainer(MetaLearner):
         self.checkpointer.run_id = got.get("run_id") or self.checkpointer.run_id  # the run continues
         self.best_val, self.best_iteration = got["best_val"], got["best_iteration"]
         self.head_init, self.head_scores, self.history = got["head_init"], got["head_scores"], got["history"]
+        self._acc = got.get("acc") or {}
         self.best_theta = got["best_theta"]
         best = self._path("best.pt")
         if best is not None and self.cfg.eval_every == 0 and not best.is_file():
@@ -225,7 +232,7 @@ class CromaTrainer(MetaLearner):
         if self.dist is not None:
             self._sync_from_rank0()
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, desc="croma train", dynamic_ncols=True)
-        t0 = time.perf_counter()
+        t0 = saved_at = time.perf_counter()
         last_val: float | None = self.history[-1].get("val_acc") if self.history else None
         runlog = None
         if self.is_writer and cfg.checkpoint_dir:
@@ -276,8 +283,10 @@ class CromaTrainer(MetaLearner):
                 if runlog is not None:
                     row["run_id"] = runlog.run_id
                     runlog.write(row)
-                if ckpt_now or stop:
-                    self.save()
+                if ckpt_now or stop or (self.dist is None and cfg.checkpoint_every and
+                                        time.perf_counter() - saved_at >= CHECKPOINT_SECONDS):
+                    self.save()  # also every CHECKPOINT_SECONDS of a slow run: an interruption loses less
+                    saved_at = time.perf_counter()
                 bar.update(1)
                 if self.progress:
                     post = {k.replace("_loss", ""): f"{v:.3f}" for k, v in rec.items() if k.endswith("_loss")}

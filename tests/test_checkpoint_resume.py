@@ -47,6 +47,28 @@ def test_resume_is_bitwise_identical(bench, tmp_path):
     assert [h.get("val_acc") for h in la["history"]] == [h.get("val_acc") for h in lb["history"]]
 
 
+def test_a_timed_checkpoint_between_history_entries_resumes_bitwise(bench, tmp_path, monkeypatch):
+    """A slow run also writes last.pt every CHECKPOINT_SECONDS (here: every iteration). Killed at an
+    iteration that is neither a meta-val check nor a checkpoint_every one, it resumes from there to the
+    same parameters and the same history (the loss sums since the last entry are in last.pt)."""
+    import croma.fit
+
+    straight = train(cfg(tmp_path / "a"), bench, loss_module=NCE())
+    monkeypatch.setattr(croma.fit, "CHECKPOINT_SECONDS", 0.0)
+
+    def kill_at_5(row):
+        if row["iteration"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "b"), bench, loss_module=NCE(), callback=kill_at_5)
+    last = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert last["iteration"] == 5 and last["acc"]  # between entries (checks at 2, 4, 6; checkpoints at 3, 6)
+    resumed = train(cfg(tmp_path / "b"), bench, loss_module=NCE(), resume=True)
+    assert resumed.finished and tree_equal(straight.theta, resumed.theta)
+    assert resumed.history == straight.history
+
+
 def test_checkpoint_contents_load_with_weights_only(bench, tmp_path):
     res = train(cfg(tmp_path, iterations=3), bench, loss_module=NCE())
     raw = torch.load(tmp_path / "last.pt", weights_only=True)

@@ -194,8 +194,11 @@ def pace_note(cfg: Any, *, warn_s: float | None = None, stream: Any = None):
         left = per_it * max(0, cfg.iterations - it)
         if left >= (SLOW_WARN_S if warn_s is None else warn_s):
             every = int(cfg.checkpoint_every or 0)
+            from croma.fit import CHECKPOINT_SECONDS
+
             keep = (f"last.pt is written every {every} iterations (~{every * per_it / 60:.0f} min here; "
-                    "--checkpoint-every N changes it) and --resume continues from it after Ctrl-C"
+                    f"--checkpoint-every N) or {CHECKPOINT_SECONDS / 60:.0f} min, whichever comes first, and "
+                    "--resume continues from it after Ctrl-C"
                     if every else "last.pt is written at the end only (--checkpoint-every 0)")
             (stream or sys.stderr).write(
                 f"note: {per_it:.2f} s per iteration here: the other {cfg.iterations - it} of {cfg.iterations} "
