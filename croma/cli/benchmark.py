@@ -224,19 +224,16 @@ def _hints(cfg) -> dict:
 def _on_data(cfg):
     """The callback that says once, when the data has loaded, how many items --skip-bad left out (the line
     croma train prints; results.json keeps the count as ``skipped_items``) and which extra modalities join."""
-    from croma.bench_data import extra_line, pixels_note, skipped_items, skipped_line
+    from croma.bench_data import data_notes, skipped_items, skipped_line
 
     def report(bench) -> None:
         if cfg.skip_bad and (n := skipped_items(bench)):
             sys.stderr.write(skipped_line(n) + "\n")
             sys.stderr.flush()
-        bi = getattr(bench, "info", None) or {}
         if not cfg.progress:
             return
-        for line in (extra_line(bi.get("extra_modalities"), bench.source, bench.target,
-                                dropped=int(bi.get("extra_dropped", 0) or 0)), pixels_note(bench)):
-            if line:
-                sys.stderr.write(line + "\n")
+        for line in data_notes(bench):
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     return report

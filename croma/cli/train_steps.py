@@ -147,17 +147,12 @@ def announce(cfg: Any, bench: Any, payload: dict, *, writer: bool) -> tuple[Any,
         if skipped := skipped_items(bench):
             sys.stderr.write(skipped_line(skipped) + "\n")
     if payload["progress"] and writer:
-        from croma.bench_data import extra_line, pixels_note
+        from croma.bench_data import data_notes
         from croma.log import info
         from croma.meta.inner import inner_loop_text
 
-        bi = getattr(bench, "info", None) or {}  # a bench loaded here (else croma.learner says it when it loads)
-        if bench is not None and (line := extra_line(bi.get("extra_modalities"), bench.source, bench.target,
-                                                     dropped=int(bi.get("extra_dropped", 0) or 0))):
+        for line in data_notes(bench) if bench is not None else ():  # croma train loaded it (croma.learner: not)
             info(line)
-        if bench is not None and (line := pixels_note(bench)):
-            info(line)
-
         info(f"inner loop: {inner_loop_text(cfg, payload.get('compile_reason'))}")
     kw: dict = {"callback": pace_note(cfg)} if payload["progress"] and writer and not payload.get("warned") else {}
     if not payload.get("table"):
