@@ -12,7 +12,11 @@ A unit file is reused only when its **fingerprint** equals the unit's (:func:`un
 a digest of the method, seed, meta-test k, every training and meta-test setting of the unit, the
 prepared data (:func:`bench_digest`: class names, splits, pairs and every feature and label
 tensor), the croma and torch versions and the per-unit thread count. A file of other settings in
-the folder stops ``--resume`` with one line naming it (never silently mixed or overwritten).
+the folder stops ``--resume`` with one line naming it (never silently mixed or overwritten) and the
+part that differs: each file also keeps the parts apart (``fingerprint_parts``,
+:func:`fingerprint_parts`), and when the data differs and the file ran on another CPU or with other
+CPU kernels the line says so (log-mel and other features computed by torch round differently there;
+the feature cache of that machine makes the data the same).
 A unit still running keeps its training state beside them (:func:`partial_path`,
 :mod:`croma.unit_partial`) where its method supports it. Each file also records the machine it
 ran on (:func:`croma.report.machine_info`): units of one table may come from different sessions,
@@ -30,13 +34,16 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-__all__ = ["UNITS_DIR", "FORMAT", "plain", "bench_digest", "unit_fingerprint", "unit_path", "partial_path", "save_unit",
-           "load_units", "finished_units", "with_partials", "kept_note"]
+__all__ = ["UNITS_DIR", "FORMAT", "plain", "bench_digest", "fingerprint_parts", "unit_fingerprint", "unit_path",
+           "partial_path", "save_unit", "load_units", "mismatch_message", "finished_units", "with_partials", "kept_note"]
 
 #: sub-folder of ``--out`` holding one file per finished unit
 UNITS_DIR = "units"
 #: version of the unit file layout (a file of another layout is refused, not guessed at)
 FORMAT = 1
+#: the parts of each fingerprint :func:`unit_fingerprint` gave in this process (for :func:`save_unit`,
+#: :func:`load_units`), by fingerprint
+_PARTS: dict[str, dict[str, Any]] = {}
 
 
 def plain(v: Any) -> Any:
@@ -83,18 +90,36 @@ def bench_digest(bench) -> str:
     return h.hexdigest()
 
 
+def _desc(unit, data_digest: str) -> dict[str, Any]:
+    import croma
+    from croma.bench_units import UNIT_THREADS
+
+    return {"method": unit.method, "seed": int(unit.seed), "shots": [int(k) for k in unit.shots],
+            "ctx": plain(dict(unit.ctx)), "data": data_digest, "croma": croma.__version__,
+            "torch": torch.__version__, "unit_threads": UNIT_THREADS}
+
+
+def _sha(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint_parts(unit, data_digest: str) -> dict[str, Any]:
+    """The parts of :func:`unit_fingerprint`, kept apart in each unit file so a refused ``--resume``
+    says which differs: ``settings`` (SHA-256 of method, seed, meta-test k and the unit's settings),
+    ``data`` (``data_digest``), the ``croma`` and ``torch`` versions and ``unit_threads``."""
+    d = _desc(unit, data_digest)
+    return {"settings": _sha({k: d[k] for k in ("method", "seed", "shots", "ctx")}), "data": d["data"],
+            "croma": str(d["croma"]), "torch": str(d["torch"]), "unit_threads": d["unit_threads"]}
+
+
 def unit_fingerprint(unit, data_digest: str) -> str:
     """SHA-256 of everything a unit's numbers depend on: method, seed, meta-test k, the unit's
     settings (training and meta-test configs, budgets, knobs, the method's hyper-parameters, label
     noise), the data (``data_digest``: :func:`bench_digest`), the croma and torch versions and the
-    intra-op threads each unit runs with."""
-    import croma
-    from croma.bench_units import UNIT_THREADS
-
-    desc = {"method": unit.method, "seed": int(unit.seed), "shots": [int(k) for k in unit.shots],
-            "ctx": plain(dict(unit.ctx)), "data": data_digest, "croma": croma.__version__,
-            "torch": torch.__version__, "unit_threads": UNIT_THREADS}
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+    intra-op threads each unit runs with. (Unchanged since the first unit files: they stay reusable.)"""
+    fp = _sha(_desc(unit, data_digest))
+    _PARTS[fp] = fingerprint_parts(unit, data_digest)
+    return fp
 
 
 def unit_path(out: str | Path, method: str, seed: int) -> Path:
@@ -108,8 +133,10 @@ def partial_path(out: str | Path, method: str, seed: int) -> Path:
     return Path(out) / UNITS_DIR / f"{method}-seed{int(seed)}.partial.pt"
 
 
-def save_unit(out: str | Path, unit, fingerprint: str, facts: Mapping[str, Any]) -> Path:
-    """Write a finished unit's facts (:func:`croma.bench_units.run_unit`) atomically; returns the path."""
+def save_unit(out: str | Path, unit, fingerprint: str, facts: Mapping[str, Any],
+              parts: Mapping[str, Any] | None = None) -> Path:
+    """Write a finished unit's facts (:func:`croma.bench_units.run_unit`) atomically, with the
+    fingerprint's ``parts`` (default: those :func:`unit_fingerprint` gave for it); returns the path."""
     from croma.report import machine_info
     from episodes.atomic import atomic_write
 
@@ -117,6 +144,8 @@ def save_unit(out: str | Path, unit, fingerprint: str, facts: Mapping[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "method": unit.method, "seed": int(unit.seed), "fingerprint": fingerprint,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "facts": plain(dict(facts))}
+    if (parts := parts if parts is not None else _PARTS.get(fingerprint)) is not None:
+        doc["fingerprint_parts"] = plain(dict(parts))
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
     from croma.unit_partial import Partial
@@ -165,8 +194,7 @@ def load_units(out: str | Path, units: Iterable[Any], fingerprints: Mapping[tupl
             raise CromaError(f"--resume: {path} is not a croma unit file (format {FORMAT}); remove it to run that "
                              "unit again")
         if doc.get("fingerprint") != fingerprints[(u.method, u.seed)]:
-            raise CromaError(f"--resume: {path} was run with other settings, data or croma/torch version than this "
-                             "run; use another --out, or remove that folder's units/ to start afresh")
+            raise CromaError(mismatch_message(path, doc, _PARTS.get(fingerprints[(u.method, u.seed)])))
         try:
             facts = restore_facts(doc["facts"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -175,6 +203,53 @@ def load_units(out: str | Path, units: Iterable[Any], fingerprints: Mapping[tupl
         facts["finished"] = doc.get("finished")
         found[(u.method, u.seed)] = facts
     return found
+
+
+def _machine_text(m: Mapping[str, Any]) -> str:
+    env = m.get("kernel_env") if isinstance(m.get("kernel_env"), dict) else {}
+    kernels = [str(m.get("cpu_capability") or "?")] + [f"{k}={v}" for k, v in sorted(env.items())]
+    return f"{m.get('cpu') or '?'} ({', '.join(kernels)})"
+
+
+def _cpu_note(stored: Any, sure: bool) -> str:
+    """The part of a refusal saying the stored unit ran on another CPU or with other CPU kernels
+    (``""`` when it did not, or its file does not say)."""
+    from croma.report import machine_info
+
+    if not isinstance(stored, dict) or not stored.get("cpu"):
+        return ""
+    here = machine_info()
+    keys = [k for k in ("cpu", "cpu_capability", "kernel_env") if k in stored]
+    if all(stored.get(k) == here.get(k) for k in keys):
+        return ""
+    by = "on another CPU" if stored.get("cpu") != here.get("cpu") else "with other CPU kernels"
+    return (f"; it ran on {_machine_text(stored)} and this machine is {_machine_text(here)}: features computed {by} "
+            f"round differently, so the data {'differs' if sure else 'may differ'}; copy that machine's feature cache "
+            "(--cache-dir, $CROMA_CACHE) here to reuse its units, or use another --out")
+
+
+def mismatch_message(path: Path, doc: Mapping[str, Any], current: Mapping[str, Any] | None) -> str:
+    """The one line refusing a unit file of another fingerprint: which part differs (settings, data,
+    croma or torch version, threads per unit; ``doc["fingerprint_parts"]`` against this run's parts
+    ``current``), and for data computed on another CPU why and what to do. A file without the
+    parts (written before them) is compared on what it records: its machine's torch and CPU."""
+    stored, machine = doc.get("fingerprint_parts"), doc.get("machine")
+    machine = machine if isinstance(machine, dict) else {}
+    fresh = "; use another --out, or remove that folder's units/ to start afresh"
+    if isinstance(stored, dict) and isinstance(current, dict):
+        names = {"settings": "settings", "data": "data", "croma": "croma version", "torch": "torch version",
+                 "unit_threads": "threads per unit"}
+        diff = [names[k] + (f" ({stored.get(k)} → {current[k]})" if k in ("croma", "torch", "unit_threads") else "")
+                for k in names if stored.get(k) != current.get(k)]
+        what = ", ".join(diff[:-1]) + " and " + diff[-1] if len(diff) > 1 else (diff or ["settings, data or croma/torch version"])[0]
+        note = _cpu_note(machine, True) if stored.get("data") != current.get("data") else ""
+        return f"--resume: {path} was run with other {what} than this run{note or fresh}"
+    now = str(torch.__version__)
+    if machine.get("torch") and machine["torch"] != now:
+        head = f"--resume: {path} was run with other torch version ({machine['torch']} → {now}) than this run"
+    else:
+        head = f"--resume: {path} was run with other settings, data or croma/torch version than this run"
+    return head + (_cpu_note(machine, False) or fresh)
 
 
 def finished_units(out: str | Path | None, bench, units: list[Any], *, resume: bool = False
