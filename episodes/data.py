@@ -16,6 +16,7 @@ Modality names are exactly ``text``, ``image`` and ``audio`` (``speech`` is an a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,16 +26,49 @@ from episodes.errors import DataError
 
 MODALITIES = ("text", "image", "audio")
 _ALIASES = {"speech": "audio", "sound": "audio", "img": "image"}
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 
 SPLITS = ("meta_train", "meta_val", "meta_test")
 
 
 def canonical_modality(name: str) -> str:
-    """Return the canonical modality name (``speech`` -> ``audio``); raise on unknown."""
-    key = _ALIASES.get(name, name)
+    """Return the canonical modality name (``speech`` -> ``audio``); raise on unknown.
+
+    A modality is a kind (``text``, ``image``, ``audio``) or a **named modality of a kind**,
+    ``<kind>:<name>`` (``image:ct``, ``text:en``, ``speech:sw`` -> ``audio:sw``): two modalities
+    of one kind (CT and MRI images, English and Swahili text) in one data set. A named modality
+    is read and featurised as its kind; ``--backbone <kind>=...`` applies to every modality of
+    that kind unless ``--backbone <kind>:<name>=...`` names it.
+    """
+    kind, sep, tag = name.partition(":") if isinstance(name, str) else (name, "", "")
+    key = _ALIASES.get(kind, kind)
     if key not in MODALITIES:
-        raise DataError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)} (or 'speech')")
-    return key
+        raise DataError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)} (or 'speech'), "
+                        "or <kind>:<name> for two modalities of one kind (e.g. image:ct, text:en)")
+    if not sep:
+        return key
+    if not _TAG.fullmatch(tag):
+        raise DataError(f"modality {name!r}: the name after {kind}: must be letters, digits, '_' or '-' "
+                        "(starting with a letter or digit), e.g. image:ct")
+    return f"{key}:{tag}"
+
+
+def modality_kind(name: str) -> str:
+    """The kind of a modality: ``text``, ``image`` or ``audio`` (``image:ct`` -> ``image``)."""
+    return canonical_modality(name).partition(":")[0]
+
+
+def modality_order(name: str) -> tuple[int, str]:
+    """Sort key of modalities: kinds in ``text, image, audio`` order, a kind before its named modalities."""
+    kind = modality_kind(name)
+    return MODALITIES.index(kind), "" if name == kind else name
+
+
+def _order_or_last(name: str) -> tuple[int, str]:
+    try:
+        return modality_order(name)
+    except DataError:  # a prepared benchmark's own modality names (e.g. synthetic vectors)
+        return len(MODALITIES), name
 
 
 @dataclass
@@ -160,8 +194,7 @@ class PreparedBenchmark:
     def modalities(self) -> tuple[str, ...]:
         """``(source, target, *extra)``: the extra modalities of ``data`` in ``text, image,
         audio`` order; the column order of :meth:`alignment_tuples`."""
-        rest = [m for m in MODALITIES if m in self.data and m not in (self.source, self.target)]
-        rest += sorted(m for m in self.data if m not in MODALITIES and m not in (self.source, self.target))
+        rest = sorted((m for m in self.data if m not in (self.source, self.target)), key=_order_or_last)
         return (self.source, self.target, *rest)
 
     def alignment_tuples(self) -> torch.Tensor:

@@ -219,13 +219,14 @@ def compact_benchmark(
         if modalities is not None and mod not in modalities:
             data[mod] = md
             continue
-        if mod == "text" and not feats.dtype.is_floating_point:
-            strings = list(texts) if texts is not None else _bytes_to_text(feats)
+        kind = mod.partition(":")[0]  # a named modality (text:en) is compacted as its kind
+        if kind == "text" and not feats.dtype.is_floating_point:
+            strings = list(texts) if texts is not None and mod == "text" else _bytes_to_text(feats)
             feats = text_ngram_features(strings, dim=text_dim)
             if mod in transform:
                 transform[mod]["steps"].append({"op": "ngrams", "dim": int(text_dim), "orders": [1, 2, 3],
-                                                "from": "text" if texts is not None else "bytes"})
-        elif mod == "audio" and feats.dim() == 3:
+                                                "from": "text" if texts is not None and mod == "text" else "bytes"})
+        elif kind == "audio" and feats.dim() == 3:
             train_rows = torch.tensor([int(c) in train_classes for c in md.labels.tolist()])
             if not train_rows.any():
                 train_rows = torch.ones_like(train_rows)

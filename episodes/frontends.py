@@ -87,12 +87,14 @@ class FrontendSettings:
                 raise ValueError(f"front-end setting {name} must be a positive integer, got {value!r}")
 
     def for_modality(self, modality: str) -> dict[str, int]:
-        """The settings that matter for ``modality`` (what the cache key includes)."""
-        if modality == "text":
+        """The settings that matter for ``modality`` (what the cache key includes); a named
+        modality (``image:ct``) has its kind's."""
+        kind = modality.partition(":")[0]
+        if kind == "text":
             return {"text_max_len": self.text_max_len}
-        if modality == "audio":
+        if kind == "audio":
             return {k: getattr(self, k) for k in ("sample_rate", "n_mels", "n_fft", "hop_length", "max_frames")}
-        if modality == "image":
+        if kind == "image":
             return {"image_size": self.image_size}
         raise DataError(f"unknown modality {modality!r}")
 

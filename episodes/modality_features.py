@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from episodes.cache import FeatureCache, hash_key, inputs_digest
-from episodes.data import Item
+from episodes.data import Item, modality_kind
 from episodes.embedding import Embedder
 from episodes.errors import DataError
 from episodes.frontends import (
@@ -97,10 +97,11 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
     if embedder is not None:
         return _embedded_features(name, modality, items, values, embedder, cache=cache, skip_bad=skip_bad,
                                   progress=progress)
-    if modality == "text":
+    kind = modality_kind(modality)  # a named modality (image:ct) is featurised as its kind
+    if kind == "text":
         return text_to_bytes(values, settings.text_max_len), torch.ones(len(items), dtype=torch.bool), "uncached"
     desc = f"{name}: {modality}"
-    if modality == "image" and all(isinstance(v, np.ndarray) for v in values):
+    if kind == "image" and all(isinstance(v, np.ndarray) for v in values):
         if not values:
             return torch.zeros(0, 3, settings.image_size, settings.image_size), torch.ones(0, dtype=torch.bool), "uncached"
         shapes = {v.shape for v in values}
@@ -111,7 +112,7 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
             if chw.shape[-1] != s or chw.shape[-2] != s:
                 chw = images_from_arrays(chw.permute(0, 2, 3, 1).numpy(), s)
             return normalize_images(chw), torch.ones(len(items), dtype=torch.bool), "uncached"
-    if modality == "audio":
+    if kind == "audio":
         logmel = LogMel(settings.sample_rate, settings.n_mels, settings.n_fft, settings.hop_length, settings.max_frames)
 
         # read only what the kept frames need (+1 s margin so resampling and STFT edges are unchanged)
@@ -123,7 +124,7 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
         def build() -> dict[str, torch.Tensor]:
             return _per_item(items, modality, one, (settings.n_mels, settings.max_frames), torch.float32,
                              skip_bad, progress, desc)
-    elif modality == "image":
+    elif kind == "image":
         s = settings.image_size
 
         def one(v):
@@ -140,7 +141,7 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
     else:
         key = hash_key({"format": CACHE_FORMAT, "dataset": name, "modality": modality,
                         "settings": settings.for_modality(modality),
-                        **({"alpha": IMAGE_ALPHA} if modality == "image" else {}),
+                        **({"alpha": IMAGE_ALPHA} if kind == "image" else {}),
                         "inputs": inputs_digest((it.id, v) for it, v in zip(items, values))})
         out, status = cache.get_or_build(f"{name}/{modality}", key, build)
         if out["features"].shape[0] != len(items) or out["ok"].shape[0] != len(items):
@@ -153,7 +154,7 @@ def compute_features(name: str, modality: str, items: list[Item], settings: Fron
         for i in torch.nonzero(~ok).flatten().tolist():
             feats[i] = one(values[i])
             ok[i] = True
-    if modality == "image":
+    if kind == "image":
         feats = normalize_images(feats)
     return feats, ok, status
 

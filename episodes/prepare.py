@@ -115,8 +115,10 @@ def prepare_benchmark(
     cache = FeatureCache(cache_dir) if use_cache else None
     extras = tuple(m for m in getattr(dataset, "extra", ()) if m not in (src, tgt))
     mods = (src, tgt, *extras)
-    embedders = dict(embedders or {})
-    extra = sorted(set(embedders) - set(mods))
+    given = dict(embedders or {})  # {modality or kind: Embedder}: a kind's applies to its named modalities
+    embedders = {m: given.get(m, given.get(m.partition(":")[0])) for m in mods}
+    embedders = {m: e for m, e in embedders.items() if e is not None}
+    extra = sorted(k for k in given if k not in mods and k not in {m.partition(":")[0] for m in mods})
     if extra:
         raise DataError(f"{dataset.name}: --backbone {extra[0]}=...: the task has no {extra[0]} modality "
                         f"(source {src}, target {tgt})")

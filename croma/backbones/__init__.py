@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Mapping
 from croma.errors import CromaError
 from episodes.registry import Registry
 
-__all__ = ["BACKBONES", "BACKBONE_REGISTRIES", "BackboneInfo", "DEFAULT_BACKBONES", "PRETRAINED", "check_backbones",
+__all__ = ["BACKBONES", "BACKBONE_REGISTRIES", "BackboneInfo", "DEFAULT_BACKBONES", "PRETRAINED", "backbone_for", "check_backbones",
            "build_embedders", "compact_modalities", "list_backbones", "register_backbone"]
 
 
@@ -202,7 +202,8 @@ register_backbone("audio", "hf", _hf_audio)
 
 
 def check_backbones(spec: Mapping[str, str] | None) -> dict[str, str]:
-    """Validate ``{modality: name}`` (``speech`` -> ``audio``); return it canonical.
+    """Validate ``{modality: name}`` (``speech`` -> ``audio``); return it canonical. A kind's
+    backbone (``image=...``) applies to its named modalities (``image:ct``) unless one is named.
 
     Raises:
         ValueError: unknown modality or a name that modality does not have (lists the choices).
@@ -210,15 +211,22 @@ def check_backbones(spec: Mapping[str, str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for mod, name in dict(spec or {}).items():
         m = _canonical(str(mod))
-        if name not in BACKBONES[m]:
-            raise ValueError(f"--backbone {mod}={name}: unknown {m} backbone; choose from {', '.join(BACKBONES[m])}")
+        kind = m.partition(":")[0]
+        if name not in BACKBONES[kind]:
+            raise ValueError(f"--backbone {mod}={name}: unknown {kind} backbone; choose from {', '.join(BACKBONES[kind])}")
         out[m] = name
     return out
 
 
 def compact_modalities(spec: Mapping[str, str] | None) -> set[str]:
     """Modalities whose explicitly chosen backbone is a compact front-end (``ngrams``, ``logmel-boaw``)."""
-    return {m for m, n in check_backbones(spec).items() if BACKBONE_REGISTRIES[m].info(n).compact}
+    return {m for m, n in check_backbones(spec).items() if BACKBONE_REGISTRIES[m.partition(":")[0]].info(n).compact}
+
+
+def backbone_for(spec: Mapping[str, str], modality: str) -> str | None:
+    """The backbone ``spec`` (canonical, :func:`check_backbones`) gives ``modality``: its own entry,
+    else its kind's (``image`` for ``image:ct``), else None."""
+    return spec.get(modality, spec.get(modality.partition(":")[0]))
 
 
 def build_embedders(
@@ -237,7 +245,7 @@ def build_embedders(
     """
     out = {}
     for mod, name in check_backbones(spec).items():
-        reg = BACKBONE_REGISTRIES[mod]
+        reg = BACKBONE_REGISTRIES[mod.partition(":")[0]]
         if not reg.info(name).pretrained:
             continue
         out[mod] = reg.get(name)(image_weights=image_weights, text_model=text_model, audio_model=audio_model,
@@ -287,7 +295,8 @@ def load_prepared(
     seed = int(loader.pop("seed", 0))  # type: ignore[arg-type]
     bench = load_benchmark(benchmark, seed=seed, embedders=embedders or None, ways=ways,
                            split_classes=None if split_classes is None else tuple(split_classes), **loader)
-    mods = None if compact else compact_modalities(spec)
+    mods = None if compact else {m for m in bench.data if (n := backbone_for(spec, m)) is not None
+                                 and BACKBONE_REGISTRIES[m.partition(":")[0]].info(n).compact}
     if mods is None or mods:
         bench = compact_benchmark(bench, seed=seed, modalities=mods)
         lowered = bench.info.get("audio_words")
@@ -297,7 +306,8 @@ def load_prepared(
             info(f"note: compact audio features use a {lowered['used']}-word bag of audio words (asked "
                  f"{lowered['asked']}): {lowered['why']}")
     if spec:
-        chosen = {m: spec.get(m, DEFAULT_BACKBONES[m] if compact else "sequence") for m in (bench.source, bench.target)}
+        chosen = {m: backbone_for(spec, m) or (DEFAULT_BACKBONES[m.partition(":")[0]] if compact else "sequence")
+                  for m in (bench.source, bench.target)}
         note = ", ".join(f"{m}={n}" for m, n in chosen.items())
         bench.info["features"] = f"backbones {note}" + (f"; {bench.info['features']}" if bench.info.get("features") else "")
     return bench

@@ -32,8 +32,10 @@ def _slow_modalities(cfg) -> tuple[tuple[str, ...], list[str], dict]:
     mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
     chosen = dict(cfg.model.get("encoders") or {})
     backbones = dict(d.backbones or {})
-    slow = [m for m in mods if m in ("text", "audio") and m not in backbones
-            and chosen.get(m, "bert" if m == "text" and cfg.model.get("text_model") else "cnn1d") in ("cnn1d", "lstm")]
+    kind = {m: m.partition(":")[0] for m in mods}  # a named modality (audio:sw) is its kind here
+    slow = [m for m in mods if kind[m] in ("text", "audio") and m not in backbones and kind[m] not in backbones
+            and chosen.get(m, chosen.get(kind[m], "bert" if kind[m] == "text" and cfg.model.get("text_model") else "cnn1d"))
+            in ("cnn1d", "lstm")]
     return mods, slow, chosen
 
 
@@ -52,7 +54,8 @@ def _manifest_has_image(path) -> bool:
         with open(path, encoding="utf-8-sig") as fh:
             for line in fh:
                 line = line.strip()
-                if line and not line.startswith("#") and "image" in json.loads(line):
+                if line and not line.startswith("#") and any(str(k).partition(":")[0] in ("image", "img")
+                                                             for k in json.loads(line)):
                     return True
     except (OSError, ValueError, TypeError):
         return True

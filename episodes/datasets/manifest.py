@@ -5,8 +5,9 @@ One item per line::
     {"id": "a1", "label": "dog", "cluster": "animals", "text": "a dog barks", "audio": "wav/a1.wav"}
 
 ``id`` and ``label`` are required; ``cluster`` is optional; every other key must be a modality
-name (``text``, ``image``, ``audio``; ``speech`` is an alias of ``audio``). A text value is the
-string; an image / audio value is a path relative to the manifest's folder (or absolute).
+name (``text``, ``image``, ``audio``; ``speech`` is an alias of ``audio``) or a named modality of
+a kind, ``<kind>:<name>`` (``image:ct`` beside ``image:mri``, ``text:en`` beside ``text:sw``). A
+text value is the string; an image / audio value is a path relative to the manifest's folder (or absolute).
 Items holding both the source and the target modality are strong pairs; ``cluster`` gives weak
 pairs (used when there are no strong pairs). Blank lines and lines starting with ``#`` are
 ignored. The file is UTF-8 (a byte-order mark and ``\\r\\n`` line ends are fine); a key given twice
@@ -26,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from episodes.data import MODALITIES, CrossModalDataset, Item, canonical_modality
+from episodes.data import CrossModalDataset, Item, canonical_modality, modality_kind, modality_order
 from episodes.errors import DataError
 
 __all__ = ["load_manifest", "records_to_dataset"]
@@ -88,7 +89,8 @@ def _decoded_array(value: object, mod: str, where: str):
     instead of failing later in a front-end (or silently wrapping / truncating to ``uint8``)."""
     import numpy as np
 
-    shape_doc = "uint8 [H, W, 3] with values 0-255" if mod == "image" else "a 1-D float waveform"
+    kind = modality_kind(mod)
+    shape_doc = "uint8 [H, W, 3] with values 0-255" if kind == "image" else "a 1-D float waveform"
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = value.detach().cpu().numpy()
     if not isinstance(value, np.ndarray):
@@ -101,7 +103,7 @@ def _decoded_array(value: object, mod: str, where: str):
         raise DataError(f"{where}: {mod} array is empty (shape {tuple(a.shape)})")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise DataError(f"{where}: {mod} array holds NaN or infinite values")
-    if mod == "image":
+    if kind == "image":
         if a.ndim != 3 or a.shape[-1] != 3:
             raise DataError(f"{where}: image array has shape {tuple(a.shape)}; expected {shape_doc} "
                             "(convert greyscale / RGBA to RGB first)")
@@ -152,18 +154,22 @@ def _item(rec: object, where: str, base: Path | None, seen: set[str], skip_bad: 
             continue
         try:
             mod = canonical_modality(key)
-        except DataError:
-            raise DataError(f"{where}: unknown key {key!r}; modalities are text, image, audio (or speech)") from None
+        except DataError as exc:
+            if ":" in key:  # a named modality with a bad kind or name: say which
+                raise DataError(f"{where}: key {key!r}: {exc}") from None
+            raise DataError(f"{where}: unknown key {key!r}; modalities are text, image, audio (or speech), or "
+                            "<kind>:<name> for two of one kind (e.g. image:ct)") from None
         if mod in mods or mod in names:
             raise DataError(f"{where}: {names.get(mod, mod)!r} and {key!r} both give the {mod} modality; keep one")
         names[mod] = key
-        if mod != "text" and base is None and not isinstance(value, str):  # in-memory records: decoded arrays
+        kind = modality_kind(mod)
+        if kind != "text" and base is None and not isinstance(value, str):  # in-memory records: decoded arrays
             mods[mod] = _decoded_array(value, mod, where)
             continue
         if not isinstance(value, str) or value == "":
             raise DataError(f"{where}: {key} value must be a non-empty string")
         _encodable(value, key, where)
-        if mod == "text":
+        if kind == "text":
             mods[mod] = value
             continue
         bad = next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)
@@ -198,7 +204,7 @@ def _extra(extra: Sequence[str] | str | None, items: list[Item], src: str, tgt: 
     """The extra modalities: ``None`` -> every one the items hold besides ``src`` / ``tgt``."""
     present = {m for it in items for m in it.modalities}
     if extra is None:
-        return tuple(m for m in MODALITIES if m in present and m not in (src, tgt))
+        return tuple(sorted((m for m in present if m not in (src, tgt)), key=modality_order))
     names = [extra] if isinstance(extra, str) else list(extra)
     out: list[str] = []
     for name in names:
@@ -209,7 +215,7 @@ def _extra(extra: Sequence[str] | str | None, items: list[Item], src: str, tgt: 
             raise DataError(f"{where}: no item holds the extra modality {mod!r}")
         if mod not in out:
             out.append(mod)
-    return tuple(m for m in MODALITIES if m in out)
+    return tuple(sorted(out, key=modality_order))
 
 
 def _finish(name: str, raw: list[Item], src: str, tgt: str, where: str, meta: dict[str, Any],
