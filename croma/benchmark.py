@@ -42,7 +42,7 @@ from croma.report import (
 )
 from croma.stats import interval_text, mean_ci95, mean_std
 from croma.task_sizes import fit_run_sizes
-from croma.unit_store import UNITS_DIR, finished_units, kept_note, save_unit, with_partials
+from croma.unit_store import UNITS_DIR, finished_units, kept_note, save_unit, stale_note, with_partials
 from croma.unit_store import plain as _plain
 
 
@@ -232,6 +232,9 @@ def run_benchmark(cfg: BenchmarkConfig, bench=None, *, on_data: Callable[[Any], 
         if cfg.resume:
             info(f"resuming: {len(stored)} of {len(units)} runs finished earlier ({Path(cfg.out) / UNITS_DIR}), "
                  f"{len(todo)} to run", stream="stdout")
+            stale = stale_note(cfg.out, todo)
+            if stale:
+                info(stale, stream="stdout")
 
     def unit_done(u: Unit, facts: dict[str, Any]) -> None:
         if cfg.out:

@@ -86,6 +86,28 @@ class Partial:
         return (Path(self.path).exists() or self._stages_path().exists()
                 or any((d / "last.pt").is_file() for d in Path(self.path).parent.glob(f"{self._stem()}.*.run")))
 
+    def stale(self) -> bool:
+        """Whether this unit keeps progress made with another fingerprint (other settings, data or
+        versions), which ``--resume`` does not continue: the training state, the kept stages (read
+        memory-mapped: only the header) or a Reptile phase's ``unit.json``."""
+        def other(doc: Any) -> bool:
+            return isinstance(doc, dict) and doc.get("fingerprint") not in (None, self.fingerprint)
+
+        for path in (Path(self.path), self._stages_path()):
+            if path.exists():
+                try:
+                    if other(torch.load(path, map_location="cpu", weights_only=True, mmap=True)):
+                        return True
+                except Exception:  # noqa: BLE001 - torn or foreign: not progress of any unit
+                    pass
+        for folder in Path(self.path).parent.glob(f"{self._stem()}.*.run"):
+            try:
+                if (folder / "last.pt").is_file() and other(json.loads((folder / "unit.json").read_text(encoding="utf-8"))):
+                    return True
+            except (OSError, ValueError):
+                pass
+        return False
+
     # ------------------------------------------------------------------ Reptile phases: a trainer run folder
     def _stem(self) -> str:
         return Path(self.path).name.removesuffix(".partial.pt")

@@ -277,6 +277,18 @@ def with_partials(units: list[Any], out: str | Path | None, fingerprints: Mappin
                                        resume=resume)) for u in units]
 
 
+def stale_note(out: str | Path | None, units: list[Any]) -> str | None:
+    """With ``--resume``, the line naming units whose kept progress (``*.partial.pt``, kept stages, a
+    Reptile phase) was made with other settings, data or versions: they start afresh, which replaces
+    it (None when there is none)."""
+    stale = [f"{u.method}-seed{u.seed}" for u in units if getattr(u, "partial", None) is not None and u.partial.stale()]
+    if not out or not stale:
+        return None
+    return (f"note: --resume: the progress kept for {', '.join(stale[:3])}{' and others' if len(stale) > 3 else ''} in "
+            f"{Path(out) / UNITS_DIR} was made with other settings, data or versions (features computed on another "
+            "CPU round differently); those runs start afresh and replace it")
+
+
 def kept_note(out: str | Path, units: list[Any]) -> str | None:
     """The line an interrupted or failed benchmark ends with when some of its units are stored."""
     done = [unit_path(out, u.method, u.seed).exists() for u in units]

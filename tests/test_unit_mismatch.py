@@ -134,3 +134,37 @@ def test_an_old_file_without_the_parts(tmp_path, versions, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.15.0")
     assert _refusal(tmp_path, u, unit_fingerprint(u, DIGEST)).startswith(
         f"--resume: {path} was run with other torch version (2.14.1+cu130 → 2.15.0) than this run; use another --out")
+
+
+def test_progress_of_another_fingerprint_is_named_before_it_is_replaced(tmp_path):
+    """``--resume`` starts a unit afresh when its kept progress has another fingerprint (another CPU's
+    features, other settings); that is said in one note instead of silently replacing hours of work."""
+    from types import SimpleNamespace
+
+    from croma.unit_partial import Partial
+    from croma.unit_store import stale_note
+
+    units = tmp_path / "units"
+    state = Partial(str(units / "croma-seed0.partial.pt"), "old", resume=True)
+    state.save({"step": 5})
+    stages = Partial(str(units / "pretrain-seed0.partial.pt"), "old", resume=True)
+    stages.keep("meta_test", "1", {"a": 1.0}, 1.0, 1.0)
+    phase = Partial(str(units / "oracle-seed0.partial.pt"), "old", resume=True)
+    phase.run_started("reptile", {"start_val": 1.0})
+    (phase.run_folder("reptile") / "last.pt").write_bytes(b"")
+    same = Partial(str(units / "shared-seed0.partial.pt"), "new", resume=True)
+    same.save({"step": 1})
+    torn = units / "unsup-meta-seed0.partial.pt"
+    torn.write_bytes(b"not a torch file")
+
+    def unit(method, fp):
+        return SimpleNamespace(method=method, seed=0, partial=Partial(str(units / f"{method}-seed0.partial.pt"), fp,
+                                                                      resume=True))
+
+    assert [unit(m, "new").partial.stale() for m in ("croma", "pretrain", "oracle", "shared", "unsup-meta")] == [
+        True, True, True, False, False]
+    assert not unit("croma", "old").partial.stale()
+    note = stale_note(tmp_path, [unit(m, "new") for m in ("croma", "pretrain", "oracle", "shared", "unsup-meta")])
+    assert note.startswith("note: --resume: the progress kept for croma-seed0, pretrain-seed0, oracle-seed0 in ")
+    assert "\n" not in note and "start afresh" in note
+    assert stale_note(tmp_path, [unit("shared", "new")]) is None
