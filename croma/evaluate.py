@@ -384,6 +384,10 @@ def format_results(result: Mapping[str, Any]) -> str:
             + (f" ([Wilson 95% interval] over {ret['queries']} queries)" if "r1_ci95_low" in ret
                else f" (± 95% interval over {ret['queries']} queries)" if "queries" in ret else "")
         )
+        chance = 100.0 / max(1, int(ret["gallery"]))
+        if ret.get("r1_ci95_low", chance + 1) <= chance <= ret.get("r1_ci95_high", chance - 1):
+            lines.append(f"note: R@1 cannot be told from chance (1 in {ret['gallery']}, {chance:.1f} %): source and target "
+                         "embeddings are not aligned on these classes (images on raw pixels: try a pretrained --backbone)")
     else:
         lines.append("retrieval: n/a (no strong pairs among the split's classes)")
     return "\n".join(lines)

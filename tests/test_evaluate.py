@@ -168,3 +168,22 @@ def test_validation_and_head_choice(setup):
             evaluate_kshot(model, bench, ecfg(**bad))
     best, scores = choose_head_init(model, bench, ecfg(shots=[3], repeats=1))
     assert set(scores) == {"meta", "zero", "prototype"} and scores[best] == max(scores.values())
+
+
+def test_retrieval_at_chance_is_named():
+    """R@1 whose Wilson interval holds chance (1 in the gallery) gets a note that the encoders are not
+    aligned; one clearly above chance does not (the audit's raw-pixel run sat at chance unseen)."""
+    from croma.stats import wilson_interval
+
+    def result(hits, gallery=24):
+        low, high = wilson_interval(hits, gallery)
+        ret = {"gallery": gallery, "queries": gallery, "r1_mean": 100 * hits / gallery, "r1_ci95_low": low,
+               "r1_ci95_high": high}
+        for k in (5, 10):
+            ret.update({f"r{k}_mean": 50.0, f"r{k}_ci95_low": 30.0, f"r{k}_ci95_high": 70.0})
+        return {"split": "meta_test", "ways": 5, "tasks": 2, "repeats": 1, "queries": 1, "head_init": "meta",
+                "finetune": "all", "rows": [], "retrieval": ret}
+
+    at_chance = format_results(result(1)).splitlines()[-1]
+    assert at_chance.startswith("note: R@1 cannot be told from chance (1 in 24, 4.2 %)")
+    assert not format_results(result(12)).splitlines()[-1].startswith("note:")
