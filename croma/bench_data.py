@@ -7,7 +7,7 @@ from __future__ import annotations
 from croma.benchmark_config import PRESETS, BenchmarkConfig
 from croma.factory import resolve_device
 
-__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line", "pixels_note", "data_notes"]
+__all__ = ["load_for_benchmark", "skipped_items", "skipped_line", "extra_line", "pixels_note", "data_notes", "quiet_lines"]
 
 
 def load_for_benchmark(cfg: BenchmarkConfig):
@@ -77,4 +77,12 @@ def data_notes(bench, *, pixels: bool = True) -> list[str]:
     lines = [extra_line(info.get("extra_modalities"), bench.source, bench.target,
                         dropped=int(info.get("extra_dropped", 0) or 0)),
              pixels_note(bench) if pixels else None]
-    return [line for line in lines if line]
+    return [line for line in lines + quiet_lines(bench) if line]
+
+
+def quiet_lines(bench) -> list[str]:
+    """A note per audio modality with items of (almost) no sound (``info["quiet_audio"]``,
+    :func:`episodes.prepare.quiet_audio`): ``croma data prepare``, ``croma train`` and ``croma benchmark``."""
+    return [f"note: {q['count']} of {q['of']} {mod} items hold under {q['seconds']:g} s of sound, or are silent "
+            f"(e.g. {', '.join(map(repr, q['ids']))}): they give the encoders nothing to learn; check those files"
+            for mod, q in ((getattr(bench, "info", None) or {}).get("quiet_audio") or {}).items()]

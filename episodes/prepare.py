@@ -243,6 +243,9 @@ def prepare_benchmark(
     }
     if ways_fit is not None:
         info["ways"] = ways_fit
+    quiet = {m: q for m in mods if m not in embedders and (q := quiet_audio(m, data[m], frontend)) is not None}
+    if quiet:
+        info["quiet_audio"] = quiet
     if extras:
         info["extra_modalities"] = list(extras)
         info["extra_dropped"] = extra_dropped
@@ -256,6 +259,23 @@ def prepare_benchmark(
     )
     bench.validate()
     return bench
+
+
+def quiet_audio(modality: str, md: ModalityData, frontend: FrontendSettings, *, min_seconds: float = 0.04):
+    """Audio items whose log-mel holds under ``min_seconds`` of frames that differ from the clip's
+    mean by more than 1e-4 (a silent clip is ~0 after the per-clip mean is taken off; padding is 0):
+    ``{"count", "of", "ids", "seconds"}`` (the first three ids), or None when there are none or it
+    is no log-mel. A clip shorter than one window still makes a few frames, so 0.04 s is the
+    shortest length this tells apart."""
+    f = md.features
+    if modality.partition(":")[0] != "audio" or f.dim() != 3 or not f.dtype.is_floating_point or not len(f):
+        return None
+    frames = (f.abs().amax(dim=1) > 1e-4).sum(dim=1)
+    need = max(1, round(min_seconds * frontend.sample_rate / frontend.hop_length))
+    bad = torch.nonzero(frames < need).flatten().tolist()
+    if not bad:
+        return None
+    return {"count": len(bad), "of": int(f.shape[0]), "ids": [md.ids[i] for i in bad[:3]], "seconds": float(min_seconds)}
 
 
 def dataset_summary(dataset: CrossModalDataset, *, seed: int = 0, split_fractions: Sequence[float] = (0.6, 0.2, 0.2),

@@ -232,5 +232,7 @@ def run_prepare(args) -> int:
         lines.append("  backbones: " + ", ".join(f"{m}={n}" for m, n in bench.info["backbones"].items())
                      + " (embeddings cached; croma train with the same --backbone flags reads them)")
     lines.append(f"  cache dir: {cache.get('dir')}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    from croma.bench_data import quiet_lines
+
+    sys.stdout.write("\n".join(lines + quiet_lines(bench)) + "\n")
     return 0
