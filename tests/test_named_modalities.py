@@ -177,3 +177,24 @@ def test_encoder_for_a_modality_the_data_lacks_is_refused(data, tmp_path, capsys
     assert rc == 2 and err == ["error: --encoder audio=mlp: the data has no audio modality "
                                "(it has image:photo, image:sketch)"]
     assert not (out / "last.pt").exists()
+
+
+def test_a_torch_dataset_with_two_image_fields():
+    """``from_torch_dataset`` takes named modalities as fields keys (two image tensors per item)."""
+    import croma
+
+    class TwoViews(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"rgb": torch.rand(3, 6, 6, generator=g), "depth": torch.rand(3, 6, 6, generator=g),
+                    "label": i % 4}
+
+    ds = croma.from_torch_dataset(TwoViews(), source="image:rgb", target="image:depth",
+                                  fields={"image:rgb": "rgb", "image:depth": "depth", "label": "label"})
+    assert (ds.source, ds.target) == ("image:rgb", "image:depth")
+    it = ds.items[3].modalities
+    assert it["image:rgb"].dtype == np.uint8 and it["image:depth"].shape == (6, 6, 3)
+    assert not np.array_equal(it["image:rgb"], it["image:depth"])

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from episodes.data import MODALITIES, CrossModalDataset, canonical_modality
+from episodes.data import MODALITIES, CrossModalDataset, canonical_modality, modality_kind, modality_order
 from episodes.datasets.manifest import records_to_dataset
 from episodes.errors import DataError
 from episodes.frontends import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, mono_waveform
@@ -95,7 +95,7 @@ def _get(item: Any, entry: str | int, field: str, where: str) -> Any:
         if entry in item:
             return item[entry]
         keys = ", ".join(repr(k) for k in list(item)[:12])
-        hint = f" (an item without {field} holds None there)" if field in MODALITIES + ("cluster",) else ""
+        hint = f" (an item without {field} holds None there)" if field not in _META_KEYS[:2] + ("sample_rate",) else ""
         raise DataError(f"{where}: no entry {entry!r} for {field} (fields[{field!r}]); the item has {keys}{hint}")
     if isinstance(item, (tuple, list)):
         if isinstance(entry, int):
@@ -265,7 +265,7 @@ def item_records(items: Iterable[Any], fields: Mapping[str, Any], *, name: str, 
     """
     base = Path(root).expanduser() if root is not None else None
     default_rate = None if sample_rate is None else _rate(sample_rate, f"{name}: sample_rate=")
-    mods = [m for m in MODALITIES if fields.get(m) is not None]
+    mods = sorted((m for m in fields if m not in _META_KEYS and fields.get(m) is not None), key=modality_order)
     for i, item in enumerate(items):
         where = f"{name}: item {i}"
         rec: dict[str, Any] = {
@@ -284,7 +284,8 @@ def item_records(items: Iterable[Any], fields: Mapping[str, Any], *, name: str, 
             value = _get(item, fields[m], m, where)
             if value is None:
                 continue
-            if m == "text":
+            kind = modality_kind(m)  # a named modality (image:ct) is read as its kind
+            if kind == "text":
                 if isinstance(value, bytes):
                     try:
                         value = value.decode("utf-8")
@@ -295,7 +296,7 @@ def item_records(items: Iterable[Any], fields: Mapping[str, Any], *, name: str, 
                 if not value:
                     raise DataError(f"{where}: text is an empty string")
                 rec[m] = value
-            elif m == "image":
+            elif kind == "image":
                 rec[m] = _image(value, where, base)
             else:
                 rec[m] = _audio(value, where, base, rate, audio_rate)

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from episodes.data import MODALITIES, CrossModalDataset
-from episodes.datasets.adapters import _check_classes, _fields, _finish, item_records
+from episodes.data import CrossModalDataset
+from episodes.datasets.adapters import _META_KEYS, _check_classes, _fields, _finish, item_records
 from episodes.datasets.manifest import records_to_dataset
 from episodes.errors import DataError
 
@@ -83,9 +83,9 @@ def from_hf_dataset(path: str | os.PathLike, *, source: str, target: str, fields
         raise DataError(f"{label}: the data set is empty (0 rows)")
     ds = ds.select_columns(wanted).with_format(None)
     feats = ds.features
-    for key in MODALITIES:
+    for key in fmap:
         col = fmap.get(key)
-        if col is None:
+        if key in _META_KEYS or col is None:
             continue
         if isinstance(feats[col], hf.Audio):
             ds = ds.cast_column(col, hf.Audio(decode=False))  # decoded here: soundfile, not torchcodec
