@@ -359,7 +359,7 @@ def format_results(result: Mapping[str, Any]) -> str:
     eps = result["rows"][0].get("episodes") if result["rows"] else None
     lines = [
         f"{result['split']}: {result['ways']}-way, {result['tasks']} tasks x {result['repeats']} repeats, "
-        f"{result['queries']} queries/class, head init {result['head_init']}, fine-tune {result['finetune']}",
+        f"{result['queries']} quer{'y' if result['queries'] == 1 else 'ies'}/class, head init {result['head_init']}, fine-tune {result['finetune']}",
         f"{'shots':>5}  {'accuracy (%)':>16}  {'nearest centroid (%)':>20}",
     ]
     for r in result["rows"]:

@@ -121,8 +121,13 @@ def check_same_data(ckpt: dict[str, Any], bench: Any, path: Path, *, manifest: s
                          "pass the run's own data, or train a new run on this one")
     ident = data_identity(bench)
     if ident["digest"] != card["data"].get("digest"):
-        then = card["data"].get("items", {})
-        counts = ", ".join(f"{m}: {then.get(m, 0)} then, {n} now" for m, n in ident["items"].items())
+        then, now = card["data"].get("items", {}), ident["items"]
+        gone = [m for m in then if m not in now]
+        if gone:  # a modality the run trained with (an extra one, say) is not in this data
+            raise CromaError(f"{what} is not the data {path} was trained on: it holds no {', '.join(gone)} items "
+                             f"(the run had {', '.join(f'{m} {then[m]}' for m in gone)}); pass the run's own data, "
+                             "or train a new run on this one")
+        counts = ", ".join(f"{m}: {then.get(m, 0)} then, {n} now" for m, n in now.items())
         raise CromaError(f"{what} is not the data {path} was trained on: the same classes, but items were added, "
                          f"removed or relabelled ({counts}); pass the run's own data, or train a new run on this one")
 

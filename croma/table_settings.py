@@ -53,7 +53,9 @@ def table_train_config(bcfg: Any, method: str = TABLE_METHOD) -> tuple[TrainConf
         audio_model=bcfg.audio_model, source=bcfg.source, target=bcfg.target, skip_bad=bcfg.skip_bad,
         split_classes=bcfg.split_classes, extra_modalities=bcfg.extra_modalities, seed=bcfg.seed,
     )
-    text = (f"the table's {method} settings: preset {bcfg.preset}, {steps} optimiser steps = {iterations} iterations "
+    used = iterations * train.meta_batch * train.inner_steps
+    budget = f"{steps} optimiser steps" if used == steps else f"a budget of {steps} optimiser steps, {used} used"
+    text = (f"the table's {method} settings: preset {bcfg.preset}, {budget} = {iterations} iterations "
             f"of {train.meta_batch} tasks x {train.inner_steps} inner steps, meta-val every {cfg.eval_every}, "
             f"{preset['frontend']} features, seed {bcfg.seed}")
     return cfg, text

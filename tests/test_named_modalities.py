@@ -198,3 +198,45 @@ def test_a_torch_dataset_with_two_image_fields():
     it = ds.items[3].modalities
     assert it["image:rgb"].dtype == np.uint8 and it["image:depth"].shape == (6, 6, 3)
     assert not np.array_equal(it["image:rgb"], it["image:depth"])
+
+
+def test_mistyped_names_are_refused_naming_what_the_data_holds(data, tmp_path, capsys):
+    """A named modality mistyped in ``--backbone`` was silently ignored; ``--source`` that no item holds
+    lists what the items hold; a builder's missing-weights message names the modality as given."""
+    base = ["--manifest", str(data["images"]), "--source", "image:photo", "--target", "image:sketch",
+            "--cache-dir", str(data["cache"]), "--quiet"]
+    out = tmp_path / "run"
+    rc = main(["train", "manifest", *base, "--checkpoint-dir", str(out), "--iterations", "1",
+               "--backbone", "image:phot=pixels"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: --backbone image:phot=pixels: the data has no image:phot modality "
+                               "(it has image:photo, image:sketch)"]
+    assert not (out / "last.pt").exists()
+    with pytest.raises(DataError, match=r"no item holds the --source modality 'image' \(its items hold image:photo, "
+                                        r"image:sketch\)"):
+        load_dataset("manifest", manifest=data["images"], source="image", target="image:sketch")
+    from croma.backbones import build_embedders
+    from croma.errors import CromaError
+
+    with pytest.raises(CromaError, match=r"^--backbone image:ct=resnet18 needs --image-weights"):
+        build_embedders({"image:ct": "resnet18"})
+
+
+def test_evaluate_on_data_without_a_modality_the_run_had(data, tmp_path, capsys):
+    """A run trained with an extra modality, evaluated on data without it: the refusal names that
+    modality (it listed the unchanged counts of the others)."""
+    import shutil
+
+    folder = data["images"].parent
+    third = folder / "third.jsonl"
+    rows = [json.loads(line) for line in data["images"].read_text().splitlines()]
+    third.write_text("".join(json.dumps({**r, "image": r["image:photo"]}) + "\n" for r in rows))
+    out = tmp_path / "run"
+    common = ["--source", "image:photo", "--target", "image:sketch", "--cache-dir", str(data["cache"]), "--quiet"]
+    assert main(["train", "manifest", "--manifest", str(third), *common, "--checkpoint-dir", str(out),
+                 "--iterations", "1", "--ways", "2", "--eval-tasks", "1", "--embed-dim", "8", "--hidden", "8"]) == 0
+    capsys.readouterr()
+    rc = main(["evaluate", str(out), "--manifest", str(data["images"]), "--cache-dir", str(data["cache"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "it holds no image items (the run had image 24)" in err[0], err
+    shutil.rmtree(out)

@@ -126,3 +126,19 @@ def test_a_bad_table_names_the_file(tmp_path, run_cli, bad):
     rc, _, err = run_cli(["train", "synthetic", "--config", str(tmp_path / "results.json"),
                           "--checkpoint-dir", str(tmp_path / "r")])
     assert rc == 2 and err.count("\n") == 1 and "results.json" in err and not (tmp_path / "r").exists()
+
+
+def test_the_settings_line_says_a_budget_not_spent_in_whole_iterations():
+    """A budget that is no whole number of iterations: the line said "100 optimiser steps = 2
+    iterations of 8 tasks x 5 inner steps" (80 steps)."""
+    from croma.benchmark_config import BenchmarkConfig
+    from croma.table_settings import table_train_config
+
+    cfg, even = table_train_config(BenchmarkConfig(benchmark="synthetic", budget_steps=4000))
+    per = cfg.meta_batch * cfg.inner_steps
+    whole = 7 * per
+    cfg, even = table_train_config(BenchmarkConfig(benchmark="synthetic", budget_steps=whole))
+    assert cfg.iterations == 7 and f"preset quick, {whole} optimiser steps = 7 iterations of " in even
+    cfg, text = table_train_config(BenchmarkConfig(benchmark="synthetic", budget_steps=whole + per // 2))
+    assert cfg.iterations == 7
+    assert f"a budget of {whole + per // 2} optimiser steps, {whole} used = 7 iterations of {cfg.meta_batch} tasks" in text

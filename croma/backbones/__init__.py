@@ -248,8 +248,12 @@ def build_embedders(
         reg = BACKBONE_REGISTRIES[mod.partition(":")[0]]
         if not reg.info(name).pretrained:
             continue
-        out[mod] = reg.get(name)(image_weights=image_weights, text_model=text_model, audio_model=audio_model,
-                                 device=device)
+        try:
+            out[mod] = reg.get(name)(image_weights=image_weights, text_model=text_model, audio_model=audio_model,
+                                     device=device)
+        except CromaError as exc:  # the builders name the kind's flag; say the modality as given (image:ct=...)
+            kind = mod.partition(":")[0]
+            raise CromaError(str(exc).replace(f"--backbone {kind}={name}", f"--backbone {mod}={name}")) from None
     return out
 
 
@@ -295,6 +299,10 @@ def load_prepared(
     seed = int(loader.pop("seed", 0))  # type: ignore[arg-type]
     bench = load_benchmark(benchmark, seed=seed, embedders=embedders or None, ways=ways,
                            split_classes=None if split_classes is None else tuple(split_classes), **loader)
+    kinds = {m.partition(":")[0] for m in bench.data}
+    for key, name in spec.items():  # a typo'd modality (image:nosuch) would otherwise be ignored
+        if key not in bench.data and key not in kinds:
+            raise ValueError(f"--backbone {key}={name}: the data has no {key} modality (it has {', '.join(bench.data)})")
     mods = None if compact else {m for m in bench.data if (n := backbone_for(spec, m)) is not None
                                  and BACKBONE_REGISTRIES[m.partition(":")[0]].info(n).compact}
     if mods is None or mods:

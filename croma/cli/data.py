@@ -34,8 +34,8 @@ def _common(p) -> None:
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder holding the published layouts (default: $CROMA_DATA)")
     p.add_argument("--manifest", metavar="PATH", default=None, help="JSONL manifest (NAME=manifest)")
-    p.add_argument("--source", metavar="M", default=None, help="source modality: text, image, audio")
-    p.add_argument("--target", metavar="M", default=None, help="target modality: text, image, audio")
+    p.add_argument("--source", metavar="M", default=None, help="source modality: text, image, audio, or <kind>:<name> (image:ct)")
+    p.add_argument("--target", metavar="M", default=None, help="target modality: text, image, audio, or <kind>:<name> (image:ct)")
     p.add_argument("--skip-bad", action="store_true", help="leave out missing / unreadable files (reports how many)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="cache root (default: $CROMA_CACHE, else $XDG_CACHE_HOME/croma, else ~/.cache/croma)")
@@ -161,8 +161,9 @@ def run_inspect(args) -> int:
         sys.stderr.write(note or "")
         return 0
     out = [f"{summary['name']}: {summary['source']} -> {summary['target']}"]
+    w = max([6, *map(len, summary["items"])])  # named modalities (image:print) are wider than a kind
     for m, n in summary["items"].items():
-        out.append(f"  {m:6s} {n:7d} items, {summary['classes'][m]:5d} classes")
+        out.append(f"  {m:{w}s} {n:7d} items, {summary['classes'][m]:5d} classes")
     out.append(f"  strong pairs: {summary['strong_pairs']}   concept clusters with both sides: {summary['clusters']}")
     from croma.bench_data import extra_line
 
@@ -222,7 +223,7 @@ def run_prepare(args) -> int:
     cache = bench.info.get("cache", {})
     lines = [f"{bench.name}: prepared ({bench.source} -> {bench.target}, {bench.align_mode} alignment)"]
     for m, d in bench.data.items():
-        lines.append(f"  {m:6s} features {tuple(d.features.shape)} {str(d.features.dtype).replace('torch.', '')}"
+        lines.append(f"  {m:{max(6, *map(len, bench.data))}s} features {tuple(d.features.shape)} {str(d.features.dtype).replace('torch.', '')}"
                      f"  cache: {cache.get(m, 'uncached')}")
     lines.append(f"  classes {len(bench.class_names)}; meta-train/val/test {len(bench.splits['meta_train'])}/"
                  f"{len(bench.splits['meta_val'])}/{len(bench.splits['meta_test'])}; alignment rows "

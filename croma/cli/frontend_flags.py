@@ -42,8 +42,8 @@ def add_frontend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="directory holding the data sets (or $CROMA_DATA)")
     p.add_argument("--cache-dir", default=None, help="feature cache directory (or $CROMA_CACHE, default ~/.cache/croma)")
     p.add_argument("--manifest", default=None, help="JSONL manifest (BENCH=manifest)")
-    p.add_argument("--source", default=None, help="source modality (BENCH=manifest)")
-    p.add_argument("--target", default=None, help="target modality (BENCH=manifest)")
+    p.add_argument("--source", default=None, help="source modality (BENCH=manifest): text, image, audio, or <kind>:<name> (image:ct)")
+    p.add_argument("--target", default=None, help="target modality (BENCH=manifest): text, image, audio, or <kind>:<name> (image:ct)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable image / audio files and report how many")
     p.add_argument("--no-extra-modalities", dest="extra_modalities", action="store_false",
                    help="BENCH=manifest: use only --source and --target (default: every other modality the manifest "

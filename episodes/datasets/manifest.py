@@ -222,6 +222,7 @@ def _finish(name: str, raw: list[Item], src: str, tgt: str, where: str, meta: di
             extra: Sequence[str] | str | None) -> CrossModalDataset:
     """Keep each item's source / target / extra values; drop items left with none."""
     extras = _extra(extra, raw, src, tgt, where)
+    held = sorted({m for it in raw for m in it.modalities}, key=modality_order)  # before the filter below
     keep = (src, tgt, *extras)
     items = []
     for it in raw:
@@ -234,7 +235,8 @@ def _finish(name: str, raw: list[Item], src: str, tgt: str, where: str, meta: di
         raise DataError(f"{where}: holds no items ({why})")
     for mod, flag in ((src, "--source"), (tgt, "--target")):
         if not any(mod in it.modalities for it in items):
-            raise DataError(f"{where}: no item holds the {flag} modality {mod!r}")
+            raise DataError(f"{where}: no item holds the {flag} modality {mod!r}"
+                            + (f" (its items hold {', '.join(held)})" if held else ""))
     has_pairs = any(src in it.modalities and tgt in it.modalities for it in items)
     return CrossModalDataset(name=name, source=src, target=tgt, items=items,
                              meta={**meta, "align_mode": "strong" if has_pairs else "weak"}, extra=extras)
