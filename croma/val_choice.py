@@ -72,6 +72,20 @@ def simplicity_key(g: Mapping[str, Any]) -> tuple:
     return (tier, steps, SIMPLE_HEADS.index(g["head_init"]), float(g["finetune_lr"]))
 
 
+def support_blind(g: Mapping[str, Any]) -> bool:
+    """Whether a setting never looks at the support set: the meta head without fine-tuning (its
+    outputs are not tied to the episode's classes, so it scores chance by construction). The rules
+    take it only when nothing else is as good."""
+    return g["head_init"] == "meta" and int(g["finetune_steps"]) == 0
+
+
+def best_of(scores: Mapping[str, Mapping[int, float]], grid: Mapping[str, Mapping[str, Any]], k: int) -> str:
+    """The ``"best"`` rule: the highest meta-val score at ``k``, the first in grid order among ties,
+    but never a :func:`support_blind` setting over a tie (a tiny data set's all-equal scores chose
+    the meta head without fine-tuning, which predicts without looking at the support set)."""
+    return max(scores, key=lambda name: (scores[name][k], not support_blind(grid[name])))
+
+
 def simplest_within_noise(
     acc: Mapping[str, torch.Tensor], grid: Mapping[str, Mapping[str, Any]], *, z: float = NOISE_Z
 ) -> dict[str, Any]:
@@ -104,7 +118,8 @@ def simplest_within_noise(
         se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
         bounds[c] = float(d.mean()) + z * se
     order = {c: i for i, c in enumerate(names)}
-    within = sorted((c for c in names if bounds[c] >= -1e-12), key=lambda c: (simplicity_key(grid[c]), order[c]))
+    within = sorted((c for c in names if bounds[c] >= -1e-12),
+                    key=lambda c: (support_blind(grid[c]), simplicity_key(grid[c]), order[c]))
     return {"choice": within[0], "best": best, "within": within, "means": means, "bounds": bounds}
 
 
@@ -235,7 +250,7 @@ def select_eval(
                          time.perf_counter() - t0, time.process_time() - c0)
     choice: dict[int, dict[str, Any]] = {}
     for k in base.shots:
-        best = max(scores, key=lambda name: scores[name][int(k)])  # max keeps the first of ties
+        best = best_of(scores, grid, int(k))
         head, steps, lr, mode = best.split("/")
         choice[int(k)] = {
             "head_init": head, "finetune_steps": int(steps), "finetune_lr": float(lr), "finetune": mode,

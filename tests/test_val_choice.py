@@ -157,3 +157,20 @@ def test_val_rule_knob_is_checked(setup):
     ctx, model, theta, inputs = setup
     with pytest.raises(ValueError, match=r"knob val_rule must be one of best, simplest \(got 'bogus'\)"):
         select_eval(with_knobs(ctx, val_rule="bogus"), model, theta, inputs)
+
+
+def test_a_setting_blind_to_the_support_set_loses_every_tie():
+    """The meta head without fine-tuning predicts without the support set (chance by construction); on
+    a tiny set where every candidate scored 50 %, both rules chose it, a constant predictor."""
+    from croma.val_choice import best_of, support_blind
+
+    names = ["meta/0/0.001/all", "meta/10/0.001/all", "prototype/0/0.001/all", "zero/10/0.001/all"]
+    grid = grid_of(names)
+    assert [support_blind(grid[n]) for n in names] == [True, False, False, False]
+    tied = {n: {1: 50.0} for n in names}
+    assert best_of(tied, grid, 1) == "meta/10/0.001/all"  # the first of the ties that uses the support set
+    assert best_of({**tied, "meta/0/0.001/all": {1: 51.0}}, grid, 1) == "meta/0/0.001/all"  # a real best stays
+    flat = {n: torch.full((6,), 0.5) for n in names}
+    assert simplest_within_noise(flat, grid)["choice"] == "prototype/0/0.001/all"
+    only = {"meta/0/0.001/all": torch.full((6,), 0.5), "zero/10/0.001/all": torch.full((6,), 0.5)}
+    assert simplest_within_noise(only, grid_of(list(only)))["within"] == ["zero/10/0.001/all", "meta/0/0.001/all"]
