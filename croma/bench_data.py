@@ -58,7 +58,9 @@ def pixels_note(bench) -> str | None:
     through the small ``cnn2d`` encoder can leave every method near chance."""
     info = getattr(bench, "info", None) or {}
     mods = (bench.source, bench.target, *info.get("extra_modalities", ()))
-    pixels = [m for m in mods if m.partition(":")[0] == "image" and m not in (info.get("backbones") or {})]
+    from episodes.data import modality_kind
+
+    pixels = [m for m in mods if modality_kind(m) == "image" and m not in (info.get("backbones") or {})]
     if getattr(bench, "name", None) != "manifest" or not pixels:
         return None
     import importlib.util

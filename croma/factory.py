@@ -110,10 +110,10 @@ def build_model(cfg: TrainConfig, bench: PreparedBenchmark):
 def _encoders_for(chosen: dict, mods: list[str]) -> dict:
     """``--encoder`` choices checked against the data's modalities (a kind, ``image``, covers its named
     ones, ``image:ct``; ``speech`` is ``audio``): one naming no modality of the data is refused."""
-    from episodes.data import canonical_modality
+    from episodes.data import canonical_modality, modality_kind
     from episodes.errors import DataError
 
-    kinds = {m.partition(":")[0] for m in mods}
+    kinds = {modality_kind(m) for m in mods}
     out = {}
     for key, name in chosen.items():
         m = key

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from croma.encoders import get_encoder
+from episodes.data import by_modality, modality_kind
 
 __all__ = ["CrossModalModel", "ModelConfig", "build_model", "ReconstructionHead", "input_summary_dim"]
 
@@ -216,7 +217,7 @@ def default_encoder_name(modality: str, shape: tuple[int, ...], dtype: torch.dty
     if not dtype.is_floating_point:
         if len(shape) != 1:
             raise ValueError(f"modality {modality!r}: integer features must be [L] token ids, got shape {shape}")
-        return "bert" if (cfg.text_model and modality.partition(":")[0] == "text") else "cnn1d"
+        return "bert" if (cfg.text_model and modality_kind(modality) == "text") else "cnn1d"
     if len(shape) == 1:
         return "mlp"
     if len(shape) == 2:
@@ -224,12 +225,6 @@ def default_encoder_name(modality: str, shape: tuple[int, ...], dtype: torch.dty
     if len(shape) == 3:
         return "resnet18" if (cfg.image_weights and shape[0] == 3) else "cnn2d"
     raise ValueError(f"modality {modality!r}: no default encoder for feature shape {shape}")
-
-
-def _chosen_encoder(cfg: ModelConfig, modality: str) -> str | None:
-    """``--encoder`` for ``modality``: its own, else its kind's (``text`` for ``text:en``)."""
-    enc = cfg.encoders or {}
-    return enc.get(modality) or enc.get(modality.partition(":")[0])
 
 
 def _encoder_hp(name: str, modality: str, cfg: ModelConfig) -> dict[str, Any]:
@@ -299,7 +294,7 @@ def build_model(
         encoders: dict[str, nn.Module] = {}
         for mod in (src, tgt):
             shape, dtype = specs[mod]
-            name = _chosen_encoder(cfg, mod) or default_encoder_name(mod, shape, dtype, cfg)
+            name = by_modality(cfg.encoders or {}, mod) or default_encoder_name(mod, shape, dtype, cfg)
             encoders[mod] = get_encoder(name, shape, cfg.embed_dim, **_encoder_hp(name, mod, cfg))
         recon = None
         if cfg.reconstruction:
@@ -312,7 +307,7 @@ def build_model(
         if mod in (src, tgt):
             continue
         shape, dtype = specs[mod]
-        name = _chosen_encoder(cfg, mod) or default_encoder_name(mod, shape, dtype, cfg)
+        name = by_modality(cfg.encoders or {}, mod) or default_encoder_name(mod, shape, dtype, cfg)
         digest = hashlib.blake2b(f"{int(seed)}:encoder:{mod}".encode(), digest_size=8).digest()
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))

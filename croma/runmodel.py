@@ -38,7 +38,7 @@ from croma.runcard import (  # noqa: F401 - re-exported: the card's functions, b
     serving_card,
     split_changes,
 )
-from episodes.data import canonical_modality
+from episodes.data import canonical_modality, modality_kind
 from episodes.errors import DataError
 
 __all__ = ["SERVING_FORMAT", "serving_card", "data_identity", "finetune_choice", "load_model", "RunModel",
@@ -120,7 +120,7 @@ class RunModel:
     def sample_rate(self) -> int | None:
         """The rate (Hz) the audio front-end reads at (a bare waveform array is taken to be at it);
         None without an audio modality."""
-        t = next((t for m, t in self.transforms.items() if m.partition(":")[0] == "audio"), None)  # or audio:<name>
+        t = next((t for m, t in self.transforms.items() if modality_kind(m) == "audio"), None)  # or audio:<name>
         return None if t is None else int(t.frontend.sample_rate)
 
     @property
@@ -350,9 +350,9 @@ def _not_a_path_hint(modality: str, values: list, transforms: dict) -> str:
     import os
 
     text = [v for v in values if isinstance(v, str)]
-    if modality.partition(":")[0] == "text" or not text or any(os.path.splitext(v)[1] or os.path.exists(v) for v in text):
+    if modality_kind(modality) == "text" or not text or any(os.path.splitext(v)[1] or os.path.exists(v) for v in text):
         return ""
-    texts = [m for m in transforms if m.partition(":")[0] == "text"]
+    texts = [m for m in transforms if modality_kind(m) == "text"]
     named = "" if not texts or texts[0] == "text" else f" {texts[0]}"
     other = f" (the run's text modality{named} takes strings)" if texts else ""
     return f"; {modality} items are file paths or decoded arrays, and {text[0]!r} looks like text{other}"

@@ -103,13 +103,16 @@ def _sha(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def _parts(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {"settings": _sha({k: d[k] for k in ("method", "seed", "shots", "ctx")}), "data": d["data"],
+            "croma": str(d["croma"]), "torch": str(d["torch"]), "unit_threads": d["unit_threads"]}
+
+
 def fingerprint_parts(unit, data_digest: str) -> dict[str, Any]:
     """The parts of :func:`unit_fingerprint`, kept apart in each unit file so a refused ``--resume``
     says which differs: ``settings`` (SHA-256 of method, seed, meta-test k and the unit's settings),
     ``data`` (``data_digest``), the ``croma`` and ``torch`` versions and ``unit_threads``."""
-    d = _desc(unit, data_digest)
-    return {"settings": _sha({k: d[k] for k in ("method", "seed", "shots", "ctx")}), "data": d["data"],
-            "croma": str(d["croma"]), "torch": str(d["torch"]), "unit_threads": d["unit_threads"]}
+    return _parts(_desc(unit, data_digest))
 
 
 def unit_fingerprint(unit, data_digest: str) -> str:
@@ -117,8 +120,9 @@ def unit_fingerprint(unit, data_digest: str) -> str:
     settings (training and meta-test configs, budgets, knobs, the method's hyper-parameters, label
     noise), the data (``data_digest``: :func:`bench_digest`), the croma and torch versions and the
     intra-op threads each unit runs with. (Unchanged since the first unit files: they stay reusable.)"""
-    fp = _sha(_desc(unit, data_digest))
-    _PARTS[fp] = fingerprint_parts(unit, data_digest)
+    desc = _desc(unit, data_digest)  # one description, hashed whole and by parts
+    fp = _sha(desc)
+    _PARTS[fp] = _parts(desc)
     return fp
 
 
@@ -281,8 +285,10 @@ def stale_note(out: str | Path | None, units: list[Any]) -> str | None:
     """With ``--resume``, the line naming units whose kept progress (``*.partial.pt``, kept stages, a
     Reptile phase) was made with other settings, data or versions: they start afresh, which replaces
     it (None when there is none)."""
+    if not out:
+        return None
     stale = [f"{u.method}-seed{u.seed}" for u in units if getattr(u, "partial", None) is not None and u.partial.stale()]
-    if not out or not stale:
+    if not stale:
         return None
     return (f"note: --resume: the progress kept for {', '.join(stale[:3])}{' and others' if len(stale) > 3 else ''} in "
             f"{Path(out) / UNITS_DIR} was made with other settings, data or versions (features computed on another "

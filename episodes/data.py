@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -54,21 +54,27 @@ def canonical_modality(name: str) -> str:
 
 
 def modality_kind(name: str) -> str:
-    """The kind of a modality: ``text``, ``image`` or ``audio`` (``image:ct`` -> ``image``)."""
-    return canonical_modality(name).partition(":")[0]
+    """The kind of a modality: ``text``, ``image`` or ``audio`` (``image:ct`` -> ``image``,
+    ``speech:sw`` -> ``audio``). It does not validate: a name of no known kind (a prepared
+    benchmark's own, say) comes back as its part before ``:``."""
+    kind = name.partition(":")[0]
+    return _ALIASES.get(kind, kind)
 
 
 def modality_order(name: str) -> tuple[int, str]:
-    """Sort key of modalities: kinds in ``text, image, audio`` order, a kind before its named modalities."""
+    """Sort key of modalities: kinds in ``text, image, audio`` order, a kind before its named
+    modalities, names of no known kind last."""
     kind = modality_kind(name)
+    if kind not in MODALITIES:
+        return len(MODALITIES), name
     return MODALITIES.index(kind), "" if name == kind else name
 
 
-def _order_or_last(name: str) -> tuple[int, str]:
-    try:
-        return modality_order(name)
-    except DataError:  # a prepared benchmark's own modality names (e.g. synthetic vectors)
-        return len(MODALITIES), name
+def by_modality(settings: Mapping[str, Any], modality: str) -> Any:
+    """A per-modality setting (``--backbone``, ``--encoder``, embedders): ``modality``'s own entry,
+    else its kind's (``image`` for ``image:ct``), else None."""
+    own = settings.get(modality)
+    return own if own is not None else settings.get(modality_kind(modality))
 
 
 @dataclass
@@ -194,7 +200,7 @@ class PreparedBenchmark:
     def modalities(self) -> tuple[str, ...]:
         """``(source, target, *extra)``: the extra modalities of ``data`` in ``text, image,
         audio`` order; the column order of :meth:`alignment_tuples`."""
-        rest = sorted((m for m in self.data if m not in (self.source, self.target)), key=_order_or_last)
+        rest = sorted((m for m in self.data if m not in (self.source, self.target)), key=modality_order)
         return (self.source, self.target, *rest)
 
     def alignment_tuples(self) -> torch.Tensor:

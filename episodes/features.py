@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from episodes.data import ModalityData, PreparedBenchmark
+from episodes.data import ModalityData, PreparedBenchmark, modality_kind
 
 __all__ = ["text_ngram_features", "audio_stat_features", "audio_bow_features", "audio_bow_encode", "compact_benchmark"]
 
@@ -219,7 +219,7 @@ def compact_benchmark(
         if modalities is not None and mod not in modalities:
             data[mod] = md
             continue
-        kind = mod.partition(":")[0]  # a named modality (text:en) is compacted as its kind
+        kind = modality_kind(mod)  # a named modality (text:en) is compacted as its kind
         if kind == "text" and not feats.dtype.is_floating_point:
             strings = list(texts) if texts is not None and mod == "text" else _bytes_to_text(feats)
             feats = text_ngram_features(strings, dim=text_dim)

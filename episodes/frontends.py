@@ -89,7 +89,9 @@ class FrontendSettings:
     def for_modality(self, modality: str) -> dict[str, int]:
         """The settings that matter for ``modality`` (what the cache key includes); a named
         modality (``image:ct``) has its kind's."""
-        kind = modality.partition(":")[0]
+        from episodes.data import modality_kind
+
+        kind = modality_kind(modality)
         if kind == "text":
             return {"text_max_len": self.text_max_len}
         if kind == "audio":

@@ -43,7 +43,7 @@ import torch
 
 from episodes.cache import FeatureCache
 from episodes.class_split import dataset_ways, make_class_split, split_counts  # noqa: F401 - split_counts re-exported
-from episodes.data import SPLITS, CrossModalDataset, ModalityData, PreparedBenchmark
+from episodes.data import SPLITS, CrossModalDataset, ModalityData, PreparedBenchmark, by_modality, modality_kind
 from episodes.embedding import Embedder
 from episodes.errors import DataError
 from episodes.frontends import FrontendSettings
@@ -116,9 +116,8 @@ def prepare_benchmark(
     extras = tuple(m for m in getattr(dataset, "extra", ()) if m not in (src, tgt))
     mods = (src, tgt, *extras)
     given = dict(embedders or {})  # {modality or kind: Embedder}: a kind's applies to its named modalities
-    embedders = {m: given.get(m, given.get(m.partition(":")[0])) for m in mods}
-    embedders = {m: e for m, e in embedders.items() if e is not None}
-    extra = sorted(k for k in given if k not in mods and k not in {m.partition(":")[0] for m in mods})
+    embedders = {m: e for m in mods if (e := by_modality(given, m)) is not None}
+    extra = sorted(k for k in given if k not in mods and k not in {modality_kind(m) for m in mods})
     if extra:
         raise DataError(f"{dataset.name}: --backbone {extra[0]}=...: the task has no {extra[0]} modality "
                         f"(source {src}, target {tgt})")
@@ -268,7 +267,7 @@ def quiet_audio(modality: str, md: ModalityData, frontend: FrontendSettings, *, 
     is no log-mel. A clip shorter than one window still makes a few frames, so 0.04 s is the
     shortest length this tells apart."""
     f = md.features
-    if modality.partition(":")[0] != "audio" or f.dim() != 3 or not f.dtype.is_floating_point or not len(f):
+    if modality_kind(modality) != "audio" or f.dim() != 3 or not f.dtype.is_floating_point or not len(f):
         return None
     frames = (f.abs().amax(dim=1) > 1e-4).sum(dim=1)
     need = max(1, round(min_seconds * frontend.sample_rate / frontend.hop_length))

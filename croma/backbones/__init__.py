@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from croma.errors import CromaError
+from episodes.data import by_modality, modality_kind
 from episodes.registry import Registry
 
 __all__ = ["BACKBONES", "BACKBONE_REGISTRIES", "BackboneInfo", "DEFAULT_BACKBONES", "PRETRAINED", "backbone_for", "check_backbones",
@@ -211,7 +212,7 @@ def check_backbones(spec: Mapping[str, str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for mod, name in dict(spec or {}).items():
         m = _canonical(str(mod))
-        kind = m.partition(":")[0]
+        kind = modality_kind(m)
         if name not in BACKBONES[kind]:
             raise ValueError(f"--backbone {mod}={name}: unknown {kind} backbone; choose from {', '.join(BACKBONES[kind])}")
         out[m] = name
@@ -220,13 +221,13 @@ def check_backbones(spec: Mapping[str, str] | None) -> dict[str, str]:
 
 def compact_modalities(spec: Mapping[str, str] | None) -> set[str]:
     """Modalities whose explicitly chosen backbone is a compact front-end (``ngrams``, ``logmel-boaw``)."""
-    return {m for m, n in check_backbones(spec).items() if BACKBONE_REGISTRIES[m.partition(":")[0]].info(n).compact}
+    return {m for m, n in check_backbones(spec).items() if BACKBONE_REGISTRIES[modality_kind(m)].info(n).compact}
 
 
 def backbone_for(spec: Mapping[str, str], modality: str) -> str | None:
     """The backbone ``spec`` (canonical, :func:`check_backbones`) gives ``modality``: its own entry,
     else its kind's (``image`` for ``image:ct``), else None."""
-    return spec.get(modality, spec.get(modality.partition(":")[0]))
+    return by_modality(spec, modality)
 
 
 def build_embedders(
@@ -245,15 +246,14 @@ def build_embedders(
     """
     out = {}
     for mod, name in check_backbones(spec).items():
-        reg = BACKBONE_REGISTRIES[mod.partition(":")[0]]
+        reg = BACKBONE_REGISTRIES[modality_kind(mod)]
         if not reg.info(name).pretrained:
             continue
         try:
             out[mod] = reg.get(name)(image_weights=image_weights, text_model=text_model, audio_model=audio_model,
                                      device=device)
         except CromaError as exc:  # the builders name the kind's flag; say the modality as given (image:ct=...)
-            kind = mod.partition(":")[0]
-            raise CromaError(str(exc).replace(f"--backbone {kind}={name}", f"--backbone {mod}={name}")) from None
+            raise CromaError(str(exc).replace(f"--backbone {modality_kind(mod)}={name}", f"--backbone {mod}={name}")) from None
     return out
 
 
@@ -299,12 +299,12 @@ def load_prepared(
     seed = int(loader.pop("seed", 0))  # type: ignore[arg-type]
     bench = load_benchmark(benchmark, seed=seed, embedders=embedders or None, ways=ways,
                            split_classes=None if split_classes is None else tuple(split_classes), **loader)
-    kinds = {m.partition(":")[0] for m in bench.data}
+    kinds = {modality_kind(m) for m in bench.data}
     for key, name in spec.items():  # a typo'd modality (image:nosuch) would otherwise be ignored
         if key not in bench.data and key not in kinds:
             raise ValueError(f"--backbone {key}={name}: the data has no {key} modality (it has {', '.join(bench.data)})")
     mods = None if compact else {m for m in bench.data if (n := backbone_for(spec, m)) is not None
-                                 and BACKBONE_REGISTRIES[m.partition(":")[0]].info(n).compact}
+                                 and BACKBONE_REGISTRIES[modality_kind(m)].info(n).compact}
     if mods is None or mods:
         bench = compact_benchmark(bench, seed=seed, modalities=mods)
         lowered = bench.info.get("audio_words")
@@ -314,7 +314,7 @@ def load_prepared(
             info(f"note: compact audio features use a {lowered['used']}-word bag of audio words (asked "
                  f"{lowered['asked']}): {lowered['why']}")
     if spec:
-        chosen = {m: backbone_for(spec, m) or (DEFAULT_BACKBONES[m.partition(":")[0]] if compact else "sequence")
+        chosen = {m: backbone_for(spec, m) or (DEFAULT_BACKBONES[modality_kind(m)] if compact else "sequence")
                   for m in (bench.source, bench.target)}
         note = ", ".join(f"{m}={n}" for m, n in chosen.items())
         bench.info["features"] = f"backbones {note}" + (f"; {bench.info['features']}" if bench.info.get("features") else "")

@@ -222,8 +222,9 @@ def run_prepare(args) -> int:
     _report_skipped(int(bench.info.get("skipped_total", 0)))
     cache = bench.info.get("cache", {})
     lines = [f"{bench.name}: prepared ({bench.source} -> {bench.target}, {bench.align_mode} alignment)"]
+    w = max([6, *map(len, bench.data)])  # as in run_inspect
     for m, d in bench.data.items():
-        lines.append(f"  {m:{max(6, *map(len, bench.data))}s} features {tuple(d.features.shape)} {str(d.features.dtype).replace('torch.', '')}"
+        lines.append(f"  {m:{w}s} features {tuple(d.features.shape)} {str(d.features.dtype).replace('torch.', '')}"
                      f"  cache: {cache.get(m, 'uncached')}")
     lines.append(f"  classes {len(bench.class_names)}; meta-train/val/test {len(bench.splits['meta_train'])}/"
                  f"{len(bench.splits['meta_val'])}/{len(bench.splits['meta_test'])}; alignment rows "

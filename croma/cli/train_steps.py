@@ -30,11 +30,13 @@ def _slow_modalities(cfg) -> tuple[tuple[str, ...], list[str], dict]:
     sequence features, and the chosen encoders."""
     d = cfg.data
     mods = _MODALITIES.get(d.benchmark) or tuple(m for m in (d.source, d.target) if m)
+    from episodes.data import by_modality, modality_kind
+
     chosen = dict(cfg.model.get("encoders") or {})
     backbones = dict(d.backbones or {})
-    kind = {m: m.partition(":")[0] for m in mods}  # a named modality (audio:sw) is its kind here
-    slow = [m for m in mods if kind[m] in ("text", "audio") and m not in backbones and kind[m] not in backbones
-            and chosen.get(m, chosen.get(kind[m], "bert" if kind[m] == "text" and cfg.model.get("text_model") else "cnn1d"))
+    kind = {m: modality_kind(m) for m in mods}  # a named modality (audio:sw) is its kind here
+    slow = [m for m in mods if kind[m] in ("text", "audio") and by_modality(backbones, m) is None
+            and (by_modality(chosen, m) or ("bert" if kind[m] == "text" and cfg.model.get("text_model") else "cnn1d"))
             in ("cnn1d", "lstm")]
     return mods, slow, chosen
 
@@ -50,11 +52,13 @@ def _manifest_has_image(path) -> bool:
     """Whether a manifest row holds an image (True when the file cannot be read: the loader says why later)."""
     import json
 
+    from episodes.data import modality_kind
+
     try:
         with open(path, encoding="utf-8-sig") as fh:
             for line in fh:
                 line = line.strip()
-                if line and not line.startswith("#") and any(str(k).partition(":")[0] in ("image", "img")
+                if line and not line.startswith("#") and any(modality_kind(str(k)) == "image"
                                                              for k in json.loads(line)):
                     return True
     except (OSError, ValueError, TypeError):
